@@ -1,0 +1,126 @@
+"""The Durable facade: settings, storage, the task decorator and the worker wiring."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import weakref
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery import Celery, signals
+
+from .errors import ConfigurationError, JobNotFound
+from .inspection import JobView, job_view
+from .leases import LeaseKeeper
+from .recovery import RecoverySweeper
+from .settings import Settings
+from .store.base import Storage
+from .store.sql import SQLStorage
+from .task import DurableTask
+
+_instances: weakref.WeakKeyDictionary[Celery, Durable] = weakref.WeakKeyDictionary()
+_instances_lock = threading.Lock()
+
+# Options Celery's @app.task understands beyond the Task class attributes.
+_CELERY_DECORATOR_OPTIONS = frozenset({
+    "base", "bind", "name", "shared", "lazy", "filter", "typing", "pydantic",
+    "pydantic_strict", "pydantic_context", "pydantic_dump_kwargs", "autoretry_for",
+    "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
+    "retry_jitter",
+})
+
+
+class Durable:
+    """Durable execution for one Celery app.
+
+    ``Durable(app)`` reads the ``durable_*`` settings from ``app.conf``; keyword
+    arguments override them. Nothing connects to the database until it is used.
+    """
+
+    def __init__(self, app: Celery, *, storage: Storage | None = None,
+                 clock: Callable[[], datetime] | None = None, **settings: Any) -> None:
+        with _instances_lock:
+            if app in _instances:
+                raise ConfigurationError(
+                    f"app {app.main!r} already has a Durable instance; get it with "
+                    f"Durable.of(app) instead of creating a second one")
+            _instances[app] = self
+        self.app = app
+        self.settings = Settings.from_conf(app.conf, **settings)
+        self._storage = storage
+        self._clock = clock or _utcnow
+        self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
+                                        self.now)
+        self.sweeper = RecoverySweeper(self)
+        signals.worker_ready.connect(self._on_worker_ready, weak=False)
+        signals.worker_shutting_down.connect(self._on_worker_shutting_down, weak=False)
+
+    @classmethod
+    def of(cls, app: Celery) -> Durable:
+        """The app's Durable, created from its settings on first use."""
+        with _instances_lock:
+            existing = _instances.get(app)
+        return existing if existing is not None else cls(app)
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = SQLStorage(self.settings.database_url,
+                                       table_prefix=self.settings.table_prefix)
+        return self._storage
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def deliver_by(self, eta: datetime | None) -> datetime:
+        start = max(eta, self.now()) if eta is not None else self.now()
+        return start + timedelta(seconds=self.settings.delivery_timeout)
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """``@durable.task`` / ``@durable.task(name=..., queue=...)``: a durable Celery task.
+
+        Same as ``@app.task(base=DurableTask, ...)``, but unknown options are rejected.
+        """
+        _check_options(options)
+        options.setdefault("base", DurableTask)
+        if len(args) == 1 and callable(args[0]):
+            return self.app.task(**options)(args[0])
+        return self.app.task(*args, **options)
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the tables (idempotent); returns the versions applied."""
+        return self.storage.migrate()
+
+    def get_job(self, job_id: str) -> JobView:
+        """The job's state, result/error, timestamps and call timeline.
+
+        Raises JobNotFound for an id no job has.
+        """
+        job = self.storage.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job_view(job, self.storage.load_history(job_id))
+
+    # -- worker wiring ------------------------------------------------------------------
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is self.app and self.settings.recovery:
+            self.sweeper.start()
+
+    def _on_worker_shutting_down(self, **_: Any) -> None:
+        self.sweeper.stop()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    known = _CELERY_DECORATOR_OPTIONS | {a for a in dir(DurableTask) if not a.startswith("_")}
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(option, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown durable task option {option!r}{hint}")

@@ -1,0 +1,66 @@
+"""The per-execution context: which job is running here, its history and its lease.
+
+A contextvar, so ``call()`` finds it without being passed anything, and each thread
+(threads pool) or greenlet sees only its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .store.base import CallRecord, Lease
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+
+@dataclass
+class Execution:
+    durable: Durable
+    task_name: str
+    job_id: str
+    """This scope's id: the job's, or ``"<parent>.<seq>"`` for a durable task called
+    in-process."""
+    root_id: str
+    lease: Lease
+    history: dict[tuple[str, int], CallRecord]
+    """Every call of the whole tree, loaded with one query when the job started."""
+    lost: threading.Event
+    """Set by the lease keeper when renewal found another owner."""
+    seq: int = 0
+    released: bool = field(default=False)
+    """The lease was handed back early (the body asked Celery to retry it)."""
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def child(self, seq: int, task_name: str) -> Execution:
+        return Execution(
+            durable=self.durable, task_name=task_name, job_id=f"{self.job_id}.{seq}",
+            root_id=self.root_id, lease=self.lease, history=self.history, lost=self.lost,
+        )
+
+
+_current: ContextVar[Execution | None] = ContextVar("celery_durable_execution", default=None)
+
+
+def current_execution() -> Execution | None:
+    return _current.get()
+
+
+def current_job_id() -> str | None:
+    """The id of the durable job running in this context, or None outside one."""
+    execution = _current.get()
+    return None if execution is None else execution.job_id
+
+
+def activate(execution: Execution) -> object:
+    return _current.set(execution)
+
+
+def deactivate(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""Every error celery-durable raises.
+
+    DurableError                      root of everything below
+    ├── ConfigurationError            a setting or task option is wrong
+    ├── StorageUnavailable            the durable database cannot be reached
+    ├── SerializationError            a value cannot be stored as JSON
+    ├── JobNotFound                   no job with that id (also a LookupError)
+    ├── UnknownTaskError              call("name") for a task that is not registered
+    ├── OutsideDurableTaskError       call() used outside a durable task body
+    ├── CallError                     a call() failed; the original error is chained
+    └── NonDeterministicError         replay took a different path than the history
+
+    LeaseLost (BaseException)         this execution no longer owns its job
+
+Control signals derive from BaseException so a body's ``except Exception`` cannot
+swallow them.
+"""
+
+from __future__ import annotations
+
+
+class DurableError(Exception):
+    """Base class of every celery-durable error."""
+
+
+class ConfigurationError(DurableError):
+    """A setting or a task option is invalid."""
+
+
+class StorageUnavailable(DurableError):
+    """The durable database cannot be reached or used."""
+
+
+class SerializationError(DurableError, TypeError):
+    """A value cannot be stored as JSON."""
+
+
+class JobNotFound(DurableError, LookupError):
+    """No durable job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"durable job {job_id!r} not found")
+
+
+class UnknownTaskError(DurableError, LookupError):
+    """call() named a task that is not registered with the app."""
+
+
+class OutsideDurableTaskError(DurableError, RuntimeError):
+    """call() was used outside the body of a durable task."""
+
+
+class CallError(DurableError):
+    """A durable call failed. ``__cause__`` is the original exception on the run that
+    failed; on replay the original is gone and ``error_type``/``error_message`` tell
+    what it was."""
+
+    def __init__(
+        self, *, job_id: str, seq: int, name: str, error_type: str, error_message: str
+    ) -> None:
+        self.job_id = job_id
+        self.seq = seq
+        self.name = name
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(
+            f"call #{seq} {name!r} of job {job_id} failed: {error_type}: {error_message}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_call_error, (self.job_id, self.seq, self.name,
+                                      self.error_type, self.error_message))
+
+
+def _rebuild_call_error(
+    job_id: str, seq: int, name: str, error_type: str, error_message: str
+) -> CallError:
+    return CallError(job_id=job_id, seq=seq, name=name, error_type=error_type,
+                     error_message=error_message)
+
+
+class NonDeterministicError(DurableError):
+    """Replay asked for a different call than the one recorded at the same position."""
+
+    def __init__(self, *, job_id: str, task: str, seq: int, expected: str, recorded: str) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.seq = seq
+        self.expected = expected
+        self.recorded = recorded
+        super().__init__(
+            f"job {job_id} ({task}) is not deterministic: at call #{seq} the code now calls "
+            f"{expected!r} but the history recorded {recorded!r}. The task's code changed "
+            f"while this job was in flight, or the body branches on something that is not a "
+            f"call() result. Restore the old call order for in-flight jobs, or cancel and "
+            f"re-enqueue this job."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_nondeterministic, (self.job_id, self.task, self.seq,
+                                            self.expected, self.recorded))
+
+
+def _rebuild_nondeterministic(
+    job_id: str, task: str, seq: int, expected: str, recorded: str
+) -> NonDeterministicError:
+    return NonDeterministicError(job_id=job_id, task=task, seq=seq, expected=expected,
+                                 recorded=recorded)
+
+
+class LeaseLost(BaseException):
+    """Another execution took over this job; this one must stop without writing."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"lease on durable job {job_id} was lost to another execution")

@@ -1,0 +1,81 @@
+"""The recovery sweeper: republishes jobs whose lease or delivery deadline passed.
+
+It runs as a daemon thread in every `celery worker` main process (no extra process),
+because brokers cannot be trusted to redeliver: Redis waits for its visibility timeout
+(1 h by default), the SQL transports never redeliver, and a killed pool child's message
+is acked by default. Several workers may sweep at once: each republish is a
+compare-and-set on the job row, so exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from . import serialization
+from .store.base import JobRecord
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+logger = logging.getLogger(__name__)
+BATCH = 100
+
+
+class RecoverySweeper:
+    def __init__(self, durable: Durable) -> None:
+        self.durable = durable
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> list[str]:
+        """Republish (or abandon) every expired job; returns the republished ids."""
+        durable, storage = self.durable, self.durable.storage
+        now = durable.now()
+        republished = []
+        for job in storage.expired_jobs(now, BATCH):
+            if job.recoveries >= durable.settings.max_recoveries:
+                if storage.abandon_job(job, _abandon_error(job), now):
+                    logger.error("job %s lost its worker %d times; marked failed",
+                                 job.id, job.recoveries)
+                continue
+            if storage.recover_job(job, durable.deliver_by(None), now):
+                self._republish(job)
+                republished.append(job.id)
+        return republished
+
+    def _republish(self, job: JobRecord) -> None:
+        logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
+        self.durable.app.send_task(
+            job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
+            task_id=job.id, queue=job.queue, priority=job.priority)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="celery-durable-recovery",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sweep_once()
+            except Exception:
+                logger.exception("recovery sweep failed; trying again in %ss",
+                                 self.durable.settings.sweep_interval)
+            if self._stop.wait(self.durable.settings.sweep_interval):
+                return
+
+
+def _abandon_error(job: JobRecord) -> str:
+    return serialization.dumps({
+        "type": "WorkerLostError",
+        "message": (f"job {job.id} lost its worker {job.recoveries} times "
+                    f"(durable_max_recoveries); it may be crashing the process"),
+        "traceback": "",
+    }, what="an error description")

@@ -1,0 +1,122 @@
+"""Running one delivery of a durable job: claim the lease, load history, run, finish.
+
+Outcomes of a delivery:
+- claimed: the body runs (replaying completed calls), then the job is finished,
+  fenced on the lease;
+- another execution holds a live lease: ``Ignore`` (the message is acked, nothing is
+  stored; if that execution dies, recovery republishes the job);
+- the job already finished: a succeeded job returns its stored result, any other is
+  ignored, and the body does not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Ignore, Retry
+
+from . import serialization
+from .calls import encode_error
+from .context import Execution, activate, deactivate
+from .errors import LeaseLost
+from .store.base import ClaimOutcome, JobState, Lease, NewJob
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from .app import Durable
+
+logger = logging.getLogger(__name__)
+_HOSTNAME = socket.gethostname()
+
+
+def new_owner() -> str:
+    """A fresh lease token per execution; host and pid make it readable in the table."""
+    return f"{_HOSTNAME}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    job_id: str = request.id
+    lease = _claim(durable, task, request, args, kwargs)
+    if not isinstance(lease, Lease):
+        return lease.result
+    storage = durable.storage
+    history = {(c.job_id, c.seq): c for c in storage.load_history(job_id)}
+    lost = durable.lease_keeper.hold(lease)
+    execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
+                          root_id=job_id, lease=lease, history=history, lost=lost)
+    token = activate(execution)
+    try:
+        return _run_body(durable, task, execution, args, kwargs)
+    except LeaseLost:
+        logger.warning("job %s: lease lost to another execution; stopping here", job_id)
+        raise Ignore() from None
+    finally:
+        deactivate(token)
+        durable.lease_keeper.drop(lease)
+
+
+class _Stored:
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Lease | _Stored:
+    storage, job_id, owner = durable.storage, request.id, new_owner()
+    now = durable.now()
+    until = now + timedelta(seconds=durable.settings.lease_seconds)
+    claim = storage.claim_job(job_id, owner, now, until)
+    if claim.outcome is ClaimOutcome.MISSING:
+        # Sent without going through DurableTask.apply_async (send_task, another app).
+        storage.create_job(new_job(durable, task.name, job_id, args, kwargs,
+                                   queue=(request.delivery_info or {}).get("routing_key"),
+                                   priority=None, eta=None))
+        claim = storage.claim_job(job_id, owner, now, until)
+    if claim.outcome is ClaimOutcome.CLAIMED:
+        return Lease(job_id, owner)
+    job = claim.job
+    if claim.outcome is ClaimOutcome.FINISHED and job is not None:
+        logger.info("job %s already %s; not running it again", job_id, job.state.value)
+        if job.state is JobState.SUCCEEDED:
+            return _Stored(serialization.loads(job.result))
+    else:
+        logger.info("job %s is being run by %s; ignoring this delivery", job_id,
+                    job.lease_owner if job else "?")
+    raise Ignore()
+
+
+def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignore[type-arg]
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    storage, lease = durable.storage, execution.lease
+    try:
+        result = task.run(*args, **kwargs)
+        encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
+    except Retry:
+        if not execution.released:  # raised without self.retry() re-sending: hand back
+            storage.release_job(lease, JobState.RETRYING, durable.deliver_by(None),
+                                durable.now())
+        raise
+    except Exception as exc:
+        storage.finish_job(lease, JobState.FAILED, None, encode_error(exc), durable.now())
+        raise
+    storage.finish_job(lease, JobState.SUCCEEDED, encoded, None, durable.now())
+    return result
+
+
+def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,
+            queue: str | None, priority: int | None, eta: datetime | None) -> NewJob:
+    what = f"task {task_name!r}"
+    return NewJob(
+        id=job_id, task=task_name,
+        args=serialization.dumps(list(args or ()), what=f"{what} positional arguments"),
+        kwargs=serialization.dumps(dict(kwargs or {}), what=f"{what} keyword arguments"),
+        queue=queue, priority=priority, created_at=durable.now(),
+        deliver_by=durable.deliver_by(eta),
+    )

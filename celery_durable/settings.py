@@ -1,0 +1,64 @@
+"""Settings, read from ``app.conf`` under the ``durable_`` prefix.
+
+With Django's ``CELERY_`` namespace they are ``CELERY_DURABLE_DATABASE_URL`` and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy URL of the durable store. Default: a SQLite file in the working dir."""
+    table_prefix: str = "durable_"
+    lease_seconds: float = 30.0
+    """How long an execution owns its job without renewing; renewed every third of it."""
+    sweep_interval: float = 10.0
+    """How often each worker looks for jobs whose lease expired and republishes them."""
+    delivery_timeout: float = 900.0
+    """A published job nobody claimed by then is published again."""
+    max_recoveries: int = 10
+    """A job that lost its worker this many times is failed instead of republished."""
+    recovery: bool = True
+    """Run the recovery sweeper inside `celery worker` processes."""
+
+    @classmethod
+    def from_conf(cls, conf: Any, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = overrides.get(f.name)
+            if value is None:
+                value = conf.get(f"durable_{f.name}")
+            if value is not None:
+                values[f.name] = _coerce(f.name, f.type, value)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("lease_seconds", "sweep_interval", "delivery_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"durable_{name} must be positive, "
+                                         f"got {getattr(self, name)!r}")
+        if not self.table_prefix.replace("_", "").isalnum():
+            raise ConfigurationError(
+                f"durable_table_prefix must be letters, digits and underscores, "
+                f"got {self.table_prefix!r}")
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    kind = {"str": str, "float": float, "int": int, "bool": bool}[str(kind)]
+    if kind is bool and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"durable_{name} must be a {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,167 @@
+"""The Storage protocol: the only seam between the engine and a database.
+
+It speaks domain operations (claim a job, record a call, finish a job), never SQL.
+Payload fields (``args``, ``result``, ``error`` ...) are JSON text: encoding is the
+engine's job, so a store only moves strings. Times are timezone-aware UTC datetimes
+passed in by the caller, which keeps every store testable with a fixed clock.
+
+Fencing: every write made on behalf of a running execution carries its ``Lease`` and
+takes effect only while that lease is still the job's owner; otherwise it raises
+``LeaseLost`` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUSPENDED = "suspended"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD,
+                             JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.RETRYING})
+
+
+class CallState(str, enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What enqueueing knows about a job before any worker has seen it."""
+
+    id: str
+    task: str
+    args: str
+    kwargs: str
+    queue: str | None
+    priority: int | None
+    created_at: datetime
+    deliver_by: datetime
+    """If no execution has claimed the job by then, recovery republishes it."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    task: str
+    args: str
+    kwargs: str
+    queue: str | None
+    priority: int | None
+    state: JobState
+    attempts: int
+    """How many executions have claimed the job (crashes included)."""
+    recoveries: int
+    """How many times recovery republished the job after a lost lease."""
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    result: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One checkpoint: the outcome of the call at ``seq`` in job ``job_id``.
+
+    ``root_id`` is the top-level job's id; a durable task called in-process runs as a
+    child scope ``"<parent>.<seq>"`` whose calls share the root, so one query loads a
+    whole tree's history.
+    """
+
+    job_id: str
+    seq: int
+    root_id: str
+    name: str
+    args_digest: str
+    state: CallState
+    attempts: int
+    result: str | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    owner: str
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"
+    BUSY = "busy"
+    """Another execution holds a live lease."""
+    FINISHED = "finished"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: JobRecord | None = None
+    """The job as found, when the claim did not succeed."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def migrate(self) -> None:
+        """Create or upgrade the tables. Idempotent."""
+
+    def create_job(self, job: NewJob) -> bool:
+        """Insert a pending job; False (and no change) if the id already exists."""
+
+    def delete_unstarted_job(self, job_id: str) -> None:
+        """Undo ``create_job`` when publishing failed: only a never-claimed job goes."""
+
+    def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+        """Take the lease if the job is active and unleased (or its lease expired)."""
+
+    def load_history(self, root_id: str) -> list[CallRecord]:
+        """Every call recorded under the root job, in one query."""
+
+    def record_call(self, call: CallRecord, lease: Lease) -> None:
+        """Insert a checkpoint, fenced on the lease. One round trip."""
+
+    def renew_lease(self, lease: Lease, until: datetime) -> bool:
+        """Extend the lease; False if it was lost."""
+
+    def finish_job(self, lease: Lease, state: JobState, result: str | None,
+                   error: str | None, now: datetime) -> None:
+        """Record the final outcome and release the lease, fenced on it."""
+
+    def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
+                    now: datetime) -> None:
+        """Give the lease back without finishing (a retry is on its way)."""
+
+    def expired_jobs(self, now: datetime, limit: int) -> list[JobRecord]:
+        """Active jobs whose lease or delivery deadline passed, oldest first."""
+
+    def recover_job(self, seen: JobRecord, deliver_by: datetime, now: datetime) -> bool:
+        """Compare-and-set an expired job back to pending; True if this caller won."""
+
+    def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
+        """Compare-and-set an expired job to failed (it crashed its workers too often)."""
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""

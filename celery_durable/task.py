@@ -1,0 +1,79 @@
+"""DurableTask: the Celery Task base class whose body may make checkpointed calls."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils import uuid
+
+from .context import current_execution
+from .runner import new_job, run_job
+from .store.base import JobState
+
+
+class DurableTask(Task):  # type: ignore[type-arg]
+    """Use as ``@app.task(base=DurableTask)`` or through ``@durable.task``.
+
+    Enqueueing writes the job row before the message is published (a row that cannot
+    be written means no message); executing claims the job's lease, replays completed
+    calls and records new ones.
+    """
+
+    # The message stays unacked until the job ends, and a killed pool child requeues it
+    # rather than storing a false FAILURE (recovery resumes the job either way).
+    acks_late = True
+    reject_on_worker_lost = True
+
+    @classmethod
+    def on_bound(cls, app: Celery) -> None:
+        from .app import Durable
+
+        Durable.of(app)  # `@app.task(base=DurableTask)` alone wires the worker side too
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly or request.id is None:
+            # A plain function call (a test, a script, or call() running it in-process).
+            return super().__call__(*args, **kwargs)
+        from .app import Durable
+
+        return run_job(Durable.of(self.app), self, request, args, kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
+                    **options: Any) -> Any:
+        from .app import Durable
+
+        durable = Durable.of(self.app)
+        task_id = task_id or uuid()
+        eta = _eta(options.get("eta"), options.get("countdown"))
+        execution = current_execution()
+        if execution is not None and execution.job_id == task_id and not execution.released:
+            # self.retry() inside the body: hand the lease back before the retry message
+            # can be delivered, or that delivery would find the job busy.
+            durable.storage.release_job(execution.lease, JobState.RETRYING,
+                                        durable.deliver_by(eta), durable.now())
+            execution.released = True
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        job = new_job(durable, self.name, task_id, args, kwargs,
+                      queue=options.get("queue") if isinstance(options.get("queue"), str)
+                      else None,
+                      priority=options.get("priority"), eta=eta)
+        created = durable.storage.create_job(job)
+        try:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        except BaseException:
+            if created:
+                durable.storage.delete_unstarted_job(task_id)
+            raise
+
+
+def _eta(eta: datetime | str | None, countdown: float | None) -> datetime | None:
+    if countdown is not None:
+        return datetime.now(timezone.utc) + timedelta(seconds=float(countdown))
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if eta is not None and eta.tzinfo is None:
+        eta = eta.replace(tzinfo=timezone.utc)
+    return eta
