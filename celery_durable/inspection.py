@@ -64,16 +64,24 @@ class JobView:
 
 
 def job_view(job: JobRecord, calls: list[CallRecord]) -> JobView:
+    views = [CallView(
+        scope=c.job_id, seq=c.seq, position=_position(job.id, c), name=c.name,
+        state=c.state.value, attempts=c.attempts, started_at=c.started_at,
+        finished_at=c.finished_at, result=serialization.loads(c.result),
+        error=serialization.loads(c.error),
+    ) for c in calls]
+    views.sort(key=lambda v: [int(part) for part in v.position.split(".")])
     return JobView(
         id=job.id, task=job.task, state=job.state.value, attempts=job.attempts,
         recoveries=job.recoveries, args=serialization.loads(job.args),
         kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
         error=serialization.loads(job.error), created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, lease_owner=job.lease_owner,
-        calls=tuple(CallView(
-            scope=c.job_id, seq=c.seq, position=f"{c.job_id[len(job.id) + 1:]}.{c.seq}".lstrip("."),
-            name=c.name, state=c.state.value, attempts=c.attempts,
-            started_at=c.started_at, finished_at=c.finished_at,
-            result=serialization.loads(c.result), error=serialization.loads(c.error),
-        ) for c in sorted(calls, key=lambda c: (c.started_at, c.job_id, c.seq))),
+        calls=tuple(views),
     )
+
+
+def _position(root_id: str, call: CallRecord) -> str:
+    """``"3"`` for the root's call #3, ``"3.1"`` for call #1 of the child called at #3."""
+    scope = call.job_id[len(root_id):].lstrip(".")
+    return f"{scope}.{call.seq}" if scope else str(call.seq)

@@ -1,0 +1,163 @@
+"""Real `celery worker` subprocesses against real brokers and databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_durable import Durable
+from celery_durable.store.base import JobRecord
+from celery_durable.store.sql import SQLStorage
+from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service, sql_url, unique_prefix
+from tests.integration.proj import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+BROKERS = {"redis": REDIS_URL.rsplit("/", 1)[0] + "/5", "rabbitmq": RABBITMQ_URL}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             on_timeout: Callable[[], str] = lambda: "") -> Any:
+    """Poll ``predicate`` (database state, never stdout) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool children."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Cluster:
+    """One isolated setup: its own queue, table prefix and side-effect directory."""
+
+    broker: str
+    store_url: str
+    prefix: str
+    queue: str
+    effects: Path
+    logs: Path
+    step_seconds: float = 0.0
+    app: Celery = field(init=False)
+    durable: Durable = field(init=False)
+    workers: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app = create_app(broker=self.broker, store=self.store_url, prefix=self.prefix,
+                              queue=self.queue)
+        self.durable = Durable.of(self.app)
+        self.durable.migrate()
+
+    @property
+    def storage(self) -> SQLStorage:
+        storage = self.durable.storage
+        assert isinstance(storage, SQLStorage)
+        return storage
+
+    def worker(self, concurrency: int = 1, pool: str = "prefork") -> Worker:
+        env = {**os.environ,
+               "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
+               "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
+               "DURABLE_TEST_EFFECTS": str(self.effects),
+               "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
+               "PYTHONPATH": str(REPO)}
+        log = self.logs / f"worker-{len(self.workers)}.log"
+        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker",
+             "-Q", self.queue, "-c", str(concurrency), "-P", pool, "-n", name,
+             "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        worker = Worker(process, log)
+        self.workers.append(worker)
+        return worker
+
+    def count(self, effect: str) -> int:
+        path = self.effects / effect
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self.storage.get_job(job_id)
+
+    def committed_calls(self, job_id: str) -> int:
+        return sum(1 for c in self.storage.load_history(job_id) if c.job_id == job_id)
+
+    def logs_tail(self) -> str:
+        out = []
+        for w in self.workers:
+            text = w.log.read_text(errors="replace") if w.log.exists() else ""
+            out.append(f"--- {w.log.name} ---\n" + "\n".join(text.splitlines()[-40:]))
+        return "\n".join(out)
+
+    def wait_finished(self, job_id: str, timeout: float = 60) -> JobRecord:
+        job: JobRecord = wait_for(
+            lambda: (j := self.job(job_id)) is not None and j.state.finished and j,
+            timeout, f"job {job_id} to finish", self.logs_tail)
+        return job
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        if self.broker.startswith("amqp"):
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(self.queue)
+        self.storage.drop_tables()
+        self.storage.dispose()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(broker: str, store: str, step_seconds: float = 0.0) -> Cluster:
+        if broker == "sqlite":
+            broker_url = f"sqla+sqlite:///{tmp_path}/broker.sqlite3"
+        else:
+            require_service(broker)
+            broker_url = BROKERS[broker]
+        effects = tmp_path / "effects"
+        logs = tmp_path / "logs"
+        effects.mkdir(exist_ok=True)
+        logs.mkdir(exist_ok=True)
+        cluster = Cluster(broker_url, sql_url(store, tmp_path), unique_prefix(),
+                          f"q-{uuid.uuid4().hex[:8]}", effects, logs, step_seconds)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()

@@ -1,0 +1,134 @@
+"""Bad input gets a clear error and leaves nothing half-written: no rows, no message."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import func, select
+
+from celery_durable import (
+    ConfigurationError,
+    Durable,
+    SerializationError,
+    StorageUnavailable,
+    UnknownTaskError,
+    call,
+)
+from celery_durable.store.sql import SQLStorage
+from tests.conftest import POSTGRES_URL, unique_prefix
+from tests.integration.conftest import BROKERS
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis.Redis.from_url(BROKERS["redis"]).delete(name)
+
+
+def _published(queue: str) -> int:
+    return int(redis.Redis.from_url(BROKERS["redis"]).llen(queue))
+
+
+def _app(queue: str, store: str, prefix: str) -> Celery:
+    app = Celery("bad", broker=BROKERS["redis"], set_as_current=False)
+    app.conf.update(task_default_queue=queue, durable_database_url=store,
+                    durable_table_prefix=prefix)
+    return app
+
+
+@pytest.fixture
+def storage() -> Iterator[SQLStorage]:
+    store = SQLStorage(POSTGRES_URL, table_prefix=unique_prefix())
+    store.migrate()
+    yield store
+    store.drop_tables()
+    store.dispose()
+
+
+def _rows(storage: SQLStorage) -> tuple[int, int]:
+    with storage.engine.connect() as conn:
+        jobs = conn.scalar(select(func.count()).select_from(storage.tables.jobs))
+        calls = conn.scalar(select(func.count()).select_from(storage.tables.calls))
+    return int(jobs or 0), int(calls or 0)
+
+
+def test_non_json_arguments(queue: str, storage: SQLStorage) -> None:
+    app = _app(queue, POSTGRES_URL, storage.tables.jobs.name.removesuffix("jobs"))
+    durable = Durable(app)
+
+    @durable.task(name="bad.t", shared=False)
+    def t(*args: object, **kwargs: object) -> None: ...
+
+    with pytest.raises(SerializationError, match=r"task 'bad.t' positional arguments at \[1\]"
+                       r" is of type pathlib.PosixPath"):
+        t.delay(1, Path("/tmp"))
+    with pytest.raises(SerializationError, match=r"keyword arguments at \['when'\]"):
+        t.apply_async(kwargs={"when": object()})
+    assert _rows(storage) == (0, 0)
+    assert _published(queue) == 0
+    t.delay(1, "/tmp")  # the same task with good input is written and published
+    assert _rows(storage) == (1, 0)
+    assert _published(queue) == 1
+
+
+def test_unreachable_database(queue: str) -> None:
+    app = _app(queue, "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none", "x_")
+    durable = Durable(app)
+
+    @durable.task(name="bad.t", shared=False)
+    def t() -> None: ...
+
+    with pytest.raises(StorageUnavailable) as info:
+        t.delay()
+    message = str(info.value)
+    assert "127.0.0.1:1/none" in message and "durable_database_url" in message
+    assert "s3cret" not in message
+    assert _published(queue) == 0
+
+
+def test_tables_not_migrated(queue: str) -> None:
+    app = _app(queue, POSTGRES_URL, unique_prefix())
+
+    @Durable(app).task(name="bad.t", shared=False)
+    def t() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="durable migrate"):
+        t.delay()
+    assert _published(queue) == 0
+
+
+def test_bad_call_results_and_names_write_no_call(queue: str, storage: SQLStorage) -> None:
+    app = _app(queue, POSTGRES_URL, storage.tables.jobs.name.removesuffix("jobs"))
+    durable = Durable(app)
+
+    @app.task(name="bad.objecty", shared=False)
+    def objecty() -> object:
+        return object()
+
+    @durable.task(name="bad.returns_object", shared=False)
+    def returns_object() -> None:
+        call(objecty)
+
+    @durable.task(name="bad.typo", shared=False)
+    def typo() -> None:
+        call("bad.objcety")
+
+    # apply() runs the durable body in this process: fine for input checks, not for
+    # durability (those tests run real workers).
+    result = returns_object.apply(task_id="j-result")
+    assert isinstance(result.result, SerializationError)
+    assert "'bad.objecty'" in str(result.result) and "builtins.object" in str(result.result)
+    result = typo.apply(task_id="j-typo")
+    assert isinstance(result.result, UnknownTaskError)
+    assert "Did you mean 'bad.objecty'" in str(result.result)
+    assert _rows(storage) == (2, 0)
+    assert durable.get_job("j-result").state == "failed"
+    assert durable.get_job("j-typo").state == "failed"

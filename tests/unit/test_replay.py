@@ -1,0 +1,269 @@
+"""Replay semantics of call(), on the in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+from celery.exceptions import Ignore
+
+from celery_durable import (
+    CallError,
+    JobState,
+    LeaseLost,
+    NonDeterministicError,
+    OutsideDurableTaskError,
+    SerializationError,
+    UnknownTaskError,
+    call,
+)
+from celery_durable.runner import new_job
+from celery_durable.store.base import ClaimOutcome
+from tests.unit.conftest import Crash, Env
+
+
+def _register(env: Env, crash_at: str | None = None) -> None:
+    @env.app.task(name="u.step", shared=False)
+    def step(name: str, value: int) -> int:
+        env.effects.append(name)
+        if name == crash_at:
+            raise Crash()
+        return value + 1
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow(x: int) -> list[int]:
+        a = call(step, "s1", x)
+        b = call("u.step", "s2", a)
+        c = call(step.s("s3", b))
+        return [a, b, c]
+
+
+def test_completed_calls_are_not_rerun_after_a_crash(env: Env) -> None:
+    _register(env, crash_at="s3")
+    with pytest.raises(Crash):
+        env.deliver("u.flow", "j1", 0)
+    assert env.effects == ["s1", "s2", "s3"]
+    env.effects.clear()
+    env.app.tasks.unregister("u.step")
+    env.app.tasks.unregister("u.flow")
+    _register(env)
+    with pytest.raises(Ignore):  # the dead execution's lease is still live
+        env.deliver("u.flow", "j1", 0)
+    env.clock.advance(31)
+    assert env.deliver("u.flow", "j1", 0) == [1, 2, 3]
+    assert env.effects == ["s3"]
+    job = env.durable.get_job("j1")
+    assert (job.state, job.attempts, job.result) == ("succeeded", 2, [1, 2, 3])
+    assert [(c.seq, c.name) for c in job.calls] == [(1, "u.step"), (2, "u.step"), (3, "u.step")]
+
+
+def test_a_finished_job_delivered_again_returns_its_result_without_running(env: Env) -> None:
+    _register(env)
+    assert env.deliver("u.flow", "j1", 5) == [6, 7, 8]
+    env.effects.clear()
+    assert env.deliver("u.flow", "j1", 5) == [6, 7, 8]
+    assert env.effects == []
+    assert env.durable.get_job("j1").attempts == 1
+
+
+def test_a_changed_call_order_raises_non_deterministic_error(env: Env) -> None:
+    _register(env, crash_at="s2")
+    with pytest.raises(Crash):
+        env.deliver("u.flow", "j1", 0)
+
+    @env.app.task(name="u.other", shared=False)
+    def other() -> int:
+        return 1
+
+    @env.durable.task(name="u.flow2", shared=False)
+    def flow2(x: int) -> int:
+        call(other)
+        return 0
+
+    env.app.tasks["u.flow"].run = flow2.run
+    env.clock.advance(31)
+    with pytest.raises(NonDeterministicError) as info:
+        env.deliver("u.flow", "j1", 0)
+    message = str(info.value)
+    assert "j1" in message and "#1" in message
+    assert "'u.other'" in message and "'u.step'" in message
+    assert env.storage.get_job("j1").state is JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_failed_call_raises_call_error_and_replays_the_same_path(env: Env) -> None:
+    @env.app.task(name="u.charge", shared=False)
+    def charge(amount: int) -> str:
+        env.effects.append("charge")
+        return f"receipt-{amount}"
+
+    @env.app.task(name="u.reserve", shared=False)
+    def reserve() -> None:
+        env.effects.append("reserve")
+        raise ValueError("out of stock")
+
+    @env.app.task(name="u.refund", shared=False)
+    def refund(receipt: str) -> None:
+        env.effects.append("refund")
+        if env.effects.count("refund") == 1:
+            raise Crash()
+
+    @env.durable.task(name="u.order", shared=False)
+    def order(amount: int) -> str:
+        receipt = call(charge, amount)
+        try:
+            call(reserve)
+        except CallError as exc:
+            assert exc.error_type == "ValueError"
+            call(refund, receipt)
+            return f"refunded {receipt}: {exc.error_message}"
+        return "done"
+
+    with pytest.raises(Crash):  # dies inside the compensation
+        env.deliver("u.order", "j1", 10)
+    env.clock.advance(31)
+    assert env.deliver("u.order", "j1", 10) == "refunded receipt-10: out of stock"
+    assert env.effects == ["charge", "reserve", "refund", "refund"]
+
+
+def test_call_error_chains_the_original_exception(env: Env) -> None:
+    seen: list[BaseException | None] = []
+
+    @env.app.task(name="u.bad", shared=False)
+    def bad() -> None:
+        raise KeyError("k")
+
+    @env.durable.task(name="u.catcher", shared=False)
+    def catcher() -> str:
+        try:
+            call(bad)
+        except CallError as exc:
+            seen.append(exc.__cause__)
+            raise
+        return "unreachable"
+
+    with pytest.raises(CallError):
+        env.deliver("u.catcher", "j1")
+    assert isinstance(seen[0], KeyError)
+    job = env.durable.get_job("j1")
+    assert job.state == "failed"
+    assert job.error is not None and job.error["type"] == "CallError"
+
+
+def test_durable_task_called_in_process_has_its_own_checkpoints(env: Env) -> None:
+    @env.app.task(name="u.leaf", shared=False)
+    def leaf(name: str) -> str:
+        env.effects.append(name)
+        if name == "c2" and env.effects.count("c2") == 1:
+            raise Crash()
+        return name.upper()
+
+    @env.durable.task(name="u.child", shared=False)
+    def child() -> list[str]:
+        return [call(leaf, "c1"), call(leaf, "c2")]
+
+    @env.durable.task(name="u.parent", shared=False)
+    def parent() -> list[object]:
+        return [call(leaf, "p1"), call(child), call(leaf, "p3")]
+
+    with pytest.raises(Crash):
+        env.deliver("u.parent", "j1")
+    env.clock.advance(31)
+    assert env.deliver("u.parent", "j1") == ["P1", ["C1", "C2"], "P3"]
+    assert env.effects == ["p1", "c1", "c2", "c2", "p3"]
+    positions = [c.position for c in env.durable.get_job("j1").calls]
+    assert positions == ["1", "2", "2.1", "2.2", "3"]
+
+
+def test_a_delivery_that_finds_the_job_busy_does_not_run_it(env: Env) -> None:
+    _register(env)
+    env.storage.create_job(new_job(env.durable, "u.flow", "j1", [0], {}, queue=None,
+                                   priority=None, eta=None))
+    claim = env.storage.claim_job("j1", "other", env.clock(), env.clock.now.replace(year=2030))
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    with pytest.raises(Ignore):
+        env.deliver("u.flow", "j1", 0)
+    assert env.effects == []
+
+
+def test_losing_the_lease_stops_at_the_next_call_without_writing(env: Env) -> None:
+    @env.app.task(name="u.leaf", shared=False)
+    def leaf(n: int) -> int:
+        env.effects.append(f"leaf{n}")
+        if n == 1:  # meanwhile recovery gave the job to another worker
+            env.clock.advance(31)
+            assert env.storage.claim_job("j1", "usurper", env.clock(),
+                                         env.clock.now.replace(year=2030)).outcome \
+                is ClaimOutcome.CLAIMED
+        return n
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> None:
+        call(leaf, 1)
+        call(leaf, 2)
+
+    with pytest.raises(Ignore):
+        env.deliver("u.flow", "j1")
+    assert env.effects == ["leaf1"]
+    assert env.storage.load_history("j1") == []
+    assert env.storage.get_job("j1").lease_owner == "usurper"  # type: ignore[union-attr]
+
+
+def test_lease_keeper_marks_a_lost_lease(env: Env) -> None:
+    from celery_durable.store.base import Lease
+
+    _register(env)
+    env.deliver("u.flow", "j0", 0)
+    lease = Lease("j0", "nobody")
+    lost = env.durable.lease_keeper.hold(lease)
+    env.durable.lease_keeper.renew_all()
+    env.durable.lease_keeper.drop(lease)
+    assert lost.is_set()
+    with pytest.raises(LeaseLost):
+        env.storage.record_call(env.storage.load_history("j0")[0], lease)
+
+
+def test_call_outside_a_durable_task_is_a_clear_error(env: Env) -> None:
+    _register(env)
+    with pytest.raises(OutsideDurableTaskError, match="inside the body of a durable task"):
+        call(env.app.tasks["u.step"], "x", 1)
+    with pytest.raises(OutsideDurableTaskError):
+        env.app.tasks["u.flow"](0)  # a plain function call runs no durable job
+
+
+def test_unknown_task_name_is_a_clear_error_and_records_nothing(env: Env) -> None:
+    _register(env)
+
+    @env.durable.task(name="u.typo", shared=False)
+    def typo() -> None:
+        call("u.stpe", "s1", 0)
+
+    with pytest.raises(UnknownTaskError, match=r"'u\.stpe'.*Did you mean 'u\.step'"):
+        env.deliver("u.typo", "j1")
+    assert env.storage.load_history("j1") == []
+
+
+def test_non_json_call_result_fails_the_job_and_records_no_call(env: Env) -> None:
+    @env.app.task(name="u.objecty", shared=False)
+    def objecty() -> object:
+        return {"when": object()}
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> None:
+        call(objecty)
+
+    with pytest.raises(SerializationError) as info:
+        env.deliver("u.flow", "j1")
+    message = str(info.value)
+    assert "'u.objecty'" in message and "builtins.object" in message and "['when']" in message
+    assert env.storage.load_history("j1") == []
+    assert env.storage.get_job("j1").state is JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_results_are_what_a_replay_would_return(env: Env) -> None:
+    @env.app.task(name="u.pair", shared=False)
+    def pair() -> tuple[int, int]:
+        return (1, 2)
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> bool:
+        return call(pair) == [1, 2]
+
+    assert env.deliver("u.flow", "j1") is True
