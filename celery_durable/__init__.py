@@ -2,7 +2,7 @@
 
 from .app import Durable
 from .calls import call
-from .context import current_job_id
+from .context import current_call_id, current_job_id
 from .errors import (
     CallError,
     ConfigurationError,
@@ -39,5 +39,6 @@ __all__ = [
     "StorageUnavailable",
     "UnknownTaskError",
     "call",
+    "current_call_id",
     "current_job_id",
 ]

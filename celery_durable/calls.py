@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import difflib
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from celery import Celery, Task
 from celery.canvas import Signature
 
 from . import serialization
-from .context import Execution, activate, current_execution, deactivate
+from .context import (
+    Execution,
+    activate,
+    current_execution,
+    deactivate,
+    enter_call,
+    exit_call,
+)
 from .errors import (
     CallError,
     LeaseLost,
@@ -23,7 +30,7 @@ from .store.base import CallRecord, CallState
 if TYPE_CHECKING:
     from datetime import datetime
 
-CallTarget = Task | Signature | str  # type: ignore[type-arg]
+CallTarget: TypeAlias = "Task[Any, Any] | Signature[Any] | str"
 
 
 def call(target: CallTarget, /, *args: Any, **kwargs: Any) -> Any:
@@ -117,14 +124,16 @@ def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  
             kwargs: dict[str, Any]) -> Any:
     from .task import DurableTask
 
-    if not isinstance(task, DurableTask):
-        return task(*args, **kwargs)
+    call_token = enter_call(f"{execution.job_id}:{seq}")
     # A durable task called in-process runs as a child scope with its own checkpoints.
-    token = activate(execution.child(seq, task.name))
+    scope = activate(execution.child(seq, task.name)) if isinstance(task, DurableTask) \
+        else None
     try:
         return task(*args, **kwargs)
     finally:
-        deactivate(token)
+        if scope is not None:
+            deactivate(scope)
+        exit_call(call_token)
 
 
 def _record(execution: Execution, seq: int, name: str, args: tuple[Any, ...],

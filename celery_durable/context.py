@@ -46,6 +46,7 @@ class Execution:
 
 
 _current: ContextVar[Execution | None] = ContextVar("celery_durable_execution", default=None)
+_call_id: ContextVar[str | None] = ContextVar("celery_durable_call_id", default=None)
 
 
 def current_execution() -> Execution | None:
@@ -56,6 +57,23 @@ def current_job_id() -> str | None:
     """The id of the durable job running in this context, or None outside one."""
     execution = _current.get()
     return None if execution is None else execution.job_id
+
+
+def current_call_id() -> str | None:
+    """``"<job id>:<seq>"`` of the durable call running in this context, else None.
+
+    It is the same every time that call runs (a call in flight when its worker died runs
+    again), so pass it as an idempotency key to payment APIs and the like.
+    """
+    return _call_id.get()
+
+
+def enter_call(call_id: str) -> object:
+    return _call_id.set(call_id)
+
+
+def exit_call(token: object) -> None:
+    _call_id.reset(token)  # type: ignore[arg-type]
 
 
 def activate(execution: Execution) -> object:

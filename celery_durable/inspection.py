@@ -50,11 +50,12 @@ class JobView:
 
     def timeline(self) -> str:
         """The call timeline as a small text table."""
+        width = max([len(c.name) for c in self.calls] + [4]) + 2
         lines = [f"job {self.id} ({self.task}): {self.state}, "
                  f"{self.attempts} execution(s), {self.recoveries} recovery(ies)",
-                 f"  {'#':<6}{'call':<34}{'state':<11}{'attempts':>8}{'ms':>9}"]
+                 f"  {'#':<6}{'call':<{width}}{'state':<11}{'attempts':>8}{'ms':>9}"]
         for c in self.calls:
-            lines.append(f"  {c.position:<6}{c.name:<34}{c.state:<11}{c.attempts:>8}"
+            lines.append(f"  {c.position:<6}{c.name:<{width}}{c.state:<11}{c.attempts:>8}"
                          f"{c.duration * 1000:>9.1f}")
         if self.error:
             lines.append(f"  error: {self.error.get('type')}: {self.error.get('message')}")

@@ -125,8 +125,8 @@ class Claim:
 
 @runtime_checkable
 class Storage(Protocol):
-    def migrate(self) -> None:
-        """Create or upgrade the tables. Idempotent."""
+    def migrate(self) -> list[int]:
+        """Create or upgrade the tables. Idempotent; returns the schema versions applied."""
 
     def create_job(self, job: NewJob) -> bool:
         """Insert a pending job; False (and no change) if the id already exists."""

@@ -25,8 +25,8 @@ class MemoryStorage:
         self._jobs: dict[str, JobRecord] = {}
         self._calls: dict[tuple[str, int], CallRecord] = {}
 
-    def migrate(self) -> None:
-        pass
+    def migrate(self) -> list[int]:
+        return []
 
     def create_job(self, job: NewJob) -> bool:
         with self._lock:

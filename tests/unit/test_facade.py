@@ -27,7 +27,7 @@ def test_public_api_is_pinned() -> None:
         "DurableTask", "JobNotFound", "JobState", "JobView", "LeaseLost", "MemoryStorage",
         "NonDeterministicError", "OutsideDurableTaskError", "SQLStorage",
         "SerializationError", "Storage", "StorageUnavailable", "UnknownTaskError", "call",
-        "current_job_id"])
+        "current_call_id", "current_job_id"])
 
 
 def test_settings_come_from_app_conf() -> None:

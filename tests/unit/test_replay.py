@@ -14,6 +14,8 @@ from celery_durable import (
     SerializationError,
     UnknownTaskError,
     call,
+    current_call_id,
+    current_job_id,
 )
 from celery_durable.runner import new_job
 from celery_durable.store.base import ClaimOutcome
@@ -267,3 +269,24 @@ def test_results_are_what_a_replay_would_return(env: Env) -> None:
         return call(pair) == [1, 2]
 
     assert env.deliver("u.flow", "j1") is True
+
+
+def test_a_call_sees_the_same_idempotency_key_when_it_runs_again(env: Env) -> None:
+    keys: list[tuple[str | None, str | None]] = []
+
+    @env.app.task(name="u.pay", shared=False)
+    def pay() -> None:
+        keys.append((current_call_id(), current_job_id()))
+        if len(keys) == 1:
+            raise Crash()
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> None:
+        call(pay)
+
+    with pytest.raises(Crash):
+        env.deliver("u.flow", "j1")
+    env.clock.advance(31)
+    env.deliver("u.flow", "j1")
+    assert keys == [("j1:1", "j1"), ("j1:1", "j1")]
+    assert current_call_id() is None and current_job_id() is None
