@@ -49,7 +49,8 @@ class RecoverySweeper:
         logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
         self.durable.app.send_task(
             job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
-            task_id=job.id, queue=job.queue, priority=job.priority)
+            task_id=job.id, queue=job.queue, priority=job.priority,
+            **serialization.loads(job.options))
 
     def start(self) -> None:
         if self._thread is not None:

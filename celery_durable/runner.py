@@ -23,7 +23,7 @@ from celery.exceptions import Ignore, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate
-from .errors import LeaseLost
+from .errors import LeaseLost, SerializationError
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
         # Sent without going through DurableTask.apply_async (send_task, another app).
         storage.create_job(new_job(durable, task.name, job_id, args, kwargs,
                                    queue=(request.delivery_info or {}).get("routing_key"),
-                                   priority=None, eta=None))
+                                   priority=None, eta=None,
+                                   options=options_from_request(request)))
         claim = storage.claim_job(job_id, owner, now, until)
     if claim.outcome is ClaimOutcome.CLAIMED:
         return Lease(job_id, owner)
@@ -110,13 +111,44 @@ def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignor
     return result
 
 
+# Message options that recovery sends again, so a republished job keeps its place in a
+# canvas (chain, links, group, chord) and its ids.
+RESENT_OPTIONS = ("link", "link_error", "chain", "group_id", "group_index", "chord",
+                  "root_id", "parent_id", "reply_to", "shadow", "exchange", "routing_key",
+                  "time_limit", "soft_time_limit")
+
+
 def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,
-            queue: str | None, priority: int | None, eta: datetime | None) -> NewJob:
+            queue: str | None, priority: int | None, eta: datetime | None,
+            options: dict[str, Any] | None = None) -> NewJob:
     what = f"task {task_name!r}"
     return NewJob(
         id=job_id, task=task_name,
         args=serialization.dumps(list(args or ()), what=f"{what} positional arguments"),
         kwargs=serialization.dumps(dict(kwargs or {}), what=f"{what} keyword arguments"),
         queue=queue, priority=priority, created_at=durable.now(),
-        deliver_by=durable.deliver_by(eta),
+        deliver_by=durable.deliver_by(eta), options=_resent_options(options or {}),
     )
+
+
+def _resent_options(options: dict[str, Any]) -> str:
+    kept = {k: v for k, v in options.items() if k in RESENT_OPTIONS and v is not None}
+    try:
+        return serialization.dumps(kept, what="message options")
+    except SerializationError:  # e.g. a kombu Exchange object: routing falls back to queue
+        return serialization.dumps(
+            {k: v for k, v in kept.items() if serialization.encodes(v)},
+            what="message options")
+
+
+def options_from_request(request: Any) -> dict[str, Any]:
+    """What a delivered message carried, for a job whose row was not written at enqueue."""
+    return {"link": getattr(request, "callbacks", None),
+            "link_error": getattr(request, "errbacks", None),
+            "chain": getattr(request, "chain", None),
+            "group_id": getattr(request, "group", None),
+            "group_index": getattr(request, "group_index", None),
+            "chord": getattr(request, "chord", None),
+            "root_id": getattr(request, "root_id", None),
+            "parent_id": getattr(request, "parent_id", None),
+            "reply_to": getattr(request, "reply_to", None)}

@@ -47,16 +47,16 @@ def _first_unserializable(value: Any, path: str) -> tuple[str, Any]:
         for key, item in value.items():
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 return f"{path}[{key!r}] (the key)", key
-            if not _encodes(item):
+            if not encodes(item):
                 return _first_unserializable(item, f"{path}[{key!r}]")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            if not _encodes(item):
+            if not encodes(item):
                 return _first_unserializable(item, f"{path}[{index}]")
     return path, value
 
 
-def _encodes(value: Any) -> bool:
+def encodes(value: Any) -> bool:
     try:
         kombu_json.dumps(value)
     except (TypeError, ValueError, OverflowError):

@@ -59,7 +59,7 @@ class DurableTask(Task):  # type: ignore[type-arg]
         job = new_job(durable, self.name, task_id, args, kwargs,
                       queue=options.get("queue") if isinstance(options.get("queue"), str)
                       else None,
-                      priority=options.get("priority"), eta=eta)
+                      priority=options.get("priority"), eta=eta, options=options)
         created = durable.storage.create_job(job)
         try:
             return super().apply_async(args, kwargs, task_id=task_id, **options)

@@ -32,8 +32,8 @@ LEASE = timedelta(seconds=30)
 
 def new_job(job_id: str = "job-1", *, at: datetime = T0, args: str = "[1]") -> NewJob:
     return NewJob(id=job_id, task="tests.flow", args=args, kwargs='{"k": "v"}',
-                  queue="default", priority=None, created_at=at,
-                  deliver_by=at + timedelta(minutes=15))
+                  queue="default", priority=7, created_at=at,
+                  deliver_by=at + timedelta(minutes=15), options='{"root_id": "r"}')
 
 
 def call_record(job_id: str = "job-1", seq: int = 1, *, root_id: str | None = None,
@@ -65,6 +65,8 @@ class StorageConformance:
         assert job is not None
         assert (job.state, job.args, job.kwargs, job.attempts) == (
             JobState.PENDING, "[1]", '{"k": "v"}', 0)
+        assert (job.task, job.queue, job.priority, job.options) == (
+            "tests.flow", "default", 7, '{"root_id": "r"}')
         assert job.created_at == T0  # aware UTC, microseconds kept
 
     def test_unknown_job(self, storage: Storage) -> None:

@@ -56,6 +56,8 @@ class NewJob:
     created_at: datetime
     deliver_by: datetime
     """If no execution has claimed the job by then, recovery republishes it."""
+    options: str = "{}"
+    """Celery message options recovery must send again (canvas links, chain, ids)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    options: str = "{}"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class MemoryStorage:
                 priority=job.priority, state=JobState.PENDING, attempts=0, recoveries=0,
                 lease_owner=None, lease_expires_at=job.deliver_by, result=None, error=None,
                 created_at=job.created_at, started_at=None, finished_at=None,
+                options=job.options,
             )
             return True
 

@@ -71,6 +71,7 @@ def build_tables(prefix: str) -> Tables:
         Column("kwargs", JSON_TEXT, nullable=False),
         Column("queue", NAME),
         Column("priority", Integer),
+        Column("options", JSON_TEXT, nullable=False),
         Column("state", String(16), nullable=False),
         Column("attempts", Integer, nullable=False, default=0),
         Column("recoveries", Integer, nullable=False, default=0),

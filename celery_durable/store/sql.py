@@ -138,7 +138,8 @@ class SQLStorage:
         jobs = self.tables.jobs
         stmt = jobs.insert().values(
             id=job.id, task=job.task, args=job.args, kwargs=job.kwargs, queue=job.queue,
-            priority=job.priority, state=JobState.PENDING.value, attempts=0, recoveries=0,
+            priority=job.priority, options=job.options, state=JobState.PENDING.value,
+            attempts=0, recoveries=0,
             lease_expires_at=job.deliver_by, created_at=job.created_at)
         with self._connect() as conn:
             try:
@@ -281,6 +282,7 @@ def _job(row: Any) -> JobRecord:
         recoveries=m["recoveries"], lease_owner=m["lease_owner"],
         lease_expires_at=m["lease_expires_at"], result=m["result"], error=m["error"],
         created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
+        options=m["options"],
     )
 
 

@@ -51,6 +51,10 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         effect("fail")
         raise ValueError(reason)
 
+    @app.task(name="proj.collect", shared=False)
+    def collect(values: list[int]) -> None:
+        effect("collected-" + "-".join(map(str, values)))
+
     @durable.task(name="proj.five_steps", shared=False)
     def five_steps(x: int) -> list[int]:
         effect("body")

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 
 import pytest
+from celery import chain
 
 from celery_durable import JobState
 from tests.integration.conftest import Cluster, wait_for
@@ -20,9 +21,10 @@ BROKERS = [pytest.param("redis", marks=pytest.mark.redis),
            pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
 
 
-def _start_and_kill_after_call_2(cluster: Cluster) -> tuple[str, str]:
+def _start_and_kill_after_call_2(cluster: Cluster, job_id: str | None = None
+                                 ) -> tuple[str, str]:
     """Enqueue the five-call workflow and wait until call 2 has committed."""
-    job_id = cluster.app.tasks["proj.five_steps"].delay(0).id
+    job_id = job_id or cluster.app.tasks["proj.five_steps"].delay(0).id
     wait_for(lambda: cluster.committed_calls(job_id) >= 2, 60,
              "call 2 to commit", cluster.logs_tail)
     job = cluster.job(job_id)
@@ -117,3 +119,19 @@ def test_embedded_default_recovers_a_killed_worker_through_the_sweeper(
     _assert_resumed_without_rerunning(cluster, job_id)
     job = cluster.job(job_id)
     assert job is not None and job.recoveries >= 1
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_a_chain_continues_after_the_sweeper_recovers_its_first_task(
+        make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("redis", "postgres", step_seconds=1.0)
+    tasks = cluster.app.tasks
+    first = cluster.worker()
+    last = chain(tasks["proj.five_steps"].s(0), tasks["proj.collect"].s()).apply_async()
+    job_id, _ = _start_and_kill_after_call_2(cluster, last.parent.id)
+    first.kill()
+    cluster.worker()
+    _assert_resumed_without_rerunning(cluster, job_id)
+    wait_for(lambda: cluster.count("collected-1-2-3-4-5") == 1, 30,
+             "the chained task to receive the recovered job's result", cluster.logs_tail)

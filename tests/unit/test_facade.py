@@ -124,7 +124,8 @@ def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
     from celery_durable.runner import new_job
 
     env.storage.create_job(new_job(env.durable, "u.t", "j1", [1], {"a": 2}, queue="q1",
-                                   priority=3, eta=None))
+                                   priority=3, eta=None,
+                                   options={"root_id": "r1", "queue": "ignored"}))
     now = env.clock()
     env.storage.claim_job("j1", "dead", now, now.replace(minute=1))
     assert env.durable.sweeper.sweep_once() == []  # lease still live
@@ -132,7 +133,7 @@ def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
     assert env.durable.sweeper.sweep_once() == ["j1"]
     assert env.durable.sweeper.sweep_once() == []
     assert sent == [{"name": "u.t", "args": [1], "kwargs": {"a": 2}, "task_id": "j1",
-                     "queue": "q1", "priority": 3}]
+                     "queue": "q1", "priority": 3, "root_id": "r1"}]
     job = env.storage.get_job("j1")
     assert job is not None and (job.state, job.recoveries) == (JobState.PENDING, 1)
 
