@@ -12,6 +12,7 @@ from .errors import (
     NonDeterministicError,
     OutsideDurableTaskError,
     SerializationError,
+    StorageInterrupted,
     StorageUnavailable,
     UnknownTaskError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SQLStorage",
     "SerializationError",
     "Storage",
+    "StorageInterrupted",
     "StorageUnavailable",
     "UnknownTaskError",
     "call",

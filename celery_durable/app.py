@@ -54,8 +54,7 @@ class Durable:
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
                                         self.now)
         self.sweeper = RecoverySweeper(self)
-        signals.worker_ready.connect(self._on_worker_ready, weak=False)
-        signals.worker_shutting_down.connect(self._on_worker_shutting_down, weak=False)
+        _connect_worker_signals()
 
     @classmethod
     def of(cls, app: Celery) -> Durable:
@@ -103,14 +102,30 @@ class Durable:
             raise JobNotFound(job_id)
         return job_view(job, self.storage.load_history(job_id))
 
-    # -- worker wiring ------------------------------------------------------------------
 
-    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is self.app and self.settings.recovery:
-            self.sweeper.start()
 
-    def _on_worker_shutting_down(self, **_: Any) -> None:
-        self.sweeper.stop()
+_signals_connected = False
+
+
+def _connect_worker_signals() -> None:
+    global _signals_connected
+    with _instances_lock:
+        if not _signals_connected:
+            signals.worker_ready.connect(_start_recovery, weak=False)
+            signals.worker_shutting_down.connect(_stop_recovery, weak=False)
+            _signals_connected = True
+
+
+def _start_recovery(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, once the pool is up (sender: the consumer)."""
+    durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
+    if durable is not None and durable.settings.recovery:
+        durable.sweeper.start()
+
+
+def _stop_recovery(**_: Any) -> None:
+    for durable in list(_instances.values()):
+        durable.sweeper.stop()
 
 
 def _utcnow() -> datetime:

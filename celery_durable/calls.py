@@ -23,6 +23,8 @@ from .errors import (
     LeaseLost,
     NonDeterministicError,
     OutsideDurableTaskError,
+    StorageInterrupted,
+    StorageUnavailable,
     UnknownTaskError,
 )
 from .store.base import CallRecord, CallState
@@ -139,11 +141,14 @@ def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  
 def _record(execution: Execution, seq: int, name: str, args: tuple[Any, ...],
             kwargs: dict[str, Any], started: datetime, state: CallState,
             result: str | None, error: str | None) -> None:
-    execution.durable.storage.record_call(CallRecord(
+    record = CallRecord(
         job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
         args_digest=serialization.digest(args, kwargs), state=state, attempts=1,
-        result=result, error=error, started_at=started, finished_at=execution.durable.now(),
-    ), execution.lease)
+        result=result, error=error, started_at=started, finished_at=execution.durable.now())
+    try:
+        execution.durable.storage.record_call(record, execution.lease)
+    except StorageUnavailable as exc:  # a BaseException, so the body cannot swallow it
+        raise StorageInterrupted(execution.root_id, exc) from exc
 
 
 def encode_error(exc: BaseException) -> str:

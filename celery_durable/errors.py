@@ -11,6 +11,7 @@
     └── NonDeterministicError         replay took a different path than the history
 
     LeaseLost (BaseException)         this execution no longer owns its job
+    StorageInterrupted (BaseException) a checkpoint could not be written mid-job
 
 Control signals derive from BaseException so a body's ``except Exception`` cannot
 swallow them.
@@ -115,3 +116,15 @@ class LeaseLost(BaseException):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"lease on durable job {job_id} was lost to another execution")
+
+
+class StorageInterrupted(BaseException):
+    """The store failed while a job was running (e.g. the database restarted).
+
+    Treated like a crash, not a failure: the job keeps its row and is resumed by
+    recovery once its lease expires, replaying what was checkpointed.
+    """
+
+    def __init__(self, job_id: str, cause: BaseException) -> None:
+        self.job_id = job_id
+        super().__init__(f"durable job {job_id} interrupted by a storage error: {cause}")

@@ -23,7 +23,7 @@ from celery.exceptions import Ignore, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate
-from .errors import LeaseLost, SerializationError
+from .errors import LeaseLost, SerializationError, StorageInterrupted, StorageUnavailable
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         return _run_body(durable, task, execution, args, kwargs)
     except LeaseLost:
         logger.warning("job %s: lease lost to another execution; stopping here", job_id)
+        raise Ignore() from None
+    except StorageInterrupted as exc:
+        logger.error("%s; recovery resumes the job when its lease expires", exc)
         raise Ignore() from None
     finally:
         deactivate(token)
@@ -105,10 +108,18 @@ def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignor
                                 durable.now())
         raise
     except Exception as exc:
-        storage.finish_job(lease, JobState.FAILED, None, encode_error(exc), durable.now())
+        _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
         raise
-    storage.finish_job(lease, JobState.SUCCEEDED, encoded, None, durable.now())
+    _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
     return result
+
+
+def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
+            error: str | None) -> None:
+    try:
+        durable.storage.finish_job(lease, state, result, error, durable.now())
+    except StorageUnavailable as exc:
+        raise StorageInterrupted(lease.job_id, exc) from exc
 
 
 # Message options that recovery sends again, so a republished job keeps its place in a

@@ -26,8 +26,8 @@ def test_public_api_is_pinned() -> None:
         "CallError", "CallView", "ConfigurationError", "Durable", "DurableError",
         "DurableTask", "JobNotFound", "JobState", "JobView", "LeaseLost", "MemoryStorage",
         "NonDeterministicError", "OutsideDurableTaskError", "SQLStorage",
-        "SerializationError", "Storage", "StorageUnavailable", "UnknownTaskError", "call",
-        "current_call_id", "current_job_id"])
+        "SerializationError", "Storage", "StorageInterrupted", "StorageUnavailable",
+        "UnknownTaskError", "call", "current_call_id", "current_job_id"])
 
 
 def test_settings_come_from_app_conf() -> None:

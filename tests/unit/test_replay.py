@@ -290,3 +290,35 @@ def test_a_call_sees_the_same_idempotency_key_when_it_runs_again(env: Env) -> No
     env.deliver("u.flow", "j1")
     assert keys == [("j1:1", "j1"), ("j1:1", "j1")]
     assert current_call_id() is None and current_job_id() is None
+
+
+def test_a_storage_error_mid_job_is_a_crash_not_a_failure(env: Env) -> None:
+    """The body cannot swallow it, the job is not failed, and recovery resumes it."""
+    from celery_durable import StorageUnavailable
+
+    _register(env)
+
+    @env.durable.task(name="u.swallower", shared=False)
+    def swallower() -> object:
+        try:
+            return [call("u.step", "s1", 0), call("u.step", "s2", 1)]
+        except Exception:
+            return "swallowed"
+
+    real_record = env.storage.record_call
+    seen: list[int] = []
+
+    def flaky_record(record, lease):  # type: ignore[no-untyped-def]
+        seen.append(record.seq)
+        if record.seq == 2 and seen.count(2) == 1:
+            raise StorageUnavailable("database restarted")
+        return real_record(record, lease)
+
+    env.storage.record_call = flaky_record  # type: ignore[method-assign]
+    with pytest.raises(Ignore):
+        env.deliver("u.swallower", "j1")
+    job = env.storage.get_job("j1")
+    assert job is not None and job.state is JobState.RUNNING  # still leased, not failed
+    env.clock.advance(31)
+    assert env.deliver("u.swallower", "j1") == [1, 2]
+    assert env.effects == ["s1", "s2", "s2"]
