@@ -18,14 +18,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, literal, or_, select
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, LeaseLost, StorageUnavailable
 from .base import (
-    ACTIVE_STATES,
     FINISHED_STATES,
     CallRecord,
     CallState,
@@ -36,9 +35,9 @@ from .base import (
     Lease,
     NewJob,
 )
-from .schema import UTCDateTime, apply_migrations, build_tables, pending_migrations
+from .schema import apply_migrations, build_tables, pending_migrations
+from .statements import CALL_COLUMNS, build_statements
 
-_ACTIVE = [s.value for s in ACTIVE_STATES]
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-durable[postgres]'",
     "pymysql": "pip install 'celery-durable[mysql]'",
@@ -51,6 +50,7 @@ class SQLStorage:
         self.url = url
         self.safe_url = make_url(url).render_as_string(hide_password=True)
         self.tables = build_tables(table_prefix)
+        self._sql = build_statements(self.tables)
         self._engine_options = engine_options or {}
         self._engine: Engine | None = None
         self._pid = 0
@@ -135,41 +135,27 @@ class SQLStorage:
     # -- jobs ---------------------------------------------------------------------------
 
     def create_job(self, job: NewJob) -> bool:
-        jobs = self.tables.jobs
-        stmt = jobs.insert().values(
-            id=job.id, task=job.task, args=job.args, kwargs=job.kwargs, queue=job.queue,
-            priority=job.priority, options=job.options, state=JobState.PENDING.value,
-            attempts=0, recoveries=0,
-            lease_expires_at=job.deliver_by, created_at=job.created_at)
+        row = {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
+               "queue": job.queue, "priority": job.priority, "options": job.options,
+               "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
+               "lease_expires_at": job.deliver_by, "created_at": job.created_at}
         with self._connect() as conn:
             try:
-                conn.execute(stmt)
+                conn.execute(self._sql.insert_job, row)
             except sa_exc.IntegrityError:
                 return False
         return True
 
     def delete_unstarted_job(self, job_id: str) -> None:
-        jobs = self.tables.jobs
         with self._connect() as conn:
-            conn.execute(jobs.delete().where(
-                jobs.c.id == job_id, jobs.c.state == JobState.PENDING.value,
-                jobs.c.attempts == 0))
+            conn.execute(self._sql.delete_unstarted, {"p_id": job_id})
 
     def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        jobs = self.tables.jobs
-        stmt = jobs.update().where(
-            jobs.c.id == job_id,
-            jobs.c.state.in_(_ACTIVE),
-            or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now),
-        ).values(
-            state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1, lease_owner=owner,
-            lease_expires_at=lease_until,
-            started_at=_coalesce(jobs.c.started_at, now),
-        )
+        params = {"p_id": job_id, "p_owner": owner, "p_now": now, "p_until": lease_until}
         with self._connect() as conn:
-            if conn.execute(stmt).rowcount == 1:
+            if conn.execute(self._sql.claim, params).rowcount == 1:
                 return Claim(ClaimOutcome.CLAIMED)
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         job = _job(row)
@@ -177,101 +163,66 @@ class SQLStorage:
         return Claim(outcome, job)
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
-        jobs = self.tables.jobs
-        with self._connect() as conn:
-            result = conn.execute(jobs.update().where(
-                jobs.c.id == lease.job_id, jobs.c.lease_owner == lease.owner,
-            ).values(lease_expires_at=until))
-        return bool(result.rowcount == 1)
+        return self._rowcount(self._sql.renew, _fence(lease, p_until=until)) == 1
 
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
                    error: str | None, now: datetime) -> None:
-        self._fenced_update(lease, state=state.value, result=result, error=error,
-                            lease_owner=None, lease_expires_at=None, finished_at=now)
+        params = _fence(lease, p_state=state.value, p_result=result, p_error=error, p_now=now)
+        if self._rowcount(self._sql.finish, params) != 1:
+            raise LeaseLost(lease.job_id)
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
-        self._fenced_update(lease, state=state.value, lease_owner=None,
-                            lease_expires_at=deliver_by)
-
-    def _fenced_update(self, lease: Lease, **values: Any) -> None:
-        jobs = self.tables.jobs
-        with self._connect() as conn:
-            result = conn.execute(jobs.update().where(
-                jobs.c.id == lease.job_id, jobs.c.lease_owner == lease.owner,
-            ).values(**values))
-        if result.rowcount != 1:
+        params = _fence(lease, p_state=state.value, p_deliver_by=deliver_by)
+        if self._rowcount(self._sql.release, params) != 1:
             raise LeaseLost(lease.job_id)
 
     def expired_jobs(self, now: datetime, limit: int) -> list[JobRecord]:
-        jobs = self.tables.jobs
-        stmt = (select(jobs)
-                .where(jobs.c.lease_expires_at < now, jobs.c.state.in_(_ACTIVE))
-                .order_by(jobs.c.lease_expires_at).limit(limit))
         with self._connect() as conn:
-            return [_job(row) for row in conn.execute(stmt)]
+            rows = conn.execute(self._sql.expired, {"p_now": now, "p_limit": limit})
+            return [_job(row) for row in rows]
 
     def recover_job(self, seen: JobRecord, deliver_by: datetime, now: datetime) -> bool:
-        jobs = self.tables.jobs
-        return self._compare_and_set(seen, now, state=JobState.PENDING.value,
-                                     lease_owner=None, lease_expires_at=deliver_by,
-                                     recoveries=jobs.c.recoveries + 1)
+        stmt = self._sql.recover_unowned if seen.lease_owner is None else self._sql.recover
+        params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
+                  "p_deliver_by": deliver_by}
+        return self._rowcount(stmt, params) == 1
 
     def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
-        return self._compare_and_set(seen, now, state=JobState.FAILED.value,
-                                     lease_owner=None, lease_expires_at=None, error=error,
-                                     finished_at=now)
-
-    def _compare_and_set(self, seen: JobRecord, now: datetime, **values: Any) -> bool:
-        jobs = self.tables.jobs
-        owner = (jobs.c.lease_owner.is_(None) if seen.lease_owner is None
-                 else jobs.c.lease_owner == seen.lease_owner)
-        with self._connect() as conn:
-            result = conn.execute(jobs.update().where(
-                jobs.c.id == seen.id, jobs.c.state.in_(_ACTIVE),
-                jobs.c.lease_expires_at < now, owner,
-            ).values(**values))
-        return bool(result.rowcount == 1)
+        stmt = self._sql.abandon_unowned if seen.lease_owner is None else self._sql.abandon
+        params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
+                  "p_error": error}
+        return self._rowcount(stmt, params) == 1
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        jobs = self.tables.jobs
         with self._connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
         return None if row is None else _job(row)
 
     # -- calls --------------------------------------------------------------------------
 
     def load_history(self, root_id: str) -> list[CallRecord]:
-        calls = self.tables.calls
-        stmt = (select(calls).where(calls.c.root_id == root_id)
-                .order_by(calls.c.job_id, calls.c.seq))
         with self._connect() as conn:
-            return [_call(row) for row in conn.execute(stmt)]
+            return [_call(row) for row in conn.execute(self._sql.history,
+                                                       {"p_root_id": root_id})]
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
-        calls, jobs = self.tables.calls, self.tables.jobs
-        values = {
-            "job_id": call.job_id, "seq": call.seq, "root_id": call.root_id,
-            "name": call.name, "args_digest": call.args_digest, "state": call.state.value,
-            "attempts": call.attempts, "result": call.result, "error": call.error,
-            "started_at": call.started_at, "finished_at": call.finished_at,
-        }
-        source = select(*[literal(v, type_=calls.c[k].type).label(k) for k, v in values.items()])
-        stmt = calls.insert().from_select(
-            list(values),
-            source.where(jobs.c.id == lease.job_id, jobs.c.lease_owner == lease.owner),
-        ).execution_options(preserve_rowcount=True)  # SQLAlchemy drops INSERT rowcounts
-        with self._connect() as conn:
-            try:
-                inserted = conn.execute(stmt).rowcount
-            except sa_exc.IntegrityError:
-                inserted = 0  # another execution recorded this seq: we are not the owner
+        params = _fence(lease, **{f"p_{name}": getattr(call, name) for name in CALL_COLUMNS})
+        params["p_state"] = call.state.value
+        try:
+            inserted = self._rowcount(self._sql.record_call, params)
+        except sa_exc.IntegrityError:
+            inserted = 0  # another execution recorded this seq: we are not the owner
         if inserted != 1:
             raise LeaseLost(lease.job_id)
 
+    def _rowcount(self, stmt: Executable, params: dict[str, Any]) -> int:
+        with self._connect() as conn:
+            return int(conn.execute(stmt, params).rowcount)
 
-def _coalesce(column: Any, value: datetime) -> Any:
-    return func.coalesce(column, literal(value, type_=UTCDateTime()))
+
+def _fence(lease: Lease, **params: Any) -> dict[str, Any]:
+    return {"p_id": lease.job_id, "p_owner": lease.owner, **params}
 
 
 def _job(row: Any) -> JobRecord:

@@ -45,11 +45,14 @@ def _assert_resumed_without_rerunning(cluster: Cluster, job_id: str) -> None:
     assert job.attempts >= 2, "the job should have been executed again after the crash"
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("broker", BROKERS)
+@pytest.mark.parametrize(("broker", "store"), [
+    pytest.param("redis", "postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
+    pytest.param("rabbitmq", "postgres", marks=[pytest.mark.rabbitmq, pytest.mark.postgres]),
+    pytest.param("redis", "mysql", marks=[pytest.mark.redis, pytest.mark.mysql]),
+])
 def test_whole_worker_sigkill_resumes_on_restart(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
-    cluster = make_cluster(broker, "postgres", step_seconds=1.0)
+        make_cluster: Callable[..., Cluster], broker: str, store: str) -> None:
+    cluster = make_cluster(broker, store, step_seconds=1.0)
     first = cluster.worker()
     job_id, _ = _start_and_kill_after_call_2(cluster)
     first.kill()

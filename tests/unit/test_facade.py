@@ -76,6 +76,19 @@ def test_base_class_alone_wires_a_durable_instance() -> None:
     assert Durable.of(app).settings.database_url == "sqlite:///elsewhere.sqlite3"
 
 
+def test_shared_task_with_the_base_class_is_durable() -> None:
+    from celery import shared_task
+
+    @shared_task(base=DurableTask, name="shared.durable_t")
+    def t() -> None: ...
+
+    app = Celery("shared", set_as_current=False)
+    app.conf.durable_table_prefix = "shared_"
+    task = app.tasks["shared.durable_t"]
+    assert isinstance(task, DurableTask) and task.acks_late is True
+    assert Durable.of(app).settings.table_prefix == "shared_"
+
+
 def test_a_second_facade_for_the_same_app_is_refused(env: Env) -> None:
     with pytest.raises(ConfigurationError, match=r"Durable\.of"):
         Durable(env.app)
