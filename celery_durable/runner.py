@@ -43,11 +43,14 @@ def new_owner() -> str:
 def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     job_id: str = request.id
-    lease = _claim(durable, task, request, args, kwargs)
-    if not isinstance(lease, Lease):
-        return lease.result
-    storage = durable.storage
-    history = {(c.job_id, c.seq): c for c in storage.load_history(job_id)}
+    claimed = _claim(durable, task, request, args, kwargs)
+    if isinstance(claimed, _Stored):
+        return claimed.result
+    lease, attempts = claimed
+    # A first execution has no history; stores that return the attempt count with the
+    # claim save the query.
+    history = {} if attempts == 1 else {
+        (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
     lost = durable.lease_keeper.hold(lease)
     execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
                           root_id=job_id, lease=lease, history=history, lost=lost)
@@ -71,7 +74,7 @@ class _Stored:
 
 
 def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Lease | _Stored:
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Lease, int | None] | _Stored:
     storage, job_id, owner = durable.storage, request.id, new_owner()
     now = durable.now()
     until = now + timedelta(seconds=durable.settings.lease_seconds)
@@ -84,7 +87,7 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
                                    options=options_from_request(request)))
         claim = storage.claim_job(job_id, owner, now, until)
     if claim.outcome is ClaimOutcome.CLAIMED:
-        return Lease(job_id, owner)
+        return Lease(job_id, owner), claim.attempts
     job = claim.job
     if claim.outcome is ClaimOutcome.FINISHED and job is not None:
         logger.info("job %s already %s; not running it again", job_id, job.state.value)

@@ -124,6 +124,9 @@ class Claim:
     outcome: ClaimOutcome
     job: JobRecord | None = None
     """The job as found, when the claim did not succeed."""
+    attempts: int | None = None
+    """After a successful claim, the job's attempt count if the store can tell in the same
+    round trip. 1 means no execution ran before, so there is no history to load."""
 
 
 @runtime_checkable

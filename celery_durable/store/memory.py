@@ -60,7 +60,7 @@ class MemoryStorage:
                 job, state=JobState.RUNNING, attempts=job.attempts + 1, lease_owner=owner,
                 lease_expires_at=lease_until, started_at=job.started_at or now,
             )
-            return Claim(ClaimOutcome.CLAIMED)
+            return Claim(ClaimOutcome.CLAIMED, attempts=job.attempts + 1)
 
     def load_history(self, root_id: str) -> list[CallRecord]:
         with self._lock:

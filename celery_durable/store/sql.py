@@ -153,7 +153,11 @@ class SQLStorage:
     def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
         params = {"p_id": job_id, "p_owner": owner, "p_now": now, "p_until": lease_until}
         with self._connect() as conn:
-            if conn.execute(self._sql.claim, params).rowcount == 1:
+            if conn.dialect.update_returning:  # the attempt count comes back for free
+                claimed = conn.execute(self._sql.claim_returning, params).first()
+                if claimed is not None:
+                    return Claim(ClaimOutcome.CLAIMED, attempts=claimed.attempts)
+            elif conn.execute(self._sql.claim, params).rowcount == 1:
                 return Claim(ClaimOutcome.CLAIMED)
             row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
         if row is None:

@@ -35,6 +35,7 @@ class Statements:
     insert_job: Insert
     delete_unstarted: Delete
     claim: Update
+    claim_returning: Update
     get_job: Select  # type: ignore[type-arg]
     renew: Update
     finish: Update
@@ -65,18 +66,19 @@ def build_statements(tables: Tables) -> Statements:
     call_values = select(*[
         bindparam(f"p_{name}", type_=calls.c[name].type).label(name) for name in CALL_COLUMNS
     ]).where(*fenced)
+    claim = jobs.update().where(
+        by_id, jobs.c.state.in_(_ACTIVE), or_(owner_is_null, jobs.c.lease_expires_at < now),
+    ).values(
+        state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1,
+        lease_owner=bindparam("p_owner"), lease_expires_at=until,
+        started_at=func.coalesce(jobs.c.started_at, now),
+    )
     return Statements(
         insert_job=jobs.insert(),
         delete_unstarted=jobs.delete().where(
             by_id, jobs.c.state == JobState.PENDING.value, jobs.c.attempts == 0),
-        claim=jobs.update().where(
-            by_id, jobs.c.state.in_(_ACTIVE),
-            or_(owner_is_null, jobs.c.lease_expires_at < now),
-        ).values(
-            state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1,
-            lease_owner=bindparam("p_owner"), lease_expires_at=until,
-            started_at=func.coalesce(jobs.c.started_at, now),
-        ),
+        claim=claim,
+        claim_returning=claim.returning(jobs.c.attempts),
         get_job=select(jobs).where(by_id),
         renew=jobs.update().where(*fenced).values(lease_expires_at=until),
         finish=jobs.update().where(*fenced).values(
