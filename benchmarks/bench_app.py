@@ -43,21 +43,22 @@ def create_app(*, broker: str, queue: str, store: str, prefix: str,
         durable_table_prefix=prefix,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,  # no pidbox keys left in Redis
     )
     durable = Durable(app)
 
-    @app.task(name="bench.plain")
+    @app.task(name="bench.plain", shared=False)
     def plain(i: int) -> int:
         """The plain-Celery baseline: trivial work plus the completion counter."""
         _redis(counter_url).incr(counter_key)
         return i + 1
 
-    @app.task(name="bench.noop")
+    @app.task(name="bench.noop", shared=False)
     def noop(i: int) -> int:
         """What a durable job calls: trivial work, no side effect."""
         return i + 1
 
-    @durable.task(name="bench.one_call")
+    @durable.task(name="bench.one_call", shared=False)
     def one_call(i: int) -> int:
         """A durable job with exactly one checkpointed call."""
         return call(noop, i)  # type: ignore[no-any-return]

@@ -1,0 +1,960 @@
+#!/usr/bin/env python
+"""Core benchmark of celery-durable on local PostgreSQL: one run, one table.
+
+Measures (see benchmarks/README.md for what each number means):
+
+1. the commit floor: one single-row INSERT + COMMIT with plain psycopg (autocommit);
+2. the per-call overhead of a fresh ``call()`` inside a durable task run with apply();
+3. replaying a job of 1,000 completed calls;
+4. SQL statements per fresh call / replayed call / history load / one-call job,
+   counted with SQLAlchemy engine events;
+5. DBOS (same PostgreSQL): ms per @DBOS.step in a workflow;
+6. end-to-end throughput of real ``celery worker`` processes: plain tasks vs one-call
+   durable jobs.
+
+Run:  .venv/bin/python benchmarks/bench_core.py [--json] [--skip-dbos] [--skip-throughput]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+
+import psycopg  # noqa: E402
+from celery import Celery  # noqa: E402
+from sqlalchemy import Column, Integer, MetaData, Table, event, func, select  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from celery_durable import Durable, call  # noqa: E402
+from celery_durable.store.base import (  # noqa: E402
+    CallRecord,
+    CallState,
+    ClaimOutcome,
+    Lease,
+    NewJob,
+)
+from celery_durable.store.sql import SQLStorage  # noqa: E402
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
+
+# Budgets the numbers are checked against (reported, never enforced with an exit code).
+BUDGET_OVERHEAD_VS_FLOOR = 2.0  # per-call overhead within 2x of the raw commit floor
+BUDGET_VS_DBOS = 5.0  # per fresh call at least 5x faster than a DBOS step
+BUDGET_THROUGHPUT = 0.7  # durable jobs/s >= 0.7x plain tasks/s
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def psycopg_dsn(sqlalchemy_url: str, database: str | None = None) -> str:
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# -- statement counting -----------------------------------------------------------------
+
+
+class SQLCounter:
+    """Counts what an engine sends while recording: cursor executions (statements) and
+    commit/rollback events. The listeners are attached only while recording, so timed
+    runs outside ``recording()`` carry no event overhead.
+
+    A COMMIT/ROLLBACK event on an idle psycopg connection in autocommit mode sends
+    nothing to the server (psycopg returns early); only the others count as "sent".
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+        self.params: list[Any] = []
+        self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
+
+    def _on_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                    *_: Any) -> None:
+        self.statements.append(statement)
+        self.params.append(parameters)
+
+    def _on_commit(self, conn: Any) -> None:
+        self.commits += 1
+        self.commits_sent += not _idle(conn)
+
+    def _on_rollback(self, conn: Any) -> None:
+        self.rollbacks += 1
+        self.rollbacks_sent += not _idle(conn)
+
+    @property
+    def mark(self) -> int:
+        return len(self.statements)
+
+    @contextmanager
+    def recording(self) -> Iterator[SQLCounter]:
+        self.statements, self.params = [], []
+        self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
+        hooks = [("before_cursor_execute", self._on_execute), ("commit", self._on_commit),
+                 ("rollback", self._on_rollback)]
+        for name, fn in hooks:
+            event.listen(self.engine, name, fn)
+        try:
+            yield self
+        finally:
+            for name, fn in hooks:
+                event.remove(self.engine, name, fn)
+
+    def events(self) -> dict[str, int]:
+        return {"commits": self.commits, "rollbacks": self.rollbacks,
+                "commits_sent": self.commits_sent, "rollbacks_sent": self.rollbacks_sent}
+
+
+def _idle(conn: Any) -> bool:
+    try:
+        dbapi = conn.connection.dbapi_connection
+        return bool(dbapi.autocommit and dbapi.info.transaction_status
+                    == psycopg.pq.TransactionStatus.IDLE)
+    except Exception:
+        return False
+
+
+_VERB = re.compile(r"^\s*(INSERT INTO|UPDATE|DELETE FROM|SELECT)\b", re.I)
+_FROM = re.compile(r"\bFROM\s+([\w.\"]+)", re.I)
+_TARGET = re.compile(r"^\s*(?:INSERT INTO|UPDATE|DELETE FROM)\s+([\w.\"]+)", re.I)
+
+
+def describe(statement: str, prefix: str) -> str:
+    """``UPDATE <p>jobs`` / ``SELECT FROM <p>calls`` / ``INSERT INTO <p>calls (SELECT)``."""
+    text = " ".join(statement.split())
+    verb = _VERB.match(text)
+    if verb is None:
+        return text[:60]
+    target = _TARGET.match(text) or _FROM.search(text)
+    table = (target.group(1) if target else "?").strip('"').replace(prefix, "<p>")
+    kind = verb.group(1).upper()
+    if kind == "SELECT":
+        return f"SELECT FROM {table}"
+    if kind == "INSERT INTO" and re.search(r"\)\s*SELECT\b", text, re.I):
+        return f"INSERT INTO {table} ... SELECT (fenced on lease)"
+    if kind == "UPDATE":
+        where = text.split(" WHERE ", 1)[1] if " WHERE " in text else ""
+        if "lease_owner IS NULL" in where:
+            return f"UPDATE {table} (claim)"
+        if "lease_owner =" in where:
+            return f"UPDATE {table} (fenced on lease)"
+    return f"{kind} {table}"
+
+
+# -- 1. commit floor ----------------------------------------------------------------------
+
+
+def bench_commit_floor(url: str, prefix: str, n: int, storage: SQLStorage) -> dict[str, Any]:
+    """Single-row INSERT round trips: psycopg autocommit (temp + logged table), SQLAlchemy."""
+    out: dict[str, Any] = {"n": n}
+    logged = f"{prefix}floor"
+    with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE bench_floor (id serial PRIMARY KEY, v integer)")
+        conn.execute(f"CREATE TABLE {logged} (id serial PRIMARY KEY, v integer)")
+        for key, table in (("temp", "bench_floor"), ("logged", logged)):
+            sql = f"INSERT INTO {table} (v) VALUES (%s)"
+            for i in range(max(200, n // 10)):  # warm-up (also prepares the statement)
+                conn.execute(sql, (i,))
+            t0 = time.perf_counter()
+            for i in range(n):
+                conn.execute(sql, (i,))
+            out[f"psycopg_{key}_us"] = (time.perf_counter() - t0) / n * 1e6
+        out["synchronous_commit"] = conn.execute("SHOW synchronous_commit").fetchone()[0]
+        out["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
+
+    # The same INSERT through SQLAlchemy Core on the store's own engine (AUTOCOMMIT,
+    # connection checked out of the pool per statement, exactly like SQLStorage does).
+    table = Table(logged, MetaData(), Column("id", Integer, primary_key=True),
+                  Column("v", Integer))
+    engine = storage.engine
+    for i in range(max(200, n // 10)):
+        with engine.connect() as c:
+            c.execute(table.insert().values(v=i))
+    t0 = time.perf_counter()
+    for i in range(n):
+        with engine.connect() as c:
+            c.execute(table.insert().values(v=i))
+    out["sqlalchemy_logged_us"] = (time.perf_counter() - t0) / n * 1e6
+    with engine.connect() as c:
+        table.drop(c)
+    return out
+
+
+# -- in-process app (sections 2-4) ----------------------------------------------------------
+
+
+class InProcess:
+    def __init__(self, storage: SQLStorage) -> None:
+        self.storage = storage
+        # memory:// so that the eager apply_async() path needs no broker.
+        self.app = Celery("bench_core", broker="memory://", set_as_current=False)
+        self.app.conf.update(task_eager_propagates=True, task_store_eager_result=False)
+        # A long lease so the lease keeper (renews every lease/3) never adds a statement
+        # to a counted job; renewal frequency is not what is measured here.
+        self.durable = Durable(self.app, storage=storage, lease_seconds=600)
+        self.counter = SQLCounter(storage.engine)
+        self.loop: dict[str, Any] = {}
+        loop, counter = self.loop, self.counter
+
+        @self.app.task(name="bench_core.plain", shared=False)
+        def plain(i: int) -> int:
+            return i + 1
+
+        @self.durable.task(name="bench_core.flow", shared=False)
+        def flow(n: int) -> int:
+            total = 0
+            m0, t0 = counter.mark, time.perf_counter()
+            for i in range(n):
+                total += call(plain, i)
+            loop["seconds"] = time.perf_counter() - t0
+            loop["statements"] = counter.statements[m0:counter.mark]
+            return total
+
+        @self.durable.task(name="bench_core.one_call", shared=False)
+        def one_call(i: int) -> int:
+            return call(plain, i)  # type: ignore[no-any-return]
+
+        self.plain, self.flow, self.one_call = plain, flow, one_call
+
+    def run_flow(self, n: int, task_id: str, *, count: bool = False,
+                 ) -> tuple[float, float, list[str], list[str]]:
+        """apply() the n-call flow; (total s, loop s, loop statements, all statements).
+
+        Statements are only collected (and engine listeners only attached) with count.
+        """
+        self.loop.clear()
+        with self.counter.recording() if count else nullcontext(self.counter) as rec:
+            t0 = time.perf_counter()
+            result = self.flow.apply(args=(n,), task_id=task_id)
+            total = time.perf_counter() - t0
+        expected = sum(i + 1 for i in range(n))
+        if result.result != expected:
+            raise RuntimeError(f"flow({n}) returned {result.result!r}, expected {expected}")
+        if not count:
+            return total, self.loop["seconds"], [], []
+        return total, self.loop["seconds"], list(self.loop["statements"]), list(rec.statements)
+
+    def reset_job(self, job_id: str) -> None:
+        """Make a finished job claimable again, as if its worker had died mid-run."""
+        jobs = self.storage.tables.jobs
+        with self.storage.engine.connect() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                state="pending", lease_owner=None, lease_expires_at=None, result=None,
+                error=None, finished_at=None))
+
+    def count_calls(self, root_id: str) -> int:
+        calls = self.storage.tables.calls
+        with self.storage.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(calls)
+                                   .where(calls.c.root_id == root_id)))
+
+
+class RecordCallProbe:
+    """Times the store's record_call() alone on a leased job, and the exact statement it
+    sends replayed raw with psycopg (server + wire cost only)."""
+
+    def __init__(self, ip: InProcess, run: str) -> None:
+        storage = self.storage = ip.storage
+        self.now = now = datetime.now(timezone.utc)
+        self.job_id, owner = f"{run}-breakdown", "bench-breakdown"
+        storage.create_job(NewJob(id=self.job_id, task="bench_core.flow", args="[]",
+                                  kwargs="{}", queue=None, priority=None, created_at=now,
+                                  deliver_by=now + timedelta(hours=1)))
+        claim = storage.claim_job(self.job_id, owner, now, now + timedelta(hours=1))
+        if claim.outcome is not ClaimOutcome.CLAIMED:
+            raise RuntimeError("could not claim the breakdown job")
+        self.lease = Lease(self.job_id, owner)
+        self.seq = 0
+        for _ in range(200):  # warm-up
+            self.record()
+        with ip.counter.recording() as rec:
+            self.record()
+        self.statement, self.params = rec.statements[0], dict(rec.params[0])
+        self.seq_key = next(k for k, v in self.params.items() if v == self.seq)
+        self.conn = psycopg.connect(psycopg_dsn(storage.url), autocommit=True)
+        for _ in range(200):  # warm-up (psycopg prepares the statement after 5 runs)
+            self.raw()
+
+    def record(self) -> None:
+        self.seq += 1
+        self.storage.record_call(CallRecord(
+            job_id=self.job_id, seq=self.seq, root_id=self.job_id, name="bench_core.plain",
+            args_digest="0" * 64, state=CallState.SUCCEEDED, attempts=1, result="1",
+            error=None, started_at=self.now, finished_at=self.now), self.lease)
+
+    def raw(self) -> None:
+        self.seq += 1
+        self.params[self.seq_key] = self.seq
+        if self.conn.execute(self.statement, self.params).rowcount != 1:
+            raise RuntimeError("the raw fenced INSERT inserted nothing")
+
+    def time_us(self, fn: Callable[[], None], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def bench_fresh_calls(ip: InProcess, run: str, n: int, reps: int) -> dict[str, Any]:
+    for w in range(3):  # warm-up: engine, pool, compiled-statement cache, tracer
+        ip.run_flow(min(n, 50), f"{run}-warm-{w}")
+    probe = RecordCallProbe(ip, run)
+    # Interleaved so that the breakdown rows see the same machine conditions as the
+    # fresh calls: each rep = one fresh job, n record_call(), n raw statements.
+    totals, loops, record_us, raw_us = [], [], [], []
+    try:
+        for r in range(reps):
+            total, loop_s, _, _ = ip.run_flow(n, f"{run}-fresh-{r}")
+            totals.append(total)
+            loops.append(loop_s)
+            record_us.append(probe.time_us(probe.record, n))
+            raw_us.append(probe.time_us(probe.raw, n))
+    finally:
+        probe.close()
+    # one more job, with the statement counter attached (not part of the timings)
+    _, _, loop_stmts, job_stmts = ip.run_flow(n, f"{run}-fresh-counted", count=True)
+    # The same function called plainly, two ways.
+    plain = ip.plain
+    run_s, call_s = [], []
+    for _ in range(max(reps, 5)):
+        t0 = time.perf_counter()
+        for i in range(n):
+            plain.run(i)
+        run_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            plain(i)
+        call_s.append(time.perf_counter() - t0)
+    fresh = [lp / n * 1e6 for lp in loops]
+    fresh_us = median(fresh)
+    plain_us = median(run_s) / n * 1e6
+    return {
+        "n": n, "reps": reps,
+        "fresh_call_us": fresh_us,
+        "fresh_call_us_min": min(fresh),
+        "plain_run_us": plain_us,
+        "plain_task_call_us": median(call_s) / n * 1e6,
+        "overhead_us": fresh_us - plain_us,
+        "job_total_ms": median(totals) * 1e3,
+        "job_fixed_ms": median(t - lp for t, lp in zip(totals, loops, strict=True)) * 1e3,
+        "statements_per_fresh_call": len(loop_stmts) / n,
+        "statements_per_fresh_job": len(job_stmts),
+        "breakdown": {
+            "record_call_us": median(record_us),
+            "raw_statement_us": median(raw_us),
+            "sqlalchemy_us": median(a - b for a, b in zip(record_us, raw_us, strict=True)),
+            "call_bookkeeping_us": median(f - rc - plain_us for f, rc
+                                          in zip(fresh, record_us, strict=True)),
+            "statement": " ".join(probe.statement.split()),
+        },
+    }
+
+
+def bench_replay(ip: InProcess, run: str, n: int, reps: int) -> dict[str, Any]:
+    job_id = f"{run}-replay"
+    fresh_total, fresh_loop, _, _ = ip.run_flow(n, job_id)
+    recorded = ip.count_calls(job_id)
+    totals, loops = [], []
+    for _ in range(reps):
+        ip.reset_job(job_id)
+        total, loop_s, _, _ = ip.run_flow(n, job_id)
+        totals.append(total)
+        loops.append(loop_s)
+    # one more replay, with the statement counter attached (not part of the timings)
+    ip.reset_job(job_id)
+    _, _, in_loop, all_stmts = ip.run_flow(n, job_id, count=True)
+    after = ip.count_calls(job_id)
+    return {
+        "n": n, "reps": reps,
+        "fresh_run_ms": fresh_total * 1e3,
+        "fresh_loop_us_per_call": fresh_loop / n * 1e6,
+        "replay_total_ms": median(totals) * 1e3,
+        "replay_us_per_call": median(totals) / n * 1e6,
+        "replay_loop_us_per_call": median(loops) / n * 1e6,
+        "statements_in_replay_loop": len(in_loop),
+        "statements_per_replayed_call": len(in_loop) / n,
+        "statements_per_replay_job": len(all_stmts),
+        "replay_job_statements": [describe(s, ip.storage.tables.jobs.name[:-4])
+                                  for s in all_stmts],
+        "calls_recorded_before": recorded,
+        "calls_recorded_after": after,
+    }
+
+
+def bench_statements(ip: InProcess, run: str) -> dict[str, Any]:
+    prefix = ip.storage.tables.jobs.name[:-len("jobs")]
+    counter = ip.counter
+    with ip.storage.engine.connect() as conn:
+        autocommit = conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    out: dict[str, Any] = {"engine_isolation_level": "AUTOCOMMIT" if autocommit
+                           else "transactional (autocommit off!)"}
+
+    # history load of a job that has 1,000 calls: one SELECT
+    with counter.recording() as rec:
+        history = ip.storage.load_history(f"{run}-replay")
+    out["history_load"] = {"statements": len(rec.statements), "rows": len(history),
+                           **rec.events()}
+
+    # a one-call job the normal way: enqueue writes the job row, the worker claims it.
+    # Eager apply_async() = DurableTask.apply_async (INSERT job) + apply() in-process.
+    ip.app.conf.task_always_eager = True
+    try:
+        ip.one_call.apply_async((1,), task_id=f"{run}-eager-warm")
+        with counter.recording() as rec:
+            result = ip.one_call.apply_async((1,), task_id=f"{run}-eager")
+        assert result.result == 2, result.result
+    finally:
+        ip.app.conf.task_always_eager = False
+    stmts = [describe(s, prefix) for s in rec.statements]
+    enqueue = 1 if stmts and stmts[0] == "INSERT INTO <p>jobs" else 0
+    out["one_call_job_enqueued"] = {
+        "statements": len(stmts), "statements_excluding_enqueue": len(stmts) - enqueue,
+        "sequence": stmts, **rec.events()}
+
+    # the same job with bare apply() on an id that was never enqueued (no job row yet)
+    ip.one_call.apply(args=(1,), task_id=f"{run}-apply-warm")
+    with counter.recording() as rec:
+        result = ip.one_call.apply(args=(1,), task_id=f"{run}-apply")
+    assert result.result == 2, result.result
+    stmts = [describe(s, prefix) for s in rec.statements]
+    out["one_call_job_bare_apply"] = {"statements": len(stmts), "sequence": stmts,
+                                      **rec.events()}
+    return out
+
+
+# -- 5. DBOS ------------------------------------------------------------------------------
+
+
+def dbos_child(args: argparse.Namespace) -> int:
+    """Runs in a subprocess (its own interpreter, DBOS's threads and logging stay there)."""
+    result: dict[str, Any] = {}
+    try:
+        import dbos
+        from dbos import DBOS, SetWorkflowID
+
+        result["version"] = getattr(dbos, "__version__", None) or _dist_version("dbos")
+        sys_url = make_url(args.postgres_url).set(database=args.dbos_db)
+        instance = DBOS(config={
+            "name": "celery-durable-bench",
+            "system_database_url": sys_url.render_as_string(hide_password=False),
+            "log_level": "WARNING",
+        })
+        loop: dict[str, Any] = {}
+        statements: list[str] = []
+        tally = {"commits": 0, "rollbacks": 0, "active": False}
+
+        @DBOS.step()
+        def step(i: int) -> int:
+            return i + 1
+
+        @DBOS.workflow()
+        def workflow(n: int) -> int:
+            total = 0
+            m0, t0 = len(statements), time.perf_counter()
+            for i in range(n):
+                total += step(i)
+            loop["seconds"] = time.perf_counter() - t0
+            loop["statements"] = len(statements) - m0
+            return total
+
+        DBOS.launch()
+        engine = instance._sys_db.engine
+        event.listen(engine, "before_cursor_execute",
+                     lambda c, cur, s, *a: statements.append(s) if tally["active"] else None)
+        event.listen(engine, "commit", lambda c: tally.__setitem__(
+            "commits", tally["commits"] + (1 if tally["active"] else 0)))
+        event.listen(engine, "rollback", lambda c: tally.__setitem__(
+            "rollbacks", tally["rollbacks"] + (1 if tally["active"] else 0)))
+
+        n = args.dbos_steps
+        for w in range(3):
+            with SetWorkflowID(f"warm-{w}-{uuid.uuid4().hex}"):
+                workflow(min(n, 50))
+        totals, loops, stmts, commits = [], [], [], []
+        for _ in range(args.reps):
+            statements.clear()
+            tally.update(commits=0, rollbacks=0, active=True)
+            t0 = time.perf_counter()
+            with SetWorkflowID(uuid.uuid4().hex):
+                value = workflow(n)
+            totals.append(time.perf_counter() - t0)
+            tally["active"] = False
+            assert value == sum(i + 1 for i in range(n)), value
+            loops.append(loop["seconds"])
+            stmts.append(loop["statements"])
+            commits.append(tally["commits"])
+        result.update(
+            ok=True, n=n, reps=args.reps,
+            ms_per_step=median(loops) / n * 1e3,
+            ms_per_step_min=min(loops) / n * 1e3,
+            workflow_total_ms=median(totals) * 1e3,
+            statements_per_step=median(stmts) / n,
+            commits_per_step=median(commits) / n,
+            # psycopg sends BEGIN as its own command when a transaction starts, so each
+            # committed transaction costs statements + BEGIN + COMMIT round trips.
+            round_trips_per_step=(median(stmts) + 2 * median(commits)) / n,
+        )
+        DBOS.destroy()
+    except BaseException as exc:  # report, never crash the parent
+        result.update(ok=False, error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+    Path(args.dbos_out).write_text(json.dumps(result))
+    return 0
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def bench_dbos(args: argparse.Namespace, run: str) -> dict[str, Any]:
+    db = f"bench_dbos_{run}"
+    out_file = Path(tempfile.mkstemp(prefix="bench_dbos_", suffix=".json")[1])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--dbos-child",
+           "--postgres-url", args.postgres_url, "--dbos-db", db,
+           "--dbos-steps", str(args.dbos_steps), "--reps", str(args.reps),
+           "--dbos-out", str(out_file)]
+    result: dict[str, Any] = {"system_database": db}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.dbos_timeout)
+        text = out_file.read_text()
+        if text:
+            result.update(json.loads(text))
+        else:
+            result.update(ok=False, error=f"DBOS child exited {proc.returncode} without a "
+                          f"result; stderr tail: {proc.stderr[-2000:]}")
+    except subprocess.TimeoutExpired:
+        result.update(ok=False, error=f"DBOS child did not finish in {args.dbos_timeout}s")
+    except Exception as exc:
+        result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        out_file.unlink(missing_ok=True)
+        try:
+            with psycopg.connect(psycopg_dsn(args.postgres_url, "postgres"),
+                                 autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        except Exception as exc:
+            result["cleanup_error"] = f"could not drop database {db}: {exc}"
+    return result
+
+
+# -- 6. throughput with real workers ------------------------------------------------------
+
+
+class Workers:
+    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "celery", "-A", "bench_app", "worker",
+               "-P", "prefork", "-c", str(concurrency), "-Q", env["BENCH_QUEUE"],
+               "-n", f"{env['BENCH_QUEUE']}@%h", "--without-gossip", "--without-mingle",
+               "--without-heartbeat", "-l", "WARNING"]
+        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        with suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        # prefork children left behind by a parent that died first
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def wait_until(done: Callable[[], int], target: int, timeout: float, workers: Workers,
+               failed: Callable[[], int] | None = None) -> float:
+    deadline = time.perf_counter() + timeout
+    while True:
+        if done() >= target:
+            return time.perf_counter()
+        if failed is not None and failed():
+            raise RuntimeError(f"{failed()} durable job(s) failed; worker log:\n"
+                               f"{workers.tail()}")
+        if not workers.alive():
+            raise RuntimeError(f"the worker exited; log:\n{workers.tail()}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"only {done()}/{target} finished after {timeout}s")
+        time.sleep(0.05)
+
+
+def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
+                     prefix: str) -> dict[str, Any]:
+    import bench_app
+    import redis
+
+    queue = f"bench_{run}"
+    counter_key = f"bench:{run}:plain_done"
+    env = {**os.environ,
+           "BENCH_BROKER_URL": args.broker_url, "BENCH_QUEUE": queue,
+           "BENCH_DURABLE_DATABASE_URL": args.postgres_url,
+           "BENCH_DURABLE_TABLE_PREFIX": prefix,
+           "BENCH_COUNTER_URL": args.broker_url, "BENCH_COUNTER_KEY": counter_key,
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent),
+                                         os.environ.get("PYTHONPATH", "")])}
+    r = redis.Redis.from_url(args.broker_url)
+    app = bench_app.create_app(broker=args.broker_url, queue=queue, store=args.postgres_url,
+                               prefix=prefix, counter_url=args.broker_url,
+                               counter_key=counter_key)
+    Durable.of(app).migrate()  # already migrated by this run; idempotent
+    plain, one_call = app.tasks["bench.plain"], app.tasks["bench.one_call"]
+    jobs = storage.tables.jobs
+
+    def plain_done() -> int:
+        return int(r.get(counter_key) or 0)
+
+    def count_state(state: str) -> int:
+        with storage.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(jobs).where(
+                jobs.c.state == state, jobs.c.task == "bench.one_call")))
+
+    def durable_done() -> int:
+        return count_state("succeeded")
+
+    def durable_failed() -> int:
+        return count_state("failed")
+
+    result: dict[str, Any] = {"n": args.throughput_n, "concurrency": args.concurrency,
+                              "rounds": args.rounds, "broker": args.broker_url,
+                              "queue": queue}
+    log_path = Path(tempfile.mkstemp(prefix="bench_worker_", suffix=".log")[1])
+    workers = Workers(env, args.concurrency, log_path)
+    try:
+        # warm-up: both pool children import, connect to Redis and PostgreSQL
+        warm = 50
+        for i in range(warm):
+            plain.delay(i)
+            one_call.delay(i)
+        wait_until(plain_done, warm, 60, workers)
+        wait_until(durable_done, warm, 60, workers, durable_failed)
+        rounds: list[dict[str, float]] = []
+        n = args.throughput_n
+        for _ in range(args.rounds):
+            row: dict[str, float] = {}
+            base = plain_done()
+            t0 = time.perf_counter()
+            for i in range(n):
+                plain.delay(i)
+            t_enq = time.perf_counter()
+            t1 = wait_until(plain_done, base + n, args.throughput_timeout, workers)
+            row.update(plain_per_s=n / (t1 - t0), plain_enqueue_per_s=n / (t_enq - t0))
+            base = durable_done()
+            t0 = time.perf_counter()
+            for i in range(n):
+                one_call.delay(i)
+            t_enq = time.perf_counter()
+            t1 = wait_until(durable_done, base + n, args.throughput_timeout, workers,
+                            durable_failed)
+            row.update(durable_per_s=n / (t1 - t0), durable_enqueue_per_s=n / (t_enq - t0))
+            rounds.append(row)
+            log(f"  round: plain {row['plain_per_s']:.0f}/s, "
+                f"durable {row['durable_per_s']:.0f}/s")
+        result["rounds_detail"] = rounds
+        for key in ("plain_per_s", "durable_per_s", "plain_enqueue_per_s",
+                    "durable_enqueue_per_s"):
+            result[key] = statistics.mean(row[key] for row in rounds)
+        result["ratio"] = result["durable_per_s"] / result["plain_per_s"]
+        result["ok"] = True
+    except Exception as exc:
+        result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        workers.stop()
+        log_path.unlink(missing_ok=True)
+        with suppress(Exception):
+            # the queue, its priority sub-queues and kombu's binding keys: all carry the
+            # run's unique queue name
+            keys = [counter_key, *r.scan_iter(match=f"*{queue}*", count=1000)]
+            r.delete(*keys)
+        with suppress(Exception):
+            app.close()
+    return result
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def print_report(res: dict[str, Any]) -> None:
+    def line(label: str, value: str, note: str = "") -> None:
+        print(f"  {label:<52} {value:>14}  {note}")
+
+    def verdict(ok: bool) -> str:
+        return "OK" if ok else "OVER BUDGET"
+
+    print(f"\ncelery-durable core benchmark  run={res['run']}  "
+          f"PostgreSQL {res['floor']['server_version']}  "
+          f"synchronous_commit={res['floor']['synchronous_commit']}  "
+          f"python {res['python']}  cpus={res['cpus']}")
+    f = res["floor"]
+    print(f"\n1. Commit floor (single-row INSERT + COMMIT, mean of {f['n']})")
+    line("psycopg autocommit, TEMP table (the floor)", f"{f['psycopg_temp_us']:.1f} us")
+    line("psycopg autocommit, regular (WAL-logged) table", f"{f['psycopg_logged_us']:.1f} us")
+    line("SQLAlchemy Core, same engine setup as SQLStorage", f"{f['sqlalchemy_logged_us']:.1f} us",
+         "(regular table)")
+
+    c = res["fresh"]
+    floor, floor_logged = f["psycopg_temp_us"], f["psycopg_logged_us"]
+    print(f"\n2. Fresh call() inside a durable task (apply(), {c['n']} calls/job, "
+          f"median of {c['reps']} jobs)")
+    line("per fresh call", f"{c['fresh_call_us']:.1f} us",
+         f"(best job {c['fresh_call_us_min']:.1f} us)")
+    line("per plain call  plain_task.run(i)", f"{c['plain_run_us']:.2f} us")
+    line("per plain call  plain_task(i)  (Task.__call__)", f"{c['plain_task_call_us']:.2f} us")
+    line("overhead per call (fresh - plain .run)", f"{c['overhead_us']:.1f} us")
+    ratio = c["overhead_us"] / floor
+    line("overhead / commit floor (temp table)", f"{ratio:.2f}x",
+         f"budget <= {BUDGET_OVERHEAD_VS_FLOOR:.0f}x: {verdict(ratio <= BUDGET_OVERHEAD_VS_FLOOR)}")
+    line("overhead / logged-table commit", f"{c['overhead_us'] / floor_logged:.2f}x",
+         "(same WAL flush our INSERT pays)")
+    line("statements per fresh call", f"{c['statements_per_fresh_call']:g}", "(expect 1)")
+    k = c["breakdown"]
+    print("   where a fresh call's time goes (medians, interleaved with the jobs above):")
+    line("  store.record_call() alone", f"{k['record_call_us']:.1f} us")
+    line("    its INSERT..SELECT sent raw with psycopg", f"{k['raw_statement_us']:.1f} us",
+         "(server + wire)")
+    line("    SQLAlchemy statement build + execute overhead", f"{k['sqlalchemy_us']:.1f} us",
+         "(record_call - raw)")
+    line("  call() bookkeeping outside the store", f"{k['call_bookkeeping_us']:.1f} us",
+         "(fresh - record_call - plain)")
+    line("job total (apply() incl. tracer, claim, history, finish)", f"{c['job_total_ms']:.1f} ms")
+    fixed = c["statements_per_fresh_job"] - round(c["statements_per_fresh_call"] * c["n"])
+    line("job fixed cost (job total - call loop)", f"{c['job_fixed_ms']:.2f} ms",
+         f"({fixed} statements: bare apply() creates the missing job row, see 4.)")
+
+    p = res["replay"]
+    print(f"\n3. Replay of a job with {p['n']} completed calls (median of {p['reps']})")
+    line("first (fresh) run of the job", f"{p['fresh_run_ms']:.1f} ms")
+    line("replay, whole apply()", f"{p['replay_total_ms']:.2f} ms")
+    line("replay per call (whole apply() / calls)", f"{p['replay_us_per_call']:.2f} us")
+    line("replay per call (call loop only)", f"{p['replay_loop_us_per_call']:.2f} us")
+    line("calls recorded before / after replays",
+         f"{p['calls_recorded_before']} / {p['calls_recorded_after']}")
+
+    s = res["statements"]
+    print(f"\n4. SQL statements (SQLAlchemy before_cursor_execute; engine isolation "
+          f"{s['engine_isolation_level']}: each statement is its own commit)")
+    line("per fresh call", f"{c['statements_per_fresh_call']:g}", "(expect 1)")
+    line("per replayed call", f"{p['statements_per_replayed_call']:g}", "(expect 0)")
+    line("history load (1 SELECT for the whole job)", f"{s['history_load']['statements']}",
+         f"(expect 1; {s['history_load']['rows']} rows)")
+    line("replayed job, whole apply()", f"{p['statements_per_replay_job']}",
+         "= " + ", ".join(p["replay_job_statements"]))
+    e = s["one_call_job_enqueued"]
+    line("one-call job, enqueued (apply_async eager) total", f"{e['statements']}")
+    line("  of which worker side (claim+history+call+finish)",
+         f"{e['statements_excluding_enqueue']}", "(expect 4)")
+    for stmt in e["sequence"]:
+        print(f"      {stmt}")
+    b = s["one_call_job_bare_apply"]
+    line("one-call job, bare apply() (no job row yet)", f"{b['statements']}")
+    for stmt in b["sequence"]:
+        print(f"      {stmt}")
+    line("COMMIT / ROLLBACK events (enqueued one-call job)",
+         f"{e['commits']} / {e['rollbacks']}",
+         f"(sent to the server: {e['commits_sent']} / {e['rollbacks_sent']}; a ROLLBACK on "
+         f"an idle autocommit connection is a psycopg no-op)")
+
+    d = res["dbos"]
+    print("\n5. DBOS")
+    if d.get("ok"):
+        line(f"DBOS {d.get('version')} per @DBOS.step ({d['n']} steps, median of {d['reps']})",
+             f"{d['ms_per_step']:.3f} ms", f"(best {d['ms_per_step_min']:.3f} ms)")
+        line("DBOS statements / COMMITs per step",
+             f"{d['statements_per_step']:.2f} / {d['commits_per_step']:.2f}",
+             f"(~{d['round_trips_per_step']:.1f} round trips incl. BEGIN/COMMIT)")
+        ours = c["fresh_call_us"] / 1e3
+        speedup = d["ms_per_step"] / ours
+        line("celery-durable per fresh call", f"{ours:.3f} ms")
+        line("speed-up vs DBOS (DBOS step / our call)", f"{speedup:.1f}x",
+             f"budget >= {BUDGET_VS_DBOS:.0f}x: {verdict(speedup >= BUDGET_VS_DBOS)}")
+    elif d.get("skipped"):
+        print("  skipped (--skip-dbos)")
+    else:
+        print(f"  DBOS could not be measured: {d.get('error')}")
+
+    t = res["throughput"]
+    print("\n6. Throughput, real `celery worker` (end to end: enqueue + run)")
+    if t.get("ok"):
+        print(f"  worker: prefork -c {t['concurrency']}, broker {t['broker']}, "
+              f"N={t['n']} per kind, mean of {t['rounds']} rounds")
+        line("plain Celery tasks", f"{t['plain_per_s']:.0f} /s",
+             f"(enqueue alone {t['plain_enqueue_per_s']:.0f}/s)")
+        line("durable one-call jobs", f"{t['durable_per_s']:.0f} /s",
+             f"(enqueue alone {t['durable_enqueue_per_s']:.0f}/s)")
+        line("durable / plain", f"{t['ratio']:.2f}x",
+             f"budget >= {BUDGET_THROUGHPUT}x: {verdict(t['ratio'] >= BUDGET_THROUGHPUT)}")
+    elif t.get("skipped"):
+        print("  skipped (--skip-throughput)")
+    else:
+        print(f"  throughput could not be measured: {t.get('error')}")
+    print(f"\n  total run time {res['elapsed_s']:.1f} s")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run an optional section; a failure is reported in the results, never raised."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_URL))
+    p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER),
+                   help="Redis broker (and counter) for the throughput test")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--floor-n", type=int, default=2000)
+    p.add_argument("--calls", type=int, default=300, help="calls per job in test 2")
+    p.add_argument("--replay-calls", type=int, default=1000)
+    p.add_argument("--reps", type=int, default=5, help="repetitions (median reported)")
+    p.add_argument("--dbos-steps", type=int, default=300)
+    p.add_argument("--dbos-timeout", type=float, default=120)
+    p.add_argument("--throughput-n", type=int, default=2000)
+    p.add_argument("--throughput-timeout", type=float, default=60)
+    p.add_argument("--rounds", type=int, default=2, help="throughput rounds per kind")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--skip-dbos", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
+    # internal: the DBOS subprocess
+    p.add_argument("--dbos-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dbos-db", help=argparse.SUPPRESS)
+    p.add_argument("--dbos-out", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dbos_child:
+        return dbos_child(args)
+    started = time.perf_counter()
+    run = uuid.uuid4().hex[:8]
+    prefix = f"bench_{run}_"
+    res: dict[str, Any] = {"run": run, "table_prefix": prefix,
+                           "postgres_url": make_url(args.postgres_url).render_as_string(),
+                           "python": platform.python_version(), "cpus": os.cpu_count(),
+                           "budgets": {"overhead_vs_commit_floor_max": BUDGET_OVERHEAD_VS_FLOOR,
+                                       "speedup_vs_dbos_min": BUDGET_VS_DBOS,
+                                       "throughput_ratio_min": BUDGET_THROUGHPUT}}
+    storage = SQLStorage(args.postgres_url, table_prefix=prefix)
+    storage.migrate()
+    try:
+        log(f"1/6 commit floor ({args.floor_n} inserts x 3)")
+        res["floor"] = bench_commit_floor(args.postgres_url, prefix, args.floor_n, storage)
+        ip = InProcess(storage)
+        log(f"2/6 fresh calls ({args.reps} jobs x {args.calls} calls)")
+        res["fresh"] = bench_fresh_calls(ip, run, args.calls, args.reps)
+        log(f"3/6 replay ({args.replay_calls} calls, {args.reps} replays)")
+        res["replay"] = bench_replay(ip, run, args.replay_calls, args.reps)
+        log("4/6 statement counts")
+        res["statements"] = bench_statements(ip, run)
+        if args.skip_dbos:
+            res["dbos"] = {"skipped": True}
+        else:
+            log(f"5/6 DBOS ({args.dbos_steps} steps, subprocess)")
+            res["dbos"] = _guarded(bench_dbos, args, run)
+            if res["dbos"].get("ok"):
+                res["dbos"]["speedup"] = (res["dbos"]["ms_per_step"] * 1e3
+                                          / res["fresh"]["fresh_call_us"])
+            else:
+                log(f"DBOS failed: {res['dbos'].get('error')}")
+        if args.skip_throughput:
+            res["throughput"] = {"skipped": True}
+        else:
+            log(f"6/6 throughput ({args.throughput_n} tasks per kind, {args.rounds} rounds)")
+            res["throughput"] = _guarded(bench_throughput, args, run, storage, prefix)
+            if not res["throughput"].get("ok"):
+                log(f"throughput failed: {res['throughput'].get('error')}")
+    finally:
+        with suppress(Exception):
+            storage.drop_tables()
+        storage.dispose()
+    fresh, floor = res["fresh"], res["floor"]
+    res["summary"] = {
+        "commit_floor_us": floor["psycopg_temp_us"],
+        "fresh_call_us": fresh["fresh_call_us"],
+        "plain_call_us": fresh["plain_run_us"],
+        "overhead_us": fresh["overhead_us"],
+        "overhead_vs_commit_floor": fresh["overhead_us"] / floor["psycopg_temp_us"],
+        "overhead_vs_logged_commit": fresh["overhead_us"] / floor["psycopg_logged_us"],
+        "record_call_us": fresh["breakdown"]["record_call_us"],
+        "record_call_raw_statement_us": fresh["breakdown"]["raw_statement_us"],
+        "replay_total_ms": res["replay"]["replay_total_ms"],
+        "replay_us_per_call": res["replay"]["replay_us_per_call"],
+        "statements_per_fresh_call": fresh["statements_per_fresh_call"],
+        "statements_per_replayed_call": res["replay"]["statements_per_replayed_call"],
+        "statements_history_load": res["statements"]["history_load"]["statements"],
+        "statements_one_call_job_worker_side":
+            res["statements"]["one_call_job_enqueued"]["statements_excluding_enqueue"],
+        "statements_one_call_job_bare_apply":
+            res["statements"]["one_call_job_bare_apply"]["statements"],
+        "dbos_ms_per_step": res["dbos"].get("ms_per_step"),
+        "speedup_vs_dbos": res["dbos"].get("speedup"),
+        "plain_tasks_per_s": res["throughput"].get("plain_per_s"),
+        "durable_jobs_per_s": res["throughput"].get("durable_per_s"),
+        "throughput_ratio": res["throughput"].get("ratio"),
+    }
+    res["elapsed_s"] = time.perf_counter() - started
+    if args.json:
+        json.dump(res, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print_report(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
