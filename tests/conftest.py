@@ -6,22 +6,30 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
 from celery_durable.store.sql import SQLStorage
 
-SERVICES = {
-    "postgres": ("127.0.0.1", 5432),
-    "mysql": ("127.0.0.1", 3306),
-    "redis": ("127.0.0.1", 6379),
-    "rabbitmq": ("127.0.0.1", 5672),
-}
 POSTGRES_URL = os.environ.get("DURABLE_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("DURABLE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("DURABLE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+SERVICES = {
+    "postgres": _address(POSTGRES_URL, 5432),
+    "mysql": _address(MYSQL_URL, 3306),
+    "redis": _address(REDIS_URL, 6379),
+    "rabbitmq": _address(RABBITMQ_URL, 5672),
+}
 
 # .ci/run sets this: there a missing service is a failure, never a skip.
 REQUIRE_SERVICES = os.environ.get("CELERY_DURABLE_REQUIRE_SERVICES") == "1"
