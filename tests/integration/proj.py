@@ -75,6 +75,15 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
             return {"refunded": paid, "error": exc.error_type}
         return {"refunded": None}
 
+    @durable.task(name="proj.retry_once", bind=True, shared=False,
+                  autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0.2})
+    def retry_once(self: Any, x: int) -> int:
+        paid = call(step, "before-retry", x)
+        effect("retry-body")
+        if self.request.retries == 0:
+            raise ConnectionError("flaky network")  # Celery's own autoretry
+        return int(paid)
+
     return app
 
 

@@ -138,3 +138,19 @@ def test_a_chain_continues_after_the_sweeper_recovers_its_first_task(
     _assert_resumed_without_rerunning(cluster, job_id)
     wait_for(lambda: cluster.count("collected-1-2-3-4-5") == 1, 30,
              "the chained task to receive the recovered job's result", cluster.logs_tail)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_celery_autoretry_on_a_durable_task_replays_completed_calls(
+        make_cluster: Callable[..., Cluster]) -> None:
+    """Celery's own retry (autoretry_for / self.retry) hands the lease back first."""
+    cluster = make_cluster("redis", "postgres")
+    cluster.worker()
+    job_id = cluster.app.tasks["proj.retry_once"].delay(41).id
+    job = cluster.wait_finished(job_id, timeout=30)
+    assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+    assert cluster.durable.get_job(job_id).result == 42
+    assert cluster.count("retry-body") == 2
+    assert cluster.count("before-retry") == 1
+    assert job.attempts == 2
