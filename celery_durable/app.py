@@ -28,7 +28,8 @@ _CELERY_DECORATOR_OPTIONS = frozenset({
     "base", "bind", "name", "shared", "lazy", "filter", "typing", "pydantic",
     "pydantic_strict", "pydantic_context", "pydantic_dump_kwargs", "autoretry_for",
     "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
-    "retry_jitter",
+    "retry_jitter", "queue", "routing_key", "exchange", "priority", "delivery_mode",
+    "compression", "expires",
 })
 
 

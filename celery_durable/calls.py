@@ -17,6 +17,8 @@ from .context import (
     deactivate,
     enter_call,
     exit_call,
+    mark_inline,
+    unmark_inline,
 )
 from .errors import (
     CallError,
@@ -124,17 +126,16 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
 
 def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
             kwargs: dict[str, Any]) -> Any:
-    from .task import DurableTask
-
     call_token = enter_call(f"{execution.job_id}:{seq}")
-    # A durable task called in-process runs as a child scope with its own checkpoints.
-    scope = activate(execution.child(seq, task.name)) if isinstance(task, DurableTask) \
-        else None
+    # The called task runs in a child scope: call()s it makes itself get checkpoints of
+    # their own ("<job>.<seq>"), so they never shift the caller's positions on replay.
+    scope = activate(execution.child(seq, task.name))
+    inline = mark_inline(task)
     try:
         return task(*args, **kwargs)
     finally:
-        if scope is not None:
-            deactivate(scope)
+        unmark_inline(inline)
+        deactivate(scope)
         exit_call(call_token)
 
 

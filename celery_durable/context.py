@@ -54,9 +54,10 @@ def current_execution() -> Execution | None:
 
 
 def current_job_id() -> str | None:
-    """The id of the durable job running in this context, or None outside one."""
+    """The id of the durable job running in this context (for code inside a call(), the
+    job that made the call), or None outside one."""
     execution = _current.get()
-    return None if execution is None else execution.job_id
+    return None if execution is None else execution.root_id
 
 
 def current_call_id() -> str | None:
@@ -74,6 +75,26 @@ def enter_call(call_id: str) -> object:
 
 def exit_call(token: object) -> None:
     _call_id.reset(token)  # type: ignore[arg-type]
+
+
+_inline: ContextVar[object | None] = ContextVar("celery_durable_inline_task", default=None)
+
+
+def mark_inline(task: object) -> object:
+    """call() is about to run ``task`` in-process, not as a job of its own."""
+    return _inline.set(task)
+
+
+def take_inline(task: object) -> bool:
+    """True (once) if call() is running ``task`` in-process right now."""
+    if _inline.get() is task:
+        _inline.set(None)
+        return True
+    return False
+
+
+def unmark_inline(token: object) -> None:
+    _inline.reset(token)  # type: ignore[arg-type]
 
 
 def activate(execution: Execution) -> object:

@@ -47,10 +47,13 @@ class RecoverySweeper:
 
     def _republish(self, job: JobRecord) -> None:
         logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
+        options = serialization.loads(job.options)
+        # None would override the task's own routing (send_task merges options over it).
+        options.update({k: v for k, v in (("queue", job.queue), ("priority", job.priority))
+                        if v is not None})
         self.durable.app.send_task(
             job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
-            task_id=job.id, queue=job.queue, priority=job.priority,
-            **serialization.loads(job.options))
+            task_id=job.id, **options)
 
     def start(self) -> None:
         if self._thread is not None:

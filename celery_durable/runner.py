@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 
 from . import serialization
 from .calls import encode_error
@@ -101,20 +101,35 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
 
 def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignore[type-arg]
               args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    storage, lease = durable.storage, execution.lease
+    lease = execution.lease
     try:
         result = task.run(*args, **kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
     except Retry:
         if not execution.released:  # raised without self.retry() re-sending: hand back
-            storage.release_job(lease, JobState.RETRYING, durable.deliver_by(None),
-                                durable.now())
+            release(durable, lease, JobState.RETRYING, durable.deliver_by(None))
+        raise
+    except Reject as exc:
+        if exc.requeue:  # the message goes back to the queue: the job stays runnable
+            release(durable, lease, JobState.PENDING, durable.deliver_by(None))
+        else:
+            _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
+        raise
+    except Ignore as exc:  # also what self.replace() raises once the replacement is sent
+        _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
         raise
     except Exception as exc:
         _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
         raise
     _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
     return result
+
+
+def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetime) -> None:
+    try:
+        durable.storage.release_job(lease, state, deliver_by, durable.now())
+    except StorageUnavailable as exc:
+        raise StorageInterrupted(lease.job_id, exc) from exc
 
 
 def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
@@ -129,7 +144,7 @@ def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
 # canvas (chain, links, group, chord) and its ids.
 RESENT_OPTIONS = ("link", "link_error", "chain", "group_id", "group_index", "chord",
                   "root_id", "parent_id", "reply_to", "shadow", "exchange", "routing_key",
-                  "time_limit", "soft_time_limit")
+                  "time_limit", "soft_time_limit", "expires", "retries")
 
 
 def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,

@@ -8,8 +8,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils import uuid
 
-from .context import current_execution
-from .runner import new_job, run_job
+from .context import current_execution, take_inline
+from .runner import new_job, release, run_job
 from .store.base import JobState
 
 
@@ -34,7 +34,7 @@ class DurableTask(Task):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.called_directly or request.id is None:
+        if take_inline(self) or request.called_directly or request.id is None:
             # A plain function call (a test, a script, or call() running it in-process).
             return super().__call__(*args, **kwargs)
         from .app import Durable
@@ -52,8 +52,7 @@ class DurableTask(Task):  # type: ignore[type-arg]
         if execution is not None and execution.job_id == task_id and not execution.released:
             # self.retry() inside the body: hand the lease back before the retry message
             # can be delivered, or that delivery would find the job busy.
-            durable.storage.release_job(execution.lease, JobState.RETRYING,
-                                        durable.deliver_by(eta), durable.now())
+            release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
             execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         job = new_job(durable, self.name, task_id, args, kwargs,

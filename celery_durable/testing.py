@@ -112,6 +112,14 @@ class StorageConformance:
         assert history[1].started_at == T0
         assert history[1].finished_at == T0 + timedelta(milliseconds=5)
 
+    def test_child_scope_ids_do_not_collide_with_job_ids(self, storage: Storage) -> None:
+        parent = claimed(storage, "J")
+        storage.record_call(call_record("J.1", 1, root_id="J"), parent)
+        lookalike = claimed(storage, "J.1")
+        storage.record_call(call_record("J.1", 1), lookalike)
+        assert [(c.root_id, c.job_id) for c in storage.load_history("J.1")] == [("J.1", "J.1")]
+        assert [(c.root_id, c.job_id) for c in storage.load_history("J")] == [("J", "J.1")]
+
     def test_large_and_unicode_payloads(self, storage: Storage) -> None:
         lease = claimed(storage)
         big = '"' + "é€😀" * 30000 + '"'
@@ -161,6 +169,9 @@ class StorageConformance:
         assert job is not None
         assert (job.state, job.lease_owner, job.recoveries) == (JobState.PENDING, None, 1)
         assert [j.id for j in storage.expired_jobs(now, 10)] == ["unclaimed"]
+        assert storage.recover_job(expired[1], now + LEASE, now) is True
+        resent = storage.get_job("unclaimed")
+        assert resent is not None and resent.recoveries == 0  # never claimed: not a crash
         assert storage.claim_job("running", "w2", now, now + LEASE).outcome is \
             ClaimOutcome.CLAIMED
 

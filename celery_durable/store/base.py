@@ -164,7 +164,9 @@ class Storage(Protocol):
         """Active jobs whose lease or delivery deadline passed, oldest first."""
 
     def recover_job(self, seen: JobRecord, deliver_by: datetime, now: datetime) -> bool:
-        """Compare-and-set an expired job back to pending; True if this caller won."""
+        """Compare-and-set an expired job back to pending; True if this caller won.
+
+        ``recoveries`` grows only when the job had an owner (its worker was lost)."""
 
     def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
         """Compare-and-set an expired job to failed (it crashed its workers too often)."""

@@ -23,7 +23,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
-        self._calls: dict[tuple[str, int], CallRecord] = {}
+        self._calls: dict[tuple[str, str, int], CallRecord] = {}
 
     def migrate(self) -> list[int]:
         return []
@@ -70,7 +70,7 @@ class MemoryStorage:
     def record_call(self, call: CallRecord, lease: Lease) -> None:
         with self._lock:
             self._check(lease)
-            key = (call.job_id, call.seq)
+            key = (call.root_id, call.job_id, call.seq)
             if key in self._calls:
                 raise LeaseLost(lease.job_id)
             self._calls[key] = call
@@ -110,9 +110,10 @@ class MemoryStorage:
         with self._lock:
             if not self._unchanged(seen):
                 return False
+            crashed = 1 if seen.lease_owner is not None else 0  # unclaimed: just resent
             self._jobs[seen.id] = replace(
                 seen, state=JobState.PENDING, lease_owner=None, lease_expires_at=deliver_by,
-                recoveries=seen.recoveries + 1)
+                recoveries=seen.recoveries + crashed)
             return True
 
     def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:

@@ -85,11 +85,13 @@ def build_tables(prefix: str) -> Tables:
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
+    # Keyed by root first: one index range serves a whole tree's history, and a child
+    # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
         f"{prefix}calls", metadata,
+        Column("root_id", ID, primary_key=True),
         Column("job_id", ID, primary_key=True),
         Column("seq", Integer, primary_key=True, autoincrement=False),
-        Column("root_id", ID, nullable=False),
         Column("name", NAME, nullable=False),
         Column("args_digest", String(64), nullable=False),
         Column("state", String(16), nullable=False),
@@ -99,7 +101,6 @@ def build_tables(prefix: str) -> Tables:
         Column("started_at", UTCDateTime(), nullable=False),
         Column("finished_at", UTCDateTime(), nullable=False),
     )
-    Index(f"{prefix}calls_root_id", calls.c.root_id)
     schema_version = Table(
         f"{prefix}schema_version", metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),

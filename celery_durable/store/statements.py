@@ -59,13 +59,16 @@ def build_statements(tables: Tables) -> Statements:
     recover_values = {"state": JobState.PENDING.value, "lease_owner": None,
                       "lease_expires_at": deliver_by,
                       "recoveries": jobs.c.recoveries + 1}
+    # A job nobody has claimed yet may just be queued behind a backlog: republishing it
+    # is not a recovery from a lost worker, so it does not count towards max_recoveries.
+    resend_values = {**recover_values, "recoveries": jobs.c.recoveries}
     abandon_values = {"state": JobState.FAILED.value, "lease_owner": None,
                       "lease_expires_at": None, "error": bindparam("p_error"),
                       "finished_at": now}
     owner_is_null = jobs.c.lease_owner.is_(None)
     call_values = select(*[
         bindparam(f"p_{name}", type_=calls.c[name].type).label(name) for name in CALL_COLUMNS
-    ]).where(*fenced)
+    ]).where(*fenced).with_for_update(read=True)  # a concurrent recovery waits for us
     claim = jobs.update().where(
         by_id, jobs.c.state.in_(_ACTIVE), or_(owner_is_null, jobs.c.lease_expires_at < now),
     ).values(
@@ -93,7 +96,7 @@ def build_statements(tables: Tables) -> Statements:
         ).order_by(jobs.c.lease_expires_at).limit(bindparam("p_limit")),
         recover=jobs.update().where(
             *expired, jobs.c.lease_owner == bindparam("p_owner")).values(**recover_values),
-        recover_unowned=jobs.update().where(*expired, owner_is_null).values(**recover_values),
+        recover_unowned=jobs.update().where(*expired, owner_is_null).values(**resend_values),
         abandon=jobs.update().where(
             *expired, jobs.c.lease_owner == bindparam("p_owner")).values(**abandon_values),
         abandon_unowned=jobs.update().where(*expired, owner_is_null).values(**abandon_values),

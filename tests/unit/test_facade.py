@@ -171,3 +171,25 @@ def test_sweeper_fails_a_job_that_keeps_killing_workers(env: Env) -> None:
 
 def test_memory_storage_is_a_storage() -> None:
     assert isinstance(MemoryStorage(), celery_durable.Storage)
+
+
+def test_sweeper_leaves_routing_to_the_task_when_none_was_given(env: Env) -> None:
+    sent: list[dict[str, Any]] = []
+    env.app.send_task = lambda name, **kw: sent.append(kw)  # type: ignore
+    from celery_durable.runner import new_job
+
+    env.storage.create_job(new_job(env.durable, "u.t", "j1", [], {}, queue=None,
+                                   priority=None, eta=None))
+    env.clock.advance(env.durable.settings.delivery_timeout + 1)
+    assert env.durable.sweeper.sweep_once() == ["j1"]
+    assert "queue" not in sent[0] and "priority" not in sent[0]
+    job = env.storage.get_job("j1")
+    assert job is not None and job.recoveries == 0  # never claimed: resent, not recovered
+
+
+@pytest.mark.filterwarnings("ignore:.*'queue' task attribute is deprecated")
+def test_routing_options_are_accepted_by_the_decorator(env: Env) -> None:
+    @env.durable.task(name="u.routed", queue="payments", priority=5, shared=False)
+    def routed() -> None: ...
+
+    assert env.app.tasks["u.routed"].queue == "payments"

@@ -322,3 +322,61 @@ def test_a_storage_error_mid_job_is_a_crash_not_a_failure(env: Env) -> None:
     env.clock.advance(31)
     assert env.deliver("u.swallower", "j1") == [1, 2]
     assert env.effects == ["s1", "s2", "s2"]
+
+
+def test_a_durable_task_can_call_itself_in_process(env: Env) -> None:
+    @env.durable.task(name="u.countdown", shared=False)
+    def countdown(n: int) -> int:
+        env.effects.append(f"n{n}")
+        return 0 if n == 0 else 1 + call(countdown, n - 1)
+
+    assert env.deliver("u.countdown", "j1", 2) == 2
+    assert env.effects == ["n2", "n1", "n0"]
+    assert [c.position for c in env.durable.get_job("j1").calls] == ["1", "1.1"]
+
+
+def test_calls_inside_a_called_plain_task_keep_the_callers_positions(env: Env) -> None:
+    @env.app.task(name="u.leaf", shared=False)
+    def leaf(name: str) -> str:
+        env.effects.append(name)
+        return name
+
+    @env.app.task(name="u.helper", shared=False)
+    def helper() -> str:
+        return call(leaf, "inner")
+
+    crashes: list[int] = []
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> list[str]:
+        first = call(helper)
+        if not crashes:
+            crashes.append(1)
+            raise Crash()
+        return [first, call(leaf, "second")]
+
+    with pytest.raises(Crash):
+        env.deliver("u.flow", "j1")
+    env.clock.advance(31)
+    assert env.deliver("u.flow", "j1") == ["inner", "second"]
+    assert env.effects == ["inner", "second"]
+
+
+def test_ignore_and_reject_in_a_body_do_not_fail_the_job_wrongly(env: Env) -> None:
+    from celery.exceptions import Reject
+
+    @env.durable.task(name="u.requeue", shared=False)
+    def requeue() -> None:
+        raise Reject("later", requeue=True)
+
+    @env.durable.task(name="u.ignore", shared=False)
+    def ignore() -> None:
+        raise Ignore()
+
+    with pytest.raises(Reject):
+        env.deliver("u.requeue", "j1")
+    job = env.storage.get_job("j1")
+    assert job is not None and (job.state, job.lease_owner) == (JobState.PENDING, None)
+    with pytest.raises(Ignore):
+        env.deliver("u.ignore", "j2")
+    assert env.durable.get_job("j2").state == "cancelled"
