@@ -187,7 +187,7 @@ def test_sweeper_leaves_routing_to_the_task_when_none_was_given(env: Env) -> Non
     assert job is not None and job.recoveries == 0  # never claimed: resent, not recovered
 
 
-@pytest.mark.filterwarnings("ignore:.*'queue' task attribute is deprecated")
+@pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning")
 def test_routing_options_are_accepted_by_the_decorator(env: Env) -> None:
     @env.durable.task(name="u.routed", queue="payments", priority=5, shared=False)
     def routed() -> None: ...
