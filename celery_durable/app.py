@@ -104,7 +104,6 @@ class Durable:
         return job_view(job, self.storage.load_history(job_id))
 
 
-
 _signals_connected = False
 
 

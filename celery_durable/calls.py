@@ -25,9 +25,8 @@ from .errors import (
     LeaseLost,
     NonDeterministicError,
     OutsideDurableTaskError,
-    StorageInterrupted,
-    StorageUnavailable,
     UnknownTaskError,
+    interrupt_on_storage_error,
 )
 from .store.base import CallRecord, CallState
 
@@ -146,10 +145,9 @@ def _record(execution: Execution, seq: int, name: str, args: tuple[Any, ...],
         job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
         args_digest=serialization.digest(args, kwargs), state=state, attempts=1,
         result=result, error=error, started_at=started, finished_at=execution.durable.now())
-    try:
+    # StorageInterrupted is a BaseException, so the body cannot swallow it.
+    with interrupt_on_storage_error(execution.root_id):
         execution.durable.storage.record_call(record, execution.lease)
-    except StorageUnavailable as exc:  # a BaseException, so the body cannot swallow it
-        raise StorageInterrupted(execution.root_id, exc) from exc
 
 
 def encode_error(exc: BaseException) -> str:

@@ -19,6 +19,9 @@ swallow them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class DurableError(Exception):
     """Base class of every celery-durable error."""
@@ -128,3 +131,12 @@ class StorageInterrupted(BaseException):
     def __init__(self, job_id: str, cause: BaseException) -> None:
         self.job_id = job_id
         super().__init__(f"durable job {job_id} interrupted by a storage error: {cause}")
+
+
+@contextmanager
+def interrupt_on_storage_error(job_id: str) -> Iterator[None]:
+    """Turn StorageUnavailable inside a running job into StorageInterrupted."""
+    try:
+        yield
+    except StorageUnavailable as exc:
+        raise StorageInterrupted(job_id, exc) from exc

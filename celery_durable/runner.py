@@ -23,7 +23,12 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate
-from .errors import LeaseLost, SerializationError, StorageInterrupted, StorageUnavailable
+from .errors import (
+    LeaseLost,
+    SerializationError,
+    StorageInterrupted,
+    interrupt_on_storage_error,
+)
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
 
 if TYPE_CHECKING:
@@ -126,18 +131,14 @@ def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignor
 
 
 def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetime) -> None:
-    try:
+    with interrupt_on_storage_error(lease.job_id):
         durable.storage.release_job(lease, state, deliver_by, durable.now())
-    except StorageUnavailable as exc:
-        raise StorageInterrupted(lease.job_id, exc) from exc
 
 
 def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
             error: str | None) -> None:
-    try:
+    with interrupt_on_storage_error(lease.job_id):
         durable.storage.finish_job(lease, state, result, error, durable.now())
-    except StorageUnavailable as exc:
-        raise StorageInterrupted(lease.job_id, exc) from exc
 
 
 # Message options that recovery sends again, so a republished job keeps its place in a

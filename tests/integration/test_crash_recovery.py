@@ -14,7 +14,7 @@ import pytest
 from celery import chain
 
 from celery_durable import JobState
-from tests.integration.conftest import Cluster, wait_for
+from tests.integration.conftest import Cluster, Worker, wait_for
 
 pytestmark = pytest.mark.worker
 BROKERS = [pytest.param("redis", marks=pytest.mark.redis),
@@ -31,6 +31,16 @@ def _start_and_kill_after_call_2(cluster: Cluster, job_id: str | None = None
     assert job is not None and job.lease_owner is not None
     assert cluster.committed_calls(job_id) == 2, "killed too late: call 3 already committed"
     return job_id, job.lease_owner
+
+
+def _kill_whole_worker_after_call_2_and_restart(cluster: Cluster, first: Worker,
+                                                job_id: str | None = None) -> str:
+    """SIGKILL ``first`` (main process and pool) mid-job, start a fresh worker."""
+    job_id, _ = _start_and_kill_after_call_2(cluster, job_id)
+    first.kill()
+    cluster.worker()
+    _assert_resumed_without_rerunning(cluster, job_id)
+    return job_id
 
 
 def _assert_resumed_without_rerunning(cluster: Cluster, job_id: str) -> None:
@@ -53,11 +63,7 @@ def _assert_resumed_without_rerunning(cluster: Cluster, job_id: str) -> None:
 def test_whole_worker_sigkill_resumes_on_restart(
         make_cluster: Callable[..., Cluster], broker: str, store: str) -> None:
     cluster = make_cluster(broker, store, step_seconds=1.0)
-    first = cluster.worker()
-    job_id, _ = _start_and_kill_after_call_2(cluster)
-    first.kill()
-    cluster.worker()
-    _assert_resumed_without_rerunning(cluster, job_id)
+    job_id = _kill_whole_worker_after_call_2_and_restart(cluster, cluster.worker())
     if broker == "redis":
         # Redis would hold the unacked message for its 1 h visibility timeout: only the
         # recovery sweeper can have brought it back.
@@ -115,11 +121,7 @@ def test_embedded_default_recovers_a_killed_worker_through_the_sweeper(
         make_cluster: Callable[..., Cluster]) -> None:
     """SQLite store + the sqla+sqlite transport, which never redelivers a message."""
     cluster = make_cluster("sqlite", "sqlite", step_seconds=1.0)
-    first = cluster.worker()
-    job_id, _ = _start_and_kill_after_call_2(cluster)
-    first.kill()
-    cluster.worker()
-    _assert_resumed_without_rerunning(cluster, job_id)
+    job_id = _kill_whole_worker_after_call_2_and_restart(cluster, cluster.worker())
     job = cluster.job(job_id)
     assert job is not None and job.recoveries >= 1
 
@@ -132,10 +134,7 @@ def test_a_chain_continues_after_the_sweeper_recovers_its_first_task(
     tasks = cluster.app.tasks
     first = cluster.worker()
     last = chain(tasks["proj.five_steps"].s(0), tasks["proj.collect"].s()).apply_async()
-    job_id, _ = _start_and_kill_after_call_2(cluster, last.parent.id)
-    first.kill()
-    cluster.worker()
-    _assert_resumed_without_rerunning(cluster, job_id)
+    _kill_whole_worker_after_call_2_and_restart(cluster, first, last.parent.id)
     wait_for(lambda: cluster.count("collected-1-2-3-4-5") == 1, 30,
              "the chained task to receive the recovered job's result", cluster.logs_tail)
 
