@@ -16,24 +16,40 @@ from .errors import (
     StorageUnavailable,
     UnknownTaskError,
 )
-from .inspection import CallView, JobView
+from .inspection import CallView, ExecutionError, JobSummary, JobView
+from .retry import (
+    Backoff,
+    ConstantBackoff,
+    ExponentialBackoff,
+    ExponentialBackoffWithJitter,
+    NoRetry,
+    RetryAfter,
+)
 from .store import JobState, MemoryStorage, SQLStorage, Storage
 from .task import DurableTask
 
 __all__ = [
+    "Backoff",
     "CallError",
     "CallView",
     "ConfigurationError",
+    "ConstantBackoff",
     "Durable",
     "DurableError",
     "DurableTask",
+    "ExecutionError",
+    "ExponentialBackoff",
+    "ExponentialBackoffWithJitter",
     "JobNotFound",
     "JobState",
+    "JobSummary",
     "JobView",
     "LeaseLost",
     "MemoryStorage",
+    "NoRetry",
     "NonDeterministicError",
     "OutsideDurableTaskError",
+    "RetryAfter",
     "SQLStorage",
     "SerializationError",
     "Storage",

@@ -5,16 +5,18 @@ from __future__ import annotations
 import difflib
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery, signals
 
+from . import dead_letters
 from .errors import ConfigurationError, JobNotFound
-from .inspection import JobView, job_view
+from .inspection import JobSummary, JobView, job_view
 from .leases import LeaseKeeper
 from .recovery import RecoverySweeper
+from .retry import RetryPolicy, check_task_options
 from .settings import Settings
 from .store.base import Storage
 from .store.sql import SQLStorage
@@ -50,6 +52,8 @@ class Durable:
             _instances[app] = self
         self.app = app
         self.settings = Settings.from_conf(app.conf, **settings)
+        self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
+        """Retries and backoff of call()s whose task and call site set none."""
         self._storage = storage
         self._clock = clock or _utcnow
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
@@ -84,6 +88,8 @@ class Durable:
         Same as ``@app.task(base=DurableTask, ...)``, but unknown options are rejected.
         """
         _check_options(options)
+        check_task_options(options, str(options.get("name") or getattr(
+            args[0], "__name__", "?") if args else options.get("name", "?")))
         options.setdefault("base", DurableTask)
         if len(args) == 1 and callable(args[0]):
             return self.app.task(**options)(args[0])
@@ -101,7 +107,35 @@ class Durable:
         job = self.storage.get_job(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        return job_view(job, self.storage.load_history(job_id))
+        return job_view(job, self.storage.load_history(job_id),
+                        self.storage.job_errors(job_id) if job.failures or job.requeues
+                        else [])
+
+    # -- the dead-letter queue ------------------------------------------------------------
+
+    def dead_letters(self, *, task: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, limit: int = 100,
+                     offset: int = 0) -> list[JobSummary]:
+        """Dead letters, newest first; ``since``/``until`` bound when they died."""
+        return dead_letters.list_dead(self, task=task, since=since, until=until,
+                                      limit=limit, offset=offset)
+
+    def dead_letter(self, job_id: str) -> JobView:
+        """One dead letter with every failed execution and its call timeline.
+
+        Raises JobNotFound if no dead letter has this id."""
+        return dead_letters.show_dead(self, job_id)
+
+    def requeue(self, job_ids: str | Iterable[str], *, from_scratch: bool = False) -> list[str]:
+        """Run dead letters again (same job id); returns the ids requeued.
+
+        Completed calls before the first failure replay unless ``from_scratch``."""
+        return dead_letters.requeue(self, job_ids, from_scratch=from_scratch)
+
+    def purge_dead_letters(self, job_ids: Iterable[str] | None = None, *,
+                           task: str | None = None, before: datetime | None = None) -> int:
+        """Delete dead letters for good; returns how many were deleted."""
+        return dead_letters.purge(self, job_ids, task=task, before=before)
 
 
 _signals_connected = False

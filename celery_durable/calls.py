@@ -22,27 +22,51 @@ from .context import (
 )
 from .errors import (
     CallError,
+    CallRetryPending,
+    ConfigurationError,
     LeaseLost,
     NonDeterministicError,
     OutsideDurableTaskError,
+    SerializationError,
     UnknownTaskError,
     interrupt_on_storage_error,
+)
+from .retry import (
+    Backoff,
+    NoRetry,
+    RetryPolicy,
+    Seconds,
+    check_backoff,
+    check_retries,
+    final_reason,
 )
 from .store.base import CallRecord, CallState
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+# Errors no retry can fix: the same code meets the same history or configuration again.
+NOT_RETRYABLE: tuple[type[BaseException], ...] = (
+    NonDeterministicError, ConfigurationError, UnknownTaskError, OutsideDurableTaskError,
+    SerializationError)
+
 CallTarget: TypeAlias = "Task[Any, Any] | Signature[Any] | str"
 
 
-def call(target: CallTarget, /, *args: Any, **kwargs: Any) -> Any:
+def call(target: CallTarget, /, *args: Any, retries: int | None = None,
+         backoff: Backoff | Seconds | None = None, **kwargs: Any) -> Any:
     """Run ``target`` (a task, a signature or a registered task name) as a durable step.
 
     The first time, the task's body runs in this process and its JSON result is stored
     under (job id, position); on replay the stored result is returned without running.
-    A failure raises CallError (the original exception chained) so the body can
+    A failure is retried ``retries`` times (default: the task's ``call_retries``, else
+    ``durable_call_retries``), each after ``backoff``, by rescheduling the whole job:
+    no worker slot is held while waiting and earlier calls replay. After the last
+    attempt the body gets CallError (the original exception chained) and may
     compensate; the failure is recorded too, so a replay takes the same path.
+
+    ``retries`` and ``backoff`` are taken by call() itself; a task whose own keyword
+    arguments have those names gets them through a signature: ``call(t.s(retries=1))``.
     """
     execution = current_execution()
     if execution is None:
@@ -51,14 +75,25 @@ def call(target: CallTarget, /, *args: Any, **kwargs: Any) -> Any:
             "(.delay(), .apply_async() or .apply()); calling the task function directly "
             "runs no durable job."
         )
+    policy = execution.call_policy
+    if retries is not None or backoff is not None:
+        policy = RetryPolicy(
+            check_retries(retries, "call(retries=...)") if retries is not None
+            else policy.retries,
+            check_backoff(backoff, "call(backoff=...)") if backoff is not None
+            else policy.backoff)
     task, args, kwargs = _resolve(execution.durable.app, target, args, kwargs)
     seq = execution.next_seq()
     recorded = execution.history.get((execution.job_id, seq))
     if recorded is not None:
-        return _replay(execution, seq, task.name, recorded)
+        if recorded.name != task.name:
+            raise NonDeterministicError(job_id=execution.job_id, task=execution.task_name,
+                                        seq=seq, expected=task.name, recorded=recorded.name)
+        if recorded.state is not CallState.RETRYING:
+            return _replay(execution, seq, recorded)
     if execution.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
-    return _run(execution, seq, task, args, kwargs)
+    return _run(execution, seq, task, args, kwargs, policy, recorded)
 
 
 def _resolve(app: Celery, target: CallTarget, args: tuple[Any, ...],
@@ -69,7 +104,10 @@ def _resolve(app: Celery, target: CallTarget, args: tuple[Any, ...],
     if isinstance(target, str):
         return _lookup(app, target), args, kwargs
     if isinstance(target, Task):
-        return target, args, kwargs
+        # `@app.task` returns a lazy proxy before the app is finalized; call() needs the
+        # task object itself (it marks that object as running in-process).
+        unwrap = getattr(target, "_get_current_object", None)
+        return (unwrap() if unwrap is not None else target), args, kwargs
     raise TypeError(
         f"call() takes a Celery task, a signature or a registered task name, "
         f"not {type(target).__name__}"
@@ -89,38 +127,59 @@ def _lookup(app: Celery, name: str) -> Task:  # type: ignore[type-arg]
         ) from None
 
 
-def _replay(execution: Execution, seq: int, name: str, recorded: CallRecord) -> Any:
-    if recorded.name != name:
-        raise NonDeterministicError(job_id=execution.job_id, task=execution.task_name,
-                                    seq=seq, expected=name, recorded=recorded.name)
+def _replay(execution: Execution, seq: int, recorded: CallRecord) -> Any:
     if recorded.state is CallState.FAILED:
         error = serialization.loads(recorded.error) or {}
-        raise CallError(job_id=execution.job_id, seq=seq, name=name,
+        raise CallError(job_id=execution.job_id, seq=seq, name=recorded.name,
                         error_type=error.get("type", "Exception"),
-                        error_message=error.get("message", ""))
+                        error_message=error.get("message", ""), attempts=recorded.attempts,
+                        no_retry=bool(error.get("no_retry")))
     return serialization.loads(recorded.result)
 
 
 def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
-         kwargs: dict[str, Any]) -> Any:
+         kwargs: dict[str, Any], policy: RetryPolicy, previous: CallRecord | None) -> Any:
     durable = execution.durable
+    attempt = previous.attempts + 1 if previous is not None else 1
+    earlier = (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
     started = durable.now()
     try:
         result = _invoke(execution, seq, task, args, kwargs)
     except NonDeterministicError:
         raise
     except Exception as exc:
-        error = encode_error(exc)
-        _record(execution, seq, task.name, args, kwargs, started, CallState.FAILED,
-                None, error)
+        reason = final_reason(exc)
+        tried = [*earlier, {"type": type(reason).__name__, "message": str(reason),
+                            "started_at": started.isoformat(),
+                            "failed_at": durable.now().isoformat()}]
+        if call_retryable(exc) and attempt <= policy.retries:
+            record = _record_of(execution, seq, task.name, args, kwargs, started,
+                                CallState.RETRYING, attempt, None,
+                                encode_error(reason, attempts=tried))
+            raise CallRetryPending(record, policy.delay(attempt, exc), reason) from exc
+        no_retry = isinstance(exc, NoRetry)
+        _record(execution, _record_of(
+            execution, seq, task.name, args, kwargs, started, CallState.FAILED, attempt, None,
+            encode_error(reason, attempts=tried, no_retry=no_retry)))
         raise CallError(job_id=execution.job_id, seq=seq, name=task.name,
-                        error_type=type(exc).__name__, error_message=str(exc)) from exc
+                        error_type=type(reason).__name__, error_message=str(reason),
+                        attempts=attempt, no_retry=no_retry) from reason
     encoded = serialization.dumps(
         result, what=f"the result of call #{seq} {task.name!r} in job {execution.job_id}")
-    _record(execution, seq, task.name, args, kwargs, started, CallState.SUCCEEDED,
-            encoded, None)
+    _record(execution, _record_of(
+        execution, seq, task.name, args, kwargs, started, CallState.SUCCEEDED, attempt,
+        encoded, serialization.dumps({"attempts": earlier}, what="call errors")
+        if earlier else None))
     # The body sees exactly what a replay would return (tuples become lists, ...).
     return serialization.loads(encoded)
+
+
+def call_retryable(exc: BaseException) -> bool:
+    """Whether another attempt of the call could succeed.
+
+    A CallError escaping the callee means one of *its* calls already spent its retries:
+    retrying at this level would only replay that failure, so it goes to the body."""
+    return not isinstance(exc, (NoRetry, CallError, *NOT_RETRYABLE))
 
 
 def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
@@ -128,7 +187,7 @@ def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  
     call_token = enter_call(f"{execution.job_id}:{seq}")
     # The called task runs in a child scope: call()s it makes itself get checkpoints of
     # their own ("<job>.<seq>"), so they never shift the caller's positions on replay.
-    scope = activate(execution.child(seq, task.name))
+    scope = activate(execution.child(seq, task))
     inline = mark_inline(task)
     try:
         return task(*args, **kwargs)
@@ -138,21 +197,25 @@ def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  
         exit_call(call_token)
 
 
-def _record(execution: Execution, seq: int, name: str, args: tuple[Any, ...],
-            kwargs: dict[str, Any], started: datetime, state: CallState,
-            result: str | None, error: str | None) -> None:
-    record = CallRecord(
+def _record_of(execution: Execution, seq: int, name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], started: datetime, state: CallState, attempts: int,
+               result: str | None, error: str | None) -> CallRecord:
+    return CallRecord(
         job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
-        args_digest=serialization.digest(args, kwargs), state=state, attempts=1,
+        args_digest=serialization.digest(args, kwargs), state=state, attempts=attempts,
         result=result, error=error, started_at=started, finished_at=execution.durable.now())
+
+
+def _record(execution: Execution, record: CallRecord) -> None:
     # StorageInterrupted is a BaseException, so the body cannot swallow it.
     with interrupt_on_storage_error(execution.root_id):
         execution.durable.storage.record_call(record, execution.lease)
 
 
-def encode_error(exc: BaseException) -> str:
+def encode_error(exc: BaseException, **extra: Any) -> str:
     return serialization.dumps({
         "type": type(exc).__name__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        **extra,
     }, what="an error description")

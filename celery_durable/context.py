@@ -11,6 +11,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .retry import RetryPolicy, call_policy
 from .store.base import CallRecord, Lease
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class Execution:
     """Every call of the whole tree, loaded with one query when the job started."""
     lost: threading.Event
     """Set by the lease keeper when renewal found another owner."""
+    call_policy: RetryPolicy
+    """Retries and backoff for the calls this scope makes (call() may override)."""
     seq: int = 0
     released: bool = field(default=False)
     """The lease was handed back early (the body asked Celery to retry it)."""
@@ -38,10 +41,12 @@ class Execution:
         self.seq += 1
         return self.seq
 
-    def child(self, seq: int, task_name: str) -> Execution:
+    def child(self, seq: int, task: object) -> Execution:
         return Execution(
-            durable=self.durable, task_name=task_name, job_id=f"{self.job_id}.{seq}",
-            root_id=self.root_id, lease=self.lease, history=self.history, lost=self.lost,
+            durable=self.durable, task_name=str(getattr(task, "name", task)),
+            job_id=f"{self.job_id}.{seq}", root_id=self.root_id, lease=self.lease,
+            history=self.history, lost=self.lost,
+            call_policy=call_policy(task, self.call_policy),
         )
 
 

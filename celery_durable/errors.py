@@ -12,6 +12,9 @@
 
     LeaseLost (BaseException)         this execution no longer owns its job
     StorageInterrupted (BaseException) a checkpoint could not be written mid-job
+    CallRetryPending (BaseException)  a call failed and will be retried (internal)
+
+NoRetry and RetryAfter, which user code raises to steer retries, live in ``retry``.
 
 Control signals derive from BaseException so a body's ``except Exception`` cannot
 swallow them.
@@ -61,27 +64,34 @@ class CallError(DurableError):
     what it was."""
 
     def __init__(
-        self, *, job_id: str, seq: int, name: str, error_type: str, error_message: str
+        self, *, job_id: str, seq: int, name: str, error_type: str, error_message: str,
+        attempts: int = 1, no_retry: bool = False,
     ) -> None:
         self.job_id = job_id
         self.seq = seq
         self.name = name
         self.error_type = error_type
         self.error_message = error_message
+        self.attempts = attempts
+        self.no_retry = no_retry
+        """The call raised NoRetry: the job is not retried either."""
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(
-            f"call #{seq} {name!r} of job {job_id} failed: {error_type}: {error_message}"
+            f"call #{seq} {name!r} of job {job_id} failed{tried}: "
+            f"{error_type}: {error_message}"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_call_error, (self.job_id, self.seq, self.name,
-                                      self.error_type, self.error_message))
+        return (_rebuild_call_error, (self.job_id, self.seq, self.name, self.error_type,
+                                      self.error_message, self.attempts, self.no_retry))
 
 
 def _rebuild_call_error(
-    job_id: str, seq: int, name: str, error_type: str, error_message: str
+    job_id: str, seq: int, name: str, error_type: str, error_message: str,
+    attempts: int = 1, no_retry: bool = False,
 ) -> CallError:
     return CallError(job_id=job_id, seq=seq, name=name, error_type=error_type,
-                     error_message=error_message)
+                     error_message=error_message, attempts=attempts, no_retry=no_retry)
 
 
 class NonDeterministicError(DurableError):
@@ -131,6 +141,19 @@ class StorageInterrupted(BaseException):
     def __init__(self, job_id: str, cause: BaseException) -> None:
         self.job_id = job_id
         super().__init__(f"durable job {job_id} interrupted by a storage error: {cause}")
+
+
+class CallRetryPending(BaseException):
+    """A call failed with retries left: the job stops here and runs again later.
+
+    Internal: raised by call() and handled by the runner, which reschedules the job.
+    """
+
+    def __init__(self, record: object, delay: float, error: BaseException) -> None:
+        self.record = record
+        self.delay = delay
+        self.error = error
+        super().__init__(f"call retry in {delay:g}s after {type(error).__name__}: {error}")
 
 
 @contextmanager

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from . import serialization
-from .store.base import CallRecord, JobRecord
+from .history import position
+from .store.base import CallRecord, JobError, JobRecord
 
 
 @dataclass(frozen=True)
@@ -23,66 +24,107 @@ class CallView:
     started_at: datetime
     finished_at: datetime
     result: Any
-    error: dict[str, str] | None
+    error: dict[str, Any] | None
+    """The last attempt's error (type, message, traceback) while failed or retrying;
+    ``error["attempts"]`` lists every failed attempt with its timestamps."""
 
     @property
     def duration(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
 
+    @property
+    def failed_attempts(self) -> list[dict[str, Any]]:
+        """Each failed attempt: type, message, started_at, failed_at (ISO strings)."""
+        return list((self.error or {}).get("attempts", []))
 
 
 @dataclass(frozen=True)
-class JobView:
+class ExecutionError:
+    """One execution of the job that ended in an error (``execution``: its claim number)."""
+
+    execution: int
+    error: dict[str, Any]
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class JobSummary:
     id: str
     task: str
+    queue: str | None
     state: str
     attempts: int
+    """Executions that claimed the job, crashed ones included."""
+    failures: int
+    """Executions that ended in an error since the job was (re)queued."""
     recoveries: int
+    requeues: int
     args: list[Any]
     kwargs: dict[str, Any]
     result: Any
-    error: dict[str, str] | None
+    error: dict[str, Any] | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    not_before: datetime | None
+    """While retrying: the earliest time the next execution may start."""
     lease_owner: str | None
-    calls: tuple[CallView, ...]
+
+
+@dataclass(frozen=True)
+class JobView(JobSummary):
+    calls: tuple[CallView, ...] = ()
+    errors: tuple[ExecutionError, ...] = ()
+    """Every failed execution, oldest first (kept across requeues)."""
 
     def timeline(self) -> str:
         """The call timeline as a small text table."""
         width = max([len(c.name) for c in self.calls] + [4]) + 2
         lines = [f"job {self.id} ({self.task}): {self.state}, "
-                 f"{self.attempts} execution(s), {self.recoveries} recovery(ies)",
+                 f"{self.attempts} execution(s), {self.failures} failed, "
+                 f"{self.recoveries} recovery(ies)"
+                 + (f", requeued {self.requeues}x" if self.requeues else ""),
                  f"  {'#':<6}{'call':<{width}}{'state':<11}{'attempts':>8}{'ms':>9}"]
         for c in self.calls:
             lines.append(f"  {c.position:<6}{c.name:<{width}}{c.state:<11}{c.attempts:>8}"
                          f"{c.duration * 1000:>9.1f}")
-        if self.error:
+        for e in self.errors:
+            lines.append(f"  execution {e.execution} failed {e.failed_at:%Y-%m-%d %H:%M:%S}: "
+                         f"{e.error.get('type')}: {e.error.get('message')}")
+        if self.not_before is not None and self.state in ("retrying", "pending"):
+            lines.append(f"  next attempt not before {self.not_before.isoformat()}")
+        if self.error and not self.errors:
             lines.append(f"  error: {self.error.get('type')}: {self.error.get('message')}")
         elif self.state == "succeeded":
             lines.append(f"  result: {self.result!r}")
         return "\n".join(lines)
 
 
-def job_view(job: JobRecord, calls: list[CallRecord]) -> JobView:
-    views = [CallView(
-        scope=c.job_id, seq=c.seq, position=_position(job.id, c), name=c.name,
+def job_summary(job: JobRecord) -> JobSummary:
+    return JobSummary(**_summary_fields(job))
+
+
+def _summary_fields(job: JobRecord) -> dict[str, Any]:
+    return dict(
+        id=job.id, task=job.task, queue=job.queue, state=job.state.value,
+        attempts=job.attempts, failures=job.failures, recoveries=job.recoveries,
+        requeues=job.requeues, args=serialization.loads(job.args),
+        kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
+        error=serialization.loads(job.error), created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at, not_before=job.not_before,
+        lease_owner=job.lease_owner)
+
+
+def job_view(job: JobRecord, calls: list[CallRecord],
+             errors: list[JobError] | None = None) -> JobView:
+    ordered = sorted(calls, key=lambda c: position(job.id, c.job_id, c.seq))
+    views = tuple(CallView(
+        scope=c.job_id, seq=c.seq,
+        position=".".join(map(str, position(job.id, c.job_id, c.seq))), name=c.name,
         state=c.state.value, attempts=c.attempts, started_at=c.started_at,
         finished_at=c.finished_at, result=serialization.loads(c.result),
         error=serialization.loads(c.error),
-    ) for c in calls]
-    views.sort(key=lambda v: [int(part) for part in v.position.split(".")])
-    return JobView(
-        id=job.id, task=job.task, state=job.state.value, attempts=job.attempts,
-        recoveries=job.recoveries, args=serialization.loads(job.args),
-        kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
-        error=serialization.loads(job.error), created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, lease_owner=job.lease_owner,
-        calls=tuple(views),
-    )
-
-
-def _position(root_id: str, call: CallRecord) -> str:
-    """``"3"`` for the root's call #3, ``"3.1"`` for call #1 of the child called at #3."""
-    scope = call.job_id[len(root_id):].lstrip(".")
-    return f"{scope}.{call.seq}" if scope else str(call.seq)
+    ) for c in ordered)
+    return JobView(**_summary_fields(job), calls=views, errors=tuple(
+        ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
+        for e in errors or ()))

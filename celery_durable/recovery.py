@@ -14,7 +14,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import serialization
-from .store.base import JobRecord
+from .retry import job_policy
+from .store.base import JobRecord, JobState
 
 if TYPE_CHECKING:
     from .app import Durable
@@ -36,24 +37,23 @@ class RecoverySweeper:
         republished = []
         for job in storage.expired_jobs(now, BATCH):
             if job.recoveries >= durable.settings.max_recoveries:
-                if storage.abandon_job(job, _abandon_error(job), now):
-                    logger.error("job %s lost its worker %d times; marked failed",
-                                 job.id, job.recoveries)
+                state = self._exhausted_state(job)
+                if storage.abandon_job(job, _abandon_error(job), now, state):
+                    logger.error("job %s lost its worker %d times; marked %s",
+                                 job.id, job.recoveries, state.value)
                 continue
             if storage.recover_job(job, durable.deliver_by(None), now):
-                self._republish(job)
+                if job.lease_owner is not None:
+                    logger.warning("job %s (%s): lease expired; republishing it",
+                                   job.id, job.task)
+                publish(durable, job)
                 republished.append(job.id)
         return republished
 
-    def _republish(self, job: JobRecord) -> None:
-        logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
-        options = serialization.loads(job.options)
-        # None would override the task's own routing (send_task merges options over it).
-        options.update({k: v for k, v in (("queue", job.queue), ("priority", job.priority))
-                        if v is not None})
-        self.durable.app.send_task(
-            job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
-            task_id=job.id, **options)
+    def _exhausted_state(self, job: JobRecord) -> JobState:
+        task = self.durable.app.tasks.get(job.task)
+        dead = job_policy(task, self.durable.settings).on_exhausted == "dead_letter"
+        return JobState.DEAD if dead else JobState.FAILED
 
     def start(self) -> None:
         if self._thread is not None:
@@ -74,6 +74,17 @@ class RecoverySweeper:
                                  self.durable.settings.sweep_interval)
             if self._stop.wait(self.durable.settings.sweep_interval):
                 return
+
+
+def publish(durable: Durable, job: JobRecord) -> None:
+    """Send a job's message from its row: same id, arguments, routing and canvas."""
+    options = serialization.loads(job.options)
+    # None would override the task's own routing (send_task merges options over it).
+    options.update({k: v for k, v in (("queue", job.queue), ("priority", job.priority))
+                    if v is not None})
+    durable.app.send_task(
+        job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
+        task_id=job.id, **options)
 
 
 def _abandon_error(job: JobRecord) -> str:

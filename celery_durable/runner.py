@@ -24,11 +24,14 @@ from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate
 from .errors import (
+    CallRetryPending,
     LeaseLost,
     SerializationError,
     StorageInterrupted,
     interrupt_on_storage_error,
 )
+from .retry import call_policy
+from .retrying import fail_or_retry, publish_again, retry_call
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
 
 if TYPE_CHECKING:
@@ -58,10 +61,11 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
     lost = durable.lease_keeper.hold(lease)
     execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
-                          root_id=job_id, lease=lease, history=history, lost=lost)
+                          root_id=job_id, lease=lease, history=history, lost=lost,
+                          call_policy=call_policy(task, durable.call_policy))
     token = activate(execution)
     try:
-        return _run_body(durable, task, execution, args, kwargs)
+        return _run_body(durable, task, request, execution, args, kwargs)
     except LeaseLost:
         logger.warning("job %s: lease lost to another execution; stopping here", job_id)
         raise Ignore() from None
@@ -94,6 +98,15 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
     if claim.outcome is ClaimOutcome.CLAIMED:
         return Lease(job_id, owner), claim.attempts
     job = claim.job
+    if claim.outcome is ClaimOutcome.EARLY and job is not None and job.not_before:
+        # Before its backoff ended (a duplicate message, or a clock ahead of ours): send
+        # it again for the rest of the wait, unless the wait is long enough that the
+        # sweeper publishes the job when it is due.
+        wait = (job.not_before - now).total_seconds()
+        logger.info("job %s delivered %.3gs before its retry is due", job_id, wait)
+        if wait <= durable.settings.max_countdown:
+            publish_again(task, request, eta=job.not_before)
+        raise Ignore()
     if claim.outcome is ClaimOutcome.FINISHED and job is not None:
         logger.info("job %s already %s; not running it again", job_id, job.state.value)
         if job.state is JobState.SUCCEEDED:
@@ -104,8 +117,8 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
     raise Ignore()
 
 
-def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignore[type-arg]
-              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+              execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     lease = execution.lease
     try:
         result = task.run(*args, **kwargs)
@@ -123,9 +136,10 @@ def _run_body(durable: Durable, task: Task, execution: Execution,  # type: ignor
     except Ignore as exc:  # also what self.replace() raises once the replacement is sent
         _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
         raise
+    except CallRetryPending as pending:
+        retry_call(durable, task, request, execution, pending)
     except Exception as exc:
-        _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
-        raise
+        fail_or_retry(durable, task, request, execution, exc)
     _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
     return result
 

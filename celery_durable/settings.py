@@ -5,10 +5,17 @@ With Django's ``CELERY_`` namespace they are ``CELERY_DURABLE_DATABASE_URL`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigurationError
+from .retry import (
+    Backoff,
+    ExponentialBackoff,
+    check_backoff,
+    check_on_exhausted,
+    check_retries,
+)
 
 DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
 
@@ -28,6 +35,17 @@ class Settings:
     """A job that lost its worker this many times is failed instead of republished."""
     recovery: bool = True
     """Run the recovery sweeper inside `celery worker` processes."""
+    call_retries: int = 3
+    """How many times a failed call() is attempted again before the body sees CallError."""
+    call_backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(1, 60))
+    job_retries: int = 2
+    """How many times a job whose body failed runs again (completed calls replay)."""
+    job_backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(5, 300))
+    on_exhausted: str = "fail"
+    """What a job becomes once its retries are spent: "fail" or "dead_letter"."""
+    max_countdown: float = 60.0
+    """Retries due within this many seconds wait as Celery countdown messages; later ones
+    are stored in SQL and published by the recovery sweeper when due."""
 
     @classmethod
     def from_conf(cls, conf: Any, **overrides: Any) -> Settings:
@@ -43,6 +61,12 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        check_retries(self.call_retries, "durable_call_retries")
+        check_retries(self.job_retries, "durable_job_retries")
+        check_on_exhausted(self.on_exhausted, "durable_on_exhausted")
+        if self.max_countdown < 0:
+            raise ConfigurationError(f"durable_max_countdown must not be negative, "
+                                     f"got {self.max_countdown!r}")
         for name in ("lease_seconds", "sweep_interval", "delivery_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"durable_{name} must be positive, "
@@ -54,6 +78,8 @@ class Settings:
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
+    if str(kind) == "Backoff":
+        return check_backoff(value, f"durable_{name}")
     kind = {"str": str, "float": float, "int": int, "bool": bool}[str(kind)]
     if kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")

@@ -9,6 +9,7 @@ from celery import Celery, Task
 from celery.utils import uuid
 
 from .context import current_execution, take_inline
+from .retry import Backoff, Seconds, check_task_options
 from .runner import new_job, release, run_job
 from .store.base import JobState
 
@@ -26,10 +27,22 @@ class DurableTask(Task):  # type: ignore[type-arg]
     acks_late = True
     reject_on_worker_lost = True
 
+    # Retry policy; None means the app's ``durable_*`` default.
+    retries: int | None = None
+    """How many times the job runs again after its body failed."""
+    backoff: Backoff | Seconds | None = None
+    """Delay before each job retry."""
+    on_exhausted: str | None = None
+    """``"fail"`` or ``"dead_letter"``: what the job becomes when retries are spent."""
+    call_retries: int | None = None
+    """Default retries of the calls this task makes."""
+    call_backoff: Backoff | Seconds | None = None
+
     @classmethod
     def on_bound(cls, app: Celery) -> None:
         from .app import Durable
 
+        check_task_options(cls, cls.name or cls.__name__)
         Durable.of(app)  # `@app.task(base=DurableTask)` alone wires the worker side too
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -49,11 +62,12 @@ class DurableTask(Task):  # type: ignore[type-arg]
         task_id = task_id or uuid()
         eta = _eta(options.get("eta"), options.get("countdown"))
         execution = current_execution()
-        if execution is not None and execution.job_id == task_id and not execution.released:
-            # self.retry() inside the body: hand the lease back before the retry message
-            # can be delivered, or that delivery would find the job busy.
-            release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
-            execution.released = True
+        if execution is not None and execution.job_id == task_id:
+            if not execution.released:
+                # self.retry() inside the body: hand the lease back before the retry
+                # message can be delivered, or that delivery would find the job busy.
+                release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
+                execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         job = new_job(durable, self.name, task_id, args, kwargs,
                       queue=options.get("queue") if isinstance(options.get("queue"), str)

@@ -13,6 +13,7 @@ takes effect only while that lease is still the job's owner; otherwise it raises
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -41,6 +42,12 @@ ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.RETRYING
 class CallState(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    RETRYING = "retrying"
+    """The last attempt failed and another one is scheduled (the job runs again)."""
+
+
+CallKey = tuple[str, int]
+"""(scope job id, seq): where a call sits in a root job's history."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,38 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     options: str = "{}"
+    failures: int = 0
+    """Executions that ended in an error since the job was (re)queued; the job-level
+    retry budget is spent against it. Crashes are not failures."""
+    requeues: int = 0
+    """How many times the job was taken back from the dead-letter queue."""
+    not_before: datetime | None = None
+    """The job may not start before this time (a retry's backoff)."""
+
+
+@dataclass(frozen=True)
+class JobError:
+    """One failed execution of a job: which claim it was, what it raised, when."""
+
+    job_id: str
+    execution: int
+    error: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs ``list_jobs`` returns; every field that is set must match."""
+
+    states: tuple[JobState, ...] = ()
+    task: str | None = None
+    queue: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +156,8 @@ class ClaimOutcome(enum.Enum):
     """Another execution holds a live lease."""
     FINISHED = "finished"
     MISSING = "missing"
+    EARLY = "early"
+    """The job is waiting for a retry's backoff to pass (``not_before`` is later)."""
 
 
 @dataclass(frozen=True)
@@ -147,14 +188,27 @@ class Storage(Protocol):
         """Every call recorded under the root job, in one query."""
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
-        """Insert a checkpoint, fenced on the lease. One round trip."""
+        """Write a checkpoint, fenced on the lease. A first attempt (``attempts == 1``)
+        is inserted in one round trip; a later one updates the row its previous attempt
+        left in state retrying."""
+
+    def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
+                   deliver_by: datetime, now: datetime) -> None:
+        """A call failed and will be attempted again: write it in state retrying and
+        release the job (state retrying, not before ``not_before``), atomically."""
+
+    def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
+                  not_before: datetime, deliver_by: datetime, now: datetime) -> None:
+        """The body failed and the job runs again: count the failure, keep its error,
+        drop the ``discard`` checkpoints and release the job, atomically."""
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         """Extend the lease; False if it was lost."""
 
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
                    error: str | None, now: datetime) -> None:
-        """Record the final outcome and release the lease, fenced on it."""
+        """Record the final outcome and release the lease, fenced on it. A failed or
+        dead job's error is also kept among its execution errors."""
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
@@ -168,8 +222,26 @@ class Storage(Protocol):
 
         ``recoveries`` grows only when the job had an owner (its worker was lost)."""
 
-    def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
-        """Compare-and-set an expired job to failed (it crashed its workers too often)."""
+    def abandon_job(self, seen: JobRecord, error: str, now: datetime,
+                    state: JobState = JobState.FAILED) -> bool:
+        """Compare-and-set an expired job to failed or dead (it crashed its workers too
+        often)."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        """Jobs matching the filter, newest first."""
+
+    def job_errors(self, job_id: str) -> list[JobError]:
+        """The errors of the job's failed executions, oldest first."""
+
+    def requeue_job(self, job_id: str, from_states: Sequence[JobState],
+                    discard: Sequence[CallKey] | None, deliver_by: datetime,
+                    now: datetime) -> bool:
+        """Compare-and-set a finished job back to pending with a fresh retry budget;
+        drop the ``discard`` checkpoints (None: all of them). True if it was requeued."""
+
+    def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
+        """Delete the jobs that are in one of ``states``, with their calls and errors;
+        returns how many jobs went."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from ..errors import LeaseLost
 from .base import (
     ACTIVE_STATES,
+    CallKey,
     CallRecord,
+    CallState,
     Claim,
     ClaimOutcome,
+    JobError,
+    JobFilter,
     JobRecord,
     JobState,
     Lease,
@@ -24,6 +29,7 @@ class MemoryStorage:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
         self._calls: dict[tuple[str, str, int], CallRecord] = {}
+        self._errors: dict[str, list[JobError]] = {}
 
     def migrate(self) -> list[int]:
         return []
@@ -56,6 +62,8 @@ class MemoryStorage:
                 return Claim(ClaimOutcome.FINISHED, job)
             if job.lease_owner is not None and _live(job, now):
                 return Claim(ClaimOutcome.BUSY, job)
+            if job.not_before is not None and job.not_before > now:
+                return Claim(ClaimOutcome.EARLY, job)
             self._jobs[job_id] = replace(
                 job, state=JobState.RUNNING, attempts=job.attempts + 1, lease_owner=owner,
                 lease_expires_at=lease_until, started_at=job.started_at or now,
@@ -70,10 +78,39 @@ class MemoryStorage:
     def record_call(self, call: CallRecord, lease: Lease) -> None:
         with self._lock:
             self._check(lease)
-            key = (call.root_id, call.job_id, call.seq)
-            if key in self._calls:
-                raise LeaseLost(lease.job_id)
-            self._calls[key] = call
+            self._put_call(call, lease)
+
+    def _put_call(self, call: CallRecord, lease: Lease) -> None:
+        key = (call.root_id, call.job_id, call.seq)
+        previous = self._calls.get(key)
+        if call.attempts == 1 and previous is not None:
+            raise LeaseLost(lease.job_id)  # another execution recorded this seq
+        if call.attempts > 1 and (previous is None or previous.state is not CallState.RETRYING
+                                  or previous.attempts != call.attempts - 1):
+            raise LeaseLost(lease.job_id)
+        self._calls[key] = call
+
+    def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
+                   deliver_by: datetime, now: datetime) -> None:
+        with self._lock:
+            job = self._check(lease)
+            self._put_call(call, lease)
+            self._jobs[job.id] = replace(job, state=JobState.RETRYING, lease_owner=None,
+                                         lease_expires_at=deliver_by, not_before=not_before)
+
+    def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
+                  not_before: datetime, deliver_by: datetime, now: datetime) -> None:
+        with self._lock:
+            job = self._check(lease)
+            self._add_error(job, error, now)
+            for scope, seq in discard:
+                self._calls.pop((job.id, scope, seq), None)
+            self._jobs[job.id] = replace(
+                job, state=JobState.RETRYING, failures=job.failures + 1, error=error,
+                lease_owner=None, lease_expires_at=deliver_by, not_before=not_before)
+
+    def _add_error(self, job: JobRecord, error: str, now: datetime) -> None:
+        self._errors.setdefault(job.id, []).append(JobError(job.id, job.attempts, error, now))
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         with self._lock:
@@ -87,9 +124,12 @@ class MemoryStorage:
                    error: str | None, now: datetime) -> None:
         with self._lock:
             job = self._check(lease)
+            failed = error is not None and state in (JobState.FAILED, JobState.DEAD)
+            if failed:
+                self._add_error(job, error, now)  # type: ignore[arg-type]
             self._jobs[lease.job_id] = replace(
                 job, state=state, result=result, error=error, lease_owner=None,
-                lease_expires_at=None, finished_at=now,
+                lease_expires_at=None, finished_at=now, failures=job.failures + failed,
             )
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
@@ -116,18 +156,54 @@ class MemoryStorage:
                 recoveries=seen.recoveries + crashed)
             return True
 
-    def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
+    def abandon_job(self, seen: JobRecord, error: str, now: datetime,
+                    state: JobState = JobState.FAILED) -> bool:
         with self._lock:
             if not self._unchanged(seen):
                 return False
             self._jobs[seen.id] = replace(
-                seen, state=JobState.FAILED, lease_owner=None, lease_expires_at=None,
+                seen, state=state, lease_owner=None, lease_expires_at=None,
                 error=error, finished_at=now)
             return True
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if _matches(j, where)]
+        jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return jobs[where.offset:where.offset + where.limit]
+
+    def job_errors(self, job_id: str) -> list[JobError]:
+        with self._lock:
+            return list(self._errors.get(job_id, ()))
+
+    def requeue_job(self, job_id: str, from_states: Sequence[JobState],
+                    discard: Sequence[CallKey] | None, deliver_by: datetime,
+                    now: datetime) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state not in from_states:
+                return False
+            for key in list(self._calls):
+                if key[0] == job_id and (discard is None or key[1:] in discard):
+                    del self._calls[key]
+            self._jobs[job_id] = replace(
+                job, state=JobState.PENDING, failures=0, requeues=job.requeues + 1,
+                result=None, error=None, finished_at=None, not_before=None,
+                lease_owner=None, lease_expires_at=deliver_by)
+            return True
+
+    def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
+        with self._lock:
+            gone = [i for i in job_ids if i in self._jobs and self._jobs[i].state in states]
+            for job_id in gone:
+                del self._jobs[job_id]
+                self._errors.pop(job_id, None)
+            self._calls = {k: c for k, c in self._calls.items() if k[0] not in gone}
+            return len(gone)
 
     def _check(self, lease: Lease) -> JobRecord:
         job = self._jobs.get(lease.job_id)
@@ -140,6 +216,20 @@ class MemoryStorage:
         return (job is not None and job.state in ACTIVE_STATES
                 and job.lease_owner == seen.lease_owner
                 and job.lease_expires_at == seen.lease_expires_at)
+
+
+def _matches(job: JobRecord, where: JobFilter) -> bool:
+    def within(value: datetime | None, after: datetime | None,
+               before: datetime | None) -> bool:
+        if after is None and before is None:
+            return True
+        return value is not None and (after is None or value >= after) and (
+            before is None or value < before)
+
+    return ((not where.states or job.state in where.states)
+            and where.task in (None, job.task) and where.queue in (None, job.queue)
+            and within(job.created_at, where.created_after, where.created_before)
+            and within(job.finished_at, where.finished_after, where.finished_before))
 
 
 def _live(job: JobRecord, now: datetime) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy import (
     Column,
     Connection,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -58,6 +61,7 @@ class Tables:
     metadata: MetaData
     jobs: Table
     calls: Table
+    job_errors: Table
     schema_version: Table
 
 
@@ -82,9 +86,12 @@ def build_tables(prefix: str) -> Tables:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("started_at", UTCDateTime()),
         Column("finished_at", UTCDateTime()),
+        *_added_job_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
+    # Dead-letter listings and retention read finished jobs of one state by age.
+    Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
@@ -101,12 +108,30 @@ def build_tables(prefix: str) -> Tables:
         Column("started_at", UTCDateTime(), nullable=False),
         Column("finished_at", UTCDateTime(), nullable=False),
     )
+    # One row per failed execution (claim number ``execution``), so a dead letter shows
+    # every attempt's error, and a requeued job keeps the errors of its earlier life.
+    job_errors = Table(
+        f"{prefix}job_errors", metadata,
+        Column("job_id", ID, primary_key=True),
+        Column("execution", Integer, primary_key=True, autoincrement=False),
+        Column("error", JSON_TEXT, nullable=False),
+        Column("failed_at", UTCDateTime(), nullable=False),
+    )
     schema_version = Table(
         f"{prefix}schema_version", metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", UTCDateTime(), nullable=False),
     )
-    return Tables(metadata, jobs, calls, schema_version)
+    return Tables(metadata, jobs, calls, job_errors, schema_version)
+
+
+def _added_job_columns() -> list[Column[Any]]:
+    """Job columns added by migration 2 (the retry layer)."""
+    return [
+        Column("failures", Integer, nullable=False, default=0, server_default="0"),
+        Column("requeues", Integer, nullable=False, default=0, server_default="0"),
+        Column("not_before", UTCDateTime()),
+    ]
 
 
 Migration = Callable[[Connection, Tables], None]
@@ -116,8 +141,23 @@ def _create_initial_tables(conn: Connection, tables: Tables) -> None:
     tables.metadata.create_all(conn, tables=[tables.jobs, tables.calls], checkfirst=True)
 
 
+def _add_retry_layer(conn: Connection, tables: Tables) -> None:
+    # Migration 1 creates tables from today's declarations, so on a fresh database the
+    # columns are already there: each step after it adds only what is missing.
+    existing = {c["name"] for c in inspect(conn).get_columns(tables.jobs.name)}
+    operations = Operations(MigrationContext.configure(conn))
+    for column in _added_job_columns():
+        if column.name not in existing:
+            operations.add_column(tables.jobs.name, column)
+    indexes = {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}
+    for index in tables.jobs.indexes:
+        if index.name not in indexes:
+            index.create(conn)
+    tables.job_errors.create(conn, checkfirst=True)
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
-MIGRATIONS: list[Migration] = [_create_initial_tables]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

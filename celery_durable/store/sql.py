@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, Select, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
@@ -26,10 +26,13 @@ from sqlalchemy.pool import StaticPool
 from ..errors import ConfigurationError, LeaseLost, StorageUnavailable
 from .base import (
     FINISHED_STATES,
+    CallKey,
     CallRecord,
     CallState,
     Claim,
     ClaimOutcome,
+    JobError,
+    JobFilter,
     JobRecord,
     JobState,
     Lease,
@@ -105,6 +108,15 @@ class SQLStorage:
                 raise _not_migrated(self.safe_url) from exc
             raise
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A real transaction, for the rare writes that touch more than one row."""
+        with self._connect() as conn:
+            level = "SERIALIZABLE" if conn.dialect.name == "sqlite" else "READ COMMITTED"
+            conn = conn.execution_options(isolation_level=level)
+            with conn.begin():
+                yield conn
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -163,8 +175,13 @@ class SQLStorage:
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         job = _job(row)
-        outcome = ClaimOutcome.FINISHED if job.state in FINISHED_STATES else ClaimOutcome.BUSY
-        return Claim(outcome, job)
+        if job.state in FINISHED_STATES:
+            return Claim(ClaimOutcome.FINISHED, job)
+        leased = job.lease_owner is not None and job.lease_expires_at is not None and (
+            job.lease_expires_at >= now)
+        if not leased and job.not_before is not None and job.not_before > now:
+            return Claim(ClaimOutcome.EARLY, job)
+        return Claim(ClaimOutcome.BUSY, job)
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         return self._rowcount(self._sql.renew, _fence(lease, p_until=until)) == 1
@@ -172,8 +189,27 @@ class SQLStorage:
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
                    error: str | None, now: datetime) -> None:
         params = _fence(lease, p_state=state.value, p_result=result, p_error=error, p_now=now)
-        if self._rowcount(self._sql.finish, params) != 1:
-            raise LeaseLost(lease.job_id)
+        if error is None or state not in (JobState.FAILED, JobState.DEAD):
+            if self._rowcount(self._sql.finish, params) != 1:
+                raise LeaseLost(lease.job_id)
+            return
+        with self._transaction() as conn:
+            if conn.execute(self._sql.finish_failed, params).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            conn.execute(self._sql.insert_job_error, params)
+
+    def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
+                  not_before: datetime, deliver_by: datetime, now: datetime) -> None:
+        params = _fence(lease, p_error=error, p_failed=1, p_not_before=not_before,
+                        p_deliver_by=deliver_by, p_now=now)
+        with self._transaction() as conn:
+            if conn.execute(self._sql.retry_release, params).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            conn.execute(self._sql.insert_job_error, params)
+            if discard:
+                conn.execute(self._sql.discard_call, [
+                    {"p_root_id": lease.job_id, "p_job_id": scope, "p_seq": seq}
+                    for scope, seq in discard])
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
@@ -192,11 +228,70 @@ class SQLStorage:
                   "p_deliver_by": deliver_by}
         return self._rowcount(stmt, params) == 1
 
-    def abandon_job(self, seen: JobRecord, error: str, now: datetime) -> bool:
+    def abandon_job(self, seen: JobRecord, error: str, now: datetime,
+                    state: JobState = JobState.FAILED) -> bool:
         stmt = self._sql.abandon_unowned if seen.lease_owner is None else self._sql.abandon
         params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
-                  "p_error": error}
+                  "p_error": error, "p_state": state.value}
         return self._rowcount(stmt, params) == 1
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        with self._connect() as conn:
+            return [_job(row) for row in conn.execute(self._list_query(where))]
+
+    def _list_query(self, where: JobFilter) -> Select:  # type: ignore[type-arg]
+        jobs = self.tables.jobs
+        query = select(jobs)
+        if where.states:
+            query = query.where(jobs.c.state.in_([s.value for s in where.states]))
+        for column, value in (("task", where.task), ("queue", where.queue)):
+            if value is not None:
+                query = query.where(jobs.c[column] == value)
+        for column, after, before in (
+                ("created_at", where.created_after, where.created_before),
+                ("finished_at", where.finished_after, where.finished_before)):
+            if after is not None:
+                query = query.where(jobs.c[column] >= after)
+            if before is not None:
+                query = query.where(jobs.c[column] < before)
+        return (query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                .limit(where.limit).offset(where.offset))
+
+    def job_errors(self, job_id: str) -> list[JobError]:
+        with self._connect() as conn:
+            return [JobError(job_id=r.job_id, execution=r.execution, error=r.error,
+                             failed_at=r.failed_at)
+                    for r in conn.execute(self._sql.job_errors, {"p_id": job_id})]
+
+    def requeue_job(self, job_id: str, from_states: Sequence[JobState],
+                    discard: Sequence[CallKey] | None, deliver_by: datetime,
+                    now: datetime) -> bool:
+        params = {"p_id": job_id, "p_states": [s.value for s in from_states],
+                  "p_deliver_by": deliver_by}
+        with self._transaction() as conn:
+            if conn.execute(self._sql.requeue, params).rowcount != 1:
+                return False
+            if discard is None:
+                conn.execute(self._sql.discard_all_calls, {"p_root_id": job_id})
+            elif discard:
+                conn.execute(self._sql.discard_call, [
+                    {"p_root_id": job_id, "p_job_id": scope, "p_seq": seq}
+                    for scope, seq in discard])
+        return True
+
+    def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
+        if not job_ids:
+            return 0
+        jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
+        with self._transaction() as conn:
+            doomed = list(conn.scalars(select(jobs.c.id).where(
+                jobs.c.id.in_(list(job_ids)), jobs.c.state.in_([s.value for s in states]),
+            ).with_for_update()))
+            if doomed:
+                conn.execute(calls.delete().where(calls.c.root_id.in_(doomed)))
+                conn.execute(errors.delete().where(errors.c.job_id.in_(doomed)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(doomed)))
+        return len(doomed)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._connect() as conn:
@@ -211,13 +306,45 @@ class SQLStorage:
                                                        {"p_root_id": root_id})]
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
-        params = _fence(lease, **{f"p_{name}": getattr(call, name) for name in CALL_COLUMNS})
-        params["p_state"] = call.state.value
+        params = _call_params(call, lease)
+        if call.attempts > 1:  # a retried call: its row exists, in state retrying
+            with self._transaction() as conn:
+                if conn.execute(self._sql.lock_job, params).rowcount != 1:
+                    raise LeaseLost(lease.job_id)
+                self._write_call(conn, call, lease, params)
+            return
         try:
             inserted = self._rowcount(self._sql.record_call, params)
         except sa_exc.IntegrityError:
             inserted = 0  # another execution recorded this seq: we are not the owner
         if inserted != 1:
+            raise LeaseLost(lease.job_id)
+
+    def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
+                   deliver_by: datetime, now: datetime) -> None:
+        params = {**_call_params(call, lease), "p_failed": 0, "p_error": None,
+                  "p_not_before": not_before, "p_deliver_by": deliver_by}
+        with self._transaction() as conn:
+            if conn.execute(self._sql.retry_release, params).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            params["p_error"] = call.error
+            self._write_call(conn, call, lease, params)
+
+    def _write_call(self, conn: Connection, call: CallRecord, lease: Lease,
+                    params: dict[str, Any]) -> None:
+        """Insert a first attempt, or update the row the previous attempt left; inside a
+        transaction that holds the job row. Anything else means another execution
+        wrote this position: we are not the owner."""
+        try:
+            if call.attempts == 1:
+                conn.execute(self._sql.insert_call,
+                             {name: params[f"p_{name}"] for name in CALL_COLUMNS})
+                return
+        except sa_exc.IntegrityError:
+            raise LeaseLost(lease.job_id) from None
+        written = conn.execute(self._sql.update_call,
+                               {**params, "p_previous_attempts": call.attempts - 1})
+        if written.rowcount != 1:
             raise LeaseLost(lease.job_id)
 
     def _rowcount(self, stmt: Executable, params: dict[str, Any]) -> int:
@@ -229,6 +356,14 @@ def _fence(lease: Lease, **params: Any) -> dict[str, Any]:
     return {"p_id": lease.job_id, "p_owner": lease.owner, **params}
 
 
+def _call_params(call: CallRecord, lease: Lease) -> dict[str, Any]:
+    params = _fence(lease, **{f"p_{name}": getattr(call, name) for name in CALL_COLUMNS})
+    params["p_state"] = call.state.value
+    return params
+
+
+
+
 def _job(row: Any) -> JobRecord:
     m = row._mapping
     return JobRecord(
@@ -237,7 +372,8 @@ def _job(row: Any) -> JobRecord:
         recoveries=m["recoveries"], lease_owner=m["lease_owner"],
         lease_expires_at=m["lease_expires_at"], result=m["result"], error=m["error"],
         created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
-        options=m["options"],
+        options=m["options"], failures=m["failures"], requeues=m["requeues"],
+        not_before=m["not_before"],
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BindParameter,
     Delete,
     Insert,
+    Integer,
     Select,
     Update,
     bindparam,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     select,
 )
 
-from .base import ACTIVE_STATES, JobState
+from .base import ACTIVE_STATES, CallState, JobState
 from .schema import Tables, UTCDateTime
 
 _ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -47,6 +48,16 @@ class Statements:
     abandon_unowned: Update
     history: Select  # type: ignore[type-arg]
     record_call: Insert
+    insert_call: Insert
+    update_call: Update
+    lock_job: Update
+    retry_release: Update
+    finish_failed: Update
+    insert_job_error: Insert
+    job_errors: Select  # type: ignore[type-arg]
+    discard_call: Delete
+    discard_all_calls: Delete
+    requeue: Update
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -62,7 +73,7 @@ def build_statements(tables: Tables) -> Statements:
     # A job nobody has claimed yet may just be queued behind a backlog: republishing it
     # is not a recovery from a lost worker, so it does not count towards max_recoveries.
     resend_values = {**recover_values, "recoveries": jobs.c.recoveries}
-    abandon_values = {"state": JobState.FAILED.value, "lease_owner": None,
+    abandon_values = {"state": bindparam("p_state"), "lease_owner": None,
                       "lease_expires_at": None, "error": bindparam("p_error"),
                       "finished_at": now}
     owner_is_null = jobs.c.lease_owner.is_(None)
@@ -71,11 +82,18 @@ def build_statements(tables: Tables) -> Statements:
     ]).where(*fenced).with_for_update(read=True)  # a concurrent recovery waits for us
     claim = jobs.update().where(
         by_id, jobs.c.state.in_(_ACTIVE), or_(owner_is_null, jobs.c.lease_expires_at < now),
+        or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
     ).values(
         state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1,
         lease_owner=bindparam("p_owner"), lease_expires_at=until,
         started_at=func.coalesce(jobs.c.started_at, now),
     )
+    by_call = (calls.c.root_id == bindparam("p_root_id"),
+               calls.c.job_id == bindparam("p_job_id"), calls.c.seq == bindparam("p_seq"))
+    finish_values = {"state": bindparam("p_state"), "result": bindparam("p_result"),
+                     "error": bindparam("p_error"), "lease_owner": None,
+                     "lease_expires_at": None, "finished_at": now}
+    errors = tables.job_errors
     return Statements(
         insert_job=jobs.insert(),
         delete_unstarted=jobs.delete().where(
@@ -84,10 +102,9 @@ def build_statements(tables: Tables) -> Statements:
         claim_returning=claim.returning(jobs.c.attempts),
         get_job=select(jobs).where(by_id),
         renew=jobs.update().where(*fenced).values(lease_expires_at=until),
-        finish=jobs.update().where(*fenced).values(
-            state=bindparam("p_state"), result=bindparam("p_result"),
-            error=bindparam("p_error"), lease_owner=None, lease_expires_at=None,
-            finished_at=now),
+        finish=jobs.update().where(*fenced).values(**finish_values),
+        finish_failed=jobs.update().where(*fenced).values(
+            **finish_values, failures=jobs.c.failures + 1),
         release=jobs.update().where(*fenced).values(
             state=bindparam("p_state"), lease_owner=None,
             lease_expires_at=deliver_by),
@@ -106,6 +123,33 @@ def build_statements(tables: Tables) -> Statements:
         # are one statement. SQLAlchemy drops INSERT rowcounts unless asked to keep them.
         record_call=calls.insert().from_select(list(CALL_COLUMNS), call_values)
         .execution_options(preserve_rowcount=True),
+        # The rarer writes below run inside a transaction that first locks the job row
+        # with a fenced UPDATE, so they need no fence of their own.
+        insert_call=calls.insert(),
+        update_call=calls.update().where(
+            *by_call, calls.c.state == CallState.RETRYING.value,
+            calls.c.attempts == bindparam("p_previous_attempts"),
+        ).values(**{name: bindparam(f"p_{name}", type_=calls.c[name].type)
+                    for name in CALL_COLUMNS if name not in ("root_id", "job_id", "seq")}),
+        lock_job=jobs.update().where(*fenced).values(lease_owner=bindparam("p_owner")),
+        retry_release=jobs.update().where(*fenced).values(
+            state=JobState.RETRYING.value, lease_owner=None, lease_expires_at=deliver_by,
+            not_before=_time("p_not_before"), failures=jobs.c.failures
+            + bindparam("p_failed", type_=Integer()),
+            error=func.coalesce(bindparam("p_error", type_=jobs.c.error.type), jobs.c.error)),
+        insert_job_error=errors.insert().from_select(
+            ["job_id", "execution", "error", "failed_at"],
+            select(jobs.c.id, jobs.c.attempts, bindparam("p_error", type_=errors.c.error.type),
+                   now.label("failed_at")).where(by_id)),
+        job_errors=select(errors).where(errors.c.job_id == bindparam("p_id"))
+        .order_by(errors.c.execution),
+        discard_call=calls.delete().where(*by_call),
+        discard_all_calls=calls.delete().where(calls.c.root_id == bindparam("p_root_id")),
+        requeue=jobs.update().where(
+            by_id, jobs.c.state.in_(bindparam("p_states", expanding=True)),
+        ).values(state=JobState.PENDING.value, failures=0, requeues=jobs.c.requeues + 1,
+                 result=None, error=None, finished_at=None, not_before=None,
+                 lease_owner=None, lease_expires_at=deliver_by),
     )
 
 

@@ -70,13 +70,14 @@ class Cluster:
     effects: Path
     logs: Path
     step_seconds: float = 0.0
+    delivery_timeout: float = 900.0
     app: Celery = field(init=False)
     durable: Durable = field(init=False)
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.app = create_app(broker=self.broker, store=self.store_url, prefix=self.prefix,
-                              queue=self.queue)
+                              queue=self.queue, delivery_timeout=self.delivery_timeout)
         self.durable = Durable.of(self.app)
         self.durable.migrate()
 
@@ -92,6 +93,7 @@ class Cluster:
                "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
                "DURABLE_TEST_EFFECTS": str(self.effects),
                "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
+               "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
                "PYTHONPATH": str(REPO)}
         log = self.logs / f"worker-{len(self.workers)}.log"
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
@@ -107,8 +109,13 @@ class Cluster:
         return worker
 
     def count(self, effect: str) -> int:
+        return len(self.times(effect))
+
+    def times(self, effect: str) -> list[float]:
+        """When each execution of ``effect`` happened (written by the worker)."""
         path = self.effects / effect
-        return len(path.read_text().splitlines()) if path.exists() else 0
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [float(line.split()[1]) for line in lines]
 
     def job(self, job_id: str) -> JobRecord | None:
         return self.storage.get_job(job_id)
@@ -143,7 +150,8 @@ class Cluster:
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(broker: str, store: str, step_seconds: float = 0.0) -> Cluster:
+    def make(broker: str, store: str, step_seconds: float = 0.0,
+             delivery_timeout: float = 900.0) -> Cluster:
         if broker == "sqlite":
             broker_url = f"sqla+sqlite:///{tmp_path}/broker.sqlite3"
         else:
@@ -154,7 +162,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         effects.mkdir(exist_ok=True)
         logs.mkdir(exist_ok=True)
         cluster = Cluster(broker_url, sql_url(store, tmp_path), unique_prefix(),
-                          f"q-{uuid.uuid4().hex[:8]}", effects, logs, step_seconds)
+                          f"q-{uuid.uuid4().hex[:8]}", effects, logs, step_seconds,
+                          delivery_timeout)
         made.append(cluster)
         return cluster
 

@@ -15,18 +15,37 @@ from typing import Any
 
 from celery import Celery
 
-from celery_durable import CallError, Durable, call
+from celery_durable import (
+    CallError,
+    ConstantBackoff,
+    Durable,
+    ExponentialBackoff,
+    NoRetry,
+    RetryAfter,
+    call,
+)
 
 
-def effect(name: str) -> None:
+def effect(name: str) -> int:
+    """Append one line (pid, time) to the effect's file; returns how many lines it has."""
     directory = os.environ.get("DURABLE_TEST_EFFECTS")
-    if directory:
-        with open(Path(directory) / name, "a") as f:
-            f.write(f"{os.getpid()}\n")
+    if not directory:
+        return 0
+    path = Path(directory) / name
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {time.time():.6f}\n")
+    return len(path.read_text().splitlines())
+
+
+def flag(name: str) -> bool:
+    """Whether the test process created this file in the effects directory."""
+    directory = os.environ.get("DURABLE_TEST_EFFECTS")
+    return bool(directory) and (Path(directory) / name).exists()
 
 
 def create_app(*, broker: str, store: str, prefix: str, queue: str,
-               lease_seconds: float = 2.0, sweep_interval: float = 0.5) -> Celery:
+               lease_seconds: float = 2.0, sweep_interval: float = 0.5,
+               delivery_timeout: float = 900.0) -> Celery:
     app = Celery("proj", broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
@@ -34,6 +53,11 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         durable_table_prefix=prefix,
         durable_lease_seconds=lease_seconds,
         durable_sweep_interval=sweep_interval,
+        durable_delivery_timeout=delivery_timeout,
+        # The core tests expect a failed call to reach the body at once; the retry tests
+        # set their policies on the tasks below.
+        durable_call_retries=0,
+        durable_job_retries=0,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
@@ -84,7 +108,85 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
             raise ConnectionError("flaky network")  # Celery's own autoretry
         return int(paid)
 
+    _retry_callees(app)
+    _retry_workflows(app, durable)
     return app
+
+
+def _retry_callees(app: Celery) -> None:
+    @app.task(name="proj.flaky", shared=False)
+    def flaky(name: str, failures: int) -> str:
+        """Fails the first ``failures`` times it runs (counted in its effect file)."""
+        if effect(name) <= failures:
+            raise TimeoutError(f"{name}: upstream timed out")
+        return f"{name}-ok"
+
+    @app.task(name="proj.gate", shared=False)
+    def gate() -> str:
+        effect("gate")
+        if not flag("gate-open"):
+            raise ConnectionError("gate closed")
+        return "open"
+
+    @app.task(name="proj.reject", shared=False)
+    def reject() -> None:
+        effect("reject")
+        raise NoRetry(ValueError("invalid card number"))
+
+    @app.task(name="proj.rate_limited", shared=False)
+    def rate_limited() -> str:
+        if effect("rate-limited") == 1:
+            raise RetryAfter(2, ConnectionError("429 Too Many Requests"))
+        return "served"
+
+    @app.task(name="proj.slow_once", shared=False)
+    def slow_once(seconds: float) -> str:
+        if effect("slow-once") == 1:
+            time.sleep(seconds)
+        return "fast"
+
+
+def _retry_workflows(app: Celery, durable: Durable) -> None:
+    step, flaky, gate = (app.tasks[f"proj.{n}"] for n in ("step", "flaky", "gate"))
+    reject, rate_limited, slow_once = (
+        app.tasks[f"proj.{n}"] for n in ("reject", "rate_limited", "slow_once"))
+
+    @durable.task(name="proj.flaky_order", shared=False)
+    def flaky_order(failures: int, backoff: float) -> list[Any]:
+        a = call(step, "r-a", 0)
+        b = call(flaky, "r-flaky", failures, retries=3,
+                 backoff=ExponentialBackoff(backoff, backoff * 8))
+        c = call(step, "r-c", a)
+        return [a, b, c]
+
+    @durable.task(name="proj.to_dead_letter", shared=False, retries=1, backoff=0.3,
+                  on_exhausted="dead_letter")
+    def to_dead_letter() -> list[Any]:
+        a = call(step, "d-a", 0)
+        return [a, call(gate, retries=1, backoff=ConstantBackoff(0.2))]
+
+    @durable.task(name="proj.no_retry_call", shared=False, retries=3)
+    def no_retry_call() -> None:
+        effect("nr-call-body")
+        call(reject, retries=5)
+
+    @durable.task(name="proj.no_retry_body", shared=False, retries=3)
+    def no_retry_body(order_id: int) -> None:
+        effect("nr-body")
+        raise NoRetry(f"order {order_id} has no items")
+
+    @durable.task(name="proj.retry_after", shared=False, call_retries=1)
+    def retry_after() -> str:
+        return str(call(rate_limited))
+
+    @durable.task(name="proj.soft_limited", shared=False, soft_time_limit=1.5,
+                  call_retries=2, call_backoff=0.2)
+    def soft_limited() -> list[Any]:
+        return [call(step, "soft-a", 0), call(slow_once, 4)]
+
+    @durable.task(name="proj.hard_limited", shared=False, time_limit=2, call_retries=2)
+    def hard_limited() -> list[Any]:
+        return [call(step, "hard-a", 0), call(slow_once, 6)]
 
 
 if os.environ.get("DURABLE_TEST_BROKER"):
@@ -95,4 +197,5 @@ if os.environ.get("DURABLE_TEST_BROKER"):
         queue=os.environ["DURABLE_TEST_QUEUE"],
         lease_seconds=float(os.environ.get("DURABLE_TEST_LEASE", "2")),
         sweep_interval=float(os.environ.get("DURABLE_TEST_SWEEP", "0.5")),
+        delivery_timeout=float(os.environ.get("DURABLE_TEST_DELIVERY_TIMEOUT", "900")),
     )

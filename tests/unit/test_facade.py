@@ -27,7 +27,10 @@ def test_public_api_is_pinned() -> None:
         "DurableTask", "JobNotFound", "JobState", "JobView", "LeaseLost", "MemoryStorage",
         "NonDeterministicError", "OutsideDurableTaskError", "SQLStorage",
         "SerializationError", "Storage", "StorageInterrupted", "StorageUnavailable",
-        "UnknownTaskError", "call", "current_call_id", "current_job_id"])
+        "UnknownTaskError", "call", "current_call_id", "current_job_id",
+        # the retry layer
+        "Backoff", "ConstantBackoff", "ExponentialBackoff", "ExponentialBackoffWithJitter",
+        "NoRetry", "RetryAfter", "ExecutionError", "JobSummary"])
 
 
 def test_settings_come_from_app_conf() -> None:

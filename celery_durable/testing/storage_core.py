@@ -1,13 +1,4 @@
-"""Helpers for users' own tests, and the storage conformance suite.
-
-A third-party Storage proves itself by subclassing ``StorageConformance`` in a pytest
-module and providing a ``storage`` fixture that yields a fresh, migrated store::
-
-    class TestMyStore(StorageConformance):
-        @pytest.fixture
-        def storage(self):
-            store = MyStore(...); store.migrate(); yield store; store.drop()
-"""
+"""Storage conformance, part 1: jobs, leases, checkpoints and recovery."""
 
 from __future__ import annotations
 
@@ -15,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from .errors import LeaseLost
-from .store.base import (
+from ..errors import LeaseLost
+from ..store.base import (
     CallRecord,
     CallState,
     ClaimOutcome,
@@ -37,10 +28,12 @@ def new_job(job_id: str = "job-1", *, at: datetime = T0, args: str = "[1]") -> N
 
 
 def call_record(job_id: str = "job-1", seq: int = 1, *, root_id: str | None = None,
-                result: str = "42", state: CallState = CallState.SUCCEEDED) -> CallRecord:
+                result: str | None = "42", state: CallState = CallState.SUCCEEDED,
+                attempts: int = 1, error: str | None = None,
+                at: datetime = T0) -> CallRecord:
     return CallRecord(job_id=job_id, seq=seq, root_id=root_id or job_id, name=f"step{seq}",
-                      args_digest="d" * 16, state=state, attempts=1, result=result,
-                      error=None, started_at=T0, finished_at=T0 + timedelta(milliseconds=5))
+                      args_digest="d" * 16, state=state, attempts=attempts, result=result,
+                      error=error, started_at=at, finished_at=at + timedelta(milliseconds=5))
 
 
 def claimed(storage: Storage, job_id: str = "job-1", owner: str = "w1",
@@ -52,8 +45,8 @@ def claimed(storage: Storage, job_id: str = "job-1", owner: str = "w1",
     return Lease(job_id, owner)
 
 
-class StorageConformance:
-    """The behaviour every Storage must have. Needs a ``storage`` fixture."""
+class CoreConformance:
+    """Jobs, leases, checkpoints, recovery. Needs a ``storage`` fixture."""
 
     def test_migrate_is_idempotent(self, storage: Storage) -> None:
         storage.migrate()

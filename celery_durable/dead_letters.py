@@ -1,0 +1,88 @@
+"""The dead-letter queue: jobs whose retries ran out with ``on_exhausted="dead_letter"``.
+
+A dead letter is a job row in state ``dead``: task, arguments, every failed execution's
+error and traceback, its call timeline and timestamps all stay in the database until
+someone requeues or purges it. Requeueing keeps the job id (the Celery task id), its
+earlier errors and its requeue count, so its whole history stays in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .errors import JobNotFound
+from .history import discard_from_first_failure
+from .inspection import JobSummary, JobView, job_summary, job_view
+from .recovery import publish
+from .store.base import JobFilter, JobState
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+logger = logging.getLogger(__name__)
+DEAD = (JobState.DEAD,)
+_PURGE_BATCH = 500
+
+
+def list_dead(durable: Durable, *, task: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, limit: int = 100,
+              offset: int = 0) -> list[JobSummary]:
+    where = JobFilter(states=DEAD, task=task, finished_after=since, finished_before=until,
+                      limit=limit, offset=offset)
+    return [job_summary(job) for job in durable.storage.list_jobs(where)]
+
+
+def show_dead(durable: Durable, job_id: str) -> JobView:
+    job = durable.storage.get_job(job_id)
+    if job is None or job.state is not JobState.DEAD:
+        raise JobNotFound(job_id)
+    storage = durable.storage
+    return job_view(job, storage.load_history(job_id), storage.job_errors(job_id))
+
+
+def requeue(durable: Durable, job_ids: str | Iterable[str], *,
+            from_scratch: bool = False) -> list[str]:
+    """Put dead jobs back on their queue; returns the ids that were requeued.
+
+    By default the job resumes from its checkpoints: calls that succeeded before the
+    first failure replay, the failed call and everything after it run again. With
+    ``from_scratch=True`` every checkpoint is dropped and the body runs from the top.
+    Ids that are not dead letters (any more) are skipped.
+    """
+    storage, done = durable.storage, []
+    for job_id in [job_ids] if isinstance(job_ids, str) else list(job_ids):
+        discard = None if from_scratch else discard_from_first_failure(
+            job_id, storage.load_history(job_id))
+        if not storage.requeue_job(job_id, DEAD, discard, durable.deliver_by(None),
+                                   durable.now()):
+            continue
+        job = storage.get_job(job_id)
+        if job is not None:
+            try:
+                publish(durable, job)
+            except Exception:  # the row is pending with a deadline: the sweeper resends
+                logger.exception("job %s requeued but not published; the recovery sweeper "
+                                 "will publish it", job_id)
+        done.append(job_id)
+    return done
+
+
+def purge(durable: Durable, job_ids: Iterable[str] | None = None, *,
+          task: str | None = None, before: datetime | None = None) -> int:
+    """Delete dead letters (with their calls and errors); returns how many went.
+
+    Either the given ids, or every dead letter matching ``task``/``before`` (finished
+    before that time); with neither, all of them."""
+    storage = durable.storage
+    if job_ids is not None:
+        return storage.delete_jobs(list(job_ids), DEAD)
+    deleted = 0
+    while True:
+        batch = storage.list_jobs(JobFilter(states=DEAD, task=task, finished_before=before,
+                                            limit=_PURGE_BATCH))
+        if not batch:
+            return deleted
+        deleted += storage.delete_jobs([job.id for job in batch], DEAD)

@@ -1,0 +1,38 @@
+"""Positions in a job's call history, and which checkpoints a retry must drop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .store.base import CallKey, CallRecord, CallState
+
+Position = tuple[int, ...]
+
+
+def position(root_id: str, scope: str, seq: int) -> Position:
+    """(3,) for the root's call #3, (3, 1) for call #1 of the child called at #3.
+
+    Sorting positions gives program order: a call starts before the calls it makes."""
+    inner = scope[len(root_id):].lstrip(".")
+    return (*(int(part) for part in inner.split(".") if part), seq)
+
+
+def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> list[CallKey]:
+    """The checkpoints a job retry (or a requeue) drops so the body runs live again.
+
+    Every succeeded call before the first failed one is kept and replays; the failed call
+    and everything that started after it go, so the body may take a different path this
+    time. A failure inside a call that itself succeeded (the callee caught it) is part of
+    that call's checkpoint and does not count.
+    """
+    calls = {position(root_id, c.job_id, c.seq): c for c in history}
+    succeeded = {p for p, c in calls.items() if c.state is CallState.SUCCEEDED}
+
+    def visible(p: Position) -> bool:
+        return not any(p[:n] in succeeded for n in range(1, len(p)))
+
+    failed = [p for p, c in calls.items() if c.state is not CallState.SUCCEEDED and visible(p)]
+    if not failed:
+        return []
+    first = min(failed)
+    return [(c.job_id, c.seq) for p, c in sorted(calls.items()) if p >= first]

@@ -1,0 +1,115 @@
+"""What happens when a call or a job fails: schedule it again, or end it.
+
+A retry ends the current Celery task with Celery's own ``Retry`` (so ``task_retry``,
+``on_retry``, result backends and Flower see it) after the job row was released in
+state retrying with ``not_before`` set. Short delays travel as a countdown message;
+longer ones (``durable_max_countdown``) are not published at all: the row's deadline
+is the due time, and the recovery sweeper publishes the job then, so no worker holds
+an unacked ETA message for minutes or hours.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Retry
+
+from .calls import NOT_RETRYABLE, encode_error
+from .errors import CallError, CallRetryPending, interrupt_on_storage_error
+from .history import discard_from_first_failure
+from .retry import NoRetry, final_reason, job_policy
+from .store.base import JobState
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from .app import Durable
+    from .context import Execution
+
+logger = logging.getLogger(__name__)
+
+
+def retry_call(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+               execution: Execution, pending: CallRetryPending) -> NoReturn:
+    now = durable.now()
+    not_before = now + timedelta(seconds=pending.delay)
+    record = pending.record
+    with interrupt_on_storage_error(execution.root_id):
+        durable.storage.retry_call(record, execution.lease, not_before,  # type: ignore[arg-type]
+                                   _deliver_by(durable, not_before, pending.delay), now)
+    execution.released = True
+    logger.warning("job %s: call %s failed (%s: %s); attempt %d of the call in %.3gs",
+                   execution.root_id, getattr(record, "name", "?"),
+                   type(pending.error).__name__, pending.error,
+                   getattr(record, "attempts", 0) + 1, pending.delay)
+    raise _celery_retry(durable, task, request, pending.error, pending.delay, not_before)
+
+
+def job_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (NoRetry, *NOT_RETRYABLE)):
+        return False
+    return not (isinstance(exc, CallError) and exc.no_retry)
+
+
+def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+                  execution: Execution, exc: Exception) -> NoReturn:
+    """The body raised: retry the job while its budget lasts, else fail or dead-letter it."""
+    policy = job_policy(task, durable.settings)
+    reason = final_reason(exc)
+    storage, lease = durable.storage, execution.lease
+    with interrupt_on_storage_error(lease.job_id):
+        job = storage.get_job(lease.job_id) if job_retryable(exc) else None
+        if job is not None and job.failures < policy.retry.retries:
+            attempt = job.failures + 1
+            delay = policy.retry.delay(attempt, exc)
+            now = durable.now()
+            not_before = now + timedelta(seconds=delay)
+            discard = discard_from_first_failure(lease.job_id,
+                                                 storage.load_history(lease.job_id))
+            storage.retry_job(lease, encode_error(reason), discard, not_before,
+                              _deliver_by(durable, not_before, delay), now)
+            execution.released = True
+            logger.warning("job %s (%s) failed (%s: %s); job retry %d of %d in %.3gs",
+                           lease.job_id, task.name, type(reason).__name__, reason, attempt,
+                           policy.retry.retries, delay)
+            raise _celery_retry(durable, task, request, reason, delay, not_before) from exc
+        dead = policy.on_exhausted == "dead_letter"
+        storage.finish_job(lease, JobState.DEAD if dead else JobState.FAILED, None,
+                           encode_error(reason, no_retry=not job_retryable(exc)),
+                           durable.now())
+    if dead:
+        logger.error("job %s (%s) moved to the dead-letter queue: %s: %s", lease.job_id,
+                     task.name, type(reason).__name__, reason)
+    raise exc
+
+
+def _deliver_by(durable: Durable, not_before: datetime, delay: float) -> datetime:
+    if delay > durable.settings.max_countdown:
+        return not_before  # no message: the sweeper publishes the job when it is due
+    return not_before + timedelta(seconds=durable.settings.delivery_timeout)
+
+
+def _celery_retry(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+                  exc: BaseException, delay: float, not_before: datetime) -> Retry:
+    if delay > durable.settings.max_countdown:
+        return Retry(exc=exc, when=delay)
+    # An ETA rather than a countdown: the message becomes due at exactly the row's
+    # not_before, whatever clock Celery would have computed a countdown with.
+    signature = publish_again(task, request, eta=not_before, retries=request.retries + 1)
+    return Retry(exc=exc, when=delay, sig=signature)
+
+
+def publish_again(task: Task, request: Any, **options: Any) -> Any:  # type: ignore[type-arg]
+    """Send this job's message again (same id, routing and canvas), without touching
+    its row. A broker error is logged, not raised: the row's deadline makes the
+    recovery sweeper publish it later."""
+    signature = task.signature_from_request(request, **options)
+    try:
+        Task.apply_async(task, signature.args, signature.kwargs, **signature.options)
+    except Exception:
+        logger.exception("job %s: could not publish its retry; the recovery sweeper will "
+                         "publish it when its deadline passes", request.id)
+    return signature
