@@ -59,3 +59,48 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     assert sum(line.startswith("charge_card") for line in effects) == 2
     assert sum(line.startswith("refund") for line in effects) == 1
     assert "Completed calls were not re-run" in result.stdout
+
+
+def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("sqlite", "sqlite")
+    cluster.worker()
+    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
+           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue,
+           "DURABLE_TEST_EFFECTS": str(cluster.effects)}
+    first, second = (cluster.app.tasks["proj.to_dead_letter"].delay().id for _ in range(2))
+    for job_id in (first, second):
+        assert cluster.wait_finished(job_id).state is JobState.DEAD
+
+    listed = _celery(env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout
+    assert "CallError" in listed.stdout
+    as_json = json.loads(_celery(env, "dlq", "list", "--task", "proj.to_dead_letter",
+                                 "--json").stdout)
+    assert sorted(letter["id"] for letter in as_json) == sorted([first, second])
+    assert {letter["failures"] for letter in as_json} == {2}
+    assert _celery(env, "dlq", "list", "--task", "proj.other").stdout.strip() == \
+        "no dead letters"
+
+    shown = _celery(env, "dlq", "show", first)
+    assert shown.returncode == 0, shown.stderr
+    assert "ConnectionError: gate closed" in shown.stdout
+    assert shown.stdout.count("  execution ") == 2  # both failed executions
+    assert _celery(env, "dlq", "show", "nope").returncode == 2
+
+    (cluster.effects / "gate-open").touch()
+    requeued = _celery(env, "dlq", "requeue", first, "nope")
+    assert requeued.returncode == 2  # one id was not a dead letter
+    assert f"requeued {first}" in requeued.stdout and "nope" in requeued.stderr
+    assert cluster.wait_finished(first).state is JobState.SUCCEEDED
+    assert cluster.count("d-a") == 2  # once per job: the requeued one replayed it
+
+    assert _celery(env, "dlq", "purge").returncode == 2  # says what to purge
+    kept = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "durable", "dlq",
+         "purge", "--all"], cwd=REPO, input="n\n", capture_output=True, text=True,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert kept.returncode == 1 and cluster.job(second) is not None
+    purged = _celery(env, "dlq", "purge", "--all", "--yes")
+    assert purged.returncode == 0 and "deleted 1 dead letter(s)" in purged.stdout
+    assert cluster.job(second) is None and cluster.job(first) is not None

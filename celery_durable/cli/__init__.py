@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
-from typing import Any
 
 import click
 
-from .app import Durable
-from .errors import DurableError, JobNotFound
-
-EXIT_NOT_FOUND = 2
-EXIT_ERROR = 1
+from ..errors import DurableError, JobNotFound
+from .common import EXIT_ERROR, EXIT_NOT_FOUND, durable_of, echo_json, fail
+from .dlq import dlq
 
 
-@click.group(name="durable", help="celery-durable: migrations and job inspection.")
+@click.group(name="durable",
+             help="celery-durable: migrations, job inspection and the dead-letter queue.")
 @click.pass_context
 def durable(ctx: click.Context) -> None:
     ctx.ensure_object(object)
 
 
-def _durable(ctx: click.Context) -> Durable:
-    return Durable.of(ctx.find_root().obj.app)
-
-
 @durable.command(help="Create or upgrade the celery-durable tables (safe to run twice).")
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    d = _durable(ctx)
+    d = durable_of(ctx)
     url = getattr(d.storage, "safe_url", type(d.storage).__name__)
     try:
         applied = d.migrate()
     except DurableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
     if applied:
         click.echo(f"{url}: applied schema version(s) {', '.join(map(str, applied))}")
     else:
@@ -48,15 +39,13 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     try:
-        view = _durable(ctx).get_job(job_id)
+        view = durable_of(ctx).get_job(job_id)
     except JobNotFound as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
+        fail(str(exc), EXIT_NOT_FOUND)
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(view), default=_jsonable, indent=2))
+        echo_json(dataclasses.asdict(view))
     else:
         click.echo(view.timeline())
 
 
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else repr(value)
+durable.add_command(dlq)
