@@ -15,7 +15,14 @@ from pathlib import Path
 
 from celery import Celery
 
-from celery_durable import CallError, Durable, call, current_call_id
+from celery_durable import (
+    CallError,
+    Durable,
+    ExponentialBackoff,
+    NoRetry,
+    call,
+    current_call_id,
+)
 
 HERE = Path(os.environ.get("ORDERS_DIR", "demo-run"))
 STEP_SECONDS = float(os.environ.get("ORDERS_STEP_SECONDS", "0"))
@@ -32,6 +39,7 @@ app.conf.update(
 durable = Durable(app)
 
 STOCK = {"book": 5, "lamp": 0}
+FLAKY_CARD = "4000000000000119"  # the gateway times out on its first two charges
 
 
 def side_effect(what: str) -> None:
@@ -42,9 +50,18 @@ def side_effect(what: str) -> None:
     time.sleep(STEP_SECONDS)
 
 
+def attempts_logged(prefix: str) -> int:
+    path = HERE / "side-effects.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(line.startswith(prefix) for line in lines)
+
+
 @app.task
 def charge_card(payment: dict) -> str:
-    side_effect(f"charge_card {payment['card']} {payment['amount']}")
+    what = f"charge_card {payment['card']} {payment['amount']}"
+    side_effect(what)
+    if payment["card"] == FLAKY_CARD and attempts_logged(what) <= 2:
+        raise TimeoutError("payment gateway timed out")  # retried: see process_order
     return f"receipt-{payment['card'][-4:]}-{payment['amount']}"
 
 
@@ -53,7 +70,8 @@ def reserve_inventory(items: list[str]) -> list[str]:
     side_effect(f"reserve_inventory {items}")
     missing = [item for item in items if STOCK.get(item, 0) <= 0]
     if missing:
-        raise ValueError(f"out of stock: {', '.join(missing)}")
+        # Retrying cannot make stock appear: fail the call now, no retries.
+        raise NoRetry(ValueError(f"out of stock: {', '.join(missing)}"))
     return items
 
 
@@ -66,16 +84,23 @@ def refund(receipt: str) -> str:
 @app.task
 def send_confirmation(email: str) -> str:
     side_effect(f"send_confirmation {email}")
+    bounced = HERE / "bounced"
+    if bounced.exists() and email in bounced.read_text().split():
+        raise ConnectionError(f"mail server refused {email}")
     return f"sent to {email}"
 
 
-@durable.task
+# A job whose body still fails runs once more, then waits in the dead-letter queue.
+@durable.task(retries=1, backoff=1, on_exhausted="dead_letter")
 def process_order(order: dict) -> dict:
-    receipt = call(charge_card, order["payment"])
+    # A flaky gateway: up to 3 more attempts, 0.5 s, 1 s, 2 s apart. Nothing before
+    # this call runs again, and no worker slot is held while waiting.
+    receipt = call(charge_card, order["payment"], retries=3,
+                   backoff=ExponentialBackoff(0.5, 5))
     try:
         call(reserve_inventory, order["items"])
     except CallError as exc:
         call(refund, receipt)
         return {"status": "refunded", "receipt": receipt, "reason": exc.error_message}
-    call(send_confirmation, order["email"])
+    call(send_confirmation, order["email"], retries=1, backoff=0.5)
     return {"status": "confirmed", "receipt": receipt}

@@ -56,8 +56,14 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
         timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     effects = (tmp_path / "demo-run" / "side-effects.log").read_text().splitlines()
-    assert sum(line.startswith("charge_card") for line in effects) == 2
-    assert sum(line.startswith("refund") for line in effects) == 1
+    def count(prefix: str) -> int:
+        return sum(line.startswith(prefix) for line in effects)
+
+    assert count("charge_card 4242424242424242") == 2  # two orders, one charge each
+    assert count("charge_card 4000000000000119") == 3  # two timeouts, then retried
+    assert count("charge_card 5555555555554444") == 1  # dead-lettered, requeued
+    assert count("send_confirmation grace@example.com") == 5  # 2 + 2 attempts, then 1
+    assert count("refund") == 1
     assert "Completed calls were not re-run" in result.stdout
 
 
