@@ -108,6 +108,16 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
             raise ConnectionError("flaky network")  # Celery's own autoretry
         return int(paid)
 
+    @durable.task(name="proj.inner", shared=False)
+    def inner(x: int) -> int:
+        return int(call(step, "inner-step", x))
+
+    @durable.task(name="proj.outer", shared=False)
+    def outer(x: int) -> list[int]:
+        # `inner` is Celery's lazy proxy here, as in most projects: it runs in-process
+        # as a child scope of this job, not as a job of its own.
+        return [call(inner, x), call(step, "outer-step", x)]
+
     _retry_callees(app)
     _retry_workflows(app, durable)
     return app

@@ -153,3 +153,19 @@ def test_celery_autoretry_on_a_durable_task_replays_completed_calls(
     assert cluster.count("retry-body") == 2
     assert cluster.count("before-retry") == 1
     assert job.attempts == 2
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_a_durable_task_calls_a_durable_task_in_process(
+        make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("redis", "postgres")
+    cluster.worker()
+    job_id = cluster.app.tasks["proj.outer"].delay(4).id
+    job = cluster.wait_finished(job_id)
+    assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+    view = cluster.durable.get_job(job_id)
+    assert view.result == [5, 5]
+    assert [(c.position, c.name) for c in view.calls] == [
+        ("1", "proj.inner"), ("1.1", "proj.step"), ("2", "proj.step")]
+    assert cluster.job(f"{job_id}.1") is None  # a child scope, not a job of its own
