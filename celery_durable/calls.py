@@ -157,7 +157,8 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
                                 CallState.RETRYING, attempt, None,
                                 encode_error(reason, attempts=tried))
             raise CallRetryPending(record, policy.delay(attempt, exc), reason) from exc
-        no_retry = isinstance(exc, NoRetry)
+        # NoRetry raised deeper (inside a called durable task) still means no retries.
+        no_retry = isinstance(exc, NoRetry) or (isinstance(exc, CallError) and exc.no_retry)
         _record(execution, _record_of(
             execution, seq, task.name, args, kwargs, started, CallState.FAILED, attempt, None,
             encode_error(reason, attempts=tried, no_retry=no_retry)))

@@ -373,3 +373,26 @@ def test_discard_from_first_failure() -> None:
         ("J", 2), ("J.2", 1), ("J.2", 2)]
     assert discard_from_first_failure("J", [
         _rec("J", 1), _rec("J", 10, failed), _rec("J", 9)]) == [("J", 10)]
+
+
+def test_no_retry_deep_in_a_called_durable_task_stops_every_layer() -> None:
+    env = make_env(call_retries=3, job_retries=3)
+
+    @env.app.task(name="u.validate", shared=False)
+    def validate() -> None:
+        env.effects.append("validate")
+        raise NoRetry("bad address")
+
+    @env.durable.task(name="u.child", shared=False)
+    def child() -> None:
+        call(validate)
+
+    @env.durable.task(name="u.parent", shared=False)
+    def parent() -> None:
+        call(child)
+
+    with pytest.raises(CallError) as raised:
+        env.deliver("u.parent", "j1")
+    assert raised.value.no_retry
+    assert env.effects == ["validate"]
+    assert env.durable.get_job("j1").state == "failed"
