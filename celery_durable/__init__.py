@@ -5,9 +5,11 @@ from .calls import call
 from .context import current_call_id, current_job_id
 from .errors import (
     CallError,
+    Cancelled,
     ConfigurationError,
     DurableError,
     JobNotFound,
+    JobStateError,
     LeaseLost,
     NonDeterministicError,
     OutsideDurableTaskError,
@@ -26,12 +28,15 @@ from .retry import (
     RetryAfter,
 )
 from .store import JobState, MemoryStorage, SQLStorage, Storage
+from .store.base import CancelOutcome
 from .task import DurableTask
 
 __all__ = [
     "Backoff",
     "CallError",
     "CallView",
+    "CancelOutcome",
+    "Cancelled",
     "ConfigurationError",
     "ConstantBackoff",
     "Durable",
@@ -42,6 +47,7 @@ __all__ = [
     "ExponentialBackoffWithJitter",
     "JobNotFound",
     "JobState",
+    "JobStateError",
     "JobSummary",
     "JobView",
     "LeaseLost",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -11,17 +12,18 @@ from typing import Any
 
 from celery import Celery, signals
 
-from . import dead_letters
+from . import dead_letters, operations
 from .errors import ConfigurationError, JobNotFound
 from .inspection import JobSummary, JobView, job_view
 from .leases import LeaseKeeper
 from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
 from .settings import Settings
-from .store.base import Storage
+from .store.base import CancelOutcome, Storage
 from .store.sql import SQLStorage
 from .task import DurableTask
 
+logger = logging.getLogger(__name__)
 _instances: weakref.WeakKeyDictionary[Celery, Durable] = weakref.WeakKeyDictionary()
 _instances_lock = threading.Lock()
 
@@ -57,7 +59,7 @@ class Durable:
         self._storage = storage
         self._clock = clock or _utcnow
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
-                                        self.now)
+                                        self.now, self.settings.cancel_check_interval)
         self.sweeper = RecoverySweeper(self)
         _connect_worker_signals()
 
@@ -111,6 +113,34 @@ class Durable:
                         self.storage.job_errors(job_id) if job.failures or job.requeues
                         else [])
 
+    # -- operations -------------------------------------------------------------------------
+
+    def jobs(self, *, states: str | Iterable[str] | None = None, task: str | None = None,
+             queue: str | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 100,
+             offset: int = 0) -> list[JobSummary]:
+        """Jobs, newest first; ``since``/``until`` bound when they were enqueued."""
+        return operations.list_jobs(self, states=states, task=task, queue=queue,
+                                    since=since, until=until, limit=limit, offset=offset)
+
+    def retry(self, job_id: str, *, from_scratch: bool = False) -> None:
+        """Run a failed, dead or cancelled job again under the same id.
+
+        Raises JobNotFound, or JobStateError if the job is active or succeeded."""
+        operations.retry(self, job_id, from_scratch=from_scratch)
+
+    def cancel(self, job_id: str, *, revoke: bool = True) -> CancelOutcome:
+        """Cancel a job for good (see the README); raises JobNotFound."""
+        return operations.cancel(self, job_id, revoke=revoke)
+
+    def recover(self, *, dry_run: bool = False) -> list[str]:
+        """Run one recovery sweep now; returns the ids republished or ended."""
+        return self.sweeper.sweep_once(dry_run=dry_run)
+
+    def apply_retention(self, *, dry_run: bool = False) -> dict[str, int]:
+        """Delete finished jobs past ``durable_retention`` now; counts per state."""
+        return operations.apply_retention(self, dry_run=dry_run)
+
     # -- the dead-letter queue ------------------------------------------------------------
 
     def dead_letters(self, *, task: str | None = None, since: datetime | None = None,
@@ -147,6 +177,7 @@ def _connect_worker_signals() -> None:
         if not _signals_connected:
             signals.worker_ready.connect(_start_recovery, weak=False)
             signals.worker_shutting_down.connect(_stop_recovery, weak=False)
+            signals.task_revoked.connect(_cancel_revoked, weak=False)
             _signals_connected = True
 
 
@@ -155,6 +186,20 @@ def _start_recovery(sender: Any = None, **_: Any) -> None:
     durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
     if durable is not None and durable.settings.recovery:
         durable.sweeper.start()
+
+
+def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """Celery revoked a durable task (``AsyncResult.revoke()``, ``expires``): cancel the
+    job in SQL too, or recovery would publish it again."""
+    durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
+    job_id = getattr(request, "id", None)
+    if durable is None or job_id is None or not isinstance(sender, DurableTask):
+        return
+    try:
+        durable.cancel(job_id, revoke=False)
+    except Exception:
+        logger.warning("durable job %s was revoked but could not be cancelled", job_id,
+                       exc_info=True)
 
 
 def _stop_recovery(**_: Any) -> None:

@@ -23,6 +23,7 @@ from .context import (
 from .errors import (
     CallError,
     CallRetryPending,
+    Cancelled,
     ConfigurationError,
     LeaseLost,
     NonDeterministicError,
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 # Errors no retry can fix: the same code meets the same history or configuration again.
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (
     NonDeterministicError, ConfigurationError, UnknownTaskError, OutsideDurableTaskError,
-    SerializationError)
+    SerializationError, Cancelled)
 
 CallTarget: TypeAlias = "Task[Any, Any] | Signature[Any] | str"
 
@@ -91,8 +92,12 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
                                         seq=seq, expected=task.name, recorded=recorded.name)
         if recorded.state is not CallState.RETRYING:
             return _replay(execution, seq, recorded)
-    if execution.lost.is_set():
+    watch = execution.watch
+    if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
+    if watch.cancelled.is_set() and not watch.cancel_raised:
+        watch.cancel_raised = True
+        raise Cancelled(execution.root_id)
     return _run(execution, seq, task, args, kwargs, policy, recorded)
 
 
@@ -145,7 +150,7 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
     started = durable.now()
     try:
         result = _invoke(execution, seq, task, args, kwargs)
-    except NonDeterministicError:
+    except (NonDeterministicError, Cancelled):
         raise
     except Exception as exc:
         reason = final_reason(exc)

@@ -6,11 +6,11 @@ A contextvar, so ``call()`` finds it without being passed anything, and each thr
 
 from __future__ import annotations
 
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .leases import Watch
 from .retry import RetryPolicy, call_policy
 from .store.base import CallRecord, Lease
 
@@ -29,8 +29,8 @@ class Execution:
     lease: Lease
     history: dict[tuple[str, int], CallRecord]
     """Every call of the whole tree, loaded with one query when the job started."""
-    lost: threading.Event
-    """Set by the lease keeper when renewal found another owner."""
+    watch: Watch
+    """Set by the lease keeper: the lease was lost, or cancel was requested."""
     call_policy: RetryPolicy
     """Retries and backoff for the calls this scope makes (call() may override)."""
     seq: int = 0
@@ -45,7 +45,7 @@ class Execution:
         return Execution(
             durable=self.durable, task_name=str(getattr(task, "name", task)),
             job_id=f"{self.job_id}.{seq}", root_id=self.root_id, lease=self.lease,
-            history=self.history, lost=self.lost,
+            history=self.history, watch=self.watch,
             call_policy=call_policy(task, self.call_policy),
         )
 

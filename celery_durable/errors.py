@@ -5,9 +5,11 @@
     ├── StorageUnavailable            the durable database cannot be reached
     ├── SerializationError            a value cannot be stored as JSON
     ├── JobNotFound                   no job with that id (also a LookupError)
+    ├── JobStateError                 the job is not in a state that allows this
     ├── UnknownTaskError              call("name") for a task that is not registered
     ├── OutsideDurableTaskError       call() used outside a durable task body
     ├── CallError                     a call() failed; the original error is chained
+    ├── Cancelled                     the job was cancelled (raised at a call boundary)
     └── NonDeterministicError         replay took a different path than the history
 
     LeaseLost (BaseException)         this execution no longer owns its job
@@ -48,6 +50,15 @@ class JobNotFound(DurableError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"durable job {job_id!r} not found")
+
+
+class JobStateError(DurableError):
+    """The operation does not apply to the job in its current state."""
+
+    def __init__(self, job_id: str, state: str, why: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(f"durable job {job_id!r} is {state}: {why}")
 
 
 class UnknownTaskError(DurableError, LookupError):
@@ -92,6 +103,19 @@ def _rebuild_call_error(
 ) -> CallError:
     return CallError(job_id=job_id, seq=seq, name=name, error_type=error_type,
                      error_message=error_message, attempts=attempts, no_retry=no_retry)
+
+
+class Cancelled(DurableError):
+    """The job was cancelled while it ran. Raised once, at the next call() after the
+    cancel request was seen; the body may catch it and compensate with more calls. The
+    job ends cancelled whatever the body does next, and is never retried or resumed."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"durable job {job_id} was cancelled")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Cancelled, (self.job_id,))
 
 
 class NonDeterministicError(DurableError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from . import serialization
@@ -30,25 +31,33 @@ class RecoverySweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sweep_once(self) -> list[str]:
-        """Republish (or abandon) every expired job; returns the republished ids."""
+    def sweep_once(self, *, dry_run: bool = False) -> list[str]:
+        """Republish (or end) every expired job; returns the ids it acted on.
+
+        With ``dry_run`` nothing is changed: the ids are those a sweep would act on."""
         durable, storage = self.durable, self.durable.storage
         now = durable.now()
-        republished = []
+        acted = []
         for job in storage.expired_jobs(now, BATCH):
-            if job.recoveries >= durable.settings.max_recoveries:
+            if dry_run:
+                acted.append(job.id)
+            elif job.cancel_requested_at is not None:  # its execution died: never resume
+                if storage.abandon_job(job, _cancelled_error(job), now, JobState.CANCELLED):
+                    logger.info("job %s: cancelled while its worker was lost", job.id)
+                    acted.append(job.id)
+            elif job.recoveries >= durable.settings.max_recoveries:
                 state = self._exhausted_state(job)
                 if storage.abandon_job(job, _abandon_error(job), now, state):
                     logger.error("job %s lost its worker %d times; marked %s",
                                  job.id, job.recoveries, state.value)
-                continue
-            if storage.recover_job(job, durable.deliver_by(None), now):
+                    acted.append(job.id)
+            elif storage.recover_job(job, durable.deliver_by(None), now):
                 if job.lease_owner is not None:
                     logger.warning("job %s (%s): lease expired; republishing it",
                                    job.id, job.task)
                 publish(durable, job)
-                republished.append(job.id)
-        return republished
+                acted.append(job.id)
+        return acted
 
     def _exhausted_state(self, job: JobRecord) -> JobState:
         task = self.durable.app.tasks.get(job.task)
@@ -66,13 +75,26 @@ class RecoverySweeper:
         self._stop.set()
 
     def _run(self) -> None:
+        from .operations import apply_retention
+
+        settings = self.durable.settings
+        next_retention = time.monotonic()
         while True:
             try:
                 self.sweep_once()
             except Exception:
                 logger.exception("recovery sweep failed; trying again in %ss",
-                                 self.durable.settings.sweep_interval)
-            if self._stop.wait(self.durable.settings.sweep_interval):
+                                 settings.sweep_interval)
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + settings.retention_interval
+                try:
+                    deleted = apply_retention(self.durable)
+                    if any(deleted.values()):
+                        logger.info("retention deleted finished jobs: %s", deleted)
+                except Exception:
+                    logger.exception("retention failed; trying again in %ss",
+                                     settings.retention_interval)
+            if self._stop.wait(settings.sweep_interval):
                 return
 
 
@@ -85,6 +107,11 @@ def publish(durable: Durable, job: JobRecord) -> None:
     durable.app.send_task(
         job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
         task_id=job.id, **options)
+
+
+def _cancelled_error(job: JobRecord) -> str:
+    return serialization.dumps({"type": "Cancelled", "message": f"job {job.id} cancelled",
+                                "traceback": ""}, what="an error description")
 
 
 def _abandon_error(job: JobRecord) -> str:

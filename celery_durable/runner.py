@@ -25,6 +25,7 @@ from .calls import encode_error
 from .context import Execution, activate, deactivate
 from .errors import (
     CallRetryPending,
+    Cancelled,
     LeaseLost,
     SerializationError,
     StorageInterrupted,
@@ -59,9 +60,9 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     # claim save the query.
     history = {} if attempts == 1 else {
         (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
-    lost = durable.lease_keeper.hold(lease)
+    watch = durable.lease_keeper.hold(lease)
     execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
-                          root_id=job_id, lease=lease, history=history, lost=lost,
+                          root_id=job_id, lease=lease, history=history, watch=watch,
                           call_policy=call_policy(task, durable.call_policy))
     token = activate(execution)
     try:
@@ -123,6 +124,10 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
     try:
         result = task.run(*args, **kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
+        if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
+            _finish(durable, lease, JobState.CANCELLED, encoded,
+                    encode_error(Cancelled(execution.root_id)))
+            return result
     except Retry:
         if not execution.released:  # raised without self.retry() re-sending: hand back
             release(durable, lease, JobState.RETRYING, durable.deliver_by(None))
@@ -137,8 +142,16 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
         _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
         raise
     except CallRetryPending as pending:
+        if execution.watch.cancelled.is_set():  # no retry for a cancelled job
+            _finish(durable, lease, JobState.CANCELLED, None,
+                    encode_error(Cancelled(execution.root_id)))
+            raise Cancelled(execution.root_id) from pending.error
         retry_call(durable, task, request, execution, pending)
     except Exception as exc:
+        watch = execution.watch
+        if watch.cancel_raised or watch.cancelled.is_set() or isinstance(exc, Cancelled):
+            _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
+            raise
         fail_or_retry(durable, task, request, execution, exc)
     _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
     return result

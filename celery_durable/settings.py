@@ -18,6 +18,9 @@ from .retry import (
 )
 
 DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
+DAY = 86400.0
+RETENTION: dict[str, float | None] = {
+    "succeeded": 7 * DAY, "cancelled": 7 * DAY, "failed": 30 * DAY, "dead": 30 * DAY}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ class Settings:
     job_backoff: Backoff = field(default_factory=lambda: ExponentialBackoff(5, 300))
     on_exhausted: str = "fail"
     """What a job becomes once its retries are spent: "fail" or "dead_letter"."""
+    cancel_check_interval: float = 2.0
+    """How often a worker process asks whether the jobs it runs were cancelled."""
+    retention: dict[str, float | None] = field(default_factory=lambda: dict(RETENTION))
+    """Seconds finished jobs are kept, per state; None keeps them forever."""
+    retention_interval: float = 3600.0
+    """How often the sweeper deletes expired finished jobs (in batches)."""
     max_countdown: float = 60.0
     """Retries due within this many seconds wait as Celery countdown messages; later ones
     are stored in SQL and published by the recovery sweeper when due."""
@@ -67,7 +76,17 @@ class Settings:
         if self.max_countdown < 0:
             raise ConfigurationError(f"durable_max_countdown must not be negative, "
                                      f"got {self.max_countdown!r}")
-        for name in ("lease_seconds", "sweep_interval", "delivery_timeout"):
+        for state, keep in self.retention.items():
+            if state not in RETENTION:
+                raise ConfigurationError(
+                    f"durable_retention: {state!r} is not a finished state "
+                    f"({', '.join(RETENTION)})")
+            if keep is not None and (not isinstance(keep, (int, float)) or keep < 0):
+                raise ConfigurationError(
+                    f"durable_retention[{state!r}] must be seconds >= 0 or None, "
+                    f"got {keep!r}")
+        for name in ("lease_seconds", "sweep_interval", "delivery_timeout",
+                     "cancel_check_interval", "retention_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"durable_{name} must be positive, "
                                          f"got {getattr(self, name)!r}")
@@ -80,6 +99,11 @@ class Settings:
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     if str(kind) == "Backoff":
         return check_backoff(value, f"durable_{name}")
+    if name == "retention":
+        if not isinstance(value, dict):
+            raise ConfigurationError(
+                f"durable_retention must be a dict of state -> seconds, got {value!r}")
+        return {**RETENTION, **{k: _seconds_or_none(v) for k, v in value.items()}}
     kind = {"str": str, "float": float, "int": int, "bool": bool}[str(kind)]
     if kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
@@ -88,3 +112,9 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigurationError(
             f"durable_{name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def _seconds_or_none(value: Any) -> Any:
+    from datetime import timedelta
+
+    return value.total_seconds() if isinstance(value, timedelta) else value

@@ -95,6 +95,8 @@ class JobRecord:
     """How many times the job was taken back from the dead-letter queue."""
     not_before: datetime | None = None
     """The job may not start before this time (a retry's backoff)."""
+    cancel_requested_at: datetime | None = None
+    """Cancel was asked while an execution held the job; it stops at its next call."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,16 @@ class ClaimOutcome(enum.Enum):
     MISSING = "missing"
     EARLY = "early"
     """The job is waiting for a retry's backoff to pass (``not_before`` is later)."""
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"
+    """The job was not running: it is cancelled now and will never start."""
+    REQUESTED = "requested"
+    """An execution holds the job: it stops at its next call boundary."""
+    FINISHED = "finished"
+    """Too late: the job had already finished."""
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
@@ -229,6 +241,13 @@ class Storage(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
+
+    def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
+        """Cancel a job that no live execution holds (state cancelled, never claimed
+        again); for a held one, only record that cancel was requested."""
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs have a cancel request (one query)."""
 
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         """Jobs matching the filter, newest first."""

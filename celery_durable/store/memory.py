@@ -13,6 +13,7 @@ from .base import (
     CallKey,
     CallRecord,
     CallState,
+    CancelOutcome,
     Claim,
     ClaimOutcome,
     JobError,
@@ -60,7 +61,7 @@ class MemoryStorage:
                 return Claim(ClaimOutcome.MISSING)
             if job.state not in ACTIVE_STATES:
                 return Claim(ClaimOutcome.FINISHED, job)
-            if job.lease_owner is not None and _live(job, now):
+            if (job.lease_owner is not None and _live(job, now)) or job.cancel_requested_at:
                 return Claim(ClaimOutcome.BUSY, job)
             if job.not_before is not None and job.not_before > now:
                 return Claim(ClaimOutcome.EARLY, job)
@@ -170,6 +171,27 @@ class MemoryStorage:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return CancelOutcome.MISSING
+            if job.state not in ACTIVE_STATES:
+                return CancelOutcome.FINISHED
+            if job.lease_owner is not None and _live(job, now):
+                if job.cancel_requested_at is None:
+                    self._jobs[job_id] = replace(job, cancel_requested_at=now)
+                return CancelOutcome.REQUESTED
+            self._jobs[job_id] = replace(
+                job, state=JobState.CANCELLED, error=error, finished_at=now,
+                lease_owner=None, lease_expires_at=None, cancel_requested_at=now)
+            return CancelOutcome.CANCELLED
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {i for i in job_ids
+                    if i in self._jobs and self._jobs[i].cancel_requested_at is not None}
+
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         with self._lock:
             jobs = [j for j in self._jobs.values() if _matches(j, where)]
@@ -193,7 +215,7 @@ class MemoryStorage:
             self._jobs[job_id] = replace(
                 job, state=JobState.PENDING, failures=0, requeues=job.requeues + 1,
                 result=None, error=None, finished_at=None, not_before=None,
-                lease_owner=None, lease_expires_at=deliver_by)
+                cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by)
             return True
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:

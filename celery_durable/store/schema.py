@@ -86,7 +86,8 @@ def build_tables(prefix: str) -> Tables:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("started_at", UTCDateTime()),
         Column("finished_at", UTCDateTime()),
-        *_added_job_columns(),
+        *_retry_layer_columns(),
+        *_cancellation_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
@@ -125,7 +126,7 @@ def build_tables(prefix: str) -> Tables:
     return Tables(metadata, jobs, calls, job_errors, schema_version)
 
 
-def _added_job_columns() -> list[Column[Any]]:
+def _retry_layer_columns() -> list[Column[Any]]:
     """Job columns added by migration 2 (the retry layer)."""
     return [
         Column("failures", Integer, nullable=False, default=0, server_default="0"),
@@ -138,17 +139,29 @@ Migration = Callable[[Connection, Tables], None]
 
 
 def _create_initial_tables(conn: Connection, tables: Tables) -> None:
+    """jobs and calls."""
     tables.metadata.create_all(conn, tables=[tables.jobs, tables.calls], checkfirst=True)
 
 
-def _add_retry_layer(conn: Connection, tables: Tables) -> None:
+def _cancellation_columns() -> list[Column[Any]]:
+    """Job columns added by migration 3 (cancellation)."""
+    return [Column("cancel_requested_at", UTCDateTime())]
+
+
+def _add_missing_columns(conn: Connection, tables: Tables,
+                         columns: list[Column[Any]]) -> None:
     # Migration 1 creates tables from today's declarations, so on a fresh database the
     # columns are already there: each step after it adds only what is missing.
     existing = {c["name"] for c in inspect(conn).get_columns(tables.jobs.name)}
     operations = Operations(MigrationContext.configure(conn))
-    for column in _added_job_columns():
+    for column in columns:
         if column.name not in existing:
             operations.add_column(tables.jobs.name, column)
+
+
+def _add_retry_layer(conn: Connection, tables: Tables) -> None:
+    """failures, requeues, not_before; the job_errors table; an index for dead letters."""
+    _add_missing_columns(conn, tables, _retry_layer_columns())
     indexes = {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}
     for index in tables.jobs.indexes:
         if index.name not in indexes:
@@ -156,8 +169,13 @@ def _add_retry_layer(conn: Connection, tables: Tables) -> None:
     tables.job_errors.create(conn, checkfirst=True)
 
 
+def _add_cancellation(conn: Connection, tables: Tables) -> None:
+    """cancel_requested_at: a cancel asked of a running job, seen at its next call."""
+    _add_missing_columns(conn, tables, _cancellation_columns())
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -29,6 +29,7 @@ from .base import (
     CallKey,
     CallRecord,
     CallState,
+    CancelOutcome,
     Claim,
     ClaimOutcome,
     JobError,
@@ -235,6 +236,25 @@ class SQLStorage:
                   "p_error": error, "p_state": state.value}
         return self._rowcount(stmt, params) == 1
 
+    def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
+        params = {"p_id": job_id, "p_error": error, "p_now": now}
+        if self._rowcount(self._sql.cancel_unheld, params) == 1:
+            return CancelOutcome.CANCELLED
+        if self._rowcount(self._sql.cancel_request, params) == 1:
+            return CancelOutcome.REQUESTED
+        job = self.get_job(job_id)
+        if job is None:
+            return CancelOutcome.MISSING
+        if job.state in FINISHED_STATES:
+            return CancelOutcome.FINISHED
+        return self.cancel_job(job_id, error, now)  # the lease changed hands meanwhile
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        with self._connect() as conn:
+            return set(conn.scalars(self._sql.cancel_requested, {"p_ids": list(job_ids)}))
+
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         with self._connect() as conn:
             return [_job(row) for row in conn.execute(self._list_query(where))]
@@ -373,7 +393,7 @@ def _job(row: Any) -> JobRecord:
         lease_expires_at=m["lease_expires_at"], result=m["result"], error=m["error"],
         created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
         options=m["options"], failures=m["failures"], requeues=m["requeues"],
-        not_before=m["not_before"],
+        not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
     )
 
 

@@ -58,6 +58,9 @@ class Statements:
     discard_call: Delete
     discard_all_calls: Delete
     requeue: Update
+    cancel_unheld: Update
+    cancel_request: Update
+    cancel_requested: Select  # type: ignore[type-arg]
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -83,6 +86,7 @@ def build_statements(tables: Tables) -> Statements:
     claim = jobs.update().where(
         by_id, jobs.c.state.in_(_ACTIVE), or_(owner_is_null, jobs.c.lease_expires_at < now),
         or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+        jobs.c.cancel_requested_at.is_(None),
     ).values(
         state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1,
         lease_owner=bindparam("p_owner"), lease_expires_at=until,
@@ -149,7 +153,20 @@ def build_statements(tables: Tables) -> Statements:
             by_id, jobs.c.state.in_(bindparam("p_states", expanding=True)),
         ).values(state=JobState.PENDING.value, failures=0, requeues=jobs.c.requeues + 1,
                  result=None, error=None, finished_at=None, not_before=None,
-                 lease_owner=None, lease_expires_at=deliver_by),
+                 cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by),
+        cancel_unheld=jobs.update().where(
+            by_id, jobs.c.state.in_(_ACTIVE),
+            or_(owner_is_null, jobs.c.lease_expires_at < now),
+        ).values(state=JobState.CANCELLED.value, error=bindparam("p_error"),
+                 finished_at=now, lease_owner=None, lease_expires_at=None,
+                 cancel_requested_at=now),
+        cancel_request=jobs.update().where(
+            by_id, jobs.c.state.in_(_ACTIVE), jobs.c.lease_owner.is_not(None),
+            jobs.c.lease_expires_at >= now,
+        ).values(cancel_requested_at=func.coalesce(jobs.c.cancel_requested_at, now)),
+        cancel_requested=select(jobs.c.id).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)),
+            jobs.c.cancel_requested_at.is_not(None)),
     )
 
 

@@ -12,12 +12,14 @@ module and providing a ``storage`` fixture that yields a fresh, migrated store::
 from __future__ import annotations
 
 from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_job
+from .storage_operations import OperationsConformance
 from .storage_retries import RetryConformance
 
 
-class StorageConformance(CoreConformance, RetryConformance):
+class StorageConformance(CoreConformance, RetryConformance, OperationsConformance):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 
-__all__ = ["LEASE", "T0", "CoreConformance", "RetryConformance", "StorageConformance",
+__all__ = ["LEASE", "T0", "CoreConformance", "OperationsConformance", "RetryConformance",
+           "StorageConformance",
            "call_record", "claimed", "new_job"]

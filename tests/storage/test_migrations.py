@@ -23,7 +23,7 @@ def _downgrade_to_v1(storage: SQLStorage) -> None:
         operations = Operations(MigrationContext.configure(conn))
         operations.drop_index(f"{tables.jobs.name}_state_finished_at", tables.jobs.name)
         with operations.batch_alter_table(tables.jobs.name) as batch:  # SQLite rebuilds
-            for column in ("failures", "requeues", "not_before"):
+            for column in ("failures", "requeues", "not_before", "cancel_requested_at"):
                 batch.drop_column(column)
         tables.job_errors.drop(conn)
         conn.execute(delete(tables.schema_version).where(

@@ -30,7 +30,9 @@ def test_public_api_is_pinned() -> None:
         "UnknownTaskError", "call", "current_call_id", "current_job_id",
         # the retry layer
         "Backoff", "ConstantBackoff", "ExponentialBackoff", "ExponentialBackoffWithJitter",
-        "NoRetry", "RetryAfter", "ExecutionError", "JobSummary"])
+        "NoRetry", "RetryAfter", "ExecutionError", "JobSummary",
+        # operations
+        "Cancelled", "CancelOutcome", "JobStateError"])
 
 
 def test_settings_come_from_app_conf() -> None:

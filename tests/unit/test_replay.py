@@ -214,10 +214,10 @@ def test_lease_keeper_marks_a_lost_lease(env: Env) -> None:
     _register(env)
     env.deliver("u.flow", "j0", 0)
     lease = Lease("j0", "nobody")
-    lost = env.durable.lease_keeper.hold(lease)
+    watch = env.durable.lease_keeper.hold(lease)
     env.durable.lease_keeper.renew_all()
     env.durable.lease_keeper.drop(lease)
-    assert lost.is_set()
+    assert watch.lost.is_set() and not watch.cancelled.is_set()
     with pytest.raises(LeaseLost):
         env.storage.record_call(env.storage.load_history("j0")[0], lease)
 
