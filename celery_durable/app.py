@@ -101,6 +101,11 @@ class Durable:
         """Create or upgrade the tables (idempotent); returns the versions applied."""
         return self.storage.migrate()
 
+    def pending_migrations(self) -> list[int]:
+        """Schema versions ``migrate()`` would apply (empty when up to date)."""
+        pending = getattr(self.storage, "pending_migrations", None)
+        return list(pending()) if pending is not None else []
+
     def get_job(self, job_id: str) -> JobView:
         """The job's state, result/error, timestamps and call timeline.
 

@@ -7,23 +7,36 @@ import dataclasses
 import click
 
 from ..errors import DurableError, JobNotFound
+from ..store.schema import MIGRATIONS
 from .common import EXIT_ERROR, EXIT_NOT_FOUND, durable_of, echo_json, fail
 from .dlq import dlq
+from .jobs import jobs
 
 
 @click.group(name="durable",
-             help="celery-durable: migrations, job inspection and the dead-letter queue.")
+             help="celery-durable: migrations, jobs, the dead-letter queue, recovery "
+                  "and retention.")
 @click.pass_context
 def durable(ctx: click.Context) -> None:
     ctx.ensure_object(object)
 
 
 @durable.command(help="Create or upgrade the celery-durable tables (safe to run twice).")
+@click.option("--dry-run", is_flag=True, help="Only show the steps that would run.")
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, dry_run: bool) -> None:
     d = durable_of(ctx)
     url = getattr(d.storage, "safe_url", type(d.storage).__name__)
     try:
+        pending = d.pending_migrations()
+        for version in pending:
+            doc = (MIGRATIONS[version - 1].__doc__ or "").strip()
+            click.echo(f"{url}: {'would apply' if dry_run else 'applying'} "
+                       f"schema version {version}: {doc}")
+        if dry_run:
+            if not pending:
+                click.echo(f"{url}: schema is up to date")
+            return
         applied = d.migrate()
     except DurableError as exc:
         fail(str(exc), EXIT_ERROR)
@@ -48,4 +61,32 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(view.timeline())
 
 
+@durable.command(help="Run one recovery sweep now: republish jobs whose worker was lost.")
+@click.option("--dry-run", is_flag=True, help="Only list the jobs a sweep would act on.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def recover(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    ids = durable_of(ctx).recover(dry_run=dry_run)
+    if as_json:
+        echo_json({"dry_run": dry_run, "jobs": ids})
+        return
+    verb = "would act on" if dry_run else "republished or ended"
+    click.echo(f"{verb} {len(ids)} job(s)" + "".join(f"\n  {i}" for i in ids))
+
+
+@durable.command(help="Delete finished jobs older than durable_retention now.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    counts = durable_of(ctx).apply_retention(dry_run=dry_run)
+    if as_json:
+        echo_json({"dry_run": dry_run, "deleted": counts})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(", ".join(f"{verb} {n} {state}" for state, n in counts.items()) or
+               "retention is off for every state")
+
+
+durable.add_command(jobs)
 durable.add_command(dlq)

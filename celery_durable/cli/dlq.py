@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 
 from ..errors import JobNotFound
 from ..inspection import JobSummary
-from .common import EXIT_NOT_FOUND, durable_of, echo_json, fail
-
-WHEN = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """Command-line times without a zone are UTC, like every time the tables hold."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
+from .common import EXIT_NOT_FOUND, WHEN, durable_of, echo_json, fail, utc
 
 
 @click.group(help="Jobs whose retries ran out with on_exhausted='dead_letter'.")
@@ -36,7 +27,7 @@ def dlq() -> None:
 @click.pass_context
 def list_(ctx: click.Context, task: str | None, since: datetime | None,
           until: datetime | None, limit: int, offset: int, as_json: bool) -> None:
-    letters = durable_of(ctx).dead_letters(task=task, since=_utc(since), until=_utc(until),
+    letters = durable_of(ctx).dead_letters(task=task, since=utc(since), until=utc(until),
                                            limit=limit, offset=offset)
     if as_json:
         echo_json([dataclasses.asdict(letter) for letter in letters])
@@ -107,5 +98,5 @@ def purge(ctx: click.Context, job_ids: tuple[str, ...], task: str | None,
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)
     deleted = durable_of(ctx).purge_dead_letters(job_ids or None, task=task,
-                                                 before=_utc(before))
+                                                 before=utc(before))
     click.echo(f"deleted {deleted} dead letter(s)")
