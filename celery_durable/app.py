@@ -207,9 +207,14 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
                        exc_info=True)
 
 
-def _stop_recovery(**_: Any) -> None:
+def _stop_recovery(how: str = "Warm", **_: Any) -> None:
+    """Warm shutdown begins (in the main process, inside its signal handler)."""
+    from .shutdown import start_grace_period
+
     for durable in list(_instances.values()):
         durable.sweeper.stop()
+        if how == "Warm" and durable.sweeper.started:
+            start_grace_period(durable)
 
 
 def _utcnow() -> datetime:

@@ -64,6 +64,11 @@ class RecoverySweeper:
         dead = job_policy(task, self.durable.settings).on_exhausted == "dead_letter"
         return JobState.DEAD if dead else JobState.FAILED
 
+    @property
+    def started(self) -> bool:
+        """True in a worker's main process (where the sweeper runs)."""
+        return self._thread is not None
+
     def start(self) -> None:
         if self._thread is not None:
             return

@@ -41,12 +41,12 @@ if TYPE_CHECKING:
     from .app import Durable
 
 logger = logging.getLogger(__name__)
-_HOSTNAME = socket.gethostname()
+HOSTNAME = socket.gethostname()
 
 
 def new_owner() -> str:
     """A fresh lease token per execution; host and pid make it readable in the table."""
-    return f"{_HOSTNAME}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+    return f"{HOSTNAME}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
 
 def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]

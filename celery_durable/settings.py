@@ -52,6 +52,9 @@ class Settings:
     """Seconds finished jobs are kept, per state; None keeps them forever."""
     retention_interval: float = 3600.0
     """How often the sweeper deletes expired finished jobs (in batches)."""
+    shutdown_grace: float | None = 25.0
+    """On a warm shutdown, running durable jobs get this long to finish; then they are
+    released to another worker. None: wait for them as Celery does, without a limit."""
     max_countdown: float = 60.0
     """Retries due within this many seconds wait as Celery countdown messages; later ones
     are stored in SQL and published by the recovery sweeper when due."""
@@ -60,11 +63,17 @@ class Settings:
     def from_conf(cls, conf: Any, **overrides: Any) -> Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
-            value = overrides.get(f.name)
-            if value is None:
-                value = conf.get(f"durable_{f.name}")
-            if value is not None:
-                values[f.name] = _coerce(f.name, f.type, value)
+            # None is a value only for settings that may be None (shutdown_grace);
+            # elsewhere it means "not set".
+            nullable = "None" in str(f.type)
+            key = f"durable_{f.name}"
+            if f.name in overrides and (overrides[f.name] is not None or nullable):
+                value = overrides[f.name]
+            elif key in conf and (conf[key] is not None or nullable):
+                value = conf[key]
+            else:
+                continue
+            values[f.name] = None if value is None else _coerce(f.name, f.type, value)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -73,6 +82,9 @@ class Settings:
         check_retries(self.call_retries, "durable_call_retries")
         check_retries(self.job_retries, "durable_job_retries")
         check_on_exhausted(self.on_exhausted, "durable_on_exhausted")
+        if self.shutdown_grace is not None and self.shutdown_grace < 0:
+            raise ConfigurationError(f"durable_shutdown_grace must not be negative, "
+                                     f"got {self.shutdown_grace!r}")
         if self.max_countdown < 0:
             raise ConfigurationError(f"durable_max_countdown must not be negative, "
                                      f"got {self.max_countdown!r}")
@@ -104,7 +116,9 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             raise ConfigurationError(
                 f"durable_retention must be a dict of state -> seconds, got {value!r}")
         return {**RETENTION, **{k: _seconds_or_none(v) for k, v in value.items()}}
-    kind = {"str": str, "float": float, "int": int, "bool": bool}[str(kind)]
+    if str(kind) == "float | None":
+        kind = float
+    kind = {"str": str, "float": float, "int": int, "bool": bool}.get(str(kind), kind)
     if kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
     try:

@@ -242,6 +242,12 @@ class Storage(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
 
+    def release_abandoned(self, job_id: str, owner_prefix: str,
+                          deliver_by: datetime) -> JobRecord | None:
+        """Give back a running job whose lease owner starts with ``owner_prefix`` (an
+        execution its own worker is about to stop): pending again, no recovery counted.
+        Returns the job as released, or None if it was not held that way."""
+
     def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
         """Cancel a job that no live execution holds (state cancelled, never claimed
         again); for a held one, only record that cancel was requested."""

@@ -171,6 +171,18 @@ class MemoryStorage:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def release_abandoned(self, job_id: str, owner_prefix: str,
+                          deliver_by: datetime) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or not (
+                    job.lease_owner or "").startswith(owner_prefix):
+                return None
+            released = replace(job, state=JobState.PENDING, lease_owner=None,
+                               lease_expires_at=deliver_by)
+            self._jobs[job_id] = released
+            return released
+
     def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
         with self._lock:
             job = self._jobs.get(job_id)

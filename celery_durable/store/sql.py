@@ -236,6 +236,14 @@ class SQLStorage:
                   "p_error": error, "p_state": state.value}
         return self._rowcount(stmt, params) == 1
 
+    def release_abandoned(self, job_id: str, owner_prefix: str,
+                          deliver_by: datetime) -> JobRecord | None:
+        escaped = owner_prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        params = {"p_id": job_id, "p_pattern": escaped + "%", "p_deliver_by": deliver_by}
+        if self._rowcount(self._sql.release_abandoned, params) != 1:
+            return None
+        return self.get_job(job_id)
+
     def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
         params = {"p_id": job_id, "p_error": error, "p_now": now}
         if self._rowcount(self._sql.cancel_unheld, params) == 1:

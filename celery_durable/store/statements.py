@@ -59,6 +59,7 @@ class Statements:
     discard_all_calls: Delete
     requeue: Update
     cancel_unheld: Update
+    release_abandoned: Update
     cancel_request: Update
     cancel_requested: Select  # type: ignore[type-arg]
 
@@ -154,6 +155,11 @@ def build_statements(tables: Tables) -> Statements:
         ).values(state=JobState.PENDING.value, failures=0, requeues=jobs.c.requeues + 1,
                  result=None, error=None, finished_at=None, not_before=None,
                  cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by),
+        release_abandoned=jobs.update().where(
+            by_id, jobs.c.state == JobState.RUNNING.value,
+            jobs.c.lease_owner.like(bindparam("p_pattern"), escape="!"),
+        ).values(state=JobState.PENDING.value, lease_owner=None,
+                 lease_expires_at=deliver_by),
         cancel_unheld=jobs.update().where(
             by_id, jobs.c.state.in_(_ACTIVE),
             or_(owner_is_null, jobs.c.lease_expires_at < now),

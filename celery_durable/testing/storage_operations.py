@@ -68,3 +68,19 @@ class OperationsConformance:
         assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is \
             ClaimOutcome.CLAIMED
         assert storage.renew_lease(Lease("job-1", "w2"), T0 + LEASE)
+
+    def test_release_abandoned_only_for_the_owner_prefix(self, storage: Storage) -> None:
+        claimed(storage, owner="host-a/123/abc")
+        claimed(storage, "job-2", owner="host-a/1234/abc")
+        claimed(storage, "job-3", owner="host_a/123/abc")  # "_" is not a wildcard
+        assert storage.release_abandoned("job-1", "host-b/123/", T0) is None
+        released = storage.release_abandoned("job-1", "host-a/123/", T0 + LEASE)
+        assert released is not None
+        assert (released.state, released.lease_owner, released.lease_expires_at,
+                released.recoveries, released.attempts) == (
+            JobState.PENDING, None, T0 + LEASE, 0, 1)
+        assert storage.release_abandoned("job-1", "host-a/123/", T0) is None  # once
+        assert storage.release_abandoned("job-2", "host-a/123/", T0) is None
+        assert storage.release_abandoned("job-3", "host-a/123/", T0) is None
+        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is \
+            ClaimOutcome.CLAIMED

@@ -50,6 +50,11 @@ class Worker:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def terminate(self) -> None:
+        """SIGTERM the main process only, as Kubernetes or `systemctl stop` with
+        KillMode=mixed do: Celery's warm shutdown."""
+        os.kill(self.process.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -87,8 +92,9 @@ class Cluster:
         assert isinstance(storage, SQLStorage)
         return storage
 
-    def worker(self, concurrency: int = 1, pool: str = "prefork") -> Worker:
-        env = {**os.environ,
+    def worker(self, concurrency: int = 1, pool: str = "prefork",
+               **extra_env: str) -> Worker:
+        env = {**os.environ, **extra_env,
                "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
                "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
                "DURABLE_TEST_EFFECTS": str(self.effects),

@@ -55,6 +55,7 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         durable_sweep_interval=sweep_interval,
         durable_delivery_timeout=delivery_timeout,
         durable_cancel_check_interval=0.3,
+        durable_shutdown_grace=float(os.environ.get("DURABLE_TEST_SHUTDOWN_GRACE", "25")),
         # The core tests expect a failed call to reach the body at once; the retry tests
         # set their policies on the tasks below.
         durable_call_retries=0,
