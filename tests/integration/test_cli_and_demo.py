@@ -110,3 +110,40 @@ def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Clu
     purged = _celery(env, "dlq", "purge", "--all", "--yes")
     assert purged.returncode == 0 and "deleted 1 dead letter(s)" in purged.stdout
     assert cluster.job(second) is None and cluster.job(first) is not None
+
+
+def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
+    """examples/legacy_project/after.py on a real worker: the durable task and the
+    untouched legacy tasks run side by side."""
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "LEGACY_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+           "LEGACY_STORE": f"sqlite:///{tmp_path}/store.sqlite3"}
+    module = "examples.legacy_project.after"
+    migrate = subprocess.run([sys.executable, "-m", "celery", "-A", module, "durable",
+                              "migrate"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert migrate.returncode == 0, migrate.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", module, "worker", "-c", "1",
+         "--without-gossip", "--without-mingle"], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        script = (
+            "import time\n"
+            f"from {module} import durable, fulfil, report\n"
+            "job = fulfil.delay(7, 30).id\n"
+            "legacy = report.delay()\n"
+            "deadline = time.time() + 90\n"
+            "while durable.get_job(job).state != 'succeeded' and time.time() < deadline:\n"
+            "    time.sleep(0.2)\n"
+            "view = durable.get_job(job)\n"
+            "print(view.state, view.result, [c.name.rsplit('.', 1)[1] for c in view.calls])\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == \
+            "succeeded shipped 7 (receipt-7-30) ['charge', 'reserve', 'ship']"
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
