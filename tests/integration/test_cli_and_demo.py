@@ -147,3 +147,14 @@ def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
     finally:
         os.killpg(worker.pid, 9)
         worker.wait()
+
+
+def test_cli_masks_the_database_password(tmp_path: Path) -> None:
+    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+           "DURABLE_TEST_STORE": "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none",
+           "DURABLE_TEST_PREFIX": "pw_", "DURABLE_TEST_QUEUE": "pw"}
+    for args in (("migrate",), ("migrate", "--dry-run")):
+        result = _celery(env, *args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "cannot" in result.stderr and "127.0.0.1:1/none" in result.stderr
+        assert "s3cret" not in result.stdout + result.stderr
