@@ -18,6 +18,8 @@ from .inspection import JobSummary, JobView, job_view
 from .leases import LeaseKeeper
 from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
+from .schedules import Schedule
+from .scheduling import Schedules, _definition
 from .settings import Settings
 from .store.base import CancelOutcome, Storage
 from .store.sql import SQLStorage
@@ -61,6 +63,8 @@ class Durable:
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
                                         self.now, self.settings.cancel_check_interval)
         self.sweeper = RecoverySweeper(self)
+        self.schedules = Schedules(self)
+        """The database scheduler's management API (add, change, pause, ... runs)."""
         _connect_worker_signals()
 
     @classmethod
@@ -96,6 +100,17 @@ class Durable:
         if len(args) == 1 and callable(args[0]):
             return self.app.task(**options)(args[0])
         return self.app.task(*args, **options)
+
+    def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
+        """Register a schedule in code: ``durable.schedule("cleanup", cleanup,
+        every(hours=1), args=..., unique=True, queue=..., timezone=...)``.
+
+        Beat (``celery beat -S durable``) writes it into the database when it starts;
+        a schedule removed from code is disabled there. Options: args, kwargs, queue,
+        priority, unique (skip a tick while the previous run is active), missed ("once",
+        "skip" or "all"), catchup_limit, timezone (IANA; default the app's).
+        """
+        self.schedules.register(_definition(name, task, when, dict(options)))
 
     def migrate(self) -> list[int]:
         """Create or upgrade the tables (idempotent); returns the versions applied."""

@@ -55,6 +55,8 @@ class Settings:
     shutdown_grace: float | None = 25.0
     """On a warm shutdown, running durable jobs get this long to finish; then they are
     released to another worker. None: wait for them as Celery does, without a limit."""
+    beat_max_interval: float = 5.0
+    """The longest a durable beat sleeps: schedule changes show within this long."""
     max_countdown: float = 60.0
     """Retries due within this many seconds wait as Celery countdown messages; later ones
     are stored in SQL and published by the recovery sweeper when due."""
@@ -98,7 +100,7 @@ class Settings:
                     f"durable_retention[{state!r}] must be seconds >= 0 or None, "
                     f"got {keep!r}")
         for name in ("lease_seconds", "sweep_interval", "delivery_timeout",
-                     "cancel_check_interval", "retention_interval"):
+                     "cancel_check_interval", "retention_interval", "beat_max_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"durable_{name} must be positive, "
                                          f"got {getattr(self, name)!r}")

@@ -23,10 +23,12 @@ from .base import (
     Lease,
     NewJob,
 )
+from .memory_schedules import ScheduleMemory
 
 
-class MemoryStorage:
+class MemoryStorage(ScheduleMemory):
     def __init__(self) -> None:
+        self._init_schedules()
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
         self._calls: dict[tuple[str, str, int], CallRecord] = {}

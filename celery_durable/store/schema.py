@@ -14,9 +14,11 @@ from typing import Any
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -62,6 +64,8 @@ class Tables:
     jobs: Table
     calls: Table
     job_errors: Table
+    schedules: Table
+    schedule_runs: Table
     schema_version: Table
 
 
@@ -118,12 +122,51 @@ def build_tables(prefix: str) -> Tables:
         Column("error", JSON_TEXT, nullable=False),
         Column("failed_at", UTCDateTime(), nullable=False),
     )
+    schedules = Table(
+        f"{prefix}schedules", metadata,
+        Column("name", ID, primary_key=True),
+        Column("task", NAME, nullable=False),
+        Column("args", JSON_TEXT, nullable=False),
+        Column("kwargs", JSON_TEXT, nullable=False),
+        Column("options", JSON_TEXT, nullable=False),
+        Column("spec", JSON_TEXT, nullable=False),
+        Column("timezone", String(64), nullable=False),
+        Column("is_unique", Boolean, nullable=False),
+        Column("missed", String(8), nullable=False),
+        Column("catchup_limit", Integer, nullable=False),
+        Column("enabled", Boolean, nullable=False),
+        Column("paused", Boolean, nullable=False),
+        Column("source", String(8), nullable=False),
+        Column("next_run_at", UTCDateTime()),
+        Column("last_run_at", UTCDateTime()),
+        Column("last_job_id", ID),
+        Column("version", Integer, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    )
+    # A tick reads only due rows; paused and disabled schedules hold NULL here.
+    Index(f"{prefix}schedules_next_run_at", schedules.c.next_run_at)
+    # The unique (schedule, nominal tick) row is what makes a tick fire exactly once.
+    schedule_runs = Table(
+        f"{prefix}schedule_runs", metadata,
+        Column("schedule", ID, primary_key=True),
+        Column("nominal_at", UTCDateTime(), primary_key=True),
+        Column("job_id", ID),
+        Column("outcome", String(8), nullable=False),
+        Column("reason", String(255)),
+        Column("recorded_at", UTCDateTime(), nullable=False),
+        Column("lateness", Float, nullable=False),
+        Column("published", Boolean, nullable=False),
+    )
+    Index(f"{prefix}schedule_runs_unpublished", schedule_runs.c.published,
+          schedule_runs.c.recorded_at)
     schema_version = Table(
         f"{prefix}schema_version", metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", UTCDateTime(), nullable=False),
     )
-    return Tables(metadata, jobs, calls, job_errors, schema_version)
+    return Tables(metadata, jobs, calls, job_errors, schedules, schedule_runs,
+                  schema_version)
 
 
 def _retry_layer_columns() -> list[Column[Any]]:
@@ -174,8 +217,15 @@ def _add_cancellation(conn: Connection, tables: Tables) -> None:
     _add_missing_columns(conn, tables, _cancellation_columns())
 
 
+def _add_scheduler(conn: Connection, tables: Tables) -> None:
+    """schedules and schedule_runs: the database beat scheduler."""
+    tables.metadata.create_all(conn, tables=[tables.schedules, tables.schedule_runs],
+                               checkfirst=True)
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation,
+                               _add_scheduler]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

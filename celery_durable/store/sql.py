@@ -40,6 +40,7 @@ from .base import (
     NewJob,
 )
 from .schema import apply_migrations, build_tables, pending_migrations
+from .sql_schedules import ScheduleSQL
 from .statements import CALL_COLUMNS, build_statements
 
 _DRIVER_HINTS = {
@@ -48,7 +49,7 @@ _DRIVER_HINTS = {
 }
 
 
-class SQLStorage:
+class SQLStorage(ScheduleSQL):
     def __init__(self, url: str, *, table_prefix: str = "durable_",
                  engine_options: dict[str, Any] | None = None) -> None:
         self.url = url

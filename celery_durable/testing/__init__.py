@@ -14,12 +14,14 @@ from __future__ import annotations
 from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_job
 from .storage_operations import OperationsConformance
 from .storage_retries import RetryConformance
+from .storage_schedules import ScheduleConformance
 
 
-class StorageConformance(CoreConformance, RetryConformance, OperationsConformance):
+class StorageConformance(CoreConformance, RetryConformance, OperationsConformance,
+                         ScheduleConformance):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 
 __all__ = ["LEASE", "T0", "CoreConformance", "OperationsConformance", "RetryConformance",
-           "StorageConformance",
+           "ScheduleConformance", "StorageConformance",
            "call_record", "claimed", "new_job"]

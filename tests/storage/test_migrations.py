@@ -26,6 +26,8 @@ def _downgrade_to_v1(storage: SQLStorage) -> None:
             for column in ("failures", "requeues", "not_before", "cancel_requested_at"):
                 batch.drop_column(column)
         tables.job_errors.drop(conn)
+        tables.schedule_runs.drop(conn)
+        tables.schedules.drop(conn)
         conn.execute(delete(tables.schema_version).where(
             tables.schema_version.c.version > 1))
 

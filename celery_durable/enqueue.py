@@ -1,0 +1,55 @@
+"""Enqueue options: queue, priority ("higher runs first" on every broker), delay / at
+(long waits kept in SQL, not as ETA messages in worker RAM), and unique keys."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery import Celery
+
+from .errors import ConfigurationError
+from .retry import seconds
+
+MAX_PRIORITY = 9
+
+
+def broker_priority(app: Celery, priority: Any) -> int:
+    """Our priority (0-9, higher runs first) in the broker's own convention.
+
+    RabbitMQ (and most AMQP brokers) run higher numbers first; Celery's Redis transport
+    runs lower numbers first. Anything else gets RabbitMQ's convention."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or \
+            not 0 <= priority <= MAX_PRIORITY:
+        raise ConfigurationError(
+            f"priority must be a whole number from 0 to {MAX_PRIORITY} (higher runs "
+            f"first), got {priority!r}")
+    scheme = str(app.conf.broker_url or "").split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss", "redis+socket", "sentinel"):
+        return MAX_PRIORITY - priority
+    return priority
+
+
+def due_time(delay: Any = None, at: Any = None, *, now: datetime | None = None
+             ) -> datetime | None:
+    """When a job may start: ``delay`` (seconds or timedelta) or ``at`` (aware)."""
+    if delay is not None and at is not None:
+        raise ConfigurationError("give delay= or at=, not both")
+    now = now or datetime.now(timezone.utc)
+    if delay is not None:
+        return now + timedelta(seconds=seconds(delay, "delay"))
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigurationError(
+                f"at= must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + "
+                f"timedelta(hours=1)), got {at!r}")
+        return at.astimezone(timezone.utc)
+    return None
+
+
+def check_unique(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 191:
+        raise ConfigurationError(f"unique= must be a key of 1-191 characters, got {key!r}")
+    return key
