@@ -147,17 +147,18 @@ class Schedules:
         for name, definition in self._code.items():
             existing = store.get_schedule(name)
             fresh = definition.record(self.durable, now, source="code", existing=existing)
-            if existing is None:
-                changes["added"].append(name)
-            elif not existing.enabled or not same_definition(existing, fresh):
-                changes["updated"].append(name)
-            else:
+            if existing is not None and existing.enabled and same_definition(existing, fresh):
                 continue
-            store.put_schedule(fresh)
-        for record in store.list_schedules():
-            if record.source == "code" and record.enabled and record.name not in self._code:
-                store.put_schedule(replace(record, enabled=False, next_run_at=None,
-                                           version=record.version + 1, updated_at=now))
+            # Several beats may start at once: every write is a compare-and-set, and
+            # the beat that loses leaves the winner's row (and its tick grid) alone.
+            if store.put_schedule(fresh, existing.version if existing else None):
+                changes["updated" if existing else "added"].append(name)
+        removed = [r for r in store.list_schedules()
+                   if r.source == "code" and r.enabled and r.name not in self._code]
+        for record in removed:
+            if store.put_schedule(replace(record, enabled=False, next_run_at=None,
+                                          version=record.version + 1, updated_at=now),
+                                  record.version):
                 changes["disabled"].append(record.name)
         return changes
 
@@ -166,10 +167,9 @@ class Schedules:
     def add(self, name: str, task: Task | str, when: Schedule, **options: Any) -> ScheduleRecord:  # type: ignore[type-arg]
         """Add a schedule at runtime (source "api"); a running beat picks it up."""
         definition = _definition(name, task, when, options)
-        if self.store.get_schedule(name) is not None:
-            raise ConfigurationError(f"schedule {name!r} exists; use change() or delete()")
         record = definition.record(self.durable, self.durable.now(), source="api")
-        self.store.put_schedule(record)
+        if not self.store.put_schedule(record, None):
+            raise ConfigurationError(f"schedule {name!r} exists; use change() or delete()")
         return record
 
     def change(self, name: str, *, when: Schedule | None = None,
@@ -199,24 +199,28 @@ class Schedules:
         changed = replace(current, **updates, **options)
         record = changed.record(self.durable, self.durable.now(), source=existing.source,
                                 existing=existing)
-        self.store.put_schedule(record)
-        return record
+        return self._replace(existing, record)
 
     def pause(self, name: str) -> ScheduleRecord:
         existing = self.get(name)
-        record = replace(existing, paused=True, next_run_at=None,
-                         version=existing.version + 1, updated_at=self.durable.now())
-        self.store.put_schedule(record)
-        return record
+        return self._replace(existing, replace(
+            existing, paused=True, next_run_at=None, version=existing.version + 1,
+            updated_at=self.durable.now()))
 
     def resume(self, name: str) -> ScheduleRecord:
         """Resume from now: ticks missed while paused are not run."""
         existing, now = self.get(name), self.durable.now()
         when = schedule_from_dict(serialization.loads(existing.spec))
-        record = replace(existing, paused=False, version=existing.version + 1,
-                         next_run_at=when.next_after(now, existing.timezone)
-                         if existing.enabled else None, updated_at=now)
-        self.store.put_schedule(record)
+        return self._replace(existing, replace(
+            existing, paused=False, version=existing.version + 1,
+            next_run_at=when.next_after(now, existing.timezone) if existing.enabled
+            else None, updated_at=now))
+
+    def _replace(self, existing: ScheduleRecord, record: ScheduleRecord) -> ScheduleRecord:
+        if not self.store.put_schedule(record, existing.version):
+            raise ConfigurationError(
+                f"schedule {existing.name!r} changed meanwhile (a beat fired it, or "
+                f"another change); read it again and retry")
         return record
 
     def delete(self, name: str) -> None:

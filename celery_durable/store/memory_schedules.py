@@ -19,9 +19,14 @@ class ScheduleMemory:
         self._schedules: dict[str, ScheduleRecord] = {}
         self._runs: dict[tuple[str, datetime], ScheduleRun] = {}
 
-    def put_schedule(self, record: ScheduleRecord) -> None:
+    def put_schedule(self, record: ScheduleRecord, expected_version: int | None) -> bool:
         with self._lock:
+            current = self._schedules.get(record.name)
+            if (current is None) != (expected_version is None) or (
+                    current is not None and current.version != expected_version):
+                return False
             self._schedules[record.name] = record
+            return True
 
     def get_schedule(self, name: str) -> ScheduleRecord | None:
         with self._lock:

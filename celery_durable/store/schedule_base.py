@@ -58,8 +58,9 @@ class ScheduleRun:
 
 @runtime_checkable
 class ScheduleStorage(Protocol):
-    def put_schedule(self, record: ScheduleRecord) -> None:
-        """Insert or replace a schedule by name."""
+    def put_schedule(self, record: ScheduleRecord, expected_version: int | None) -> bool:
+        """Insert a new schedule (``expected_version`` None: False if the name exists), or
+        replace one still at ``expected_version`` (False if it changed meanwhile)."""
 
     def get_schedule(self, name: str) -> ScheduleRecord | None: ...
 

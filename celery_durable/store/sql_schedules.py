@@ -40,18 +40,19 @@ class ScheduleSQL:
                 .where(schedules.c.next_run_at <= bindparam("p_now", type_=UTCDateTime()))
                 .order_by(schedules.c.next_run_at).limit(bindparam("p_limit")))
 
-    def put_schedule(self, record: ScheduleRecord) -> None:
+    def put_schedule(self, record: ScheduleRecord, expected_version: int | None) -> bool:
         schedules = self.tables.schedules
         row = _row(record)
         with self._connect() as conn:
-            updated = conn.execute(schedules.update().where(
-                schedules.c.name == record.name).values(**row)).rowcount
-            if updated == 0:
+            if expected_version is None:
                 try:
                     conn.execute(schedules.insert().values(**row))
-                except sa_exc.IntegrityError:  # another beat inserted it just now
-                    conn.execute(schedules.update().where(
-                        schedules.c.name == record.name).values(**row))
+                except sa_exc.IntegrityError:
+                    return False
+                return True
+            return bool(conn.execute(schedules.update().where(
+                schedules.c.name == record.name, schedules.c.version == expected_version,
+            ).values(**row)).rowcount)
 
     def get_schedule(self, name: str) -> ScheduleRecord | None:
         schedules = self.tables.schedules

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from ..store.base import JobState, Storage
 from ..store.schedule_base import ScheduleRecord, ScheduleRun
@@ -31,56 +32,59 @@ class ScheduleConformance:
     """Needs a ``storage`` fixture whose store also implements ScheduleStorage."""
 
     def test_put_get_list_delete(self, storage: Storage) -> None:
-        store: object = storage
-        assert store.get_schedule("s1") is None  # type: ignore[attr-defined]
-        store.put_schedule(schedule_record())  # type: ignore[attr-defined]
-        store.put_schedule(schedule_record("s0", next_run=None))  # type: ignore[attr-defined]
+        store: Any = storage
+        assert store.get_schedule("s1") is None
+        assert store.put_schedule(schedule_record(), None)
+        assert not store.put_schedule(schedule_record(), None)
+        store.put_schedule(schedule_record("s0", next_run=None), None)
         changed = replace(schedule_record(), paused=True, next_run_at=None, version=2)
-        store.put_schedule(changed)  # type: ignore[attr-defined]
-        assert store.get_schedule("s1") == changed  # type: ignore[attr-defined]
-        assert [s.name for s in store.list_schedules()] == ["s0", "s1"]  # type: ignore[attr-defined]
-        assert store.delete_schedule("s1") and not store.delete_schedule("s1")  # type: ignore[attr-defined]
+        assert not store.put_schedule(changed, 5)
+        assert store.put_schedule(changed, 1)
+        assert not store.put_schedule(changed, 1)
+        assert store.get_schedule("s1") == changed
+        assert [s.name for s in store.list_schedules()] == ["s0", "s1"]
+        assert store.delete_schedule("s1") and not store.delete_schedule("s1")
 
     def test_due_schedules_are_read_oldest_first(self, storage: Storage) -> None:
-        store: object = storage
+        store: Any = storage
         for name, at in (("late", 10), ("early", 5), ("future", 100), ("paused", None)):
-            store.put_schedule(schedule_record(name, next_run=at))  # type: ignore[attr-defined]
-        due = store.due_schedules(T0 + timedelta(seconds=50), 10)  # type: ignore[attr-defined]
+            store.put_schedule(schedule_record(name, next_run=at), None)
+        due = store.due_schedules(T0 + timedelta(seconds=50), 10)
         assert [s.name for s in due] == ["early", "late"]
-        assert len(store.due_schedules(T0 + timedelta(seconds=50), 1)) == 1  # type: ignore[attr-defined]
+        assert len(store.due_schedules(T0 + timedelta(seconds=50), 1)) == 1
 
     def test_fire_is_a_compare_and_set_with_unique_runs(self, storage: Storage) -> None:
-        store: object = storage
+        store: Any = storage
         seen = schedule_record()
-        store.put_schedule(seen)  # type: ignore[attr-defined]
+        store.put_schedule(seen, None)
         job = new_job("job-1")
         nxt = T0 + timedelta(seconds=120)
-        assert store.fire_schedule(seen, [run()], nxt, "job-1", [job], T0)  # type: ignore[attr-defined]
+        assert store.fire_schedule(seen, [run()], nxt, "job-1", [job], T0)
         # a second beat with the same view of the schedule writes nothing
-        assert not store.fire_schedule(seen, [run()], nxt, "job-1", [job], T0)  # type: ignore[attr-defined]
-        fired = store.get_schedule("s1")  # type: ignore[attr-defined]
+        assert not store.fire_schedule(seen, [run()], nxt, "job-1", [job], T0)
+        fired = store.get_schedule("s1")
         assert (fired.version, fired.next_run_at, fired.last_run_at, fired.last_job_id) == (
             2, nxt, T0 + timedelta(seconds=60), "job-1")
         created = storage.get_job("job-1")
         assert created is not None and created.state is JobState.PENDING
         # a run row for the same nominal tick cannot be written twice, whatever the version
-        assert not store.fire_schedule(fired, [run()], nxt, None, [], T0)  # type: ignore[attr-defined]
-        assert store.get_schedule("s1").version == 2  # type: ignore[attr-defined]
+        assert not store.fire_schedule(fired, [run()], nxt, None, [], T0)
+        assert store.get_schedule("s1").version == 2
 
     def test_runs_history_and_republishing(self, storage: Storage) -> None:
-        store: object = storage
+        store: Any = storage
         seen = schedule_record()
-        store.put_schedule(seen)  # type: ignore[attr-defined]
+        store.put_schedule(seen, None)
         runs = [run(at=60, job_id=None), run(at=120, job_id="job-2")]
-        assert store.fire_schedule(seen, runs, None, "job-2", [], T0)  # type: ignore[attr-defined]
-        history = store.schedule_runs("s1", 10)  # type: ignore[attr-defined]
+        assert store.fire_schedule(seen, runs, None, "job-2", [], T0)
+        history = store.schedule_runs("s1", 10)
         assert [(r.nominal_at, r.outcome, r.published) for r in history] == [
             (T0 + timedelta(seconds=120), "fired", False),
             (T0 + timedelta(seconds=60), "skipped", True)]
         assert history[0].lateness == 0.005
         late = T0 + timedelta(seconds=200)
-        [waiting] = store.unpublished_runs(late, 10)  # type: ignore[attr-defined]
+        [waiting] = store.unpublished_runs(late, 10)
         assert waiting.job_id == "job-2"
-        assert store.unpublished_runs(T0, 10) == []  # type: ignore[attr-defined]
-        store.mark_published("s1", waiting.nominal_at)  # type: ignore[attr-defined]
-        assert store.unpublished_runs(late, 10) == []  # type: ignore[attr-defined]
+        assert store.unpublished_runs(T0, 10) == []
+        store.mark_published("s1", waiting.nominal_at)
+        assert store.unpublished_runs(late, 10) == []

@@ -13,8 +13,8 @@ from celery.schedules import crontab
 
 from celery_durable import ConfigurationError, JobNotFound, call
 from celery_durable.beat_import import import_beat_schedule
-from celery_durable.scheduling import Schedules, run_job_id
 from celery_durable.schedules import cron, daily, every
+from celery_durable.scheduling import Schedules, run_job_id
 from celery_durable.store.base import JobState
 from tests.unit.conftest import Env, make_env
 
