@@ -114,6 +114,23 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
+    def beat(self, **extra_env: str) -> Worker:
+        """A `celery beat -S durable` process with the test schedule registered."""
+        env = {**os.environ, **extra_env, "DURABLE_TEST_SCHEDULE": "1",
+               "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
+               "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
+               "DURABLE_TEST_EFFECTS": str(self.effects), "PYTHONPATH": str(REPO)}
+        log = self.logs / f"beat-{len(self.workers)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "beat",
+             "-S", "durable", "--loglevel=INFO",
+             "--schedule", str(self.logs / f"beat-{len(self.workers)}.db")],
+            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        beat = Worker(process, log)
+        self.workers.append(beat)
+        return beat
+
     def count(self, effect: str) -> int:
         return len(self.times(effect))
 

@@ -23,7 +23,9 @@ from celery_durable import (
     NoRetry,
     RetryAfter,
     call,
+    current_job_id,
 )
+from celery_durable.schedules import every
 
 
 def effect(name: str) -> int:
@@ -122,7 +124,22 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
 
     _retry_callees(app)
     _retry_workflows(app, durable)
+    _scheduled(app, durable)
     return app
+
+
+def _scheduled(app: Celery, durable: Durable) -> None:
+    @durable.task(name="proj.ticked", shared=False)
+    def ticked() -> str:
+        job_id = current_job_id() or "?"
+        directory = os.environ.get("DURABLE_TEST_EFFECTS")
+        if directory:
+            with open(Path(directory) / "ticked", "a") as f:
+                f.write(f"{job_id}\n")
+        return job_id
+
+    if os.environ.get("DURABLE_TEST_SCHEDULE"):
+        durable.schedule("every-second", ticked, every(1))
 
 
 def _retry_callees(app: Celery) -> None:
