@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, signals
 
 from . import dead_letters, operations
+from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
 from .inspection import JobSummary, JobView, job_view
 from .leases import LeaseKeeper
@@ -100,6 +101,22 @@ class Durable:
         if len(args) == 1 and callable(args[0]):
             return self.app.task(**options)(args[0])
         return self.app.task(*args, **options)
+
+    def enqueue(self, task: Any, *args: Any, kwargs: dict[str, Any] | None = None,
+                queue: str | None = None, priority: int | None = None,
+                delay: Any = None, at: datetime | None = None, unique: str | None = None,
+                **options: Any) -> Any:
+        """Enqueue a durable task (object or registered name); returns its AsyncResult.
+
+        ``priority``: 0-9, higher runs first on every broker (mapped onto Redis's
+        lower-first convention). ``delay`` (seconds or timedelta) / ``at`` (aware
+        datetime): the job starts no earlier; waits longer than
+        ``durable_max_countdown`` are kept in SQL and published when due. ``unique``:
+        while a job with this key is pending, waiting, retrying or running, enqueueing
+        again returns that job instead of creating one. Other options go to Celery.
+        """
+        return enqueue(self, task, args, kwargs, queue=queue, priority=priority,
+                       delay=delay, at=at, unique=unique, **options)
 
     def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
         """Register a schedule in code: ``durable.schedule("cleanup", cleanup,

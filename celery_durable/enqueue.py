@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from .errors import ConfigurationError
 from .retry import seconds
+
+if TYPE_CHECKING:
+    from .app import Durable
 
 MAX_PRIORITY = 9
 
@@ -53,3 +56,20 @@ def check_unique(key: Any) -> str | None:
     if not isinstance(key, str) or not key or len(key) > 191:
         raise ConfigurationError(f"unique= must be a key of 1-191 characters, got {key!r}")
     return key
+
+
+def enqueue(durable: Durable, task: Any, args: tuple[Any, ...],
+            kwargs: dict[str, Any] | None, *, queue: str | None, priority: int | None,
+            delay: Any, at: datetime | None, unique: str | None, **options: Any) -> Any:
+    from .task import DurableTask
+
+    target = durable.app.tasks.get(task) if isinstance(task, str) else task
+    if not isinstance(target, DurableTask):
+        raise ConfigurationError(
+            f"enqueue() takes a durable task or its registered name, got {task!r}; "
+            f"plain Celery tasks keep apply_async()")
+    if queue is not None:
+        options["queue"] = queue
+    if priority is not None:
+        options["priority"] = broker_priority(durable.app, priority)
+    return target.apply_async(args, kwargs, delay=delay, at=at, unique=unique, **options)

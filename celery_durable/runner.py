@@ -177,14 +177,18 @@ RESENT_OPTIONS = ("link", "link_error", "chain", "group_id", "group_index", "cho
 
 def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,
             queue: str | None, priority: int | None, eta: datetime | None,
-            options: dict[str, Any] | None = None) -> NewJob:
+            options: dict[str, Any] | None = None, not_before: datetime | None = None,
+            unique_key: str | None = None, deliver_at: datetime | None = None) -> NewJob:
+    """``deliver_at``: the sweeper publishes the job then (nothing is published now)."""
     what = f"task {task_name!r}"
     return NewJob(
         id=job_id, task=task_name,
         args=serialization.dumps(list(args or ()), what=f"{what} positional arguments"),
         kwargs=serialization.dumps(dict(kwargs or {}), what=f"{what} keyword arguments"),
         queue=queue, priority=priority, created_at=durable.now(),
-        deliver_by=durable.deliver_by(eta), options=_resent_options(options or {}),
+        deliver_by=deliver_at or durable.deliver_by(eta),
+        options=_resent_options(options or {}), not_before=not_before,
+        unique_key=unique_key,
     )
 
 

@@ -9,6 +9,7 @@ from celery import Celery, Task
 from celery.utils import uuid
 
 from .context import current_execution, take_inline
+from .enqueue import check_unique, due_time
 from .retry import Backoff, Seconds, check_task_options
 from .runner import new_job, release, run_job
 from .store.base import JobState
@@ -56,24 +57,44 @@ class DurableTask(Task):  # type: ignore[type-arg]
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
                     **options: Any) -> Any:
+        """Celery's apply_async, plus ``delay=`` (seconds or timedelta), ``at=`` (an aware
+        datetime) and ``unique=`` (a key): see ``Durable.enqueue``."""
         from .app import Durable
 
         durable = Durable.of(self.app)
         task_id = task_id or uuid()
-        eta = _eta(options.get("eta"), options.get("countdown"))
         execution = current_execution()
         if execution is not None and execution.job_id == task_id:
             if not execution.released:
                 # self.retry() inside the body: hand the lease back before the retry
                 # message can be delivered, or that delivery would find the job busy.
+                eta = _eta(options.get("eta"), options.get("countdown"))
                 release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        due = due_time(options.pop("delay", None), options.pop("at", None), now=durable.now())
+        unique = check_unique(options.pop("unique", None))
+        eta = due or _eta(options.get("eta"), options.get("countdown"))
+        held = due is not None and (due - durable.now()).total_seconds() > \
+            durable.settings.max_countdown
         job = new_job(durable, self.name, task_id, args, kwargs,
                       queue=options.get("queue") if isinstance(options.get("queue"), str)
                       else None,
-                      priority=options.get("priority"), eta=eta, options=options)
-        created = durable.storage.create_job(job)
+                      priority=options.get("priority"), eta=eta, options=options,
+                      not_before=due, unique_key=unique, deliver_at=due if held else None)
+        if unique is not None:
+            holder = durable.storage.create_unique_job(job)
+            if holder != task_id:
+                return self.AsyncResult(holder)  # the key's job is still active
+            created = True
+        else:
+            created = durable.storage.create_job(job)
+        if held:
+            # A long wait is kept in SQL, not as an ETA message in worker RAM: the
+            # recovery sweeper publishes the job when it is due.
+            return self.AsyncResult(task_id)
+        if due is not None:
+            options = {**options, "eta": due}
         try:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         except BaseException:

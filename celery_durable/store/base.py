@@ -65,6 +65,10 @@ class NewJob:
     """If no execution has claimed the job by then, recovery republishes it."""
     options: str = "{}"
     """Celery message options recovery must send again (canvas links, chain, ids)."""
+    not_before: datetime | None = None
+    """Enqueued with delay= / at=: the job may not start before this."""
+    unique_key: str | None = None
+    """While the job is active no other job may hold this key."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class JobRecord:
     """The job may not start before this time (a retry's backoff)."""
     cancel_requested_at: datetime | None = None
     """Cancel was asked while an execution held the job; it stops at its next call."""
+    unique_key: str | None = None
+    """Held while the job is active; released (NULL) when it finishes."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,10 @@ class Storage(Protocol):
 
     def create_job(self, job: NewJob) -> bool:
         """Insert a pending job; False (and no change) if the id already exists."""
+
+    def create_unique_job(self, job: NewJob) -> str:
+        """Insert a job whose ``unique_key`` no active job holds; if one does, insert
+        nothing and return that job's id. Race-free: the database enforces the key."""
 
     def delete_unstarted_job(self, job_id: str) -> None:
         """Undo ``create_job`` when publishing failed: only a never-claimed job goes."""

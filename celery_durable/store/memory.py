@@ -39,16 +39,25 @@ class MemoryStorage(ScheduleMemory):
 
     def create_job(self, job: NewJob) -> bool:
         with self._lock:
-            if job.id in self._jobs:
+            if job.id in self._jobs or self._holder(job.unique_key):
                 return False
-            self._jobs[job.id] = JobRecord(
-                id=job.id, task=job.task, args=job.args, kwargs=job.kwargs, queue=job.queue,
-                priority=job.priority, state=JobState.PENDING, attempts=0, recoveries=0,
-                lease_owner=None, lease_expires_at=job.deliver_by, result=None, error=None,
-                created_at=job.created_at, started_at=None, finished_at=None,
-                options=job.options,
-            )
+            self._jobs[job.id] = _record_of(job)
             return True
+
+    def create_unique_job(self, job: NewJob) -> str:
+        with self._lock:
+            holder = self._holder(job.unique_key)
+            if holder is not None:
+                return holder
+            if job.id not in self._jobs:
+                self._jobs[job.id] = _record_of(job)
+            return job.id
+
+    def _holder(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        return next((j.id for j in self._jobs.values()
+                     if j.unique_key == key and j.state in ACTIVE_STATES), None)
 
     def delete_unstarted_job(self, job_id: str) -> None:
         with self._lock:
@@ -133,6 +142,7 @@ class MemoryStorage(ScheduleMemory):
             self._jobs[lease.job_id] = replace(
                 job, state=state, result=result, error=error, lease_owner=None,
                 lease_expires_at=None, finished_at=now, failures=job.failures + failed,
+                unique_key=None,
             )
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
@@ -166,7 +176,7 @@ class MemoryStorage(ScheduleMemory):
                 return False
             self._jobs[seen.id] = replace(
                 seen, state=state, lease_owner=None, lease_expires_at=None,
-                error=error, finished_at=now)
+                error=error, finished_at=now, unique_key=None)
             return True
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -198,7 +208,8 @@ class MemoryStorage(ScheduleMemory):
                 return CancelOutcome.REQUESTED
             self._jobs[job_id] = replace(
                 job, state=JobState.CANCELLED, error=error, finished_at=now,
-                lease_owner=None, lease_expires_at=None, cancel_requested_at=now)
+                lease_owner=None, lease_expires_at=None, cancel_requested_at=now,
+                unique_key=None)
             return CancelOutcome.CANCELLED
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
@@ -252,6 +263,15 @@ class MemoryStorage(ScheduleMemory):
         return (job is not None and job.state in ACTIVE_STATES
                 and job.lease_owner == seen.lease_owner
                 and job.lease_expires_at == seen.lease_expires_at)
+
+
+def _record_of(job: NewJob) -> JobRecord:
+    return JobRecord(
+        id=job.id, task=job.task, args=job.args, kwargs=job.kwargs, queue=job.queue,
+        priority=job.priority, state=JobState.PENDING, attempts=0, recoveries=0,
+        lease_owner=None, lease_expires_at=job.deliver_by, result=None, error=None,
+        created_at=job.created_at, started_at=None, finished_at=None, options=job.options,
+        not_before=job.not_before, unique_key=job.unique_key)
 
 
 def _matches(job: JobRecord, where: JobFilter) -> bool:

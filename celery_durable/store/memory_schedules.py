@@ -7,8 +7,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from .base import JobRecord, JobState, NewJob
+from .base import JobRecord, NewJob
 from .schedule_base import ScheduleRecord, ScheduleRun
+
+
+def _record_of(job: NewJob) -> JobRecord:
+    from .memory import _record_of as record_of
+
+    return record_of(job)
 
 
 class ScheduleMemory:
@@ -60,13 +66,7 @@ class ScheduleMemory:
             for run in runs:
                 self._runs[(run.schedule, run.nominal_at)] = run
             for job in jobs:
-                self._jobs[job.id] = JobRecord(
-                    id=job.id, task=job.task, args=job.args, kwargs=job.kwargs,
-                    queue=job.queue, priority=job.priority, state=JobState.PENDING,
-                    attempts=0, recoveries=0, lease_owner=None,
-                    lease_expires_at=job.deliver_by, result=None, error=None,
-                    created_at=job.created_at, started_at=None, finished_at=None,
-                    options=job.options)
+                self._jobs[job.id] = _record_of(job)
             self._schedules[seen.name] = replace(
                 current, next_run_at=next_run_at, version=current.version + 1,
                 last_run_at=max((r.nominal_at for r in runs), default=None)

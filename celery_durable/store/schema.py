@@ -92,9 +92,12 @@ def build_tables(prefix: str) -> Tables:
         Column("finished_at", UTCDateTime()),
         *_retry_layer_columns(),
         *_cancellation_columns(),
+        *_scheduling_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
+    # unique=: NULLs never collide, and a finished job's key is set back to NULL.
+    Index(f"{prefix}jobs_unique_key", jobs.c.unique_key, unique=True)
     # Dead-letter listings and retention read finished jobs of one state by age.
     Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
     # Keyed by root first: one index range serves a whole tree's history, and a child
@@ -186,6 +189,11 @@ def _create_initial_tables(conn: Connection, tables: Tables) -> None:
     tables.metadata.create_all(conn, tables=[tables.jobs, tables.calls], checkfirst=True)
 
 
+def _scheduling_columns() -> list[Column[Any]]:
+    """Job columns added by migration 4 (scheduling)."""
+    return [Column("unique_key", ID)]
+
+
 def _cancellation_columns() -> list[Column[Any]]:
     """Job columns added by migration 3 (cancellation)."""
     return [Column("cancel_requested_at", UTCDateTime())]
@@ -218,7 +226,12 @@ def _add_cancellation(conn: Connection, tables: Tables) -> None:
 
 
 def _add_scheduler(conn: Connection, tables: Tables) -> None:
-    """schedules and schedule_runs: the database beat scheduler."""
+    """schedules and schedule_runs (the database beat scheduler); jobs.unique_key."""
+    _add_missing_columns(conn, tables, _scheduling_columns())
+    indexes = {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}
+    for index in tables.jobs.indexes:
+        if index.name not in indexes:
+            index.create(conn)
     tables.metadata.create_all(conn, tables=[tables.schedules, tables.schedule_runs],
                                checkfirst=True)
 

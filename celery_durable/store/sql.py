@@ -149,16 +149,26 @@ class SQLStorage(ScheduleSQL):
     # -- jobs ---------------------------------------------------------------------------
 
     def create_job(self, job: NewJob) -> bool:
-        row = {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
-               "queue": job.queue, "priority": job.priority, "options": job.options,
-               "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
-               "lease_expires_at": job.deliver_by, "created_at": job.created_at}
         with self._connect() as conn:
             try:
-                conn.execute(self._sql.insert_job, row)
+                conn.execute(self._sql.insert_job, _new_row(job))
             except sa_exc.IntegrityError:
                 return False
         return True
+
+    def create_unique_job(self, job: NewJob) -> str:
+        for _ in range(5):  # the holder may finish between our INSERT and SELECT
+            with self._connect() as conn:
+                try:
+                    conn.execute(self._sql.insert_job, _new_row(job))
+                    return job.id
+                except sa_exc.IntegrityError:
+                    holder = conn.scalar(self._sql.unique_holder, {"p_key": job.unique_key})
+            if holder is not None:
+                return str(holder)
+            if self.get_job(job.id) is not None:
+                return job.id  # the id itself existed: an enqueue repeated
+        raise StorageUnavailable(f"could not settle unique key {job.unique_key!r}")
 
     def delete_unstarted_job(self, job_id: str) -> None:
         with self._connect() as conn:
@@ -381,6 +391,14 @@ class SQLStorage(ScheduleSQL):
             return int(conn.execute(stmt, params).rowcount)
 
 
+def _new_row(job: NewJob) -> dict[str, Any]:
+    return {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
+            "queue": job.queue, "priority": job.priority, "options": job.options,
+            "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
+            "lease_expires_at": job.deliver_by, "created_at": job.created_at,
+            "not_before": job.not_before, "unique_key": job.unique_key}
+
+
 def _fence(lease: Lease, **params: Any) -> dict[str, Any]:
     return {"p_id": lease.job_id, "p_owner": lease.owner, **params}
 
@@ -403,6 +421,7 @@ def _job(row: Any) -> JobRecord:
         created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
         options=m["options"], failures=m["failures"], requeues=m["requeues"],
         not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
+        unique_key=m["unique_key"],
     )
 
 

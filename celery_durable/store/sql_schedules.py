@@ -154,6 +154,7 @@ def _job_row(job: NewJob) -> dict[str, Any]:
             "queue": job.queue, "priority": job.priority, "options": job.options,
             "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
             "failures": 0, "requeues": 0, "lease_expires_at": job.deliver_by,
-            "created_at": job.created_at}
+            "created_at": job.created_at, "not_before": job.not_before,
+            "unique_key": job.unique_key}
 
 

@@ -34,6 +34,7 @@ CALL_COLUMNS = ("job_id", "seq", "root_id", "name", "args_digest", "state", "att
 @dataclass(frozen=True)
 class Statements:
     insert_job: Insert
+    unique_holder: Select  # type: ignore[type-arg]
     delete_unstarted: Delete
     claim: Update
     claim_returning: Update
@@ -77,7 +78,7 @@ def build_statements(tables: Tables) -> Statements:
     # A job nobody has claimed yet may just be queued behind a backlog: republishing it
     # is not a recovery from a lost worker, so it does not count towards max_recoveries.
     resend_values = {**recover_values, "recoveries": jobs.c.recoveries}
-    abandon_values = {"state": bindparam("p_state"), "lease_owner": None,
+    abandon_values = {"state": bindparam("p_state"), "lease_owner": None, "unique_key": None,
                       "lease_expires_at": None, "error": bindparam("p_error"),
                       "finished_at": now}
     owner_is_null = jobs.c.lease_owner.is_(None)
@@ -96,11 +97,13 @@ def build_statements(tables: Tables) -> Statements:
     by_call = (calls.c.root_id == bindparam("p_root_id"),
                calls.c.job_id == bindparam("p_job_id"), calls.c.seq == bindparam("p_seq"))
     finish_values = {"state": bindparam("p_state"), "result": bindparam("p_result"),
+                     "unique_key": None,
                      "error": bindparam("p_error"), "lease_owner": None,
                      "lease_expires_at": None, "finished_at": now}
     errors = tables.job_errors
     return Statements(
         insert_job=jobs.insert(),
+        unique_holder=select(jobs.c.id).where(jobs.c.unique_key == bindparam("p_key")),
         delete_unstarted=jobs.delete().where(
             by_id, jobs.c.state == JobState.PENDING.value, jobs.c.attempts == 0),
         claim=claim,
@@ -164,7 +167,7 @@ def build_statements(tables: Tables) -> Statements:
             by_id, jobs.c.state.in_(_ACTIVE),
             or_(owner_is_null, jobs.c.lease_expires_at < now),
         ).values(state=JobState.CANCELLED.value, error=bindparam("p_error"),
-                 finished_at=now, lease_owner=None, lease_expires_at=None,
+                 finished_at=now, lease_owner=None, lease_expires_at=None, unique_key=None,
                  cancel_requested_at=now),
         cancel_request=jobs.update().where(
             by_id, jobs.c.state.in_(_ACTIVE), jobs.c.lease_owner.is_not(None),

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from ..store.base import JobState, Storage
+from ..store.base import JobState, Lease, Storage
 from ..store.schedule_base import ScheduleRecord, ScheduleRun
 from .storage_core import T0, new_job
 
@@ -88,3 +88,28 @@ class ScheduleConformance:
         assert store.unpublished_runs(T0, 10) == []
         store.mark_published("s1", waiting.nominal_at)
         assert store.unpublished_runs(late, 10) == []
+
+    def test_unique_key_is_held_while_the_job_is_active(self, storage: Storage) -> None:
+        first = replace(new_job("job-1"), unique_key="nightly")
+        assert storage.create_unique_job(first) == "job-1"
+        assert storage.create_unique_job(replace(new_job("job-2"), unique_key="nightly")) \
+            == "job-1"
+        assert storage.get_job("job-2") is None
+        assert storage.create_unique_job(first) == "job-1"  # the same enqueue again
+        assert storage.create_unique_job(replace(new_job("job-3"), unique_key="other")) \
+            == "job-3"
+        claim = storage.claim_job("job-1", "w1", T0, T0 + timedelta(seconds=30))
+        assert claim.outcome.value == "claimed"
+        assert storage.create_unique_job(replace(new_job("job-4"), unique_key="nightly")) \
+            == "job-1"  # running still holds it
+        storage.finish_job(Lease("job-1", "w1"), JobState.SUCCEEDED, "1", None, T0)
+        assert storage.create_unique_job(replace(new_job("job-5"), unique_key="nightly")) \
+            == "job-5"  # finished: the key is free again
+
+    def test_not_before_is_stored_with_the_job(self, storage: Storage) -> None:
+        due = T0 + timedelta(hours=1)
+        storage.create_job(replace(new_job(), not_before=due, deliver_by=due))
+        job = storage.get_job("job-1")
+        assert job is not None and (job.not_before, job.lease_expires_at) == (due, due)
+        early = storage.claim_job("job-1", "w1", T0, T0 + timedelta(seconds=30))
+        assert early.outcome.value == "early"
