@@ -76,13 +76,16 @@ class Cluster:
     logs: Path
     step_seconds: float = 0.0
     delivery_timeout: float = 900.0
+    max_countdown: float = 60.0
+    priorities: bool = False
     app: Celery = field(init=False)
     durable: Durable = field(init=False)
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.app = create_app(broker=self.broker, store=self.store_url, prefix=self.prefix,
-                              queue=self.queue, delivery_timeout=self.delivery_timeout)
+                              queue=self.queue, delivery_timeout=self.delivery_timeout,
+                              max_countdown=self.max_countdown, priorities=self.priorities)
         self.durable = Durable.of(self.app)
         self.durable.migrate()
 
@@ -100,6 +103,8 @@ class Cluster:
                "DURABLE_TEST_EFFECTS": str(self.effects),
                "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
                "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
+               "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
+               "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
                "PYTHONPATH": str(REPO)}
         log = self.logs / f"worker-{len(self.workers)}.log"
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
@@ -174,7 +179,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def make(broker: str, store: str, step_seconds: float = 0.0,
-             delivery_timeout: float = 900.0) -> Cluster:
+             delivery_timeout: float = 900.0, **options: Any) -> Cluster:
         if broker == "sqlite":
             broker_url = f"sqla+sqlite:///{tmp_path}/broker.sqlite3"
         else:
@@ -186,7 +191,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         logs.mkdir(exist_ok=True)
         cluster = Cluster(broker_url, sql_url(store, tmp_path), unique_prefix(),
                           f"q-{uuid.uuid4().hex[:8]}", effects, logs, step_seconds,
-                          delivery_timeout)
+                          delivery_timeout, **options)
         made.append(cluster)
         return cluster
 

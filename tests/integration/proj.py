@@ -47,7 +47,8 @@ def flag(name: str) -> bool:
 
 def create_app(*, broker: str, store: str, prefix: str, queue: str,
                lease_seconds: float = 2.0, sweep_interval: float = 0.5,
-               delivery_timeout: float = 900.0) -> Celery:
+               delivery_timeout: float = 900.0, max_countdown: float = 60.0,
+               priorities: bool = False) -> Celery:
     app = Celery("proj", broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
@@ -57,6 +58,7 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         durable_sweep_interval=sweep_interval,
         durable_delivery_timeout=delivery_timeout,
         durable_cancel_check_interval=0.3,
+        durable_max_countdown=max_countdown,
         durable_shutdown_grace=float(os.environ.get("DURABLE_TEST_SHUTDOWN_GRACE", "25")),
         # The core tests expect a failed call to reach the body at once; the retry tests
         # set their policies on the tasks below.
@@ -65,6 +67,10 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
+    if priorities:
+        app.conf.task_queue_max_priority = 10  # RabbitMQ: declare the queue with it
+        app.conf.broker_transport_options = {  # Redis: one list per priority
+            "queue_order_strategy": "priority", "priority_steps": list(range(10))}
     durable = Durable(app)
 
     @app.task(name="proj.step", shared=False)
@@ -137,6 +143,14 @@ def _scheduled(app: Celery, durable: Durable) -> None:
             with open(Path(directory) / "ticked", "a") as f:
                 f.write(f"{job_id}\n")
         return job_id
+
+    @durable.task(name="proj.prio", shared=False)
+    def prio(priority: int) -> int:
+        directory = os.environ.get("DURABLE_TEST_EFFECTS")
+        if directory:
+            with open(Path(directory) / "prio-order", "a") as f:
+                f.write(f"{priority}\n")
+        return priority
 
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
         durable.schedule("every-second", ticked, every(1))
@@ -227,4 +241,6 @@ if os.environ.get("DURABLE_TEST_BROKER"):
         lease_seconds=float(os.environ.get("DURABLE_TEST_LEASE", "2")),
         sweep_interval=float(os.environ.get("DURABLE_TEST_SWEEP", "0.5")),
         delivery_timeout=float(os.environ.get("DURABLE_TEST_DELIVERY_TIMEOUT", "900")),
+        max_countdown=float(os.environ.get("DURABLE_TEST_MAX_COUNTDOWN", "60")),
+        priorities=bool(os.environ.get("DURABLE_TEST_PRIORITIES")),
     )

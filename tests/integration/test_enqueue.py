@@ -1,0 +1,91 @@
+"""Enqueue options against real workers: unique from many processes at once, delayed
+jobs that survive a worker restart while they wait, priorities in order on Redis and
+RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from celery_durable import JobState
+from celery_durable.store.base import JobFilter
+from tests.integration.conftest import REPO, Cluster, wait_for
+
+pytestmark = pytest.mark.worker
+
+_ENQUEUE = """
+import sys, time
+from tests.integration.proj import create_app
+from celery_durable import Durable
+app = create_app(broker=sys.argv[1], store=sys.argv[2], prefix=sys.argv[3], queue=sys.argv[4])
+start = float(sys.argv[5])
+time.sleep(max(0.0, start - time.time()))
+print(Durable.of(app).enqueue("proj.outer", 1, unique="nightly-report").id)
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_unique_from_eight_processes_at_once_makes_one_job(
+        make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("redis", "postgres")
+    start = time.time() + 3  # all of them enqueue in the same instant
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _ENQUEUE, cluster.broker, cluster.store_url, cluster.prefix,
+         cluster.queue, str(start)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    ids = {out.strip() for out, _ in outputs}
+    assert len(ids) == 1
+    [job_id] = ids
+    assert [j.id for j in cluster.storage.list_jobs(JobFilter(task="proj.outer"))] == [job_id]
+    cluster.worker()
+    assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
+    time.sleep(1)
+    assert cluster.count("inner-step") == 1  # one job, one execution
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
+        make_cluster: Callable[..., Cluster]) -> None:
+    # max_countdown 1 s: the 5 s delay waits in SQL; the 2 s one is an ETA message that
+    # dies with the worker (the sweeper resends it after the 3 s delivery timeout)
+    cluster = make_cluster("redis", "postgres", delivery_timeout=3, max_countdown=1)
+    first = cluster.worker()
+    queued_at = datetime.now(timezone.utc)
+    in_sql = cluster.durable.enqueue("proj.outer", 1, delay=5)
+    as_eta = cluster.durable.enqueue("proj.outer", 2, delay=timedelta(seconds=0.8))
+    time.sleep(0.3)
+    first.kill()
+    cluster.worker()
+    for result, delay in ((in_sql, 5), (as_eta, 0.8)):
+        job = cluster.wait_finished(result.id, timeout=60)
+        assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+        assert job.started_at is not None
+        assert job.started_at >= queued_at + timedelta(seconds=delay)
+    assert cluster.count("inner-step") == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis),
+                                    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def test_higher_priority_runs_first(make_cluster: Callable[..., Cluster],
+                                   broker: str) -> None:
+    cluster = make_cluster(broker, "postgres", priorities=True)
+    for priority in (1, 9, 5, 3, 7):  # all queued before any worker runs
+        cluster.durable.enqueue("proj.prio", priority, priority=priority)
+    time.sleep(0.5)
+    cluster.worker()
+    wait_for(lambda: (cluster.effects / "prio-order").exists() and len(
+        (cluster.effects / "prio-order").read_text().split()) == 5, 60, "five jobs",
+        cluster.logs_tail)
+    order = [int(p) for p in (cluster.effects / "prio-order").read_text().split()]
+    assert order == [9, 7, 5, 3, 1]
