@@ -11,6 +11,7 @@ from ..store.schema import MIGRATIONS
 from .common import EXIT_ERROR, EXIT_NOT_FOUND, durable_of, echo_json, fail
 from .dlq import dlq
 from .jobs import jobs
+from .schedules import schedules
 from .worker import worker
 
 
@@ -90,5 +91,6 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
 
 durable.add_command(jobs)
+durable.add_command(schedules)
 durable.add_command(worker)
 durable.add_command(dlq)

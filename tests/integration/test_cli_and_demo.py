@@ -158,3 +158,33 @@ def test_cli_masks_the_database_password(tmp_path: Path) -> None:
         assert result.returncode == 1, result.stdout + result.stderr
         assert "cannot" in result.stderr and "127.0.0.1:1/none" in result.stderr
         assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_schedules_from_the_command_line(tmp_path: Path) -> None:
+    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+           "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+           "DURABLE_TEST_PREFIX": "sch_", "DURABLE_TEST_QUEUE": "sch"}
+    assert _celery(env, "migrate").returncode == 0
+    assert _celery(env, "schedules", "list").stdout.strip() == "no schedules"
+    added = _celery(env, "schedules", "add", "nightly", "proj.step", "--cron", "30 2 * * *",
+                    "--timezone", "America/New_York", "--args", '["n", 1]', "--unique")
+    assert added.returncode == 0, added.stderr
+    assert "added nightly" in added.stdout
+    assert _celery(env, "schedules", "add", "nightly", "proj.step", "--every", "5"
+                   ).returncode == 3  # exists
+    bad = _celery(env, "schedules", "add", "x", "proj.step", "--cron", "99 * * * *")
+    assert bad.returncode == 2 and "invalid cron expression" in bad.stderr
+    listed = json.loads(_celery(env, "schedules", "list", "--json").stdout)
+    assert [(s["name"], s["timezone"], s["unique"]) for s in listed] == [
+        ("nightly", "America/New_York", True)]
+    assert "cron 30 2 * * * America/New_York" in _celery(env, "schedules", "list").stdout
+    assert "paused nightly" in _celery(env, "schedules", "pause", "nightly").stdout
+    assert json.loads(_celery(env, "schedules", "show", "nightly", "--json").stdout)[
+        "schedule"]["next_run_at"] is None
+    assert _celery(env, "schedules", "resume", "nightly").returncode == 0
+    triggered = _celery(env, "schedules", "trigger", "nightly")
+    assert triggered.returncode == 0 and "triggered nightly (job " in triggered.stdout
+    shown = _celery(env, "schedules", "show", "nightly")
+    assert "fired" in shown.stdout and "active" in shown.stdout
+    assert _celery(env, "schedules", "remove", "nightly").returncode == 0
+    assert _celery(env, "schedules", "remove", "nightly").returncode == 2
