@@ -27,6 +27,7 @@ from .retry import (
     NoRetry,
     RetryAfter,
 )
+from .schedules import cron, daily, every, weekly
 from .store import JobState, MemoryStorage, SQLStorage, Storage
 from .store.base import CancelOutcome
 from .task import DurableTask
@@ -63,6 +64,10 @@ __all__ = [
     "StorageUnavailable",
     "UnknownTaskError",
     "call",
+    "cron",
     "current_call_id",
     "current_job_id",
+    "daily",
+    "every",
+    "weekly",
 ]

@@ -26,10 +26,10 @@ def test_services_have_healthchecks_and_wait_for_them() -> None:
     services = _compose()["services"]
     for name in ("postgres", "redis", "rabbitmq"):
         assert services[name]["healthcheck"]["test"], name
-    for name in ("migrate", "worker", "shop"):
+    for name in ("migrate", "worker", "beat", "shop"):
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
-    for name in ("worker", "shop"):
+    for name in ("worker", "beat", "shop"):
         assert services[name]["depends_on"]["migrate"]["condition"] == \
             "service_completed_successfully"
 
@@ -37,7 +37,7 @@ def test_services_have_healthchecks_and_wait_for_them() -> None:
 def test_commands_use_real_modules_and_subcommands() -> None:
     services = _compose()["services"]
     commands = {name: s["command"] for name, s in services.items() if "command" in s}
-    assert set(commands) == {"migrate", "worker", "shop"}
+    assert set(commands) == {"migrate", "worker", "beat", "shop"}
     celery_commands = {
         ep.name: ep for ep in importlib.metadata.entry_points(group="celery.commands")}
     assert "durable" in celery_commands
@@ -47,6 +47,10 @@ def test_commands_use_real_modules_and_subcommands() -> None:
             importlib.import_module(command[2])
             if command[3] == "durable":
                 assert command[4] in durable_cli.commands, name
+            elif command[3] == "beat":
+                scheduler = command[command.index("-S") + 1]
+                schedulers = importlib.metadata.entry_points(group="celery.beat_schedulers")
+                assert scheduler in {ep.name for ep in schedulers}, name
             else:
                 assert command[3] == "worker", name
         else:

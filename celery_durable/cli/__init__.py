@@ -15,7 +15,17 @@ from .schedules import schedules
 from .worker import worker
 
 
-@click.group(name="durable",
+class _Group(click.Group):
+    """Any DurableError becomes one clear line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DurableError as exc:
+            fail(str(exc), EXIT_ERROR)
+
+
+@click.group(name="durable", cls=_Group,
              help="celery-durable: migrations, jobs, the dead-letter queue, recovery "
                   "and retention.")
 @click.pass_context

@@ -32,7 +32,9 @@ def test_public_api_is_pinned() -> None:
         "Backoff", "ConstantBackoff", "ExponentialBackoff", "ExponentialBackoffWithJitter",
         "NoRetry", "RetryAfter", "ExecutionError", "JobSummary",
         # operations
-        "Cancelled", "CancelOutcome", "JobStateError"])
+        "Cancelled", "CancelOutcome", "JobStateError",
+        # scheduling
+        "every", "daily", "weekly", "cron"])
 
 
 def test_settings_come_from_app_conf() -> None:
