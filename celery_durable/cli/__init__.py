@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
-from ..errors import DurableError, JobNotFound
+from ..errors import DurableError
 from ..store.schema import MIGRATIONS
-from .common import EXIT_ERROR, EXIT_NOT_FOUND, durable_of, echo_json, fail
+from .common import EXIT_ERROR, durable_of, echo_json, fail
 from .dlq import dlq
 from .jobs import jobs
+from .jobs import show as show_job
 from .schedules import schedules
 from .worker import worker
 
@@ -58,21 +57,6 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
         click.echo(f"{url}: schema is up to date")
 
 
-@durable.command(help="Show a job and its call timeline.")
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    try:
-        view = durable_of(ctx).get_job(job_id)
-    except JobNotFound as exc:
-        fail(str(exc), EXIT_NOT_FOUND)
-    if as_json:
-        echo_json(dataclasses.asdict(view))
-    else:
-        click.echo(view.timeline())
-
-
 @durable.command(help="Run one recovery sweep now: republish jobs whose worker was lost.")
 @click.option("--dry-run", is_flag=True, help="Only list the jobs a sweep would act on.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -101,6 +85,7 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
 
 durable.add_command(jobs)
+durable.add_command(show_job, name="show")  # the short form of `jobs show`
 durable.add_command(schedules)
 durable.add_command(worker)
 durable.add_command(dlq)

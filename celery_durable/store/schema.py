@@ -210,13 +210,17 @@ def _add_missing_columns(conn: Connection, tables: Tables,
             operations.add_column(tables.jobs.name, column)
 
 
+def _add_missing_index(conn: Connection, tables: Tables, suffix: str) -> None:
+    """Create the jobs index named ``<jobs table>_<suffix>`` unless it exists."""
+    name = f"{tables.jobs.name}_{suffix}"
+    if name not in {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}:
+        next(i for i in tables.jobs.indexes if i.name == name).create(conn)
+
+
 def _add_retry_layer(conn: Connection, tables: Tables) -> None:
     """failures, requeues, not_before; the job_errors table; an index for dead letters."""
     _add_missing_columns(conn, tables, _retry_layer_columns())
-    indexes = {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}
-    for index in tables.jobs.indexes:
-        if index.name not in indexes:
-            index.create(conn)
+    _add_missing_index(conn, tables, "state_finished_at")
     tables.job_errors.create(conn, checkfirst=True)
 
 
@@ -228,10 +232,7 @@ def _add_cancellation(conn: Connection, tables: Tables) -> None:
 def _add_scheduler(conn: Connection, tables: Tables) -> None:
     """schedules and schedule_runs (the database beat scheduler); jobs.unique_key."""
     _add_missing_columns(conn, tables, _scheduling_columns())
-    indexes = {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}
-    for index in tables.jobs.indexes:
-        if index.name not in indexes:
-            index.create(conn)
+    _add_missing_index(conn, tables, "unique_key")
     tables.metadata.create_all(conn, tables=[tables.schedules, tables.schedule_runs],
                                checkfirst=True)
 

@@ -21,9 +21,11 @@ def _downgrade_to_v1(storage: SQLStorage) -> None:
     tables = storage.tables
     with storage._create_engine().begin() as conn:
         operations = Operations(MigrationContext.configure(conn))
-        operations.drop_index(f"{tables.jobs.name}_state_finished_at", tables.jobs.name)
+        for index in ("state_finished_at", "unique_key"):
+            operations.drop_index(f"{tables.jobs.name}_{index}", tables.jobs.name)
         with operations.batch_alter_table(tables.jobs.name) as batch:  # SQLite rebuilds
-            for column in ("failures", "requeues", "not_before", "cancel_requested_at"):
+            for column in ("failures", "requeues", "not_before", "cancel_requested_at",
+                           "unique_key"):
                 batch.drop_column(column)
         tables.job_errors.drop(conn)
         tables.schedule_runs.drop(conn)
@@ -40,7 +42,7 @@ def test_a_version_1_database_is_upgraded_in_place(
     _downgrade_to_v1(storage)
     storage.dispose()
     columns = {c["name"] for c in inspect(storage.engine).get_columns(storage.tables.jobs.name)}
-    assert "failures" not in columns
+    assert not {"failures", "unique_key"} & columns
     assert storage.pending_migrations() == list(range(2, SCHEMA_VERSION + 1))
 
     assert storage.migrate() == list(range(2, SCHEMA_VERSION + 1))
@@ -50,6 +52,9 @@ def test_a_version_1_database_is_upgraded_in_place(
     assert job is not None and (job.failures, job.requeues, job.not_before) == (0, 0, None)
     storage.retry_job(lease, '{"type": "Timeout"}', [], T0 + LEASE, T0 + LEASE * 2, T0)
     assert [e.execution for e in storage.job_errors("old-job")] == [1]
+    indexes = {i["name"] for i in inspect(storage.engine).get_indexes(storage.tables.jobs.name)}
+    assert {f"{storage.tables.jobs.name}_{n}" for n in ("state_finished_at", "unique_key")} \
+        <= indexes
     assert storage.claim_job("old-job", "w2", T0 + timedelta(minutes=1),
                              T0 + timedelta(minutes=2)).outcome.value == "claimed"
     assert storage.get_job("old-job").state is JobState.RUNNING  # type: ignore[union-attr]

@@ -210,3 +210,17 @@ def test_bad_schedule_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         env.durable.schedules.add("x", "u.cleanup", every(60), **options)
     assert env.durable.schedules.all() == []  # nothing written
+
+
+def test_the_beat_scheduler_does_no_io_when_built_lazily() -> None:
+    from celery import Celery
+
+    from celery_durable import Durable
+    from celery_durable.beat import DatabaseScheduler
+
+    app = Celery("lazy", set_as_current=False, broker="memory://")
+    app.conf.durable_database_url = "postgresql+psycopg://nobody:pw@127.0.0.1:1/none"
+    Durable(app).schedule("x", "u.any", every(60))
+    scheduler = DatabaseScheduler(app, lazy=True)  # would raise if it touched the DB
+    assert scheduler.schedule == {} and scheduler.max_interval == 5.0
+    assert "127.0.0.1:1/none" in scheduler.info and "pw" not in scheduler.info
