@@ -3,6 +3,7 @@
 from .app import Durable
 from .calls import call
 from .context import current_call_id, current_job_id
+from .determinism import Determinism
 from .errors import (
     CallError,
     Cancelled,
@@ -31,6 +32,7 @@ from .schedules import cron, daily, every, weekly
 from .store import JobState, MemoryStorage, SQLStorage, Storage
 from .store.base import CancelOutcome
 from .task import DurableTask
+from .values import now, patched, randint, random, uuid4
 
 __all__ = [
     "Backoff",
@@ -40,6 +42,7 @@ __all__ = [
     "Cancelled",
     "ConfigurationError",
     "ConstantBackoff",
+    "Determinism",
     "Durable",
     "DurableError",
     "DurableTask",
@@ -69,5 +72,10 @@ __all__ = [
     "current_job_id",
     "daily",
     "every",
+    "now",
+    "patched",
+    "randint",
+    "random",
+    "uuid4",
     "weekly",
 ]

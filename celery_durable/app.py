@@ -13,9 +13,10 @@ from typing import Any
 from celery import Celery, signals
 
 from . import dead_letters, operations
+from .determinism import Determinism, check_determinism
 from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
-from .inspection import JobSummary, JobView, job_view
+from .inspection import JobSummary, JobView, export_history, job_view
 from .leases import LeaseKeeper
 from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
@@ -59,6 +60,8 @@ class Durable:
         self.settings = Settings.from_conf(app.conf, **settings)
         self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
         """Retries and backoff of call()s whose task and call site set none."""
+        self.determinism = check_determinism(self.settings.determinism, "durable_determinism")
+        """The determinism mode of tasks that set none (see ``set_determinism``)."""
         self._storage = storage
         self._clock = clock or _utcnow
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
@@ -117,6 +120,14 @@ class Durable:
         """
         return enqueue(self, task, args, kwargs, queue=queue, priority=priority,
                        delay=delay, at=at, unique=unique, **options)
+
+    def set_determinism(self, mode: Determinism | str) -> None:
+        """The default determinism mode: "explicit", "strict" or "best_effort"."""
+        self.determinism = check_determinism(mode, "determinism")
+
+    def export_history(self, job_id: str) -> dict[str, Any]:
+        """A job's recorded history as JSON-able data, for ``testing.replay`` in CI."""
+        return export_history(self, job_id)
 
     def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
         """Register a schedule in code: ``durable.schedule("cleanup", cleanup,

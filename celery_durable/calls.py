@@ -20,6 +20,7 @@ from .context import (
     mark_inline,
     unmark_inline,
 )
+from .determinism import Determinism, EndOfHistory, recorded_for
 from .errors import (
     CallError,
     CallRetryPending,
@@ -85,13 +86,13 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
             else policy.backoff)
     task, args, kwargs = _resolve(execution.durable.app, target, args, kwargs)
     seq = execution.next_seq()
-    recorded = execution.history.get((execution.job_id, seq))
-    if recorded is not None:
-        if recorded.name != task.name:
-            raise NonDeterministicError(job_id=execution.job_id, task=execution.task_name,
-                                        seq=seq, expected=task.name, recorded=recorded.name)
-        if recorded.state is not CallState.RETRYING:
-            return _replay(execution, seq, recorded)
+    digest = None if execution.determinism is Determinism.EXPLICIT else \
+        serialization.digest(args, kwargs)
+    recorded = recorded_for(execution, seq, task.name, digest)
+    if recorded is not None and recorded.state is not CallState.RETRYING:
+        return _replay(execution, seq, recorded)
+    if execution.replay_only:
+        raise EndOfHistory(seq, task.name)
     watch = execution.watch
     if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)

@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .determinism import Determinism, check_determinism
 from .leases import Watch
 from .retry import RetryPolicy, call_policy
 from .store.base import CallRecord, Lease
@@ -33,6 +34,9 @@ class Execution:
     """Set by the lease keeper: the lease was lost, or cancel was requested."""
     call_policy: RetryPolicy
     """Retries and backoff for the calls this scope makes (call() may override)."""
+    determinism: Determinism = Determinism.EXPLICIT
+    replay_only: bool = False
+    """Replay testing: replay recorded calls, never run or write anything."""
     seq: int = 0
     released: bool = field(default=False)
     """The lease was handed back early (the body asked Celery to retry it)."""
@@ -47,6 +51,8 @@ class Execution:
             job_id=f"{self.job_id}.{seq}", root_id=self.root_id, lease=self.lease,
             history=self.history, watch=self.watch,
             call_policy=call_policy(task, self.call_policy),
+            determinism=task_determinism(task, self.determinism),
+            replay_only=self.replay_only,
         )
 
 
@@ -108,3 +114,9 @@ def activate(execution: Execution) -> object:
 
 def deactivate(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
+
+
+def task_determinism(task: object, default: Determinism) -> Determinism:
+    """The task's ``determinism`` option, else ``default``."""
+    mode = getattr(task, "determinism", None)
+    return default if mode is None else check_determinism(mode, "determinism")

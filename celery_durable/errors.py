@@ -121,30 +121,45 @@ class Cancelled(DurableError):
 class NonDeterministicError(DurableError):
     """Replay asked for a different call than the one recorded at the same position."""
 
-    def __init__(self, *, job_id: str, task: str, seq: int, expected: str, recorded: str) -> None:
+    def __init__(self, *, job_id: str, task: str, seq: int, expected: str, recorded: str,
+                 expected_digest: str | None = None, recorded_digest: str | None = None,
+                 mode: str = "explicit") -> None:
         self.job_id = job_id
         self.task = task
         self.seq = seq
         self.expected = expected
         self.recorded = recorded
+        self.expected_digest = expected_digest
+        self.recorded_digest = recorded_digest
+        self.mode = mode
+        asked, held = repr(expected), repr(recorded)
+        if expected_digest is not None and expected == recorded:
+            asked += f" with arguments {expected_digest[:12]}"
+            held += f" with arguments {(recorded_digest or '')[:12]}"
         super().__init__(
-            f"job {job_id} ({task}) is not deterministic: at call #{seq} the code now calls "
-            f"{expected!r} but the history recorded {recorded!r}. The task's code changed "
-            f"while this job was in flight, or the body branches on something that is not a "
-            f"call() result. Restore the old call order for in-flight jobs, or cancel and "
-            f"re-enqueue this job."
+            f"job {job_id} ({task}) is not deterministic ({mode} mode): at call #{seq} the "
+            f"code now asks for {asked} but the history holds {held}. The task's code "
+            f"changed while this job was in flight, or the body branches on something "
+            f"that is not a call() result. To resolve: keep the old path for in-flight "
+            f"jobs with `if patched(\"<change id>\"):`, or run the task with "
+            f"determinism=\"best_effort\", or retry the job from scratch "
+            f"(`celery durable jobs retry {job_id} --from-scratch`)."
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_nondeterministic, (self.job_id, self.task, self.seq,
-                                            self.expected, self.recorded))
+        return (_rebuild_nondeterministic, (
+            self.job_id, self.task, self.seq, self.expected, self.recorded,
+            self.expected_digest, self.recorded_digest, self.mode))
 
 
 def _rebuild_nondeterministic(
-    job_id: str, task: str, seq: int, expected: str, recorded: str
+    job_id: str, task: str, seq: int, expected: str, recorded: str,
+    expected_digest: str | None = None, recorded_digest: str | None = None,
+    mode: str = "explicit",
 ) -> NonDeterministicError:
     return NonDeterministicError(job_id=job_id, task=task, seq=seq, expected=expected,
-                                 recorded=recorded)
+                                 recorded=recorded, expected_digest=expected_digest,
+                                 recorded_digest=recorded_digest, mode=mode)
 
 
 class LeaseLost(BaseException):

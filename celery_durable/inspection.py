@@ -128,3 +128,23 @@ def job_view(job: JobRecord, calls: list[CallRecord],
     return JobView(**_summary_fields(job), calls=views, errors=tuple(
         ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
         for e in errors or ()))
+
+
+def export_history(durable: Any, job_id: str) -> dict[str, Any]:
+    """The job and every recorded call, as plain JSON-able data (format version 1)."""
+    from .errors import JobNotFound
+
+    job = durable.storage.get_job(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    calls = durable.storage.load_history(job_id)
+    return {
+        "format": "celery-durable-history/1",
+        "job": {"id": job.id, "task": job.task, "args": serialization.loads(job.args),
+                "kwargs": serialization.loads(job.kwargs), "state": job.state.value},
+        "calls": [{"scope": c.job_id, "seq": c.seq, "name": c.name,
+                   "args_digest": c.args_digest, "state": c.state.value,
+                   "attempts": c.attempts, "result": c.result, "error": c.error,
+                   "started_at": c.started_at.isoformat(),
+                   "finished_at": c.finished_at.isoformat()} for c in calls],
+    }

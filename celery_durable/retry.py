@@ -224,3 +224,7 @@ def check_task_options(options: Any, task_name: str) -> None:
             check_backoff(get(name), f"{name} of {where}")
     if get("on_exhausted", None) is not None:
         check_on_exhausted(get("on_exhausted"), f"on_exhausted of {where}")
+    if get("determinism", None) is not None:
+        from .determinism import check_determinism
+
+        check_determinism(get("determinism"), f"determinism of {where}")

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from . import serialization
 from .calls import encode_error
-from .context import Execution, activate, deactivate
+from .context import Execution, activate, deactivate, task_determinism
 from .errors import (
     CallRetryPending,
     Cancelled,
@@ -63,7 +63,8 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     watch = durable.lease_keeper.hold(lease)
     execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
                           root_id=job_id, lease=lease, history=history, watch=watch,
-                          call_policy=call_policy(task, durable.call_policy))
+                          call_policy=call_policy(task, durable.call_policy),
+                          determinism=task_determinism(task, durable.determinism))
     token = activate(execution)
     try:
         return _run_body(durable, task, request, execution, args, kwargs)

@@ -55,6 +55,8 @@ class Settings:
     shutdown_grace: float | None = 25.0
     """On a warm shutdown, running durable jobs get this long to finish; then they are
     released to another worker. None: wait for them as Celery does, without a limit."""
+    determinism: str = "explicit"
+    """The default determinism mode: "explicit", "strict" or "best_effort"."""
     beat_max_interval: float = 5.0
     """The longest a durable beat sleeps: schedule changes show within this long."""
     max_countdown: float = 60.0
@@ -84,6 +86,9 @@ class Settings:
         check_retries(self.call_retries, "durable_call_retries")
         check_retries(self.job_retries, "durable_job_retries")
         check_on_exhausted(self.on_exhausted, "durable_on_exhausted")
+        from .determinism import check_determinism
+
+        check_determinism(self.determinism, "durable_determinism")
         if self.shutdown_grace is not None and self.shutdown_grace < 0:
             raise ConfigurationError(f"durable_shutdown_grace must not be negative, "
                                      f"got {self.shutdown_grace!r}")

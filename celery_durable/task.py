@@ -38,6 +38,8 @@ class DurableTask(Task):  # type: ignore[type-arg]
     call_retries: int | None = None
     """Default retries of the calls this task makes."""
     call_backoff: Backoff | Seconds | None = None
+    determinism: str | None = None
+    """"explicit", "strict" or "best_effort"; None: the app's default."""
 
     @classmethod
     def on_bound(cls, app: Celery) -> None:

@@ -224,6 +224,10 @@ class Storage(Protocol):
         """The body failed and the job runs again: count the failure, keep its error,
         drop the ``discard`` checkpoints and release the job, atomically."""
 
+    def discard_calls(self, lease: Lease, keys: Sequence[CallKey]) -> None:
+        """Delete these checkpoints of the lease's job, fenced on the lease (a history
+        that diverged, in determinism mode best_effort)."""
+
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         """Extend the lease; False if it was lost."""
 

@@ -102,6 +102,12 @@ class MemoryStorage(ScheduleMemory):
             raise LeaseLost(lease.job_id)
         self._calls[key] = call
 
+    def discard_calls(self, lease: Lease, keys: Sequence[CallKey]) -> None:
+        with self._lock:
+            self._check(lease)
+            for scope, seq in keys:
+                self._calls.pop((lease.job_id, scope, seq), None)
+
     def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
                    deliver_by: datetime, now: datetime) -> None:
         with self._lock:

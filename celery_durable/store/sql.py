@@ -359,6 +359,15 @@ class SQLStorage(ScheduleSQL):
         if inserted != 1:
             raise LeaseLost(lease.job_id)
 
+    def discard_calls(self, lease: Lease, keys: Sequence[CallKey]) -> None:
+        with self._transaction() as conn:
+            if conn.execute(self._sql.lock_job, _fence(lease)).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            if keys:
+                conn.execute(self._sql.discard_call, [
+                    {"p_root_id": lease.job_id, "p_job_id": scope, "p_seq": seq}
+                    for scope, seq in keys])
+
     def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
                    deliver_by: datetime, now: datetime) -> None:
         params = {**_call_params(call, lease), "p_failed": 0, "p_error": None,

@@ -11,6 +11,7 @@ module and providing a ``storage`` fixture that yields a fresh, migrated store::
 
 from __future__ import annotations
 
+from .replay import ReplayReport, replay
 from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_job
 from .storage_operations import OperationsConformance
 from .storage_retries import RetryConformance
@@ -22,6 +23,17 @@ class StorageConformance(CoreConformance, RetryConformance, OperationsConformanc
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 
-__all__ = ["LEASE", "T0", "CoreConformance", "OperationsConformance", "RetryConformance",
-           "ScheduleConformance", "StorageConformance",
-           "call_record", "claimed", "new_job"]
+__all__ = [
+    "LEASE",
+    "T0",
+    "CoreConformance",
+    "OperationsConformance",
+    "ReplayReport",
+    "RetryConformance",
+    "ScheduleConformance",
+    "StorageConformance",
+    "call_record",
+    "claimed",
+    "new_job",
+    "replay",
+]

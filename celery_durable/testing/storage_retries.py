@@ -152,3 +152,12 @@ class RetryConformance:
         seen = storage.expired_jobs(now, 1)[0]
         assert storage.abandon_job(seen, ERROR, now, JobState.DEAD)
         assert storage.get_job("job-1").state is JobState.DEAD  # type: ignore[union-attr]
+
+    def test_discard_calls_is_fenced(self, storage: Storage) -> None:
+        lease = claimed(storage)
+        for seq in (1, 2, 3):
+            storage.record_call(call_record(seq=seq), lease)
+        with pytest.raises(LeaseLost):
+            storage.discard_calls(Lease("job-1", "w9"), [("job-1", 1)])
+        storage.discard_calls(lease, [("job-1", 2), ("job-1", 3), ("job-1", 9)])
+        assert [c.seq for c in storage.load_history("job-1")] == [1]
