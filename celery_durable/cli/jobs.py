@@ -79,6 +79,17 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
                        f"{c.error.get('message')}")
 
 
+@jobs.command(help="Print a job's recorded history as JSON, for "
+                   "celery_durable.testing.replay() (check a deploy against it in CI).")
+@click.argument("job_id")
+@click.pass_context
+def export(ctx: click.Context, job_id: str) -> None:
+    try:
+        echo_json(durable_of(ctx).export_history(job_id))
+    except JobNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+
+
 @jobs.command(help="Run a failed, dead or cancelled job again under the same id.")
 @click.argument("job_id")
 @click.option("--from-scratch", is_flag=True, help="Drop every checkpoint first.")

@@ -26,6 +26,7 @@ from celery_durable import (
     current_job_id,
 )
 from celery_durable.schedules import every
+from celery_durable.values import now, patched, uuid4
 
 
 def effect(name: str) -> int:
@@ -59,6 +60,7 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         durable_delivery_timeout=delivery_timeout,
         durable_cancel_check_interval=0.3,
         durable_max_countdown=max_countdown,
+        durable_determinism=os.environ.get("DURABLE_TEST_DETERMINISM", "explicit"),
         durable_shutdown_grace=float(os.environ.get("DURABLE_TEST_SHUTDOWN_GRACE", "25")),
         # The core tests expect a failed call to reach the body at once; the retry tests
         # set their policies on the tasks below.
@@ -152,6 +154,8 @@ def _scheduled(app: Celery, durable: Durable) -> None:
                 f.write(f"{priority}\n")
         return priority
 
+    _versioned(app, durable)
+
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
         durable.schedule("every-second", ticked, every(1))
 
@@ -230,6 +234,54 @@ def _retry_workflows(app: Celery, durable: Durable) -> None:
     @durable.task(name="proj.hard_limited", shared=False, time_limit=2, call_retries=2)
     def hard_limited() -> list[Any]:
         return [call(step, "hard-a", 0), call(slow_once, 6)]
+
+
+def _code_version() -> str:
+    """Which deploy this worker runs: the tests start workers with different values."""
+    return os.environ.get("DURABLE_TEST_CODE_VERSION", "1")
+
+
+def _versioned(app: Celery, durable: Durable) -> None:
+    step = app.tasks["proj.step"]
+
+    @app.task(name="proj.echo", shared=False)
+    def echo(name: str) -> str:
+        effect(name)
+        time.sleep(float(os.environ.get("DURABLE_TEST_STEP_SECONDS", "0")))
+        return name
+
+    @durable.task(name="proj.versioned", shared=False)
+    def versioned(change: str) -> list[Any]:
+        """Version 1 calls a, b, c; version 2 changes the path as ``change`` says."""
+        a, b, c, x = (f"{change}-{n}" for n in "abcx")
+        if _code_version() == "1" or change == "none":
+            return [call(step, a, 0), call(echo, b), call(step, c, 0)]
+        if change == "order":
+            return [call(echo, b), call(step, a, 0), call(step, c, 0)]
+        if change == "argument":
+            return [call(step, a, 1), call(echo, b), call(step, c, 0)]
+        if change == "removed":
+            return [call(step, a, 0), call(step, c, 0)]
+        if change == "added":
+            return [call(step, a, 0), call(echo, x), call(echo, b), call(step, c, 0)]
+        raise ValueError(change)
+
+    @durable.task(name="proj.stamped", shared=False)
+    def stamped() -> list[str]:
+        stamp, key = now(), uuid4()
+        effect(f"stamp {stamp.isoformat()} {key}")  # outside any call: every replay
+        call(step, "stamp-slow", 0)
+        return [stamp.isoformat(), str(key)]
+
+    @durable.task(name="proj.patched_flow", shared=False)
+    def patched_flow() -> list[Any]:
+        out = [call(step, "p-a", 0)]
+        if _code_version() == "2" and patched("new-b"):
+            out.append(call(echo, "p-new"))
+        else:
+            out.append(call(echo, "p-old"))
+        out.append(call(step, "p-c", 0))
+        return out
 
 
 if os.environ.get("DURABLE_TEST_BROKER"):
