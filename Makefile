@@ -24,6 +24,7 @@ lint: $(STAMP)
 bench: $(STAMP)  ## needs PostgreSQL and Redis on localhost
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_beat.py
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache
