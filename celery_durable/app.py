@@ -18,6 +18,7 @@ from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
 from .inspection import JobSummary, JobView, export_history, job_view
 from .leases import LeaseKeeper
+from .observe import CallInfo, JobInfo, Observers
 from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
 from .schedules import Schedule
@@ -67,6 +68,7 @@ class Durable:
         self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
                                         self.now, self.settings.cancel_check_interval)
         self.sweeper = RecoverySweeper(self)
+        self.observers = Observers()
         self.schedules = Schedules(self)
         """The database scheduler's management API (add, change, pause, ... runs)."""
         _connect_worker_signals()
@@ -120,6 +122,43 @@ class Durable:
         """
         return enqueue(self, task, args, kwargs, queue=queue, priority=priority,
                        delay=delay, at=at, unique=unique, **options)
+
+    # -- hooks and middleware -------------------------------------------------------------
+
+    def use(self, middleware: Any) -> Any:
+        """Add a middleware (see ``celery_durable.observe``); returns it."""
+        self.observers.use(middleware)
+        return middleware
+
+    def on_job_start(self, fn: Callable[[JobInfo], Any]) -> Callable[[JobInfo], Any]:
+        """``@durable.on_job_start``: ``fn(job)`` when an execution starts."""
+        self.observers.hooks.job_start.append(fn)
+        return fn
+
+    def on_job_complete(self, fn: Callable[[JobInfo, float], Any]
+                        ) -> Callable[[JobInfo, float], Any]:
+        """``fn(job, duration)`` when a job succeeds (duration of that execution)."""
+        self.observers.hooks.job_complete.append(fn)
+        return fn
+
+    def on_job_fail(self, fn: Callable[[JobInfo, BaseException | None], Any]
+                    ) -> Callable[[JobInfo, BaseException | None], Any]:
+        """``fn(job, error)`` when a job fails for good (failed or dead-lettered)."""
+        self.observers.hooks.job_fail.append(fn)
+        return fn
+
+    def on_retry(self, fn: Callable[[JobInfo, int, BaseException | None], Any]
+                 ) -> Callable[[JobInfo, int, BaseException | None], Any]:
+        """``fn(job, attempt, error)`` when a job is scheduled again after an error (a
+        call retry or a job retry); ``attempt`` is the number of the next attempt."""
+        self.observers.hooks.retry.append(fn)
+        return fn
+
+    def on_checkpoint(self, fn: Callable[[JobInfo, CallInfo], Any]
+                      ) -> Callable[[JobInfo, CallInfo], Any]:
+        """``fn(job, call)`` after a call's checkpoint is written."""
+        self.observers.hooks.checkpoint.append(fn)
+        return fn
 
     def set_determinism(self, mode: Determinism | str) -> None:
         """The default determinism mode: "explicit", "strict" or "best_effort"."""
@@ -177,7 +216,7 @@ class Durable:
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
         operations.retry(self, job_id, from_scratch=from_scratch)
 
-    def cancel(self, job_id: str, *, revoke: bool = True) -> CancelOutcome:
+    def cancel(self, job_id: str, *, revoke: bool = False) -> CancelOutcome:
         """Cancel a job for good (see the README); raises JobNotFound."""
         return operations.cancel(self, job_id, revoke=revoke)
 

@@ -157,7 +157,8 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
         reason = final_reason(exc)
         tried = [*earlier, {"type": type(reason).__name__, "message": str(reason),
                             "started_at": started.isoformat(),
-                            "failed_at": durable.now().isoformat()}]
+                            "failed_at": durable.now().isoformat(),
+                            "traceback": _traceback(reason)}]
         if call_retryable(exc) and attempt <= policy.retries:
             record = _record_of(execution, seq, task.name, args, kwargs, started,
                                 CallState.RETRYING, attempt, None,
@@ -221,8 +222,10 @@ def _record(execution: Execution, record: CallRecord) -> None:
 
 def encode_error(exc: BaseException, **extra: Any) -> str:
     return serialization.dumps({
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "type": type(exc).__name__, "message": str(exc), "traceback": _traceback(exc),
         **extra,
     }, what="an error description")
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

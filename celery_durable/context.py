@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .determinism import Determinism, check_determinism
 from .leases import Watch
+from .observe import JobInfo, Outcome
 from .retry import RetryPolicy, call_policy
 from .store.base import CallRecord, Lease
 
@@ -37,6 +38,10 @@ class Execution:
     determinism: Determinism = Determinism.EXPLICIT
     replay_only: bool = False
     """Replay testing: replay recorded calls, never run or write anything."""
+    info: JobInfo | None = None
+    """What hooks and middleware are told about the job (None when nobody listens)."""
+    outcome: Outcome | None = None
+    """How this execution ended, for after_job (duration filled in by the runner)."""
     seq: int = 0
     released: bool = field(default=False)
     """The lease was handed back early (the body asked Celery to retry it)."""
@@ -52,8 +57,11 @@ class Execution:
             history=self.history, watch=self.watch,
             call_policy=call_policy(task, self.call_policy),
             determinism=task_determinism(task, self.determinism),
-            replay_only=self.replay_only,
+            replay_only=self.replay_only, info=self.info,
         )
+
+    def ended(self, state: str, error: BaseException | None = None, **details: Any) -> None:
+        self.outcome = Outcome(state=state, duration=0.0, error=error, **details)
 
 
 _current: ContextVar[Execution | None] = ContextVar("celery_durable_execution", default=None)

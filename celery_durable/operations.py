@@ -65,9 +65,14 @@ def retry(durable: Durable, job_id: str, *, from_scratch: bool = False) -> None:
                              "will publish it", job_id)
 
 
-def cancel(durable: Durable, job_id: str, *, revoke: bool = True) -> CancelOutcome:
+def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutcome:
     """Cancel a job. Pending or retrying: it never starts. Running: it gets Cancelled at
-    its next call. Either way it is never resumed by recovery. Raises JobNotFound."""
+    its next call. Either way it is never resumed by recovery. Raises JobNotFound.
+
+    The row is what counts (a delivery of a cancelled job is acked without running).
+    ``revoke=True`` also broadcasts Celery's revoke, so workers drop a message they hold;
+    but workers then drop *every* message with that id for Celery's revoke window (3 h),
+    so a cancelled job retried with ``durable.retry`` inside it would not run."""
     error = serialization.dumps({"type": "Cancelled", "message": f"job {job_id} cancelled",
                                  "traceback": ""}, what="an error description")
     outcome = durable.storage.cancel_job(job_id, error, durable.now())

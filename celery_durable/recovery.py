@@ -45,7 +45,9 @@ class RecoverySweeper:
                 if storage.abandon_job(job, _cancelled_error(job), now, JobState.CANCELLED):
                     logger.info("job %s: cancelled while its worker was lost", job.id)
                     acted.append(job.id)
-            elif job.recoveries >= durable.settings.max_recoveries:
+            elif job.lease_owner is not None and \
+                    job.recoveries >= durable.settings.max_recoveries:
+                # Only a lost worker counts: a due retry or an unclaimed message is not one.
                 state = self._exhausted_state(job)
                 if storage.abandon_job(job, _abandon_error(job), now, state):
                     logger.error("job %s lost its worker %d times; marked %s",

@@ -39,7 +39,13 @@ def seconds(value: Seconds, what: str) -> float:
             f"{what} must be a number of seconds or a timedelta, got {value!r}")
     if result < 0 or result != result:  # NaN is not a delay either
         raise ConfigurationError(f"{what} must not be negative, got {value!r}")
+    if result > MAX_DELAY:
+        raise ConfigurationError(f"{what} must be at most {MAX_DELAY:g} s (a year), "
+                                 f"got {value!r}")
     return result
+
+
+MAX_DELAY = 366 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,11 @@ def check_retries(value: Any, what: str) -> int:
 def check_backoff(value: Any, what: str) -> Backoff:
     if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
         return ConstantBackoff(value)
-    if not isinstance(value, Backoff):
+    if isinstance(value, type) or not isinstance(value, Backoff):
         raise ConfigurationError(
-            f"{what} must be a backoff strategy (an object with delay(attempt)), a number "
-            f"of seconds or a timedelta, got {value!r}")
+            f"{what} must be a backoff strategy (an object with delay(attempt), e.g. "
+            f"ExponentialBackoff(1, 60): an instance, not the class), a number of seconds "
+            f"or a timedelta, got {value!r}")
     return value
 
 

@@ -11,6 +11,7 @@ an unacked ETA message for minutes or hours.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,11 +42,16 @@ def retry_call(durable: Durable, task: Task, request: Any,  # type: ignore[type-
         durable.storage.retry_call(record, execution.lease, not_before,  # type: ignore[arg-type]
                                    _deliver_by(durable, not_before, pending.delay), now)
     execution.released = True
+    execution.ended("retrying", pending.error, retry_of="call",
+                    attempt=getattr(record, "attempts", 0) + 1, delay=pending.delay)
     logger.warning("job %s: call %s failed (%s: %s); attempt %d of the call in %.3gs",
                    execution.root_id, getattr(record, "name", "?"),
                    type(pending.error).__name__, pending.error,
                    getattr(record, "attempts", 0) + 1, pending.delay)
-    raise _celery_retry(durable, task, request, pending.error, pending.delay, not_before)
+    # A call retry is not one of Celery's retries: request.retries (what max_retries
+    # limits for self.retry() / autoretry_for) stays as it is.
+    raise _celery_retry(durable, task, request, pending.error, pending.delay, not_before,
+                        bump=False)
 
 
 def job_retryable(exc: BaseException) -> bool:
@@ -72,6 +78,8 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
             storage.retry_job(lease, encode_error(reason), discard, not_before,
                               _deliver_by(durable, not_before, delay), now)
             execution.released = True
+            execution.ended("retrying", reason, retry_of="job", attempt=attempt + 1,
+                            delay=delay)
             logger.warning("job %s (%s) failed (%s: %s); job retry %d of %d in %.3gs",
                            lease.job_id, task.name, type(reason).__name__, reason, attempt,
                            policy.retry.retries, delay)
@@ -80,6 +88,7 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
         storage.finish_job(lease, JobState.DEAD if dead else JobState.FAILED, None,
                            encode_error(reason, no_retry=not job_retryable(exc)),
                            durable.now())
+        execution.ended("dead" if dead else "failed", reason)
     if dead:
         logger.error("job %s (%s) moved to the dead-letter queue: %s: %s", lease.job_id,
                      task.name, type(reason).__name__, reason)
@@ -89,16 +98,28 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
 def _deliver_by(durable: Durable, not_before: datetime, delay: float) -> datetime:
     if delay > durable.settings.max_countdown:
         return not_before  # no message: the sweeper publishes the job when it is due
-    return not_before + timedelta(seconds=durable.settings.delivery_timeout)
+    # The ETA message lives in one worker's RAM: if that worker dies, the sweeper sends
+    # the job again about as soon as it would resume a crashed one (a duplicate message
+    # is harmless: the claim lets one delivery run).
+    settings = durable.settings
+    return not_before + timedelta(seconds=settings.lease_seconds + settings.sweep_interval)
 
 
 def _celery_retry(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-                  exc: BaseException, delay: float, not_before: datetime) -> Retry:
+                  exc: BaseException, delay: float, not_before: datetime, *,
+                  bump: bool = True) -> Retry:
+    retries = request.retries + (1 if bump else 0)
+    if getattr(request, "is_eager", False):
+        # .apply() / task_always_eager: Celery runs Retry.sig again in this process at
+        # once, so wait here; nothing is published.
+        time.sleep(max(0.0, (not_before - durable.now()).total_seconds()))
+        return Retry(exc=exc, when=delay,
+                     sig=task.signature_from_request(request, retries=retries))
     if delay > durable.settings.max_countdown:
         return Retry(exc=exc, when=delay)
     # An ETA rather than a countdown: the message becomes due at exactly the row's
     # not_before, whatever clock Celery would have computed a countdown with.
-    signature = publish_again(task, request, eta=not_before, retries=request.retries + 1)
+    signature = publish_again(task, request, eta=not_before, retries=retries)
     return Retry(exc=exc, when=delay, sig=signature)
 
 

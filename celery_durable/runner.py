@@ -11,9 +11,11 @@ Outcomes of a delivery:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ from .errors import (
     StorageInterrupted,
     interrupt_on_storage_error,
 )
+from .observe import JobInfo, Outcome
 from .retry import call_policy
 from .retrying import fail_or_retry, publish_again, retry_call
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
@@ -65,6 +68,14 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
                           root_id=job_id, lease=lease, history=history, watch=watch,
                           call_policy=call_policy(task, durable.call_policy),
                           determinism=task_determinism(task, durable.determinism))
+    observers = durable.observers
+    if observers.active:
+        execution.info = JobInfo(
+            id=job_id, task=task.name, args=tuple(args), kwargs=dict(kwargs),
+            queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
+            started_at=durable.now())
+        observers.job_started(execution.info)
+    started = time.monotonic()
     token = activate(execution)
     try:
         return _run_body(durable, task, request, execution, args, kwargs)
@@ -77,6 +88,10 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     finally:
         deactivate(token)
         durable.lease_keeper.drop(lease)
+        if execution.info is not None:
+            outcome = execution.outcome or Outcome("interrupted", 0.0)
+            observers.job_ended(execution.info, dataclasses.replace(
+                outcome, duration=time.monotonic() - started))
 
 
 class _Stored:
@@ -128,33 +143,41 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
         if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
             _finish(durable, lease, JobState.CANCELLED, encoded,
                     encode_error(Cancelled(execution.root_id)))
+            execution.ended("cancelled")
             return result
-    except Retry:
+    except Retry as exc:
         if not execution.released:  # raised without self.retry() re-sending: hand back
             release(durable, lease, JobState.RETRYING, durable.deliver_by(None))
+        execution.ended("retrying", exc.exc, retry_of="celery")
         raise
     except Reject as exc:
         if exc.requeue:  # the message goes back to the queue: the job stays runnable
             release(durable, lease, JobState.PENDING, durable.deliver_by(None))
+            execution.ended("pending", exc)
         else:
             _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
+            execution.ended("failed", exc)
         raise
     except Ignore as exc:  # also what self.replace() raises once the replacement is sent
         _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
+        execution.ended("cancelled", exc)
         raise
     except CallRetryPending as pending:
         if execution.watch.cancelled.is_set():  # no retry for a cancelled job
             _finish(durable, lease, JobState.CANCELLED, None,
                     encode_error(Cancelled(execution.root_id)))
+            execution.ended("cancelled", pending.error)
             raise Cancelled(execution.root_id) from pending.error
         retry_call(durable, task, request, execution, pending)
     except Exception as exc:
         watch = execution.watch
         if watch.cancel_raised or watch.cancelled.is_set() or isinstance(exc, Cancelled):
             _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
+            execution.ended("cancelled", exc)
             raise
         fail_or_retry(durable, task, request, execution, exc)
     _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
+    execution.ended("succeeded")
     return result
 
 

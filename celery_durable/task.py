@@ -46,6 +46,14 @@ class DurableTask(Task):  # type: ignore[type-arg]
         from .app import Durable
 
         check_task_options(cls, cls.name or cls.__name__)
+        # Celery's autoretry wraps run() after this: errors no retry can help (NoRetry,
+        # Cancelled, a divergence, ...) must pass through it untouched.
+        from .calls import NOT_RETRYABLE
+        from .retry import NoRetry
+
+        extra = (NoRetry, *NOT_RETRYABLE)
+        current = tuple(getattr(cls, "dont_autoretry_for", ()) or ())
+        cls.dont_autoretry_for = (*current, *(e for e in extra if e not in current))
         Durable.of(app)  # `@app.task(base=DurableTask)` alone wires the worker side too
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

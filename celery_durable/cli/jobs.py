@@ -107,13 +107,16 @@ def retry(ctx: click.Context, job_id: str, from_scratch: bool) -> None:
 @jobs.command(help="Cancel jobs: pending ones never start, running ones stop at their next "
                    "call; none is resumed by recovery.")
 @click.argument("job_ids", nargs=-1, required=True)
+@click.option("--revoke", is_flag=True,
+              help="Also broadcast Celery's revoke (workers then drop that id for 3 h).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def cancel(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool,
+           as_json: bool) -> None:
     durable, outcomes = durable_of(ctx), {}
     for job_id in job_ids:
         try:
-            outcomes[job_id] = durable.cancel(job_id).value
+            outcomes[job_id] = durable.cancel(job_id, revoke=revoke).value
         except JobNotFound:
             outcomes[job_id] = CancelOutcome.MISSING.value
     if as_json:

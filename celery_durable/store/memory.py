@@ -183,6 +183,8 @@ class MemoryStorage(ScheduleMemory):
             self._jobs[seen.id] = replace(
                 seen, state=state, lease_owner=None, lease_expires_at=None,
                 error=error, finished_at=now, unique_key=None)
+            if state in (JobState.FAILED, JobState.DEAD):
+                self._add_error(seen, error, now)
             return True
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -244,7 +246,8 @@ class MemoryStorage(ScheduleMemory):
                 if key[0] == job_id and (discard is None or key[1:] in discard):
                     del self._calls[key]
             self._jobs[job_id] = replace(
-                job, state=JobState.PENDING, failures=0, requeues=job.requeues + 1,
+                job, state=JobState.PENDING, failures=0, recoveries=0,
+                requeues=job.requeues + 1,
                 result=None, error=None, finished_at=None, not_before=None,
                 cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by)
             return True

@@ -245,7 +245,13 @@ class SQLStorage(ScheduleSQL):
         stmt = self._sql.abandon_unowned if seen.lease_owner is None else self._sql.abandon
         params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
                   "p_error": error, "p_state": state.value}
-        return self._rowcount(stmt, params) == 1
+        if state not in (JobState.FAILED, JobState.DEAD):
+            return self._rowcount(stmt, params) == 1
+        with self._transaction() as conn:
+            if conn.execute(stmt, params).rowcount != 1:
+                return False
+            conn.execute(self._sql.insert_job_error, params)
+        return True
 
     def release_abandoned(self, job_id: str, owner_prefix: str,
                           deliver_by: datetime) -> JobRecord | None:
@@ -319,18 +325,19 @@ class SQLStorage(ScheduleSQL):
         return True
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
-        if not job_ids:
-            return 0
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
+        wanted = [s.value for s in states]
+        deleted = 0
         with self._transaction() as conn:
-            doomed = list(conn.scalars(select(jobs.c.id).where(
-                jobs.c.id.in_(list(job_ids)), jobs.c.state.in_([s.value for s in states]),
-            ).with_for_update()))
-            if doomed:
-                conn.execute(calls.delete().where(calls.c.root_id.in_(doomed)))
-                conn.execute(errors.delete().where(errors.c.job_id.in_(doomed)))
-                conn.execute(jobs.delete().where(jobs.c.id.in_(doomed)))
-        return len(doomed)
+            for job_id in job_ids:
+                # The state check is in the DELETE itself (a write, so SQLite's
+                # transaction has begun): a job requeued meanwhile stays.
+                if conn.execute(jobs.delete().where(
+                        jobs.c.id == job_id, jobs.c.state.in_(wanted))).rowcount == 1:
+                    conn.execute(calls.delete().where(calls.c.root_id == job_id))
+                    conn.execute(errors.delete().where(errors.c.job_id == job_id))
+                    deleted += 1
+        return deleted
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._connect() as conn:

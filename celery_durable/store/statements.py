@@ -155,7 +155,8 @@ def build_statements(tables: Tables) -> Statements:
         discard_all_calls=calls.delete().where(calls.c.root_id == bindparam("p_root_id")),
         requeue=jobs.update().where(
             by_id, jobs.c.state.in_(bindparam("p_states", expanding=True)),
-        ).values(state=JobState.PENDING.value, failures=0, requeues=jobs.c.requeues + 1,
+        ).values(state=JobState.PENDING.value, failures=0, recoveries=0,
+                 requeues=jobs.c.requeues + 1,
                  result=None, error=None, finished_at=None, not_before=None,
                  cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by),
         release_abandoned=jobs.update().where(

@@ -7,7 +7,7 @@ same paths under real workers and SIGKILL is in tests/integration/test_retries.p
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -72,7 +72,8 @@ def test_a_flaky_call_is_retried_with_backoff_without_rerunning_earlier_calls() 
     assert job is not None and (job.state, job.not_before) == (
         JobState.RETRYING, env.clock() + timedelta(seconds=1))
     [message] = env.published()
-    assert (message["id"], message["retries"]) == ("j1", 1)
+    # a call retry is not one of Celery's retries: max_retries budgets stay untouched
+    assert (message["id"], message["retries"]) == ("j1", 0)
     assert message["eta"] == (env.clock() + timedelta(seconds=1)).isoformat()
 
     with pytest.raises(Ignore):  # too early: sent again for the rest of the wait
@@ -396,3 +397,59 @@ def test_no_retry_deep_in_a_called_durable_task_stops_every_layer() -> None:
     assert raised.value.no_retry
     assert env.effects == ["validate"]
     assert env.durable.get_job("j1").state == "failed"
+
+
+def test_a_requeued_dead_letter_gets_a_fresh_recovery_budget_too() -> None:
+    env = make_env(max_recoveries=1, call_retries=1, call_backoff=ConstantBackoff(600),
+                   on_exhausted="dead_letter")
+    env.app.send_task = lambda *a, **k: None  # type: ignore[method-assign]
+    failures: dict[str, Any] = {"flaky": 1}
+    _register(env, failures=failures)
+    env.storage.create_job(_new_job(env, "j1"))
+    for _ in range(2):  # the job keeps killing its worker
+        now = env.clock()
+        env.storage.claim_job("j1", "w", now, now)
+        env.clock.advance(1)
+        env.durable.recover()
+    job = env.storage.get_job("j1")
+    assert job is not None and (job.state, job.recoveries) == (JobState.DEAD, 1)
+    assert "WorkerLostError" in env.storage.job_errors("j1")[0].error
+    assert env.durable.requeue("j1") == ["j1"]
+    with pytest.raises(Retry):  # a long retry wait, kept in SQL
+        env.deliver("u.flow", "j1")
+    env.clock.advance(601)
+    assert env.durable.recover() == ["j1"]  # published when due, not abandoned
+    assert env.storage.get_job("j1").state is JobState.PENDING  # type: ignore[union-attr]
+    assert env.deliver("u.flow", "j1") == ["A", "charged", "C"]
+
+
+def test_autoretry_for_never_retries_no_retry_or_cancelled() -> None:
+    env = make_env(job_retries=0)
+
+    @env.durable.task(name="u.auto", shared=False, autoretry_for=(Exception,),
+                      retry_backoff=False, max_retries=5)
+    def auto() -> None:
+        env.effects.append("ran")
+        raise NoRetry("bad input")
+
+    with pytest.raises(NoRetry):
+        env.deliver("u.auto", "j1")
+    assert env.effects == ["ran"] and env.published() == []
+    assert env.durable.get_job("j1").state == "failed"
+
+
+def test_eager_apply_waits_for_a_call_retry_in_process() -> None:
+    env = make_env(call_retries=2, call_backoff=ConstantBackoff(0.05), job_retries=0)
+    env.clock = None  # type: ignore[assignment]
+    env.durable._clock = lambda: datetime.now(timezone.utc)
+    _register(env, failures={"flaky": 1})
+    result = env.app.tasks["u.flow"].apply()
+    assert result.get() == ["A", "charged", "C"]
+    assert env.effects == ["a", "flaky", "flaky", "c"] and env.published() == []
+
+
+def _new_job(env: Env, job_id: str) -> Any:
+    from celery_durable.runner import new_job
+
+    return new_job(env.durable, "u.flow", job_id, [], {}, queue=None, priority=None,
+                   eta=None)

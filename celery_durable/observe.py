@@ -1,0 +1,171 @@
+"""Hooks and middleware: code that watches jobs and calls without being able to break them.
+
+``durable.use(middleware)`` appends to an ordered list. Each middleware may define any
+of these methods (all optional, all return None):
+
+    before_job(job)                 a delivery claimed the job; its body starts (or replays)
+    after_job(job, outcome)         the execution ended: outcome.state says how
+    before_call(job, call)          a call() runs for real (replayed calls are not shown)
+    after_call(job, call)           ... and its checkpoint is written
+    on_call_error(job, call, error) ... and it raised (it may be retried: call.retrying)
+
+``before_*`` run in the order the middleware were added, ``after_*`` and
+``on_call_error`` in reverse order, like nested context managers. A middleware that
+raises is logged and skipped; the job never sees it. The hooks (``durable.on_job_start``
+and friends) are one more middleware, always the first (so the outermost).
+
+Where they run: in the process that executes the job (a prefork pool child), except
+for ``after_job`` of a job that keeps killing its workers and is ended by the recovery
+sweeper: that one runs in a worker's main process. A job whose execution dies (SIGKILL,
+a hard time limit) gets no ``after_job`` from that execution; it is resumed, and the
+execution that finishes it reports the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    queue: str | None
+    execution: int | None
+    """How many executions have claimed the job, this one included (None if unknown)."""
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    scope: str
+    seq: int
+    position: str
+    name: str
+    attempt: int
+    started_at: datetime
+    duration: float | None = None
+    retrying: bool = False
+    """on_call_error: the call will be attempted again."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    """succeeded, failed, dead, cancelled, retrying, pending (released or requeued) or
+    interrupted (the execution stopped without an outcome: lease lost, storage error)."""
+    duration: float
+    error: BaseException | None = None
+    retry_of: str | None = None
+    """While retrying: "call", "job" or "celery" (``self.retry()``)."""
+    attempt: int | None = None
+    """While retrying: the number of the attempt that comes next."""
+    delay: float | None = None
+
+
+class Middleware:
+    """A convenient base class; any object with some of these methods will do."""
+
+    def before_job(self, job: JobInfo) -> None: ...
+    def after_job(self, job: JobInfo, outcome: Outcome) -> None: ...
+    def before_call(self, job: JobInfo, call: CallInfo) -> None: ...
+    def after_call(self, job: JobInfo, call: CallInfo) -> None: ...
+    def on_call_error(self, job: JobInfo, call: CallInfo, error: BaseException) -> None: ...
+
+
+@dataclass
+class Hooks(Middleware):
+    """The ``durable.on_*`` hooks, as the first middleware."""
+
+    job_start: list[Callable[[JobInfo], Any]] = field(default_factory=list)
+    job_complete: list[Callable[[JobInfo, float], Any]] = field(default_factory=list)
+    job_fail: list[Callable[[JobInfo, BaseException | None], Any]] = field(
+        default_factory=list)
+    retry: list[Callable[[JobInfo, int, BaseException | None], Any]] = field(
+        default_factory=list)
+    checkpoint: list[Callable[[JobInfo, CallInfo], Any]] = field(default_factory=list)
+
+    def before_job(self, job: JobInfo) -> None:
+        _each(self.job_start, job)
+
+    def after_job(self, job: JobInfo, outcome: Outcome) -> None:
+        if outcome.state == "succeeded":
+            _each(self.job_complete, job, outcome.duration)
+        elif outcome.state in ("failed", "dead"):
+            _each(self.job_fail, job, outcome.error)
+        elif outcome.state == "retrying":
+            _each(self.retry, job, outcome.attempt or 0, outcome.error)
+
+    def after_call(self, job: JobInfo, call: CallInfo) -> None:
+        _each(self.checkpoint, job, call)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.job_start or self.job_complete or self.job_fail or self.retry
+                    or self.checkpoint)
+
+
+def _each(functions: list[Callable[..., Any]], *args: Any) -> None:
+    for function in functions:
+        _safely(function, *args)
+
+
+def _safely(function: Callable[..., Any], *args: Any) -> None:
+    try:
+        function(*args)
+    except Exception:
+        logger.exception("celery-durable: %s raised; ignored (it cannot fail the job)",
+                         getattr(function, "__qualname__", function))
+
+
+class Observers:
+    """The ordered middleware of one Durable, hooks first."""
+
+    def __init__(self) -> None:
+        self.hooks = Hooks()
+        self.middleware: list[Any] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.middleware) or not self.hooks.empty
+
+    def use(self, middleware: Any) -> None:
+        self.middleware.append(middleware)
+
+    def _chain(self) -> list[Any]:
+        return [self.hooks, *self.middleware]
+
+    def _forward(self, method: str, *args: Any) -> None:
+        for item in self._chain():
+            function = getattr(item, method, None)
+            if function is not None:
+                _safely(function, *args)
+
+    def _backward(self, method: str, *args: Any) -> None:
+        for item in reversed(self._chain()):
+            function = getattr(item, method, None)
+            if function is not None:
+                _safely(function, *args)
+
+    def job_started(self, job: JobInfo) -> None:
+        self._forward("before_job", job)
+
+    def job_ended(self, job: JobInfo, outcome: Outcome) -> None:
+        self._backward("after_job", job, outcome)
+
+    def call_started(self, job: JobInfo, call: CallInfo) -> None:
+        self._forward("before_call", job, call)
+
+    def call_ended(self, job: JobInfo, call: CallInfo) -> None:
+        self._backward("after_call", job, call)
+
+    def call_failed(self, job: JobInfo, call: CallInfo, error: BaseException) -> None:
+        self._backward("on_call_error", job, call, error)
