@@ -20,6 +20,8 @@ from .errors import (
     UnknownTaskError,
 )
 from .inspection import CallView, ExecutionError, JobSummary, JobView
+from .logging_middleware import LoggingMiddleware
+from .observe import CallInfo, JobInfo, Middleware, Outcome
 from .retry import (
     Backoff,
     ConstantBackoff,
@@ -37,6 +39,7 @@ from .values import now, patched, randint, random, uuid4
 __all__ = [
     "Backoff",
     "CallError",
+    "CallInfo",
     "CallView",
     "CancelOutcome",
     "Cancelled",
@@ -49,15 +52,19 @@ __all__ = [
     "ExecutionError",
     "ExponentialBackoff",
     "ExponentialBackoffWithJitter",
+    "JobInfo",
     "JobNotFound",
     "JobState",
     "JobStateError",
     "JobSummary",
     "JobView",
     "LeaseLost",
+    "LoggingMiddleware",
     "MemoryStorage",
+    "Middleware",
     "NoRetry",
     "NonDeterministicError",
+    "Outcome",
     "OutsideDurableTaskError",
     "RetryAfter",
     "SQLStorage",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -33,6 +35,8 @@ from .errors import (
     UnknownTaskError,
     interrupt_on_storage_error,
 )
+from .history import position
+from .observe import CallInfo
 from .retry import (
     Backoff,
     NoRetry,
@@ -149,6 +153,7 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
     attempt = previous.attempts + 1 if previous is not None else 1
     earlier = (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
     started = durable.now()
+    watched = _Watched(execution, seq, task.name, attempt, started)
     try:
         result = _invoke(execution, seq, task, args, kwargs)
     except (NonDeterministicError, Cancelled):
@@ -163,7 +168,9 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
             record = _record_of(execution, seq, task.name, args, kwargs, started,
                                 CallState.RETRYING, attempt, None,
                                 encode_error(reason, attempts=tried))
+            watched.failed(reason, retrying=True)
             raise CallRetryPending(record, policy.delay(attempt, exc), reason) from exc
+        watched.failed(reason, retrying=False)
         # NoRetry raised deeper (inside a called durable task) still means no retries.
         no_retry = isinstance(exc, NoRetry) or (isinstance(exc, CallError) and exc.no_retry)
         _record(execution, _record_of(
@@ -178,8 +185,38 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
         execution, seq, task.name, args, kwargs, started, CallState.SUCCEEDED, attempt,
         encoded, serialization.dumps({"attempts": earlier}, what="call errors")
         if earlier else None))
+    watched.succeeded()
     # The body sees exactly what a replay would return (tuples become lists, ...).
     return serialization.loads(encoded)
+
+
+class _Watched:
+    """Tells hooks and middleware about one live call (nothing when nobody listens)."""
+
+    def __init__(self, execution: Execution, seq: int, name: str, attempt: int,
+                 started: datetime) -> None:
+        self.execution, self.info = execution, execution.info
+        if self.info is None:
+            return
+        self.call = CallInfo(
+            scope=execution.job_id, seq=seq,
+            position=".".join(map(str, position(execution.root_id, execution.job_id, seq))),
+            name=name, attempt=attempt, started_at=started)
+        self.clock = time.monotonic()
+        execution.durable.observers.call_started(self.info, self.call)
+
+    def _ended(self, **changes: Any) -> CallInfo:
+        return dataclasses.replace(self.call, duration=time.monotonic() - self.clock,
+                                   **changes)
+
+    def succeeded(self) -> None:
+        if self.info is not None:
+            self.execution.durable.observers.call_ended(self.info, self._ended())
+
+    def failed(self, error: BaseException, *, retrying: bool) -> None:
+        if self.info is not None:
+            self.execution.durable.observers.call_failed(
+                self.info, self._ended(retrying=retrying), error)
 
 
 def call_retryable(exc: BaseException) -> bool:

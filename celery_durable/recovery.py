@@ -53,6 +53,7 @@ class RecoverySweeper:
                     logger.error("job %s lost its worker %d times; marked %s",
                                  job.id, job.recoveries, state.value)
                     acted.append(job.id)
+                    self._report_abandoned(job, state)
             elif storage.recover_job(job, durable.deliver_by(None), now):
                 if job.lease_owner is not None:
                     logger.warning("job %s (%s): lease expired; republishing it",
@@ -60,6 +61,22 @@ class RecoverySweeper:
                 publish(durable, job)
                 acted.append(job.id)
         return acted
+
+    def _report_abandoned(self, job: JobRecord, state: JobState) -> None:
+        """after_job / on_job_fail for a job no execution can report: here, in the
+        worker's main process (the worker-lost path)."""
+        observers = self.durable.observers
+        if not observers.active:
+            return
+        from celery.exceptions import WorkerLostError
+
+        from .observe import JobInfo, Outcome
+
+        info = JobInfo(id=job.id, task=job.task, args=tuple(serialization.loads(job.args)),
+                       kwargs=serialization.loads(job.kwargs), queue=job.queue,
+                       execution=job.attempts, started_at=self.durable.now())
+        observers.job_ended(info, Outcome(state.value, 0.0, error=WorkerLostError(
+            f"job {job.id} lost its worker {job.recoveries} times")))
 
     def _exhausted_state(self, job: JobRecord) -> JobState:
         task = self.durable.app.tasks.get(job.task)

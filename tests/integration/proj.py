@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from celery_durable import (
     CallError,
@@ -158,6 +158,11 @@ def _scheduled(app: Celery, durable: Durable) -> None:
 
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
         durable.schedule("every-second", ticked, every(1))
+
+
+@signals.task_retry.connect
+def _count_celery_retries(**_: Any) -> None:
+    effect("celery-task-retry")  # runs in the worker: Celery itself saw the retry
 
 
 def _retry_callees(app: Celery) -> None:

@@ -41,6 +41,7 @@ def test_a_flaky_call_is_retried_with_backoff_and_earlier_calls_run_once(
     assert (cluster.count("r-a"), cluster.count("r-flaky"), cluster.count("r-c")) == (1, 3, 1)
     view = cluster.durable.get_job(job_id)
     assert [(c.position, c.attempts) for c in view.calls] == [("1", 1), ("2", 3), ("3", 1)]
+    assert cluster.count("celery-task-retry") == 2  # Celery's task_retry saw both
     # ExponentialBackoff(0.5, 4): 0.5 s then 1 s, honoured to well under a second
     first, second = _gaps(cluster, job_id, "2")
     assert 0.5 <= first < 1.5, first
@@ -115,9 +116,10 @@ def test_retry_after_waits_at_least_the_given_delay(
 @pytest.mark.parametrize("broker", BROKERS)
 def test_sigkill_during_a_retry_wait_neither_loses_nor_repeats_attempts(
         make_cluster: Callable[..., Cluster], broker: str) -> None:
-    # A short delivery timeout, so the sweeper resends the job whose countdown message
-    # died with the worker (Redis would hold it for its 1 h visibility timeout).
-    cluster = make_cluster(broker, "postgres", delivery_timeout=4)
+    # The default delivery timeout (15 min): the sweeper must resend the job whose ETA
+    # message died with the worker within about lease + sweep after it is due (Redis
+    # would hold the message for its 1 h visibility timeout).
+    cluster = make_cluster(broker, "postgres")
     first = cluster.worker()
     job_id = cluster.app.tasks["proj.flaky_order"].delay(2, 3.0).id
 
@@ -128,7 +130,7 @@ def test_sigkill_during_a_retry_wait_neither_loses_nor_repeats_attempts(
     assert cluster.count("r-flaky") == 1
     first.kill()  # the countdown message is held, unacked, by this worker
     cluster.worker()
-    job = cluster.wait_finished(job_id, timeout=90)
+    job = cluster.wait_finished(job_id, timeout=60)
     assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
     assert (cluster.count("r-a"), cluster.count("r-flaky"), cluster.count("r-c")) == (1, 3, 1)
     [_, flaky, _] = cluster.durable.get_job(job_id).calls

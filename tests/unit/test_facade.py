@@ -36,7 +36,9 @@ def test_public_api_is_pinned() -> None:
         # scheduling
         "every", "daily", "weekly", "cron",
         # determinism
-        "Determinism", "now", "uuid4", "random", "randint", "patched"])
+        "Determinism", "now", "uuid4", "random", "randint", "patched",
+        # observability
+        "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome"])
 
 
 def test_settings_come_from_app_conf() -> None:
