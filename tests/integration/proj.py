@@ -155,6 +155,8 @@ def _scheduled(app: Celery, durable: Durable) -> None:
         return priority
 
     _versioned(app, durable)
+    if os.environ.get("DURABLE_TEST_HOOKS"):
+        _hooks(durable)
 
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
         durable.schedule("every-second", ticked, every(1))
@@ -287,6 +289,30 @@ def _versioned(app: Celery, durable: Durable) -> None:
             out.append(call(echo, "p-old"))
         out.append(call(step, "p-c", 0))
         return out
+
+
+def _hooks(durable: Durable) -> None:
+    """Every hook writes a row into a SQLite file the test reads (from any process)."""
+    import sqlite3
+
+    def write(hook: str, job_id: str, detail: str = "") -> None:
+        path = Path(os.environ["DURABLE_TEST_EFFECTS"]) / "hooks.sqlite3"
+        with sqlite3.connect(path, timeout=30) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS hooks (hook, job_id, detail, pid)")
+            db.execute("INSERT INTO hooks VALUES (?, ?, ?, ?)",
+                       (hook, job_id, detail, os.getpid()))
+
+    durable.on_job_start(lambda job: write("start", job.id))
+    durable.on_job_complete(lambda job, duration: write("complete", job.id))
+    durable.on_job_fail(lambda job, error: write("fail", job.id, type(error).__name__))
+    durable.on_retry(lambda job, attempt, error: write("retry", job.id, str(attempt)))
+    durable.on_checkpoint(lambda job, c: write("checkpoint", job.id, c.name))
+
+    class Broken:
+        def before_job(self, job: Any) -> None:
+            raise RuntimeError("a broken middleware")
+
+    durable.use(Broken())
 
 
 if os.environ.get("DURABLE_TEST_BROKER"):
