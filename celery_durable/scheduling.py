@@ -325,10 +325,15 @@ class Schedules:
         if not isinstance(task, DurableTask):
             return []  # a plain Celery task has no row: its message is all there is
         options = serialization.loads(record.options)
+        # If this beat dies between the commit and the publish, and no other beat is
+        # left to republish the run, any worker's sweeper sends the job soon after.
+        settings = self.durable.settings
+        deliver_by = now + REPUBLISH_AFTER + timedelta(
+            seconds=settings.lease_seconds + settings.sweep_interval)
         return [NewJob(id=run.job_id or "", task=record.task, args=record.args,
                        kwargs=record.kwargs, queue=options.get("queue"),
                        priority=options.get("priority"), created_at=now,
-                       deliver_by=self.durable.deliver_by(None)) for run in runs]
+                       deliver_by=deliver_by) for run in runs]
 
     def _publish(self, record: ScheduleRecord, run: ScheduleRun) -> None:
         from .enqueue import broker_priority
