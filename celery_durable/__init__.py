@@ -21,6 +21,7 @@ from .errors import (
 )
 from .inspection import CallView, ExecutionError, JobSummary, JobView
 from .logging_middleware import LoggingMiddleware
+from .metrics import PrometheusMetrics
 from .observe import CallInfo, JobInfo, Middleware, Outcome
 from .retry import (
     Backoff,
@@ -66,6 +67,7 @@ __all__ = [
     "NonDeterministicError",
     "Outcome",
     "OutsideDurableTaskError",
+    "PrometheusMetrics",
     "RetryAfter",
     "SQLStorage",
     "SerializationError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -265,14 +266,31 @@ def _connect_worker_signals() -> None:
             signals.worker_ready.connect(_start_recovery, weak=False)
             signals.worker_shutting_down.connect(_stop_recovery, weak=False)
             signals.task_revoked.connect(_cancel_revoked, weak=False)
+            signals.worker_process_shutdown.connect(_forget_process_metrics, weak=False)
             _signals_connected = True
 
 
 def _start_recovery(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, once the pool is up (sender: the consumer)."""
     durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
-    if durable is not None and durable.settings.recovery:
+    if durable is None:
+        return
+    if durable.settings.recovery:
         durable.sweeper.start()
+    if durable.settings.metrics_port:
+        from .metrics import start_exporter
+
+        try:
+            start_exporter(durable, durable.settings.metrics_port)
+        except OSError:
+            logger.exception("durable: cannot serve metrics on port %d",
+                             durable.settings.metrics_port)
+
+
+def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    from .metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())
 
 
 def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:

@@ -3,6 +3,7 @@
 ``durable.use(middleware)`` appends to an ordered list. Each middleware may define any
 of these methods (all optional, all return None):
 
+    on_enqueue(task, queue)         a durable job's row was written (the enqueuing process)
     before_job(job)                 a delivery claimed the job; its body starts (or replays)
     after_job(job, outcome)         the execution ended: outcome.state says how
     before_call(job, call)          a call() runs for real (replayed calls are not shown)
@@ -69,11 +70,15 @@ class Outcome:
     attempt: int | None = None
     """While retrying: the number of the attempt that comes next."""
     delay: float | None = None
+    by_sweeper: bool = False
+    """Reported by the recovery sweeper (in a worker's main process) for a job it ended
+    because it kept killing its workers; no execution's before_job preceded it."""
 
 
 class Middleware:
     """A convenient base class; any object with some of these methods will do."""
 
+    def on_enqueue(self, task: str, queue: str | None) -> None: ...
     def before_job(self, job: JobInfo) -> None: ...
     def after_job(self, job: JobInfo, outcome: Outcome) -> None: ...
     def before_call(self, job: JobInfo, call: CallInfo) -> None: ...
@@ -154,6 +159,9 @@ class Observers:
             function = getattr(item, method, None)
             if function is not None:
                 _safely(function, *args)
+
+    def job_enqueued(self, task: str, queue: str | None) -> None:
+        self._forward("on_enqueue", task, queue)
 
     def job_started(self, job: JobInfo) -> None:
         self._forward("before_job", job)

@@ -76,7 +76,7 @@ class RecoverySweeper:
                        kwargs=serialization.loads(job.kwargs), queue=job.queue,
                        execution=job.attempts, started_at=self.durable.now())
         observers.job_ended(info, Outcome(state.value, 0.0, error=WorkerLostError(
-            f"job {job.id} lost its worker {job.recoveries} times")))
+            f"job {job.id} lost its worker {job.recoveries} times"), by_sweeper=True))
 
     def _exhausted_state(self, job: JobRecord) -> JobState:
         task = self.durable.app.tasks.get(job.task)

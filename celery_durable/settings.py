@@ -55,6 +55,8 @@ class Settings:
     shutdown_grace: float | None = 25.0
     """On a warm shutdown, running durable jobs get this long to finish; then they are
     released to another worker. None: wait for them as Celery does, without a limit."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics from each worker's main process on this port (0: off)."""
     determinism: str = "explicit"
     """The default determinism mode: "explicit", "strict" or "best_effort"."""
     beat_max_interval: float = 5.0

@@ -99,6 +99,10 @@ class DurableTask(Task):  # type: ignore[type-arg]
             created = True
         else:
             created = durable.storage.create_job(job)
+        if created and durable.observers.active:
+            # the queue label workers will see (their delivery's routing key)
+            durable.observers.job_enqueued(self.name, job.queue or getattr(
+                self, "queue", None) or self.app.conf.task_default_queue)
         if held:
             # A long wait is kept in SQL, not as an ETA message in worker RAM: the
             # recovery sweeper publishes the job when it is due.

@@ -269,6 +269,9 @@ class Storage(Protocol):
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs have a cancel request (one query)."""
 
+    def count_active(self) -> list[tuple[str | None, str, int]]:
+        """(queue, state, how many) of pending, running and retrying jobs."""
+
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         """Jobs matching the filter, newest first."""
 

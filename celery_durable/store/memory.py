@@ -225,6 +225,15 @@ class MemoryStorage(ScheduleMemory):
             return {i for i in job_ids
                     if i in self._jobs and self._jobs[i].cancel_requested_at is not None}
 
+    def count_active(self) -> list[tuple[str | None, str, int]]:
+        counts: dict[tuple[str | None, str], int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state in ACTIVE_STATES:
+                    key = (job.queue, job.state.value)
+                    counts[key] = counts.get(key, 0) + 1
+        return [(q, st, n) for (q, st), n in sorted(counts.items(), key=str)]
+
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         with self._lock:
             jobs = [j for j in self._jobs.values() if _matches(j, where)]

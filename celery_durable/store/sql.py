@@ -18,13 +18,23 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, Select, create_engine, event, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Select,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, LeaseLost, StorageUnavailable
 from .base import (
+    ACTIVE_STATES,
     FINISHED_STATES,
     CallKey,
     CallRecord,
@@ -279,6 +289,14 @@ class SQLStorage(ScheduleSQL):
             return set()
         with self._connect() as conn:
             return set(conn.scalars(self._sql.cancel_requested, {"p_ids": list(job_ids)}))
+
+    def count_active(self) -> list[tuple[str | None, str, int]]:
+        jobs = self.tables.jobs
+        query = select(jobs.c.queue, jobs.c.state, func.count()).where(
+            jobs.c.state.in_([s.value for s in ACTIVE_STATES])).group_by(
+            jobs.c.queue, jobs.c.state)
+        with self._connect() as conn:
+            return [(q, st, int(n)) for q, st, n in conn.execute(query)]
 
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         with self._connect() as conn:

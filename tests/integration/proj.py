@@ -8,6 +8,7 @@ tests count them from outside the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -157,6 +158,13 @@ def _scheduled(app: Celery, durable: Durable) -> None:
     _versioned(app, durable)
     if os.environ.get("DURABLE_TEST_HOOKS"):
         _hooks(durable)
+    if os.environ.get("DURABLE_TEST_METRICS_PORT"):
+        from celery_durable import PrometheusMetrics
+
+        app.conf.durable_metrics_port = int(os.environ["DURABLE_TEST_METRICS_PORT"])
+        durable.settings = dataclasses.replace(
+            durable.settings, metrics_port=app.conf.durable_metrics_port)
+        durable.use(PrometheusMetrics())
 
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
         # missed="all": a beat slowed down by a loaded machine still fires every tick

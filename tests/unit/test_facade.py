@@ -38,7 +38,8 @@ def test_public_api_is_pinned() -> None:
         # determinism
         "Determinism", "now", "uuid4", "random", "randint", "patched",
         # observability
-        "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome"])
+        "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome",
+        "PrometheusMetrics"])
 
 
 def test_settings_come_from_app_conf() -> None:

@@ -1,0 +1,128 @@
+"""Prometheus metrics: ``durable.use(PrometheusMetrics())`` and, in workers, an exporter.
+
+Labels are task and queue (and the exception class on failures, the retry layer on
+retries); never a hostname or a job id, so cardinality stays bounded.
+
+Prefork: each pool process counts in its own files when ``PROMETHEUS_MULTIPROC_DIR`` is
+set in the worker's environment (before it starts), and the exporter in the worker's
+main process adds them up. Set ``durable_metrics_port`` to serve ``/metrics`` from
+every worker; or register ``QueueDepthCollector`` and the multiprocess collector in your
+own web app's registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .observe import CallInfo, JobInfo, Middleware, Outcome
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+logger = logging.getLogger(__name__)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class PrometheusMetrics(Middleware):
+    def __init__(self, registry: Any = None, namespace: str = "durable") -> None:
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+        reg = REGISTRY if registry is None else registry
+        job, ns = ["task", "queue"], namespace
+        self.enqueued = Counter(f"{ns}_jobs_enqueued", "Jobs enqueued.", job, registry=reg)
+        self.completed = Counter(f"{ns}_jobs_completed", "Jobs that succeeded.", job,
+                                 registry=reg)
+        self.failed = Counter(f"{ns}_jobs_failed", "Jobs that failed for good.",
+                              [*job, "exception"], registry=reg)
+        self.retried = Counter(f"{ns}_jobs_retried", "Retries scheduled (call or job).",
+                               [*job, "layer"], registry=reg)
+        self.dead = Counter(f"{ns}_jobs_dead_lettered", "Jobs moved to the dead letters.",
+                            job, registry=reg)
+        self.duration = Histogram(f"{ns}_jobs_duration_seconds",
+                                  "Duration of executions that ended the job.", job,
+                                  buckets=BUCKETS, registry=reg)
+        self.in_progress = Gauge(f"{ns}_jobs_in_progress", "Executions running now.", job,
+                                 multiprocess_mode="livesum", registry=reg)
+        self.calls = Counter(f"{ns}_calls", "Calls that ran (replays excluded).",
+                             ["task", "call", "outcome"], registry=reg)
+        self.call_duration = Histogram(f"{ns}_call_duration_seconds",
+                                       "Duration of calls that ran.", ["task", "call"],
+                                       buckets=BUCKETS, registry=reg)
+
+    def on_enqueue(self, task: str, queue: str | None) -> None:
+        self.enqueued.labels(task, queue or "").inc()
+
+    def before_job(self, job: JobInfo) -> None:
+        self.in_progress.labels(job.task, job.queue or "").inc()
+
+    def after_job(self, job: JobInfo, outcome: Outcome) -> None:
+        labels = (job.task, job.queue or "")
+        if not outcome.by_sweeper:  # the sweeper's report: no execution was counted
+            self.in_progress.labels(*labels).dec()
+        if outcome.state == "succeeded":
+            self.completed.labels(*labels).inc()
+        elif outcome.state in ("failed", "dead"):
+            self.failed.labels(*labels, type(outcome.error).__name__).inc()
+            if outcome.state == "dead":
+                self.dead.labels(*labels).inc()
+        elif outcome.state == "retrying":
+            self.retried.labels(*labels, outcome.retry_of or "job").inc()
+        if outcome.state in ("succeeded", "failed", "dead", "cancelled") and \
+                not outcome.by_sweeper:
+            self.duration.labels(*labels).observe(outcome.duration)
+
+    def after_call(self, job: JobInfo, call: CallInfo) -> None:
+        self.calls.labels(job.task, call.name, "succeeded").inc()
+        self.call_duration.labels(job.task, call.name).observe(call.duration or 0.0)
+
+    def on_call_error(self, job: JobInfo, call: CallInfo, error: BaseException) -> None:
+        self.calls.labels(job.task, call.name,
+                          "retrying" if call.retrying else "failed").inc()
+        self.call_duration.labels(job.task, call.name).observe(call.duration or 0.0)
+
+
+class QueueDepthCollector:
+    """``durable_jobs_queue_depth{queue, state}`` from the jobs table at scrape time:
+    right whatever the broker (pending, retrying and running jobs per queue)."""
+
+    def __init__(self, durable: Durable, namespace: str = "durable") -> None:
+        self.durable = durable
+        self.name = f"{namespace}_jobs_queue_depth"
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self.name, "Active jobs per queue and state (from SQL).",
+                                   labels=["queue", "state"])
+        try:
+            for queue, state, count in self.durable.storage.count_active():
+                family.add_metric([queue or "", state], count)
+        except Exception:
+            logger.warning("durable: could not read the queue depth", exc_info=True)
+        yield family
+
+
+def start_exporter(durable: Durable, port: int) -> None:
+    """Serve /metrics from this (the worker's main) process."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    registry.register(QueueDepthCollector(durable))
+    start_http_server(port, registry=registry)
+    logger.info("durable: Prometheus metrics on :%d/metrics", port)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
