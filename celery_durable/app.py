@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -17,6 +17,8 @@ from . import dead_letters, operations
 from .determinism import Determinism, check_determinism
 from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
+from .events import Event, read_events
+from .events import follow as events_follow
 from .inspection import JobSummary, JobView, export_history, job_view
 from .leases import LeaseKeeper
 from .observe import CallInfo, JobInfo, Observers
@@ -160,6 +162,14 @@ class Durable:
         """``fn(job, call)`` after a call's checkpoint is written."""
         self.observers.hooks.checkpoint.append(fn)
         return fn
+
+    def events(self, since: str | datetime | None = None, *, follow: bool = True,
+               poll_interval: float = 0.5) -> Iterator[Event]:
+        """What every worker did (see ``celery_durable.events``), oldest first, from
+        ``since`` (an event's ``cursor`` or a time); with ``follow``, forever."""
+        if follow:
+            return events_follow(self, since, poll_interval=poll_interval)
+        return iter(read_events(self, since))
 
     def set_determinism(self, mode: Determinism | str) -> None:
         """The default determinism mode: "explicit", "strict" or "best_effort"."""

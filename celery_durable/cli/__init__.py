@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from ..errors import DurableError
@@ -82,6 +84,25 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     verb = "would delete" if dry_run else "deleted"
     click.echo(", ".join(f"{verb} {n} {state}" for state, n in counts.items()) or
                "retention is off for every state")
+
+
+@durable.command(help="Tail what every worker does (jobs started, checkpoints, retries, "
+                      "outcomes); resumable with --since CURSOR.")
+@click.option("--since", help="An event's cursor (or an ISO time) to start after.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Keep waiting for new events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def events(ctx: click.Context, since: str | None, follow: bool, as_json: bool) -> None:
+    for event in durable_of(ctx).events(since=since, follow=follow):
+        if as_json:
+            click.echo(json.dumps({"kind": event.kind, "at": event.at.isoformat(),
+                                   "job_id": event.job_id, "task": event.task,
+                                   "detail": event.detail, "cursor": event.cursor}))
+        else:
+            detail = " ".join(f"{k}={v}" for k, v in (event.detail or {}).items())
+            click.echo(f"{event.at:%Y-%m-%d %H:%M:%S.%f}  {event.kind:<16}{event.job_id}"
+                       f"  {event.task or ''} {detail}".rstrip())
 
 
 durable.add_command(jobs)

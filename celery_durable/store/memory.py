@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from ..errors import LeaseLost
 from .base import (
@@ -224,6 +225,29 @@ class MemoryStorage(ScheduleMemory):
         with self._lock:
             return {i for i in job_ids
                     if i in self._jobs and self._jobs[i].cancel_requested_at is not None}
+
+    def changes_since(self, after: datetime, limit: int) -> list[dict[str, Any]]:
+        from ..history import position
+
+        with self._lock:
+            jobs = list(self._jobs.values())
+            calls = list(self._calls.values())
+            errors = [e for errs in self._errors.values() for e in errs]
+        out: list[dict[str, Any]] = [
+            {"kind": kind, "id": j.id, "task": j.task, "state": j.state.value,
+             "started_at": j.started_at, "finished_at": j.finished_at} for j in jobs
+            for kind, at in (("started", j.started_at), ("finished", j.finished_at))
+            if at and at > after]
+        out += [{"kind": "call", "root_id": c.root_id, "name": c.name, "state": c.state.value,
+                 "attempts": c.attempts, "finished_at": c.finished_at,
+                 "position": ".".join(map(str, position(c.root_id, c.job_id, c.seq)))}
+                for c in calls if c.finished_at > after]
+        finals = {(j.id, j.finished_at) for j in jobs
+                  if j.state in (JobState.FAILED, JobState.DEAD)}
+        out += [{"kind": "error", "job_id": e.job_id, "execution": e.execution,
+                 "error": e.error, "failed_at": e.failed_at} for e in errors
+                if e.failed_at > after and (e.job_id, e.failed_at) not in finals]
+        return out
 
     def count_active(self) -> list[tuple[str | None, str, int]]:
         counts: dict[tuple[str | None, str], int] = {}

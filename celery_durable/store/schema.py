@@ -98,6 +98,9 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
     # unique=: NULLs never collide, and a finished job's key is set back to NULL.
     Index(f"{prefix}jobs_unique_key", jobs.c.unique_key, unique=True)
+    # The event stream reads rows written after a point in time.
+    Index(f"{prefix}jobs_started_at", jobs.c.started_at)
+    Index(f"{prefix}jobs_finished_at", jobs.c.finished_at)
     # Dead-letter listings and retention read finished jobs of one state by age.
     Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
     # Keyed by root first: one index range serves a whole tree's history, and a child
@@ -116,6 +119,7 @@ def build_tables(prefix: str) -> Tables:
         Column("started_at", UTCDateTime(), nullable=False),
         Column("finished_at", UTCDateTime(), nullable=False),
     )
+    Index(f"{prefix}calls_finished_at", calls.c.finished_at)  # the event stream
     # One row per failed execution (claim number ``execution``), so a dead letter shows
     # every attempt's error, and a requeued job keeps the errors of its earlier life.
     job_errors = Table(
@@ -125,6 +129,7 @@ def build_tables(prefix: str) -> Tables:
         Column("error", JSON_TEXT, nullable=False),
         Column("failed_at", UTCDateTime(), nullable=False),
     )
+    Index(f"{prefix}job_errors_failed_at", job_errors.c.failed_at)  # the event stream
     schedules = Table(
         f"{prefix}schedules", metadata,
         Column("name", ID, primary_key=True),
@@ -237,9 +242,19 @@ def _add_scheduler(conn: Connection, tables: Tables) -> None:
                                checkfirst=True)
 
 
+def _add_event_indexes(conn: Connection, tables: Tables) -> None:
+    """Indexes the event stream reads by: started_at / finished_at / failed_at."""
+    _add_missing_index(conn, tables, "started_at")
+    _add_missing_index(conn, tables, "finished_at")
+    for table, column in ((tables.calls, "finished_at"), (tables.job_errors, "failed_at")):
+        name = f"{table.name}_{column}"
+        if name not in {i["name"] for i in inspect(conn).get_indexes(table.name)}:
+            next(i for i in table.indexes if i.name == name).create(conn)
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
 MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation,
-                               _add_scheduler]
+                               _add_scheduler, _add_event_indexes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -290,6 +290,31 @@ class SQLStorage(ScheduleSQL):
         with self._connect() as conn:
             return set(conn.scalars(self._sql.cancel_requested, {"p_ids": list(job_ids)}))
 
+    def changes_since(self, after: datetime, limit: int) -> list[dict[str, Any]]:
+        """Rows written after ``after`` that the event stream turns into events."""
+        jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
+        out: list[dict[str, Any]] = []
+        job_columns = (jobs.c.id, jobs.c.task, jobs.c.state, jobs.c.started_at,
+                       jobs.c.finished_at)
+        final = (jobs.c.finished_at == errors.c.failed_at) & jobs.c.state.in_(
+            [JobState.FAILED.value, JobState.DEAD.value])
+        with self._connect() as conn:
+            for kind, column in (("started", jobs.c.started_at),
+                                 ("finished", jobs.c.finished_at)):
+                for row in conn.execute(select(*job_columns).where(column > after)
+                                        .order_by(column).limit(limit)):
+                    out.append({"kind": kind, **row._mapping})
+            for row in conn.execute(select(calls).where(calls.c.finished_at > after)
+                                    .order_by(calls.c.finished_at).limit(limit)):
+                out.append({"kind": "call", **row._mapping,
+                            "position": _position_text(row.root_id, row.job_id, row.seq)})
+            for row in conn.execute(
+                    select(errors).join(jobs, jobs.c.id == errors.c.job_id)
+                    .where(errors.c.failed_at > after, ~final)
+                    .order_by(errors.c.failed_at).limit(limit)):
+                out.append({"kind": "error", **row._mapping})
+        return out
+
     def count_active(self) -> list[tuple[str | None, str, int]]:
         jobs = self.tables.jobs
         query = select(jobs.c.queue, jobs.c.state, func.count()).where(
@@ -423,6 +448,12 @@ class SQLStorage(ScheduleSQL):
     def _rowcount(self, stmt: Executable, params: dict[str, Any]) -> int:
         with self._connect() as conn:
             return int(conn.execute(stmt, params).rowcount)
+
+
+def _position_text(root_id: str, scope: str, seq: int) -> str:
+    from ..history import position
+
+    return ".".join(map(str, position(root_id, scope, seq)))
 
 
 def _new_row(job: NewJob) -> dict[str, Any]:

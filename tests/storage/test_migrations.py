@@ -21,8 +21,9 @@ def _downgrade_to_v1(storage: SQLStorage) -> None:
     tables = storage.tables
     with storage._create_engine().begin() as conn:
         operations = Operations(MigrationContext.configure(conn))
-        for index in ("state_finished_at", "unique_key"):
+        for index in ("state_finished_at", "unique_key", "started_at", "finished_at"):
             operations.drop_index(f"{tables.jobs.name}_{index}", tables.jobs.name)
+        operations.drop_index(f"{tables.calls.name}_finished_at", tables.calls.name)
         with operations.batch_alter_table(tables.jobs.name) as batch:  # SQLite rebuilds
             for column in ("failures", "requeues", "not_before", "cancel_requested_at",
                            "unique_key"):

@@ -1,0 +1,116 @@
+"""The event stream: ``durable.events()`` yields what every worker on every host did,
+read back from the tables the jobs already write (no extra commit on the hot path).
+
+Each event has a ``cursor``; pass the last one back as ``since=`` to resume after it.
+Events are ordered by the time their row was written (the workers' clocks: keep them
+NTP-synchronised), so one job's events arrive in the order they happened.
+
+    JobStarted        a job's first execution claimed it           (jobs.started_at)
+    CheckpointSaved   a call's checkpoint was written               (calls.finished_at)
+    CallRetried       a call failed and will be attempted again     (calls, state retrying)
+    JobRetried        a job's execution failed; the job runs again  (job_errors)
+    JobCompleted      the job succeeded                             (jobs.finished_at)
+    JobFailed         the job failed for good                       (jobs.finished_at)
+    JobDeadLettered   the job went to the dead letters              (jobs.finished_at)
+    JobCancelled      the job was cancelled                         (jobs.finished_at)
+
+Events reflect the rows as they are when read: a reader that is not following live
+sees a call that was retried and then succeeded as its final checkpoint only, and a
+job's first start only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import serialization
+from .store.base import CallState, JobState
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    at: datetime
+    job_id: str
+    task: str | None = None
+    detail: dict[str, Any] | None = None
+
+    @property
+    def order(self) -> tuple[datetime, str, str, str]:
+        detail = self.detail or {}
+        # Within one instant a job starts, then saves, then retries or ends.
+        return (self.at, self.job_id, f"{_RANK.get(self.kind, 9)}{self.kind}",
+                f"{detail.get('position', '')}:{detail.get('attempt', '')}")
+
+    @property
+    def cursor(self) -> str:
+        """Resume after this event: ``durable.events(since=event.cursor)``."""
+        at, job_id, kind, key = self.order
+        return "|".join((at.isoformat(), job_id, kind, key))
+
+
+_RANK = {"JobStarted": 0, "CheckpointSaved": 1, "CallRetried": 1, "JobRetried": 2}
+
+
+_FINISHED = {JobState.SUCCEEDED.value: "JobCompleted", JobState.FAILED.value: "JobFailed",
+             JobState.DEAD.value: "JobDeadLettered", JobState.CANCELLED.value: "JobCancelled"}
+_EPOCH = datetime.fromtimestamp(0, timezone.utc)
+
+
+def read_events(durable: Durable, since: str | datetime | None,
+                limit: int = 500) -> list[Event]:
+    """The events after ``since`` (a cursor, or a time), oldest first."""
+    after = _parse(since)
+    storage: Any = durable.storage
+    events = [e for row in storage.changes_since(after[0], limit) for e in _events(row)]
+    events = sorted((e for e in events if e.order > after), key=lambda e: e.order)
+    return events[:limit]
+
+
+def follow(durable: Durable, since: str | datetime | None = None, *,
+           poll_interval: float = 0.5, stop: Any = None) -> Iterator[Event]:
+    """Yield events as they happen, until ``stop()`` returns True (else forever)."""
+    cursor: str | datetime | None = since
+    while not (stop and stop()):
+        batch = read_events(durable, cursor)
+        for event in batch:
+            yield event
+            cursor = event.cursor
+        if not batch:
+            time.sleep(poll_interval)
+
+
+def _parse(since: str | datetime | None) -> tuple[datetime, str, str, str]:
+    if since is None:
+        return (_EPOCH, "", "", "")
+    if isinstance(since, datetime):
+        return (since.astimezone(timezone.utc), "", "", "")
+    at, job_id, kind, key = [*since.split("|"), "", "", ""][:4]
+    return (datetime.fromisoformat(at), job_id, kind, key)
+
+
+def _events(row: dict[str, Any]) -> list[Event]:
+    kind = row["kind"]
+    if kind == "started":
+        return [Event("JobStarted", row["started_at"], row["id"], row["task"])]
+    if kind == "finished":
+        if row["state"] not in _FINISHED:
+            return []
+        return [Event(_FINISHED[row["state"]], row["finished_at"], row["id"], row["task"])]
+    if kind == "call":
+        position = row["position"]
+        retrying = row["state"] == CallState.RETRYING.value
+        return [Event("CallRetried" if retrying else "CheckpointSaved", row["finished_at"],
+                      row["root_id"], None,
+                      {"position": position, "call": row["name"],
+                       "attempt": row["attempts"], "state": row["state"]})]
+    error = serialization.loads(row["error"]) or {}
+    return [Event("JobRetried", row["failed_at"], row["job_id"], None,
+                  {"attempt": row["execution"], "error": error.get("type")})]
