@@ -43,6 +43,8 @@ class JobInfo:
     execution: int | None
     """How many executions have claimed the job, this one included (None if unknown)."""
     started_at: datetime
+    trace_parent: str | None = None
+    """The enqueuer's W3C traceparent, carried with the job (see ``tracing``)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,19 @@ class Observers:
             function = getattr(item, method, None)
             if function is not None:
                 _safely(function, *args)
+
+    def message_headers(self) -> dict[str, Any]:
+        """Headers middleware want on a job's message (and stored with its row)."""
+        headers: dict[str, Any] = {}
+        for item in self.middleware:
+            function = getattr(item, "message_headers", None)
+            if function is not None:
+                try:
+                    headers.update(function() or {})
+                except Exception:
+                    logger.exception("celery-durable: %r.message_headers raised; ignored",
+                                     item)
+        return headers
 
     def job_enqueued(self, task: str, queue: str | None) -> None:
         self._forward("on_enqueue", task, queue)

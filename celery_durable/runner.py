@@ -73,7 +73,7 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         execution.info = JobInfo(
             id=job_id, task=task.name, args=tuple(args), kwargs=dict(kwargs),
             queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
-            started_at=durable.now())
+            started_at=durable.now(), trace_parent=_trace_parent(request))
         observers.job_started(execution.info)
     started = time.monotonic()
     token = activate(execution)
@@ -92,6 +92,12 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
             outcome = execution.outcome or Outcome("interrupted", 0.0)
             observers.job_ended(execution.info, dataclasses.replace(
                 outcome, duration=time.monotonic() - started))
+
+
+def _trace_parent(request: Any) -> str | None:
+    value = getattr(request, "durable_trace", None) or (
+        getattr(request, "headers", None) or {}).get("durable_trace")
+    return value if isinstance(value, str) else None
 
 
 class _Stored:
@@ -196,7 +202,7 @@ def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
 # canvas (chain, links, group, chord) and its ids.
 RESENT_OPTIONS = ("link", "link_error", "chain", "group_id", "group_index", "chord",
                   "root_id", "parent_id", "reply_to", "shadow", "exchange", "routing_key",
-                  "time_limit", "soft_time_limit", "expires", "retries")
+                  "time_limit", "soft_time_limit", "expires", "retries", "headers")
 
 
 def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,

@@ -82,6 +82,10 @@ class DurableTask(Task):  # type: ignore[type-arg]
                 release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        if durable.observers.middleware:
+            extra = durable.observers.message_headers()
+            if extra:  # e.g. the trace context, stored with the row for every resend
+                options["headers"] = {**(options.get("headers") or {}), **extra}
         due = due_time(options.pop("delay", None), options.pop("at", None), now=durable.now())
         unique = check_unique(options.pop("unique", None))
         eta = due or _eta(options.get("eta"), options.get("countdown"))

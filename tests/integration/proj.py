@@ -158,6 +158,8 @@ def _scheduled(app: Celery, durable: Durable) -> None:
     _versioned(app, durable)
     if os.environ.get("DURABLE_TEST_HOOKS"):
         _hooks(durable)
+    if os.environ.get("DURABLE_TEST_OTEL"):
+        _tracing(durable)
     if os.environ.get("DURABLE_TEST_METRICS_PORT"):
         from celery_durable import PrometheusMetrics
 
@@ -250,6 +252,36 @@ def _retry_workflows(app: Celery, durable: Durable) -> None:
     @durable.task(name="proj.hard_limited", shared=False, time_limit=2, call_retries=2)
     def hard_limited() -> list[Any]:
         return [call(step, "hard-a", 0), call(slow_once, 6)]
+
+
+def _tracing(durable: Durable) -> None:
+    """Spans go to a JSON-lines file the test reads (each pool process appends)."""
+    import json
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from celery_durable.tracing import OTelTracing
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            path = Path(os.environ["DURABLE_TEST_EFFECTS"]) / "spans.jsonl"
+            with open(path, "a") as f:
+                for s in spans:
+                    f.write(json.dumps({
+                        "name": s.name, "trace": f"{s.context.trace_id:032x}",
+                        "span": f"{s.context.span_id:016x}",
+                        "parent": f"{s.parent.span_id:016x}" if s.parent else None,
+                        "outcome": (s.attributes or {}).get("durable.outcome")}) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    durable.use(OTelTracing(provider))
 
 
 def _code_version() -> str:

@@ -1,0 +1,46 @@
+"""OpenTelemetry under real workers: a job enqueued inside a span, its worker SIGKILLed
+mid-job, resumed by another: both executions' spans are in the enqueuer's trace, and
+every call span hangs under its execution's job span."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from celery_durable.tracing import OTelTracing
+from tests.integration.conftest import Cluster, wait_for
+
+pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
+
+
+def test_one_trace_across_a_crash_and_resume(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("redis", "postgres", step_seconds=1.0)
+    provider = TracerProvider()
+    cluster.durable.use(OTelTracing(provider))  # the enqueuer puts its context on the job
+    first = cluster.worker(DURABLE_TEST_OTEL="1")
+    with provider.get_tracer("test").start_as_current_span("checkout") as checkout:
+        job_id = cluster.app.tasks["proj.five_steps"].delay(0).id
+    wait_for(lambda: cluster.committed_calls(job_id) >= 2, 60, "call 2", cluster.logs_tail)
+    first.kill()
+    cluster.worker(DURABLE_TEST_OTEL="1")
+    cluster.wait_finished(job_id)
+    spans_file = cluster.effects / "spans.jsonl"
+    wait_for(lambda: spans_file.exists() and '"succeeded"' in spans_file.read_text(), 30,
+             "the second execution's job span")
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    trace_id = f"{checkout.get_span_context().trace_id:032x}"
+    assert {s["trace"] for s in spans} == {trace_id}
+    jobs = [s for s in spans if s["name"] == "durable.job proj.five_steps"]
+    # the killed execution never ended its span (it was SIGKILLed): only the resumed one
+    assert [s["outcome"] for s in jobs] == ["succeeded"]
+    assert jobs[0]["parent"] == f"{checkout.get_span_context().span_id:016x}"
+    calls = [s for s in spans if s["name"] == "durable.call proj.step"]
+    first_execution_calls = [c for c in calls if c["parent"] != jobs[0]["span"]]
+    resumed_calls = [c for c in calls if c["parent"] == jobs[0]["span"]]
+    # calls that ended before the kill have spans from the first execution; the resumed
+    # one replays them (no span) and runs the rest: five call spans in all, none twice
+    assert len(first_execution_calls) in (2, 3)
+    assert len(first_execution_calls) + len(resumed_calls) == 5
