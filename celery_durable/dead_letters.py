@@ -8,21 +8,18 @@ earlier errors and its requeue count, so its whole history stays in one place.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from . import recovery
 from .errors import JobNotFound
-from .history import discard_from_first_failure
 from .inspection import JobSummary, JobView, job_summary, job_view
-from .recovery import publish
 from .store.base import JobFilter, JobState
 
 if TYPE_CHECKING:
     from .app import Durable
 
-logger = logging.getLogger(__name__)
 DEAD = (JobState.DEAD,)
 _PURGE_BATCH = 500
 
@@ -52,22 +49,9 @@ def requeue(durable: Durable, job_ids: str | Iterable[str], *,
     ``from_scratch=True`` every checkpoint is dropped and the body runs from the top.
     Ids that are not dead letters (any more) are skipped.
     """
-    storage, done = durable.storage, []
-    for job_id in [job_ids] if isinstance(job_ids, str) else list(job_ids):
-        discard = None if from_scratch else discard_from_first_failure(
-            job_id, storage.load_history(job_id))
-        if not storage.requeue_job(job_id, DEAD, discard, durable.deliver_by(None),
-                                   durable.now()):
-            continue
-        job = storage.get_job(job_id)
-        if job is not None:
-            try:
-                publish(durable, job)
-            except Exception:  # the row is pending with a deadline: the sweeper resends
-                logger.exception("job %s requeued but not published; the recovery sweeper "
-                                 "will publish it", job_id)
-        done.append(job_id)
-    return done
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    return [job_id for job_id in ids
+            if recovery.requeue(durable, job_id, DEAD, from_scratch=from_scratch)]
 
 
 def purge(durable: Durable, job_ids: Iterable[str] | None = None, *,

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 
 from . import serialization
 from .errors import JobNotFound, JobStateError
-from .history import discard_from_first_failure
 from .inspection import JobSummary, job_summary
-from .recovery import publish
+from .recovery import requeue
 from .store.base import CancelOutcome, JobFilter, JobState
 
 if TYPE_CHECKING:
@@ -46,23 +45,12 @@ def retry(durable: Durable, job_id: str, *, from_scratch: bool = False) -> None:
 
     Calls that succeeded before the first failure replay unless ``from_scratch``.
     Raises JobNotFound, or JobStateError for a job that is still active or succeeded."""
-    storage = durable.storage
-    job = storage.get_job(job_id)
+    job = durable.storage.get_job(job_id)
     if job is None:
         raise JobNotFound(job_id)
-    discard = None if from_scratch else discard_from_first_failure(
-        job_id, storage.load_history(job_id))
-    if not storage.requeue_job(job_id, RETRYABLE_STATES, discard, durable.deliver_by(None),
-                               durable.now()):
+    if not requeue(durable, job_id, RETRYABLE_STATES, from_scratch=from_scratch):
         raise JobStateError(job_id, job.state.value,
                             "only failed, dead or cancelled jobs can be retried")
-    requeued = storage.get_job(job_id)
-    if requeued is not None:
-        try:
-            publish(durable, requeued)
-        except Exception:  # pending with a deadline: the sweeper publishes it
-            logger.exception("job %s requeued but not published; the recovery sweeper "
-                             "will publish it", job_id)
 
 
 def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutcome:

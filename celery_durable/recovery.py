@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import serialization
+from .history import discard_from_first_failure
 from .retry import job_policy
 from .store.base import JobRecord, JobState
 
@@ -120,6 +122,27 @@ class RecoverySweeper:
                                      settings.retention_interval)
             if self._stop.wait(settings.sweep_interval):
                 return
+
+
+def requeue(durable: Durable, job_id: str, from_states: Sequence[JobState], *,
+            from_scratch: bool) -> bool:
+    """Put a finished job back to pending (same id) and publish it; False, and nothing
+    changed, if it was not in one of ``from_states``. Calls that succeeded before the
+    first failure replay unless ``from_scratch``."""
+    storage = durable.storage
+    discard = None if from_scratch else discard_from_first_failure(
+        job_id, storage.load_history(job_id))
+    if not storage.requeue_job(job_id, from_states, discard, durable.deliver_by(None),
+                               durable.now()):
+        return False
+    job = storage.get_job(job_id)
+    if job is not None:
+        try:
+            publish(durable, job)
+        except Exception:  # pending with a deadline: the sweeper publishes it
+            logger.exception("job %s requeued but not published; the recovery sweeper "
+                             "will publish it", job_id)
+    return True
 
 
 def publish(durable: Durable, job: JobRecord) -> None:
