@@ -70,6 +70,15 @@ class NewJob:
     unique_key: str | None = None
     """While the job is active no other job may hold this key."""
 
+    def as_record(self) -> JobRecord:
+        """The job as its row reads right after enqueue (pending, never claimed)."""
+        return JobRecord(
+            id=self.id, task=self.task, args=self.args, kwargs=self.kwargs,
+            queue=self.queue, priority=self.priority, state=JobState.PENDING, attempts=0,
+            recoveries=0, lease_owner=None, lease_expires_at=self.deliver_by, result=None,
+            error=None, created_at=self.created_at, started_at=None, finished_at=None,
+            options=self.options, not_before=self.not_before, unique_key=self.unique_key)
+
 
 @dataclass(frozen=True)
 class JobRecord:

@@ -42,7 +42,7 @@ class MemoryStorage(ScheduleMemory):
         with self._lock:
             if job.id in self._jobs or self._holder(job.unique_key):
                 return False
-            self._jobs[job.id] = _record_of(job)
+            self._jobs[job.id] = job.as_record()
             return True
 
     def create_unique_job(self, job: NewJob) -> str:
@@ -51,7 +51,7 @@ class MemoryStorage(ScheduleMemory):
             if holder is not None:
                 return holder
             if job.id not in self._jobs:
-                self._jobs[job.id] = _record_of(job)
+                self._jobs[job.id] = job.as_record()
             return job.id
 
     def _holder(self, key: str | None) -> str | None:
@@ -305,15 +305,6 @@ class MemoryStorage(ScheduleMemory):
         return (job is not None and job.state in ACTIVE_STATES
                 and job.lease_owner == seen.lease_owner
                 and job.lease_expires_at == seen.lease_expires_at)
-
-
-def _record_of(job: NewJob) -> JobRecord:
-    return JobRecord(
-        id=job.id, task=job.task, args=job.args, kwargs=job.kwargs, queue=job.queue,
-        priority=job.priority, state=JobState.PENDING, attempts=0, recoveries=0,
-        lease_owner=None, lease_expires_at=job.deliver_by, result=None, error=None,
-        created_at=job.created_at, started_at=None, finished_at=None, options=job.options,
-        not_before=job.not_before, unique_key=job.unique_key)
 
 
 def _matches(job: JobRecord, where: JobFilter) -> bool:

@@ -11,12 +11,6 @@ from .base import JobRecord, NewJob
 from .schedule_base import ScheduleRecord, ScheduleRun
 
 
-def _record_of(job: NewJob) -> JobRecord:
-    from .memory import _record_of as record_of
-
-    return record_of(job)
-
-
 class ScheduleMemory:
     _lock: threading.Lock
     _jobs: dict[str, JobRecord]
@@ -66,7 +60,7 @@ class ScheduleMemory:
             for run in runs:
                 self._runs[(run.schedule, run.nominal_at)] = run
             for job in jobs:
-                self._jobs[job.id] = _record_of(job)
+                self._jobs[job.id] = job.as_record()
             self._schedules[seen.name] = replace(
                 current, next_run_at=next_run_at, version=current.version + 1,
                 last_run_at=max((r.nominal_at for r in runs), default=None)

@@ -51,7 +51,7 @@ from .base import (
 )
 from .schema import apply_migrations, build_tables, pending_migrations
 from .sql_schedules import ScheduleSQL
-from .statements import CALL_COLUMNS, build_statements
+from .statements import CALL_COLUMNS, build_statements, new_job_row
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-durable[postgres]'",
@@ -161,7 +161,7 @@ class SQLStorage(ScheduleSQL):
     def create_job(self, job: NewJob) -> bool:
         with self._connect() as conn:
             try:
-                conn.execute(self._sql.insert_job, _new_row(job))
+                conn.execute(self._sql.insert_job, new_job_row(job))
             except sa_exc.IntegrityError:
                 return False
         return True
@@ -170,7 +170,7 @@ class SQLStorage(ScheduleSQL):
         for _ in range(5):  # the holder may finish between our INSERT and SELECT
             with self._connect() as conn:
                 try:
-                    conn.execute(self._sql.insert_job, _new_row(job))
+                    conn.execute(self._sql.insert_job, new_job_row(job))
                     return job.id
                 except sa_exc.IntegrityError:
                     holder = conn.scalar(self._sql.unique_holder, {"p_key": job.unique_key})
@@ -454,14 +454,6 @@ def _position_text(root_id: str, scope: str, seq: int) -> str:
     from ..history import position
 
     return ".".join(map(str, position(root_id, scope, seq)))
-
-
-def _new_row(job: NewJob) -> dict[str, Any]:
-    return {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
-            "queue": job.queue, "priority": job.priority, "options": job.options,
-            "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
-            "lease_expires_at": job.deliver_by, "created_at": job.created_at,
-            "not_before": job.not_before, "unique_key": job.unique_key}
 
 
 def _fence(lease: Lease, **params: Any) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy import exc as sa_exc
 
-from .base import JobState, NewJob
+from .base import NewJob
 from .schedule_base import ScheduleRecord, ScheduleRun
 from .schema import Tables, UTCDateTime
+from .statements import new_job_row
 
 _RECORD_COLUMNS = ("name", "task", "args", "kwargs", "options", "spec", "timezone",
                    "missed", "catchup_limit", "enabled", "paused", "source", "next_run_at",
@@ -96,7 +97,7 @@ class ScheduleSQL:
                     conn.execute(self.tables.schedule_runs.insert(),
                                  [_run_row(r) for r in runs])
                 if jobs:
-                    conn.execute(self.tables.jobs.insert(), [_job_row(j) for j in jobs])
+                    conn.execute(self.tables.jobs.insert(), [new_job_row(j) for j in jobs])
         except (_Rollback, sa_exc.IntegrityError):
             return False
         return True
@@ -147,14 +148,3 @@ def _run(row: Any) -> ScheduleRun:
                        job_id=m["job_id"], outcome=m["outcome"], reason=m["reason"],
                        recorded_at=m["recorded_at"], lateness=float(m["lateness"]),
                        published=bool(m["published"]))
-
-
-def _job_row(job: NewJob) -> dict[str, Any]:
-    return {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
-            "queue": job.queue, "priority": job.priority, "options": job.options,
-            "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
-            "failures": 0, "requeues": 0, "lease_expires_at": job.deliver_by,
-            "created_at": job.created_at, "not_before": job.not_before,
-            "unique_key": job.unique_key}
-
-

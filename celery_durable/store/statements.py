@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BindParameter,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 
-from .base import ACTIVE_STATES, CallState, JobState
+from .base import ACTIVE_STATES, CallState, JobState, NewJob
 from .schema import Tables, UTCDateTime
 
 _ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -182,3 +183,12 @@ def build_statements(tables: Tables) -> Statements:
 
 def _time(name: str) -> BindParameter[datetime]:
     return bindparam(name, type_=UTCDateTime())
+
+
+def new_job_row(job: NewJob) -> dict[str, Any]:
+    """The jobs row of a job just enqueued (``insert_job``'s parameters)."""
+    return {"id": job.id, "task": job.task, "args": job.args, "kwargs": job.kwargs,
+            "queue": job.queue, "priority": job.priority, "options": job.options,
+            "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
+            "lease_expires_at": job.deliver_by, "created_at": job.created_at,
+            "not_before": job.not_before, "unique_key": job.unique_key}
