@@ -26,6 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store.base import CallRecord
 
 
 class DurableError(Exception):
@@ -188,7 +192,7 @@ class CallRetryPending(BaseException):
     Internal: raised by call() and handled by the runner, which reschedules the job.
     """
 
-    def __init__(self, record: object, delay: float, error: BaseException) -> None:
+    def __init__(self, record: CallRecord, delay: float, error: BaseException) -> None:
         self.record = record
         self.delay = delay
         self.error = error

@@ -39,15 +39,14 @@ def retry_call(durable: Durable, task: Task, request: Any,  # type: ignore[type-
     not_before = now + timedelta(seconds=pending.delay)
     record = pending.record
     with interrupt_on_storage_error(execution.root_id):
-        durable.storage.retry_call(record, execution.lease, not_before,  # type: ignore[arg-type]
+        durable.storage.retry_call(record, execution.lease, not_before,
                                    _deliver_by(durable, not_before, pending.delay), now)
     execution.released = True
-    execution.ended("retrying", pending.error, retry_of="call",
-                    attempt=getattr(record, "attempts", 0) + 1, delay=pending.delay)
+    execution.ended("retrying", pending.error, retry_of="call", attempt=record.attempts + 1,
+                    delay=pending.delay)
     logger.warning("job %s: call %s failed (%s: %s); attempt %d of the call in %.3gs",
-                   execution.root_id, getattr(record, "name", "?"),
-                   type(pending.error).__name__, pending.error,
-                   getattr(record, "attempts", 0) + 1, pending.delay)
+                   execution.root_id, record.name, type(pending.error).__name__,
+                   pending.error, record.attempts + 1, pending.delay)
     # A call retry is not one of Celery's retries: request.retries (what max_retries
     # limits for self.retry() / autoretry_for) stays as it is.
     raise _celery_retry(durable, task, request, pending.error, pending.delay, not_before,

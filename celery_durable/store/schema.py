@@ -215,17 +215,17 @@ def _add_missing_columns(conn: Connection, tables: Tables,
             operations.add_column(tables.jobs.name, column)
 
 
-def _add_missing_index(conn: Connection, tables: Tables, suffix: str) -> None:
-    """Create the jobs index named ``<jobs table>_<suffix>`` unless it exists."""
-    name = f"{tables.jobs.name}_{suffix}"
-    if name not in {i["name"] for i in inspect(conn).get_indexes(tables.jobs.name)}:
-        next(i for i in tables.jobs.indexes if i.name == name).create(conn)
+def _add_missing_index(conn: Connection, table: Table, suffix: str) -> None:
+    """Create the declared index ``<table>_<suffix>`` unless it exists."""
+    name = f"{table.name}_{suffix}"
+    if name not in {i["name"] for i in inspect(conn).get_indexes(table.name)}:
+        next(i for i in table.indexes if i.name == name).create(conn)
 
 
 def _add_retry_layer(conn: Connection, tables: Tables) -> None:
     """failures, requeues, not_before; the job_errors table; an index for dead letters."""
     _add_missing_columns(conn, tables, _retry_layer_columns())
-    _add_missing_index(conn, tables, "state_finished_at")
+    _add_missing_index(conn, tables.jobs, "state_finished_at")
     tables.job_errors.create(conn, checkfirst=True)
 
 
@@ -237,19 +237,16 @@ def _add_cancellation(conn: Connection, tables: Tables) -> None:
 def _add_scheduler(conn: Connection, tables: Tables) -> None:
     """schedules and schedule_runs (the database beat scheduler); jobs.unique_key."""
     _add_missing_columns(conn, tables, _scheduling_columns())
-    _add_missing_index(conn, tables, "unique_key")
+    _add_missing_index(conn, tables.jobs, "unique_key")
     tables.metadata.create_all(conn, tables=[tables.schedules, tables.schedule_runs],
                                checkfirst=True)
 
 
 def _add_event_indexes(conn: Connection, tables: Tables) -> None:
     """Indexes the event stream reads by: started_at / finished_at / failed_at."""
-    _add_missing_index(conn, tables, "started_at")
-    _add_missing_index(conn, tables, "finished_at")
-    for table, column in ((tables.calls, "finished_at"), (tables.job_errors, "failed_at")):
-        name = f"{table.name}_{column}"
-        if name not in {i["name"] for i in inspect(conn).get_indexes(table.name)}:
-            next(i for i in table.indexes if i.name == name).create(conn)
+    for table, column in ((tables.jobs, "started_at"), (tables.jobs, "finished_at"),
+                          (tables.calls, "finished_at"), (tables.job_errors, "failed_at")):
+        _add_missing_index(conn, table, column)
 
 
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
