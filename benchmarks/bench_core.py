@@ -10,9 +10,14 @@ Measures (see benchmarks/README.md for what each number means):
    counted with SQLAlchemy engine events;
 5. DBOS (same PostgreSQL): ms per @DBOS.step in a workflow;
 6. end-to-end throughput of real ``celery worker`` processes: plain tasks vs one-call
-   durable jobs.
+   durable jobs;
+7. the overhead of the observability middleware (no-op hooks, PrometheusMetrics,
+   LoggingMiddleware, OTelTracing with a BatchSpanProcessor), measured in the same run
+   as an extra column: fresh call() in-process (bare, each middleware alone, all) and
+   a second real worker with all of them on, interleaved with the bare one.
 
 Run:  .venv/bin/python benchmarks/bench_core.py [--json] [--skip-dbos] [--skip-throughput]
+                                                 [--skip-middleware]
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,6 +46,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
 import psycopg  # noqa: E402
+from bench_app import (  # noqa: E402
+    MIDDLEWARE_KINDS,
+    DiscardSpanExporter,
+    Observability,
+    create_app,
+    install_observability,
+    make_tracer_provider,
+    parse_kinds,
+)
 from celery import Celery  # noqa: E402
 from sqlalchemy import Column, Integer, MetaData, Table, event, func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
@@ -212,14 +226,20 @@ def bench_commit_floor(url: str, prefix: str, n: int, storage: SQLStorage) -> di
 
 
 class InProcess:
-    def __init__(self, storage: SQLStorage) -> None:
+    def __init__(self, storage: SQLStorage, name: str = "bench_core",
+                 middleware: Sequence[str] = (), log: str = "null", provider: Any = None,
+                 exporter: DiscardSpanExporter | None = None) -> None:
         self.storage = storage
         # memory:// so that the eager apply_async() path needs no broker.
-        self.app = Celery("bench_core", broker="memory://", set_as_current=False)
+        self.app = Celery(name, broker="memory://", set_as_current=False)
         self.app.conf.update(task_eager_propagates=True, task_store_eager_result=False)
         # A long lease so the lease keeper (renews every lease/3) never adds a statement
         # to a counted job; renewal frequency is not what is measured here.
         self.durable = Durable(self.app, storage=storage, lease_seconds=600)
+        # Observability (section 7 only); the app's own name keeps its logger apart.
+        self.obs: Observability = install_observability(
+            self.durable, middleware, log=log, logger_name=f"{name}.durable_jobs",
+            provider=provider, exporter=exporter)
         self.counter = SQLCounter(storage.engine)
         self.loop: dict[str, Any] = {}
         loop, counter = self.loop, self.counter
@@ -231,10 +251,12 @@ class InProcess:
         @self.durable.task(name="bench_core.flow", shared=False)
         def flow(n: int) -> int:
             total = 0
-            m0, t0 = counter.mark, time.perf_counter()
+            m0, t0, c0 = counter.mark, time.perf_counter(), time.process_time()
             for i in range(n):
                 total += call(plain, i)
             loop["seconds"] = time.perf_counter() - t0
+            # CPU of the whole process (all threads, so the span processor's too)
+            loop["cpu_seconds"] = time.process_time() - c0
             loop["statements"] = counter.statements[m0:counter.mark]
             return total
 
@@ -453,6 +475,114 @@ def bench_statements(ip: InProcess, run: str) -> dict[str, Any]:
     return out
 
 
+# -- 7a. observability middleware, in-process -------------------------------------------
+
+
+def middleware_configs(kinds: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """bare, each kind alone (when there is more than one), all of them."""
+    configs: list[tuple[str, tuple[str, ...]]] = [("bare", ())]
+    if len(kinds) > 1:
+        configs += [(kind, (kind,)) for kind in kinds]
+    configs.append(("all", tuple(kinds)))
+    return configs
+
+
+def count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def bench_middleware_calls_logged(args: argparse.Namespace, run: str,
+                                  storage: SQLStorage) -> dict[str, Any]:
+    """7a with the LoggingMiddleware file made (and removed) here."""
+    log = "null"
+    if "logging" in args.middleware_kinds and args.middleware_log == "file":
+        log = tempfile.mkstemp(prefix="bench_jobs_", suffix=".log")[1]
+    try:
+        return bench_middleware_calls(storage, run, args.middleware_kinds, args.calls,
+                                      args.middleware_reps, log)
+    finally:
+        if log != "null":
+            Path(log).unlink(missing_ok=True)
+
+
+def bench_middleware_calls(storage: SQLStorage, run: str, kinds: Sequence[str], n: int,
+                           reps: int, log: str) -> dict[str, Any]:
+    """Fresh call() per config (bare, each middleware alone, all), one app per config on
+    the same store, jobs interleaved: rep r runs every config once, the order reversed
+    on odd reps (ABC CBA ...), so drift of the machine hits every config alike."""
+    exporter = DiscardSpanExporter()
+    provider = make_tracer_provider(exporter)  # one BatchSpanProcessor for all configs
+    configs = middleware_configs(kinds)
+    ips = {label: InProcess(storage, name=f"bench_core_{label}", middleware=ks, log=log,
+                            provider=provider, exporter=exporter)
+           for label, ks in configs}
+    expected = {"spans": 0, "log_lines": 0}
+
+    def job(label: str, calls: int, task_id: str, count: bool = False,
+            ) -> tuple[float, float, list[str], list[str]]:
+        out = ips[label].run_flow(calls, task_id, count=count)
+        ks = dict(configs)[label]
+        expected["spans"] += (1 + calls) if "otel" in ks else 0  # job span + call spans
+        expected["log_lines"] += (2 + calls) if "logging" in ks else 0  # start, calls, end
+        return out
+
+    try:
+        for label in ips:
+            for w in range(3):
+                job(label, min(n, 50), f"{run}-mw-{label}-warm-{w}")
+        loops: dict[str, list[float]] = {label: [] for label in ips}
+        totals: dict[str, list[float]] = {label: [] for label in ips}
+        cpus: dict[str, list[float]] = {label: [] for label in ips}
+        labels = list(ips)
+        for r in range(reps):
+            for label in labels if r % 2 == 0 else labels[::-1]:
+                total, loop_s, _, _ = job(label, n, f"{run}-mw-{label}-{r}")
+                totals[label].append(total)
+                loops[label].append(loop_s)
+                cpus[label].append(ips[label].loop["cpu_seconds"])
+        # one more job of "all", with the statement counter attached (not timed)
+        _, _, loop_stmts, _ = job("all", n, f"{run}-mw-all-counted", count=True)
+        provider.force_flush()
+        base, base_cpu = loops["bare"], cpus["bare"]
+        per: dict[str, Any] = {}
+        for label, ks in configs:
+            lp, tt, cp = loops[label], totals[label], cpus[label]
+            per[label] = {
+                "middleware": list(ks),
+                "fresh_call_us": median(lp) / n * 1e6,
+                "fresh_call_us_min": min(lp) / n * 1e6,
+                # paired with the bare job of the same rep
+                "added_us": median([a - b for a, b in zip(lp, base, strict=True)]) / n * 1e6,
+                "ratio": median([a / b for a, b in zip(lp, base, strict=True)]),
+                # CPU time of this process during the call loop: the DB wait excluded,
+                # so far less noisy than the wall clock on a shared machine
+                "cpu_us": median(cp) / n * 1e6,
+                "cpu_added_us": median([a - b for a, b in zip(cp, base_cpu, strict=True)])
+                / n * 1e6,
+                "cpu_ratio": median([a / b for a, b in zip(cp, base_cpu, strict=True)]),
+                "job_total_ms": median(tt) * 1e3,
+                "job_fixed_ms": median([t - x for t, x in zip(tt, lp, strict=True)]) * 1e3,
+            }
+        all_obs = ips["all"].obs
+        checks: dict[str, Any] = {
+            "statements_per_fresh_call_all": len(loop_stmts) / n,
+            "spans_exported": exporter.spans, "spans_expected": expected["spans"],
+            "prometheus_calls_all": all_obs.calls_counted("bench_core.flow"),
+            "prometheus_calls_expected": (3 * min(n, 50) + (reps + 1) * n
+                                          if "prometheus" in kinds else 0),
+        }
+        if log != "null":
+            checks.update(log_lines=count_lines(log), log_lines_expected=expected["log_lines"])
+        return {"n": n, "reps": reps, "middleware": list(kinds), "log": log,
+                "configs": per, "checks": checks}
+    finally:
+        provider.shutdown()
+
+
 # -- 5. DBOS ------------------------------------------------------------------------------
 
 
@@ -590,6 +720,24 @@ class Workers:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the worker's main process and its pool processes,
+        plus that of pool processes already reaped; from /proc (Linux)."""
+        ticks = 0
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            pid, ppid = int(pid_dir.name), int(fields[1])
+            if pid == self.proc.pid:
+                ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            elif ppid == self.proc.pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def tail(self, chars: int = 3000) -> str:
         with suppress(OSError):
             return self.log_path.read_text(errors="replace")[-chars:]
@@ -611,43 +759,178 @@ class Workers:
         self._log.close()
 
 
-def wait_until(done: Callable[[], int], target: int, timeout: float, workers: Workers,
-               failed: Callable[[], int] | None = None) -> float:
+def wait_until(done: Callable[[], int], target: int, timeout: float,
+               workers: Sequence[Workers], failed: Callable[[], int] | None = None) -> float:
     deadline = time.perf_counter() + timeout
     while True:
         if done() >= target:
             return time.perf_counter()
         if failed is not None and failed():
             raise RuntimeError(f"{failed()} durable job(s) failed; worker log:\n"
-                               f"{workers.tail()}")
-        if not workers.alive():
-            raise RuntimeError(f"the worker exited; log:\n{workers.tail()}")
+                               f"{workers[-1].tail()}")
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"a worker exited; log:\n{w.tail()}")
         if time.perf_counter() > deadline:
             raise TimeoutError(f"only {done()}/{target} finished after {timeout}s")
         time.sleep(0.05)
 
 
+class WorkerSetup:
+    """One worker (its own queue) and the producer-side app that sends to it."""
+
+    def __init__(self, label: str, kinds: Sequence[str], args: argparse.Namespace, run: str,
+                 prefix: str, counter_key: str, span_key: str, log: str) -> None:
+        self.label, self.kinds, self.log = label, tuple(kinds), log
+        self.queue = f"bench_{run}" if label == "bare" else f"bench_{run}_{label}"
+        env = {**os.environ,
+               "BENCH_BROKER_URL": args.broker_url, "BENCH_QUEUE": self.queue,
+               "BENCH_DURABLE_DATABASE_URL": args.postgres_url,
+               "BENCH_DURABLE_TABLE_PREFIX": prefix,
+               "BENCH_COUNTER_URL": args.broker_url, "BENCH_COUNTER_KEY": counter_key,
+               "BENCH_MIDDLEWARE": ",".join(kinds), "BENCH_MIDDLEWARE_LOG": log,
+               "BENCH_SPAN_COUNTER_KEY": span_key if "otel" in kinds else "",
+               "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent),
+                                             os.environ.get("PYTHONPATH", "")])}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # single-process metrics, as in 7a
+        self.env = env
+        # The producer gets the same middleware: on_enqueue (Prometheus' enqueued
+        # counter) and OTel's message header run where jobs are enqueued.
+        self.app = create_app(
+            broker=args.broker_url, queue=self.queue, store=args.postgres_url, prefix=prefix,
+            counter_url=args.broker_url, counter_key=counter_key, middleware=kinds,
+            middleware_log="null", name=f"bench_app_{label}")
+        self.obs: Observability = self.app.bench_observability  # type: ignore[attr-defined]
+        self.plain = self.app.tasks["bench.plain"]
+        self.one_call = self.app.tasks["bench.one_call"]
+        self.workers: Workers | None = None
+
+    def start(self, concurrency: int) -> None:
+        log_path = Path(tempfile.mkstemp(prefix=f"bench_worker_{self.label}_",
+                                         suffix=".log")[1])
+        self.workers = Workers(self.env, concurrency, log_path)
+
+    def enqueue_span(self) -> Any:
+        """With OTel on, the producer enqueues inside a span (one per batch), so every
+        job carries a traceparent and the workers continue the trace from the header."""
+        if self.obs.provider is None:
+            return nullcontext()
+        tracer = self.obs.provider.get_tracer("bench_core")
+        return tracer.start_as_current_span("bench.enqueue")
+
+    def warm_up(self, n: int) -> None:
+        with self.enqueue_span():
+            for i in range(n):
+                self.plain.delay(i)
+                self.one_call.delay(i)
+
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers.log_path.unlink(missing_ok=True)
+        with suppress(Exception):
+            if self.obs.provider is not None:
+                self.obs.provider.shutdown()
+        with suppress(Exception):
+            self.app.close()
+
+
+def _rounds(args: argparse.Namespace, setups: list[WorkerSetup], workers: list[Workers],
+            plain_done: Callable[[], int], durable_done: Callable[[], int],
+            durable_failed: Callable[[], int]) -> list[dict[str, float]]:
+    """Round k: each setup in turn (order reversed on odd k), N plain tasks then N
+    durable jobs; keys of the bare setup unprefixed, the others' prefixed by label."""
+    rounds: list[dict[str, float]] = []
+    n = args.throughput_n
+    for k in range(args.rounds):
+        row: dict[str, float] = {}
+        for setup in setups if k % 2 == 0 else setups[::-1]:
+            key = "" if setup.label == "bare" else f"{setup.label}_"
+            assert setup.workers is not None
+            cpu = setup.workers.cpu_seconds
+            base, w0 = plain_done(), cpu()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(n):
+                setup.plain.delay(i)
+            t_enq, c_enq = time.perf_counter(), time.process_time()
+            t1 = wait_until(plain_done, base + n, args.throughput_timeout, workers)
+            row.update({f"{key}plain_per_s": n / (t1 - t0),
+                        f"{key}plain_enqueue_per_s": n / (t_enq - t0),
+                        f"{key}plain_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
+                        f"{key}plain_worker_cpu_ms": (cpu() - w0) / n * 1e3})
+            base, w0 = durable_done(), cpu()
+            t0, c0 = time.perf_counter(), time.process_time()
+            with setup.enqueue_span():
+                for i in range(n):
+                    setup.one_call.delay(i)
+            t_enq, c_enq = time.perf_counter(), time.process_time()
+            t1 = wait_until(durable_done, base + n, args.throughput_timeout, workers,
+                            durable_failed)
+            row.update({f"{key}durable_per_s": n / (t1 - t0),
+                        f"{key}durable_enqueue_per_s": n / (t_enq - t0),
+                        f"{key}durable_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
+                        f"{key}durable_worker_cpu_ms": (cpu() - w0) / n * 1e3})
+            log(f"  round {k + 1} {setup.label:>4}: plain {row[f'{key}plain_per_s']:.0f}/s,"
+                f" durable {row[f'{key}durable_per_s']:.0f}/s")
+        rounds.append(row)
+    return rounds
+
+
+def _middleware_throughput(args: argparse.Namespace, kinds: Sequence[str],
+                           result: dict[str, Any], rounds: list[dict[str, float]],
+                           warm: int, spans: Callable[[], int],
+                           log_file: str | None) -> dict[str, Any]:
+    """Section 7b: the middleware worker against the bare one, plus the checks that the
+    middleware did run in the workers (spans exported, log lines written)."""
+    mw_jobs = warm + args.rounds * args.throughput_n
+    spans_expected = 2 * mw_jobs if "otel" in kinds else 0  # job span + call span
+    # the BatchSpanProcessor exports every 5 s or per 512 spans: wait for the rest
+    deadline = time.perf_counter() + 8
+    while spans() < spans_expected and time.perf_counter() < deadline:
+        time.sleep(0.2)
+    mw: dict[str, Any] = {
+        "middleware": list(kinds), "log": args.middleware_log,
+        "durable_ratio": result["mw_durable_per_s"] / result["durable_per_s"],
+        "durable_ratio_paired_median": median(
+            [row["mw_durable_per_s"] / row["durable_per_s"] for row in rounds]),
+        "plain_ratio": result["mw_plain_per_s"] / result["plain_per_s"],
+        "plain_ratio_paired_median": median(
+            [row["mw_plain_per_s"] / row["plain_per_s"] for row in rounds]),
+        "ratio_vs_plain": result["mw_durable_per_s"] / result["mw_plain_per_s"],
+        "durable_worker_cpu_ratio": (result["mw_durable_worker_cpu_ms"]
+                                     / result["durable_worker_cpu_ms"]),
+        "durable_worker_cpu_added_ms": (result["mw_durable_worker_cpu_ms"]
+                                        - result["durable_worker_cpu_ms"]),
+        "durable_enqueue_cpu_ratio": (result["mw_durable_enqueue_cpu_us"]
+                                      / result["durable_enqueue_cpu_us"]),
+        "plain_worker_cpu_ratio": (result["mw_plain_worker_cpu_ms"]
+                                   / result["plain_worker_cpu_ms"]),
+        "spans_exported": spans(), "spans_expected": spans_expected,
+    }
+    if log_file is not None:
+        mw.update(log_lines=count_lines(log_file), log_lines_expected=3 * mw_jobs)
+    return mw
+
+
 def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
                      prefix: str) -> dict[str, Any]:
-    import bench_app
+    """Bare worker (section 6) and, unless --skip-middleware, a second worker with all
+    the middleware on (section 7b). Both run for the whole test, each on its own queue;
+    round k measures the configs in the order bare, middleware (k even) or reversed (k
+    odd), plain tasks then durable jobs on each, so only one worker is busy at a time."""
     import redis
 
-    queue = f"bench_{run}"
     counter_key = f"bench:{run}:plain_done"
-    env = {**os.environ,
-           "BENCH_BROKER_URL": args.broker_url, "BENCH_QUEUE": queue,
-           "BENCH_DURABLE_DATABASE_URL": args.postgres_url,
-           "BENCH_DURABLE_TABLE_PREFIX": prefix,
-           "BENCH_COUNTER_URL": args.broker_url, "BENCH_COUNTER_KEY": counter_key,
-           "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent),
-                                         os.environ.get("PYTHONPATH", "")])}
+    span_key = f"bench:{run}:spans"
     r = redis.Redis.from_url(args.broker_url)
-    app = bench_app.create_app(broker=args.broker_url, queue=queue, store=args.postgres_url,
-                               prefix=prefix, counter_url=args.broker_url,
-                               counter_key=counter_key)
-    Durable.of(app).migrate()  # already migrated by this run; idempotent
-    plain, one_call = app.tasks["bench.plain"], app.tasks["bench.one_call"]
     jobs = storage.tables.jobs
+    kinds = () if args.skip_middleware else args.middleware_kinds
+    log_file = (tempfile.mkstemp(prefix="bench_worker_jobs_", suffix=".log")[1]
+                if "logging" in kinds and args.middleware_log == "file" else None)
+    setups = [WorkerSetup(label, ks, args, run, prefix, counter_key, span_key,
+                          log_file or "null")
+              for label, ks in [("bare", ()), ("mw", kinds)] if label == "bare" or ks]
+    Durable.of(setups[0].app).migrate()  # already migrated by this run; idempotent
 
     def plain_done() -> int:
         return int(r.get(counter_key) or 0)
@@ -665,57 +948,39 @@ def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
 
     result: dict[str, Any] = {"n": args.throughput_n, "concurrency": args.concurrency,
                               "rounds": args.rounds, "broker": args.broker_url,
-                              "queue": queue}
-    log_path = Path(tempfile.mkstemp(prefix="bench_worker_", suffix=".log")[1])
-    workers = Workers(env, args.concurrency, log_path)
+                              "queue": setups[0].queue, "workers": len(setups)}
     try:
-        # warm-up: both pool children import, connect to Redis and PostgreSQL
+        for setup in setups:
+            setup.start(args.concurrency)
+        workers = [s.workers for s in setups if s.workers is not None]
+        # warm-up: every pool child imports, connects to Redis and PostgreSQL
         warm = 50
-        for i in range(warm):
-            plain.delay(i)
-            one_call.delay(i)
-        wait_until(plain_done, warm, 60, workers)
-        wait_until(durable_done, warm, 60, workers, durable_failed)
-        rounds: list[dict[str, float]] = []
-        n = args.throughput_n
-        for _ in range(args.rounds):
-            row: dict[str, float] = {}
-            base = plain_done()
-            t0 = time.perf_counter()
-            for i in range(n):
-                plain.delay(i)
-            t_enq = time.perf_counter()
-            t1 = wait_until(plain_done, base + n, args.throughput_timeout, workers)
-            row.update(plain_per_s=n / (t1 - t0), plain_enqueue_per_s=n / (t_enq - t0))
-            base = durable_done()
-            t0 = time.perf_counter()
-            for i in range(n):
-                one_call.delay(i)
-            t_enq = time.perf_counter()
-            t1 = wait_until(durable_done, base + n, args.throughput_timeout, workers,
-                            durable_failed)
-            row.update(durable_per_s=n / (t1 - t0), durable_enqueue_per_s=n / (t_enq - t0))
-            rounds.append(row)
-            log(f"  round: plain {row['plain_per_s']:.0f}/s, "
-                f"durable {row['durable_per_s']:.0f}/s")
+        for setup in setups:
+            setup.warm_up(warm)
+        wait_until(plain_done, warm * len(setups), 60, workers)
+        wait_until(durable_done, warm * len(setups), 60, workers, durable_failed)
+        rounds = _rounds(args, setups, workers, plain_done, durable_done, durable_failed)
         result["rounds_detail"] = rounds
-        for key in ("plain_per_s", "durable_per_s", "plain_enqueue_per_s",
-                    "durable_enqueue_per_s"):
+        for key in rounds[0]:
             result[key] = statistics.mean(row[key] for row in rounds)
         result["ratio"] = result["durable_per_s"] / result["plain_per_s"]
+        if kinds:
+            result["middleware"] = _middleware_throughput(
+                args, kinds, result, rounds, warm, lambda: int(r.get(span_key) or 0),
+                log_file)
         result["ok"] = True
     except Exception as exc:
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
     finally:
-        workers.stop()
-        log_path.unlink(missing_ok=True)
+        for setup in setups:
+            setup.stop()
+        if log_file is not None:
+            Path(log_file).unlink(missing_ok=True)
         with suppress(Exception):
-            # the queue, its priority sub-queues and kombu's binding keys: all carry the
-            # run's unique queue name
-            keys = [counter_key, *r.scan_iter(match=f"*{queue}*", count=1000)]
+            # the queues, their priority sub-queues and kombu's binding keys: all carry
+            # the run's unique queue name
+            keys = [counter_key, span_key, *r.scan_iter(match=f"*bench_{run}*", count=1000)]
             r.delete(*keys)
-        with suppress(Exception):
-            app.close()
     return result
 
 
@@ -789,8 +1054,9 @@ def print_report(res: dict[str, Any]) -> None:
          "= " + ", ".join(p["replay_job_statements"]))
     e = s["one_call_job_enqueued"]
     line("one-call job, enqueued (apply_async eager) total", f"{e['statements']}")
-    line("  of which worker side (claim+history+call+finish)",
-         f"{e['statements_excluding_enqueue']}", "(expect 4)")
+    line("  of which worker side (claim+call+finish)",
+         f"{e['statements_excluding_enqueue']}",
+         "(expect 3: a first execution needs no history SELECT)")
     for stmt in e["sequence"]:
         print(f"      {stmt}")
     b = s["one_call_job_bare_apply"]
@@ -835,7 +1101,69 @@ def print_report(res: dict[str, Any]) -> None:
         print("  skipped (--skip-throughput)")
     else:
         print(f"  throughput could not be measured: {t.get('error')}")
+    print_middleware(res, line)
     print(f"\n  total run time {res['elapsed_s']:.1f} s")
+
+
+CONFIG_NAMES = {"bare": "bare (no middleware)", "hooks": "+ 5 no-op hooks",
+                "prometheus": "+ PrometheusMetrics", "logging": "+ LoggingMiddleware",
+                "otel": "+ OTelTracing", "all": "all of them"}
+
+
+def print_middleware(res: dict[str, Any], line: Callable[..., None]) -> None:
+    m = res.get("middleware_calls") or {}
+    print("\n7. Observability middleware overhead (same run, interleaved with bare)")
+    if m.get("skipped"):
+        print("  skipped (--skip-middleware)")
+        return
+    if m.get("ok") is False:
+        print(f"  in-process part could not be measured: {m.get('error')}")
+    else:
+        log_to = "a file (FileHandler)" if m["log"] != "null" else "a NullHandler"
+        print(f"  a) fresh call() in-process, {m['n']} calls/job, {m['reps']} jobs per config "
+              f"interleaved; medians, added = median of paired (same rep) differences; "
+              f"LoggingMiddleware writes to {log_to}")
+        print(f"  {'config':<22} {'wall/call':>10} {'added':>10} {'ratio':>6}   "
+              f"{'CPU/call':>9} {'added':>9} {'ratio':>6}   {'job fixed':>9}")
+        for label, c in m["configs"].items():
+            bare = label == "bare"
+            added = "-" if bare else f"{c['added_us']:+.1f} us"
+            cpu_added = "-" if bare else f"{c['cpu_added_us']:+.1f} us"
+            print(f"  {CONFIG_NAMES.get(label, label):<22} {c['fresh_call_us']:>7.1f} us "
+                  f"{added:>10} {c['ratio']:>5.2f}x   {c['cpu_us']:>6.1f} us {cpu_added:>9} "
+                  f"{c['cpu_ratio']:>5.2f}x   {c['job_fixed_ms']:>6.2f} ms")
+        k = m["checks"]
+        logs = (f", log lines {k['log_lines']}/{k['log_lines_expected']}"
+                if "log_lines" in k else "")
+        print(f"     checks: statements per call (all) {k['statements_per_fresh_call_all']:g}, "
+              f"spans {k['spans_exported']}/{k['spans_expected']}, Prometheus calls "
+              f"{k['prometheus_calls_all']:.0f}/{k['prometheus_calls_expected']}{logs}")
+    t = res["throughput"]
+    mw = t.get("middleware") if t.get("ok") else None
+    if mw is None:
+        print("  b) real workers: not measured" + (" (--skip-throughput)"
+              if t.get("skipped") else f": {t.get('error', 'see section 6')}"))
+        return
+    print(f"  b) real workers: two `celery worker -c {t['concurrency']}` up together "
+          f"(bare, all middleware), own queues, N={t['n']}, {t['rounds']} rounds in "
+          f"alternating order; means, paired = median of per-round ratios")
+    print(f"  {'':<36} {'bare':>9} {'middleware':>11} {'ratio':>7} {'paired':>7}")
+
+    def row(name: str, key: str, fmt: str) -> None:
+        a, b = t[key], t[f"mw_{key}"]
+        paired = median([r[f"mw_{key}"] / r[key] for r in t["rounds_detail"]])
+        print(f"  {name:<36} {a:>9{fmt}} {b:>11{fmt}} {b / a:>6.2f}x {paired:>6.2f}x")
+
+    row("durable one-call jobs /s", "durable_per_s", ".0f")
+    row("  worker CPU ms per job", "durable_worker_cpu_ms", ".2f")
+    row("  enqueue CPU us per job (producer)", "durable_enqueue_cpu_us", ".0f")
+    row("plain tasks /s (control, no mw)", "plain_per_s", ".0f")
+    row("  worker CPU ms per task", "plain_worker_cpu_ms", ".2f")
+    print(f"  {'durable / plain':<36} {t['ratio']:>8.2f}x {mw['ratio_vs_plain']:>10.2f}x")
+    logs = (f", log lines {mw['log_lines']}/{mw['log_lines_expected']}"
+            if "log_lines" in mw else "")
+    print(f"     checks: spans exported by the workers {mw['spans_exported']}/"
+          f"{mw['spans_expected']}{logs}")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -869,11 +1197,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--skip-dbos", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-middleware", action="store_true",
+                   help="no section 7 (and only the bare worker in 6)")
+    p.add_argument("--middleware", default="all",
+                   help="middleware of section 7: all, or a comma list of "
+                        f"{','.join(MIDDLEWARE_KINDS)} (default all)")
+    p.add_argument("--middleware-log", choices=("file", "null"), default="file",
+                   help="LoggingMiddleware handler: a FileHandler on a temp file "
+                        "(default) or a NullHandler")
+    p.add_argument("--middleware-reps", type=int, default=10,
+                   help="jobs per config in 7a (interleaved)")
     # internal: the DBOS subprocess
     p.add_argument("--dbos-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dbos-db", help=argparse.SUPPRESS)
     p.add_argument("--dbos-out", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.middleware_kinds = parse_kinds(args.middleware)
+    if not args.middleware_kinds:
+        args.skip_middleware = True
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -911,10 +1253,20 @@ def main(argv: list[str] | None = None) -> int:
                                           / res["fresh"]["fresh_call_us"])
             else:
                 log(f"DBOS failed: {res['dbos'].get('error')}")
+        if args.skip_middleware:
+            res["middleware_calls"] = {"skipped": True}
+        else:
+            log(f"7a middleware in-process ({args.middleware_reps} jobs x {args.calls} calls "
+                f"per config, {'+'.join(args.middleware_kinds)})")
+            res["middleware_calls"] = _guarded(bench_middleware_calls_logged, args, run,
+                                               storage)
+            if res["middleware_calls"].get("ok") is False:
+                log(f"middleware (in-process) failed: {res['middleware_calls'].get('error')}")
         if args.skip_throughput:
             res["throughput"] = {"skipped": True}
         else:
-            log(f"6/6 throughput ({args.throughput_n} tasks per kind, {args.rounds} rounds)")
+            log(f"6/6 throughput ({args.throughput_n} tasks per kind, {args.rounds} rounds"
+                f"{'' if args.skip_middleware else ', bare and middleware workers'})")
             res["throughput"] = _guarded(bench_throughput, args, run, storage, prefix)
             if not res["throughput"].get("ok"):
                 log(f"throughput failed: {res['throughput'].get('error')}")
@@ -947,6 +1299,17 @@ def main(argv: list[str] | None = None) -> int:
         "durable_jobs_per_s": res["throughput"].get("durable_per_s"),
         "throughput_ratio": res["throughput"].get("ratio"),
     }
+    mc, mt = res["middleware_calls"], res["throughput"].get("middleware") or {}
+    if mc.get("configs"):
+        res["summary"].update(
+            middleware_fresh_call_us=mc["configs"]["all"]["fresh_call_us"],
+            middleware_added_us_per_call=mc["configs"]["all"]["added_us"],
+            middleware_fresh_call_ratio=mc["configs"]["all"]["ratio"])
+    if mt:
+        res["summary"].update(
+            middleware_durable_jobs_per_s=res["throughput"]["mw_durable_per_s"],
+            middleware_throughput_ratio=mt["durable_ratio"],
+            middleware_throughput_ratio_paired=mt["durable_ratio_paired_median"])
     res["elapsed_s"] = time.perf_counter() - started
     if args.json:
         json.dump(res, sys.stdout, indent=2, default=str)
