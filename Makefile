@@ -27,4 +27,4 @@ bench: $(STAMP)  ## needs PostgreSQL and Redis on localhost
 	$(PY) benchmarks/bench_beat.py
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-run shipping-run .pytest_cache .mypy_cache .ruff_cache

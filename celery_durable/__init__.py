@@ -4,6 +4,7 @@ from .app import Durable
 from .calls import call
 from .context import current_call_id, current_job_id
 from .determinism import Determinism
+from .dispatch import gather
 from .errors import (
     CallError,
     Cancelled,
@@ -32,6 +33,7 @@ from .retry import (
     RetryAfter,
 )
 from .schedules import cron, daily, every, weekly
+from .sleeping import sleep, sleep_until
 from .store import JobState, MemoryStorage, SQLStorage, Storage
 from .store.base import CancelOutcome
 from .task import DurableTask
@@ -81,10 +83,13 @@ __all__ = [
     "current_job_id",
     "daily",
     "every",
+    "gather",
     "now",
     "patched",
     "randint",
     "random",
+    "sleep",
+    "sleep_until",
     "uuid4",
     "weekly",
 ]

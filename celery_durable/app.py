@@ -15,6 +15,7 @@ from celery import Celery, signals
 
 from . import dead_letters, operations
 from .determinism import Determinism, check_determinism
+from .dispatch import register_dispatch_task
 from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
 from .events import Event, read_events
@@ -74,6 +75,7 @@ class Durable:
         self.observers = Observers()
         self.schedules = Schedules(self)
         """The database scheduler's management API (add, change, pause, ... runs)."""
+        register_dispatch_task(app)
         _connect_worker_signals()
 
     @classmethod

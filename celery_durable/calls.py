@@ -23,6 +23,7 @@ from .context import (
     unmark_inline,
 )
 from .determinism import Determinism, EndOfHistory, recorded_for
+from .dispatch import call_dispatched, is_dispatched
 from .errors import (
     CallError,
     CallRetryPending,
@@ -71,6 +72,10 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
     attempt the body gets CallError (the original exception chained) and may
     compensate; the failure is recorded too, so a replay takes the same path.
 
+    A signature with a queue (``charge.s(p).set(queue="payments")``) is dispatched
+    instead: it runs as a child job on that queue and this job suspends until it
+    finishes, holding no worker (see ``celery_durable.dispatch``).
+
     ``retries`` and ``backoff`` are taken by call() itself; a task whose own keyword
     arguments have those names gets them through a signature: ``call(t.s(retries=1))``.
     """
@@ -88,22 +93,31 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
             else policy.retries,
             check_backoff(backoff, "call(backoff=...)") if backoff is not None
             else policy.backoff)
+    if is_dispatched(target):
+        return call_dispatched(execution, target, args, kwargs,  # type: ignore[arg-type]
+                               retries, backoff if isinstance(backoff, (int, float)) else None)
     task, args, kwargs = _resolve(execution.durable.app, target, args, kwargs)
     seq = execution.next_seq()
     digest = None if execution.determinism is Determinism.EXPLICIT else \
         serialization.digest(args, kwargs)
     recorded = recorded_for(execution, seq, task.name, digest)
     if recorded is not None and recorded.state is not CallState.RETRYING:
-        return _replay(execution, seq, recorded)
+        return replay_recorded(execution, seq, recorded)
     if execution.replay_only:
         raise EndOfHistory(seq, task.name)
+    check_may_run(execution)
+    return _run(execution, seq, task, args, kwargs, policy, recorded)
+
+
+def check_may_run(execution: Execution) -> None:
+    """Before a call runs for real: stop if the lease was lost; raise Cancelled (once)
+    if the job was cancelled, so the body may compensate."""
     watch = execution.watch
     if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
     if watch.cancelled.is_set() and not watch.cancel_raised:
         watch.cancel_raised = True
         raise Cancelled(execution.root_id)
-    return _run(execution, seq, task, args, kwargs, policy, recorded)
 
 
 def _resolve(app: Celery, target: CallTarget, args: tuple[Any, ...],
@@ -137,7 +151,8 @@ def _lookup(app: Celery, name: str) -> Task:  # type: ignore[type-arg]
         ) from None
 
 
-def _replay(execution: Execution, seq: int, recorded: CallRecord) -> Any:
+def replay_recorded(execution: Execution, seq: int, recorded: CallRecord) -> Any:
+    """A recorded call's outcome again: its result, or its CallError."""
     if recorded.state is CallState.FAILED:
         error = serialization.loads(recorded.error) or {}
         raise CallError(job_id=execution.job_id, seq=seq, name=recorded.name,

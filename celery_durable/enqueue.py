@@ -17,6 +17,30 @@ if TYPE_CHECKING:
 MAX_PRIORITY = 9
 
 
+DUE_HEADER = "durable_due"
+"""When a message's job became due (ISO time): the queue-wait metric starts there. A
+message with an ETA is due at its ETA instead."""
+
+
+def due_header(at: datetime) -> dict[str, str]:
+    return {DUE_HEADER: at.isoformat()}
+
+
+def due_from_request(request: Any) -> datetime | None:
+    """When the delivered job became due: its ETA, else the ``durable_due`` header."""
+    value = getattr(request, "eta", None) or getattr(request, DUE_HEADER, None) or (
+        getattr(request, "headers", None) or {}).get(DUE_HEADER)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 def broker_priority(app: Celery, priority: Any) -> int:
     """Our priority (0-9, higher runs first) in the broker's own convention.
 

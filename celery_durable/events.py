@@ -8,6 +8,7 @@ NTP-synchronised), so one job's events arrive in the order they happened.
     JobStarted        a job's first execution claimed it           (jobs.started_at)
     CheckpointSaved   a call's checkpoint was written               (calls.finished_at)
     CallRetried       a call failed and will be attempted again     (calls, state retrying)
+    CallDispatched    a call was sent as a child job; the job waits (calls, dispatched)
     JobRetried        a job's execution failed; the job runs again  (job_errors)
     JobCompleted      the job succeeded                             (jobs.finished_at)
     JobFailed         the job failed for good                       (jobs.finished_at)
@@ -56,7 +57,8 @@ class Event:
         return "|".join((at.isoformat(), job_id, kind, key))
 
 
-_RANK = {"JobStarted": 0, "CheckpointSaved": 1, "CallRetried": 1, "JobRetried": 2}
+_RANK = {"JobStarted": 0, "CheckpointSaved": 1, "CallRetried": 1, "CallDispatched": 1,
+         "JobRetried": 2}
 
 
 _FINISHED = {JobState.SUCCEEDED.value: "JobCompleted", JobState.FAILED.value: "JobFailed",
@@ -106,8 +108,10 @@ def _events(row: dict[str, Any]) -> list[Event]:
         return [Event(_FINISHED[row["state"]], row["finished_at"], row["id"], row["task"])]
     if kind == "call":
         position = row["position"]
-        retrying = row["state"] == CallState.RETRYING.value
-        return [Event("CallRetried" if retrying else "CheckpointSaved", row["finished_at"],
+        kind = {CallState.RETRYING.value: "CallRetried",
+                CallState.DISPATCHED.value: "CallDispatched"}.get(row["state"],
+                                                                  "CheckpointSaved")
+        return [Event(kind, row["finished_at"],
                       row["root_id"], None,
                       {"position": position, "call": row["name"],
                        "attempt": row["attempts"], "state": row["state"]})]

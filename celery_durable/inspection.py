@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from . import serialization
 from .history import position
-from .store.base import CallRecord, JobError, JobRecord
+from .store.base import CallRecord, CallState, JobError, JobRecord
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,13 @@ class JobSummary:
     not_before: datetime | None
     """While retrying: the earliest time the next execution may start."""
     lease_owner: str | None
+    parent_id: str | None
+    """For a dispatched call's child job: the job that dispatched it."""
+
+    @property
+    def wake_at(self) -> datetime | None:
+        """While suspended by ``sleep()``: when the job resumes."""
+        return self.not_before if self.state == "suspended" else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class JobView(JobSummary):
     calls: tuple[CallView, ...] = ()
     errors: tuple[ExecutionError, ...] = ()
     """Every failed execution, oldest first (kept across requeues)."""
+    waiting_for: list[str] = field(default_factory=list)
+    """Ids of the dispatched child jobs whose outcome the job has not taken in yet."""
 
     def timeline(self) -> str:
         """The call timeline as a small text table."""
@@ -93,6 +102,10 @@ class JobView(JobSummary):
                          f"{e.error.get('type')}: {e.error.get('message')}")
         if self.not_before is not None and self.state in ("retrying", "pending"):
             lines.append(f"  next attempt not before {self.not_before.isoformat()}")
+        if self.wake_at is not None:
+            lines.append(f"  sleeping until {self.wake_at.isoformat()}")
+        if self.waiting_for:
+            lines.append(f"  waiting for child job(s): {', '.join(self.waiting_for)}")
         if self.error and not self.errors:
             lines.append(f"  error: {self.error.get('type')}: {self.error.get('message')}")
         elif self.state == "succeeded":
@@ -112,7 +125,7 @@ def _summary_fields(job: JobRecord) -> dict[str, Any]:
         kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
         error=serialization.loads(job.error), created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, not_before=job.not_before,
-        lease_owner=job.lease_owner)
+        lease_owner=job.lease_owner, parent_id=job.parent_id)
 
 
 def job_view(job: JobRecord, calls: list[CallRecord],
@@ -127,7 +140,8 @@ def job_view(job: JobRecord, calls: list[CallRecord],
     ) for c in ordered)
     return JobView(**_summary_fields(job), calls=views, errors=tuple(
         ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
-        for e in errors or ()))
+        for e in errors or ()), waiting_for=[
+        c.result["child"] for c in views if c.state == CallState.DISPATCHED.value])
 
 
 def export_history(durable: Any, job_id: str) -> dict[str, Any]:

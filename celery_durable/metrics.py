@@ -44,6 +44,10 @@ class PrometheusMetrics(Middleware):
         self.duration = Histogram(f"{ns}_jobs_duration_seconds",
                                   "Duration of executions that ended the job.", job,
                                   buckets=BUCKETS, registry=reg)
+        self.queue_wait = Histogram(
+            f"{ns}_jobs_queue_wait_seconds",
+            "From when a delivery's job was due to when it started (delays excluded).",
+            job, buckets=BUCKETS, registry=reg)
         self.in_progress = Gauge(f"{ns}_jobs_in_progress", "Executions running now.", job,
                                  multiprocess_mode="livesum", registry=reg)
         self.calls = Counter(f"{ns}_calls", "Calls that ran (replays excluded).",
@@ -57,6 +61,9 @@ class PrometheusMetrics(Middleware):
 
     def before_job(self, job: JobInfo) -> None:
         self.in_progress.labels(job.task, job.queue or "").inc()
+        if job.due_at is not None:
+            wait = (job.started_at - job.due_at).total_seconds()
+            self.queue_wait.labels(job.task, job.queue or "").observe(max(0.0, wait))
 
     def after_job(self, job: JobInfo, outcome: Outcome) -> None:
         labels = (job.task, job.queue or "")

@@ -45,6 +45,9 @@ class JobInfo:
     started_at: datetime
     trace_parent: str | None = None
     """The enqueuer's W3C traceparent, carried with the job (see ``tracing``)."""
+    due_at: datetime | None = None
+    """When this delivery's job became due (enqueued, or its delay, retry backoff or
+    sleep ended); None if the message does not say (sent by another client)."""
 
 
 @dataclass(frozen=True)

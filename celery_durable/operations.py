@@ -15,7 +15,7 @@ from . import serialization
 from .errors import JobNotFound, JobStateError
 from .inspection import JobSummary, job_summary
 from .recovery import requeue
-from .store.base import CancelOutcome, JobFilter, JobState
+from .store.base import CallState, CancelOutcome, JobFilter, JobState
 
 if TYPE_CHECKING:
     from .app import Durable
@@ -60,7 +60,9 @@ def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutc
     The row is what counts (a delivery of a cancelled job is acked without running).
     ``revoke=True`` also broadcasts Celery's revoke, so workers drop a message they hold;
     but workers then drop *every* message with that id for Celery's revoke window (3 h),
-    so a cancelled job retried with ``durable.retry`` inside it would not run."""
+    so a cancelled job retried with ``durable.retry`` inside it would not run.
+
+    The child jobs of calls it dispatched and still waits for are cancelled too."""
     error = serialization.dumps({"type": "Cancelled", "message": f"job {job_id} cancelled",
                                  "traceback": ""}, what="an error description")
     outcome = durable.storage.cancel_job(job_id, error, durable.now())
@@ -72,7 +74,16 @@ def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutc
         except Exception:  # the row is what counts: a cancelled job is never claimed
             logger.warning("job %s cancelled; revoking its message failed", job_id,
                            exc_info=True)
+    if outcome is not CancelOutcome.FINISHED:
+        for child_id in waited_children(durable, job_id):
+            cancel(durable, child_id, revoke=revoke)
     return outcome
+
+
+def waited_children(durable: Durable, job_id: str) -> list[str]:
+    """The child jobs of the job's dispatched calls whose outcome it has not taken in."""
+    return [serialization.loads(c.result)["child"] for c in durable.storage.load_history(job_id)
+            if c.state is CallState.DISPATCHED]
 
 
 def apply_retention(durable: Durable, *, dry_run: bool = False) -> dict[str, int]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import serialization
+from .enqueue import due_header
 from .history import discard_from_first_failure
 from .retry import job_policy
 from .store.base import JobRecord, JobState
@@ -151,6 +152,9 @@ def publish(durable: Durable, job: JobRecord) -> None:
     # None would override the task's own routing (send_task merges options over it).
     options.update({k: v for k, v in (("queue", job.queue), ("priority", job.priority))
                     if v is not None})
+    now = durable.now()
+    due = job.not_before if job.not_before is not None and job.not_before > now else now
+    options["headers"] = {**(options.get("headers") or {}), **due_header(due)}
     durable.app.send_task(
         job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
         task_id=job.id, **options)

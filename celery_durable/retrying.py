@@ -23,6 +23,7 @@ from .errors import CallError, CallRetryPending, interrupt_on_storage_error
 from .history import discard_from_first_failure
 from .retry import NoRetry, final_reason, job_policy
 from .store.base import JobState
+from .wakeup import resume_parent, wake_of
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -40,7 +41,7 @@ def retry_call(durable: Durable, task: Task, request: Any,  # type: ignore[type-
     record = pending.record
     with interrupt_on_storage_error(execution.root_id):
         durable.storage.retry_call(record, execution.lease, not_before,
-                                   _deliver_by(durable, not_before, pending.delay), now)
+                                   deliver_by_for_wait(durable, not_before, pending.delay), now)
     execution.released = True
     execution.ended("retrying", pending.error, retry_of="call", attempt=record.attempts + 1,
                     delay=pending.delay)
@@ -75,7 +76,7 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
             discard = discard_from_first_failure(lease.job_id,
                                                  storage.load_history(lease.job_id))
             storage.retry_job(lease, encode_error(reason), discard, not_before,
-                              _deliver_by(durable, not_before, delay), now)
+                              deliver_by_for_wait(durable, not_before, delay), now)
             execution.released = True
             execution.ended("retrying", reason, retry_of="job", attempt=attempt + 1,
                             delay=delay)
@@ -84,17 +85,19 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
                            policy.retry.retries, delay)
             raise _celery_retry(durable, task, request, reason, delay, not_before) from exc
         dead = policy.on_exhausted == "dead_letter"
-        storage.finish_job(lease, JobState.DEAD if dead else JobState.FAILED, None,
-                           encode_error(reason, no_retry=not job_retryable(exc)),
-                           durable.now())
+        wake = wake_of(durable, request)
+        woken = storage.finish_job(lease, JobState.DEAD if dead else JobState.FAILED, None,
+                                   encode_error(reason, no_retry=not job_retryable(exc)),
+                                   durable.now(), wake)
         execution.ended("dead" if dead else "failed", reason)
+    resume_parent(durable, wake, woken)
     if dead:
         logger.error("job %s (%s) moved to the dead-letter queue: %s: %s", lease.job_id,
                      task.name, type(reason).__name__, reason)
     raise exc
 
 
-def _deliver_by(durable: Durable, not_before: datetime, delay: float) -> datetime:
+def deliver_by_for_wait(durable: Durable, not_before: datetime, delay: float) -> datetime:
     if delay > durable.settings.max_countdown:
         return not_before  # no message: the sweeper publishes the job when it is due
     # The ETA message lives in one worker's RAM: if that worker dies, the sweeper sends

@@ -25,6 +25,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate, task_determinism
+from .enqueue import due_from_request
 from .errors import (
     CallRetryPending,
     Cancelled,
@@ -37,6 +38,8 @@ from .observe import JobInfo, Outcome
 from .retry import call_policy
 from .retrying import fail_or_retry, publish_again, retry_call
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
+from .suspension import Suspend, suspend
+from .wakeup import header, resume_parent, wake_of
 
 if TYPE_CHECKING:
     from celery import Task
@@ -73,7 +76,8 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         execution.info = JobInfo(
             id=job_id, task=task.name, args=tuple(args), kwargs=dict(kwargs),
             queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
-            started_at=durable.now(), trace_parent=_trace_parent(request))
+            started_at=durable.now(), trace_parent=_trace_parent(request),
+            due_at=due_from_request(request))
         observers.job_started(execution.info)
     started = time.monotonic()
     token = activate(execution)
@@ -95,9 +99,7 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
 
 
 def _trace_parent(request: Any) -> str | None:
-    value = getattr(request, "durable_trace", None) or (
-        getattr(request, "headers", None) or {}).get("durable_trace")
-    return value if isinstance(value, str) else None
+    return header(request, "durable_trace")
 
 
 class _Stored:
@@ -147,7 +149,7 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
         result = task.run(*args, **kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
         if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
-            _finish(durable, lease, JobState.CANCELLED, encoded,
+            _finish(durable, request, lease, JobState.CANCELLED, encoded,
                     encode_error(Cancelled(execution.root_id)))
             execution.ended("cancelled")
             return result
@@ -161,30 +163,39 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
             release(durable, lease, JobState.PENDING, durable.deliver_by(None))
             execution.ended("pending", exc)
         else:
-            _finish(durable, lease, JobState.FAILED, None, encode_error(exc))
+            _finish(durable, request, lease, JobState.FAILED, None, encode_error(exc))
             execution.ended("failed", exc)
         raise
     except Ignore as exc:  # also what self.replace() raises once the replacement is sent
-        _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
+        _finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
         execution.ended("cancelled", exc)
         raise
+    except Suspend as waiting:
+        _stop_if_cancelled(durable, request, execution, None)
+        suspend(durable, task, request, execution, waiting)
     except CallRetryPending as pending:
-        if execution.watch.cancelled.is_set():  # no retry for a cancelled job
-            _finish(durable, lease, JobState.CANCELLED, None,
-                    encode_error(Cancelled(execution.root_id)))
-            execution.ended("cancelled", pending.error)
-            raise Cancelled(execution.root_id) from pending.error
+        _stop_if_cancelled(durable, request, execution, pending.error)
         retry_call(durable, task, request, execution, pending)
     except Exception as exc:
         watch = execution.watch
         if watch.cancel_raised or watch.cancelled.is_set() or isinstance(exc, Cancelled):
-            _finish(durable, lease, JobState.CANCELLED, None, encode_error(exc))
+            _finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
             execution.ended("cancelled", exc)
             raise
         fail_or_retry(durable, task, request, execution, exc)
-    _finish(durable, lease, JobState.SUCCEEDED, encoded, None)
+    _finish(durable, request, lease, JobState.SUCCEEDED, encoded, None)
     execution.ended("succeeded")
     return result
+
+
+def _stop_if_cancelled(durable: Durable, request: Any, execution: Execution,
+                       error: BaseException | None) -> None:
+    """A cancelled job neither retries nor suspends: it ends here."""
+    if execution.watch.cancelled.is_set():
+        _finish(durable, request, execution.lease, JobState.CANCELLED, None,
+                encode_error(Cancelled(execution.root_id)))
+        execution.ended("cancelled", error)
+        raise Cancelled(execution.root_id) from error
 
 
 def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetime) -> None:
@@ -192,10 +203,12 @@ def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetim
         durable.storage.release_job(lease, state, deliver_by, durable.now())
 
 
-def _finish(durable: Durable, lease: Lease, state: JobState, result: str | None,
-            error: str | None) -> None:
+def _finish(durable: Durable, request: Any, lease: Lease, state: JobState,
+            result: str | None, error: str | None) -> None:
+    wake = wake_of(durable, request)
     with interrupt_on_storage_error(lease.job_id):
-        durable.storage.finish_job(lease, state, result, error, durable.now())
+        woken = durable.storage.finish_job(lease, state, result, error, durable.now(), wake)
+    resume_parent(durable, wake, woken)
 
 
 # Message options that recovery sends again, so a republished job keeps its place in a

@@ -9,7 +9,7 @@ from celery import Celery, Task
 from celery.utils import uuid
 
 from .context import current_execution, take_inline
-from .enqueue import check_unique, due_time
+from .enqueue import check_unique, due_header, due_time
 from .retry import Backoff, Seconds, check_task_options
 from .runner import new_job, release, run_job
 from .store.base import JobState
@@ -82,10 +82,11 @@ class DurableTask(Task):  # type: ignore[type-arg]
                 release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        headers = {**(options.get("headers") or {}), **due_header(durable.now())}
         if durable.observers.middleware:
-            extra = durable.observers.message_headers()
-            if extra:  # e.g. the trace context, stored with the row for every resend
-                options["headers"] = {**(options.get("headers") or {}), **extra}
+            # e.g. the trace context, stored with the row for every resend
+            headers.update(durable.observers.message_headers())
+        options["headers"] = headers
         due = due_time(options.pop("delay", None), options.pop("at", None), now=durable.now())
         unique = check_unique(options.pop("unique", None))
         eta = due or _eta(options.get("eta"), options.get("countdown"))

@@ -36,7 +36,9 @@ class JobState(str, enum.Enum):
 
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD,
                              JobState.CANCELLED})
-ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.RETRYING})
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.RETRYING,
+                           JobState.SUSPENDED})
+"""Not finished: a suspended job is waiting (for a delay, or for dispatched calls)."""
 
 
 class CallState(str, enum.Enum):
@@ -44,6 +46,9 @@ class CallState(str, enum.Enum):
     FAILED = "failed"
     RETRYING = "retrying"
     """The last attempt failed and another one is scheduled (the job runs again)."""
+    DISPATCHED = "dispatched"
+    """Sent as a child job of its own (``result`` names it); settled to succeeded or
+    failed when the parent resumes after the child finished."""
 
 
 CallKey = tuple[str, int]
@@ -69,6 +74,8 @@ class NewJob:
     """Enqueued with delay= / at=: the job may not start before this."""
     unique_key: str | None = None
     """While the job is active no other job may hold this key."""
+    parent_id: str | None = None
+    """A dispatched call's child job: finishing it wakes this suspended parent."""
 
     def as_record(self) -> JobRecord:
         """The job as its row reads right after enqueue (pending, never claimed)."""
@@ -77,7 +84,8 @@ class NewJob:
             queue=self.queue, priority=self.priority, state=JobState.PENDING, attempts=0,
             recoveries=0, lease_owner=None, lease_expires_at=self.deliver_by, result=None,
             error=None, created_at=self.created_at, started_at=None, finished_at=None,
-            options=self.options, not_before=self.not_before, unique_key=self.unique_key)
+            options=self.options, not_before=self.not_before, unique_key=self.unique_key,
+            parent_id=self.parent_id)
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,10 @@ class JobRecord:
     """Cancel was asked while an execution held the job; it stops at its next call."""
     unique_key: str | None = None
     """Held while the job is active; released (NULL) when it finishes."""
+    parent_id: str | None = None
+    """The suspended job this one was dispatched by (woken when this one finishes)."""
+    awaiting: int = 0
+    """Suspended: how many dispatched children have not finished yet."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,14 @@ class CallRecord:
     error: str | None
     started_at: datetime
     finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A finished child's parent, and the delivery deadline it gets if it wakes."""
+
+    parent_id: str
+    deliver_by: datetime
 
 
 @dataclass(frozen=True)
@@ -241,9 +261,29 @@ class Storage(Protocol):
         """Extend the lease; False if it was lost."""
 
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
-                   error: str | None, now: datetime) -> None:
+                   error: str | None, now: datetime, wake: Wake | None = None) -> bool:
         """Record the final outcome and release the lease, fenced on it. A failed or
-        dead job's error is also kept among its execution errors."""
+        dead job's error is also kept among its execution errors.
+
+        ``wake``: this job is a dispatched child; in the same transaction its parent
+        stops waiting for it. Returns True if that made the parent runnable (pending)."""
+
+    def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
+                    children: Sequence[NewJob], wake_at: datetime | None,
+                    deliver_by: datetime, now: datetime) -> bool:
+        """Write ``calls`` (first attempts), create the
+        ``children`` (their ``parent_id`` is this job) and release the job in state
+        suspended until ``wake_at`` and until every unfinished child has finished, in
+        one transaction. ``deliver_by`` is when recovery resumes it regardless, to look
+        again. Returns False if there was nothing left to wait for: the job is then
+        pending and due at once (the caller publishes it)."""
+
+    def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
+        """Replace dispatched checkpoints by their outcome (state succeeded or failed),
+        fenced on the lease, in one transaction."""
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """The jobs among these ids that exist (one query), in no particular order."""
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
@@ -260,7 +300,7 @@ class Storage(Protocol):
     def abandon_job(self, seen: JobRecord, error: str, now: datetime,
                     state: JobState = JobState.FAILED) -> bool:
         """Compare-and-set an expired job to failed or dead (it crashed its workers too
-        often)."""
+        often). A dispatched child's parent stops waiting for it, due at ``now``."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
@@ -273,13 +313,15 @@ class Storage(Protocol):
 
     def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
         """Cancel a job that no live execution holds (state cancelled, never claimed
-        again); for a held one, only record that cancel was requested."""
+        again); for a held one, only record that cancel was requested. A cancelled
+        dispatched child's parent stops waiting for it, due at ``now``."""
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs have a cancel request (one query)."""
 
     def count_active(self) -> list[tuple[str | None, str, int]]:
-        """(queue, state, how many) of pending, running and retrying jobs."""
+        """(queue, state, how many) of jobs not finished (pending, running, retrying,
+        suspended)."""
 
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         """Jobs matching the filter, newest first."""

@@ -23,6 +23,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    Wake,
 )
 from .memory_schedules import ScheduleMemory
 
@@ -73,7 +74,8 @@ class MemoryStorage(ScheduleMemory):
                 return Claim(ClaimOutcome.MISSING)
             if job.state not in ACTIVE_STATES:
                 return Claim(ClaimOutcome.FINISHED, job)
-            if (job.lease_owner is not None and _live(job, now)) or job.cancel_requested_at:
+            if (job.lease_owner is not None and _live(job, now)) or job.cancel_requested_at \
+                    or (job.state is JobState.SUSPENDED and job.awaiting > 0):
                 return Claim(ClaimOutcome.BUSY, job)
             if job.not_before is not None and job.not_before > now:
                 return Claim(ClaimOutcome.EARLY, job)
@@ -140,7 +142,7 @@ class MemoryStorage(ScheduleMemory):
             return True
 
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
-                   error: str | None, now: datetime) -> None:
+                   error: str | None, now: datetime, wake: Wake | None = None) -> bool:
         with self._lock:
             job = self._check(lease)
             failed = error is not None and state in (JobState.FAILED, JobState.DEAD)
@@ -151,6 +153,52 @@ class MemoryStorage(ScheduleMemory):
                 lease_expires_at=None, finished_at=now, failures=job.failures + failed,
                 unique_key=None,
             )
+            return wake is not None and self._wake(wake.parent_id, wake.deliver_by)
+
+    def _wake(self, parent_id: str, deliver_by: datetime) -> bool:
+        parent = self._jobs.get(parent_id)
+        if parent is None:
+            return False
+        parent = replace(parent, awaiting=parent.awaiting - 1)
+        woken = parent.state is JobState.SUSPENDED and parent.awaiting <= 0
+        if woken:
+            parent = replace(parent, state=JobState.PENDING, lease_expires_at=deliver_by)
+        self._jobs[parent_id] = parent
+        return woken
+
+    def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
+                    children: Sequence[NewJob], wake_at: datetime | None,
+                    deliver_by: datetime, now: datetime) -> bool:
+        with self._lock:
+            job = self._check(lease)
+            if any(child.id in self._jobs for child in children):
+                raise LeaseLost(lease.job_id)  # another execution dispatched them
+            for call in calls:
+                self._put_call(call, lease)
+            for child in children:
+                self._jobs[child.id] = child.as_record()
+            awaiting = sum(1 for j in self._jobs.values()
+                           if j.parent_id == job.id and j.state in ACTIVE_STATES)
+            waiting = awaiting > 0 or wake_at is not None
+            self._jobs[job.id] = replace(
+                job, state=JobState.SUSPENDED if waiting else JobState.PENDING,
+                lease_owner=None, lease_expires_at=deliver_by,
+                not_before=wake_at, awaiting=awaiting)
+            return waiting
+
+    def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
+        with self._lock:
+            self._check(lease)
+            for call in calls:
+                key = (call.root_id, call.job_id, call.seq)
+                previous = self._calls.get(key)
+                if previous is None or previous.state is not CallState.DISPATCHED:
+                    raise LeaseLost(lease.job_id)
+                self._calls[key] = call
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        with self._lock:
+            return [self._jobs[i] for i in dict.fromkeys(job_ids) if i in self._jobs]
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
@@ -186,6 +234,8 @@ class MemoryStorage(ScheduleMemory):
                 error=error, finished_at=now, unique_key=None)
             if state in (JobState.FAILED, JobState.DEAD):
                 self._add_error(seen, error, now)
+            if seen.parent_id is not None:
+                self._wake(seen.parent_id, now)
             return True
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -219,6 +269,8 @@ class MemoryStorage(ScheduleMemory):
                 job, state=JobState.CANCELLED, error=error, finished_at=now,
                 lease_owner=None, lease_expires_at=None, cancel_requested_at=now,
                 unique_key=None)
+            if job.parent_id is not None:
+                self._wake(job.parent_id, now)
             return CancelOutcome.CANCELLED
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:

@@ -93,6 +93,7 @@ def build_tables(prefix: str) -> Tables:
         *_retry_layer_columns(),
         *_cancellation_columns(),
         *_scheduling_columns(),
+        *_suspension_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
@@ -103,6 +104,8 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}jobs_finished_at", jobs.c.finished_at)
     # Dead-letter listings and retention read finished jobs of one state by age.
     Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
+    # A suspending parent counts its unfinished children.
+    Index(f"{prefix}jobs_parent_id", jobs.c.parent_id)
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
@@ -204,6 +207,12 @@ def _cancellation_columns() -> list[Column[Any]]:
     return [Column("cancel_requested_at", UTCDateTime())]
 
 
+def _suspension_columns() -> list[Column[Any]]:
+    """Job columns added by migration 6 (calls that suspend)."""
+    return [Column("parent_id", ID),
+            Column("awaiting", Integer, nullable=False, default=0, server_default="0")]
+
+
 def _add_missing_columns(conn: Connection, tables: Tables,
                          columns: list[Column[Any]]) -> None:
     # Migration 1 creates tables from today's declarations, so on a fresh database the
@@ -249,9 +258,15 @@ def _add_event_indexes(conn: Connection, tables: Tables) -> None:
         _add_missing_index(conn, table, column)
 
 
+def _add_suspension(conn: Connection, tables: Tables) -> None:
+    """parent_id and awaiting: dispatched child jobs and the parent waiting for them."""
+    _add_missing_columns(conn, tables, _suspension_columns())
+    _add_missing_index(conn, tables.jobs, "parent_id")
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
 MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation,
-                               _add_scheduler, _add_event_indexes]
+                               _add_scheduler, _add_event_indexes, _add_suspension]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

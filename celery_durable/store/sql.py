@@ -48,6 +48,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    Wake,
 )
 from .schema import apply_migrations, build_tables, pending_migrations
 from .sql_schedules import ScheduleSQL
@@ -209,16 +210,63 @@ class SQLStorage(ScheduleSQL):
         return self._rowcount(self._sql.renew, _fence(lease, p_until=until)) == 1
 
     def finish_job(self, lease: Lease, state: JobState, result: str | None,
-                   error: str | None, now: datetime) -> None:
+                   error: str | None, now: datetime, wake: Wake | None = None) -> bool:
         params = _fence(lease, p_state=state.value, p_result=result, p_error=error, p_now=now)
-        if error is None or state not in (JobState.FAILED, JobState.DEAD):
+        failed = error is not None and state in (JobState.FAILED, JobState.DEAD)
+        if not failed and wake is None:  # the hot path: one autocommit statement
             if self._rowcount(self._sql.finish, params) != 1:
                 raise LeaseLost(lease.job_id)
-            return
+            return False
         with self._transaction() as conn:
-            if conn.execute(self._sql.finish_failed, params).rowcount != 1:
+            stmt = self._sql.finish_failed if failed else self._sql.finish
+            if conn.execute(stmt, params).rowcount != 1:
                 raise LeaseLost(lease.job_id)
-            conn.execute(self._sql.insert_job_error, params)
+            if failed:
+                conn.execute(self._sql.insert_job_error, params)
+            return wake is not None and self._wake(conn, wake.parent_id, wake.deliver_by)
+
+    def _wake(self, conn: Connection, parent_id: str, deliver_by: datetime) -> bool:
+        """One child of ``parent_id`` finished: True if the parent is runnable now."""
+        params = {"p_id": parent_id, "p_deliver_by": deliver_by}
+        conn.execute(self._sql.wake_decrement, params)
+        return bool(conn.execute(self._sql.wake, params).rowcount == 1)
+
+    def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
+                    children: Sequence[NewJob], wake_at: datetime | None,
+                    deliver_by: datetime, now: datetime) -> bool:
+        params = _fence(lease, p_deliver_by=deliver_by, p_wake_at=wake_at)
+        with self._transaction() as conn:
+            if conn.execute(self._sql.suspend, params).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            for call in calls:
+                self._write_call(conn, call, lease, _call_params(call, lease))
+            if children:
+                try:
+                    conn.execute(self._sql.insert_job, [new_job_row(c) for c in children])
+                except sa_exc.IntegrityError:  # another execution dispatched them
+                    raise LeaseLost(lease.job_id) from None
+            awaiting = int(conn.scalar(self._sql.count_children, {"p_id": lease.job_id}))
+            waiting = awaiting > 0 or wake_at is not None
+            state = JobState.SUSPENDED if waiting else JobState.PENDING
+            conn.execute(self._sql.set_awaiting, {"p_id": lease.job_id, "p_awaiting": awaiting,
+                                                  "p_state": state.value})
+            return waiting
+
+    def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
+        with self._transaction() as conn:
+            if conn.execute(self._sql.lock_job, _fence(lease)).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            for call in calls:
+                if conn.execute(self._sql.settle_call,
+                                _call_params(call, lease)).rowcount != 1:
+                    raise LeaseLost(lease.job_id)
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        if not job_ids:
+            return []
+        with self._connect() as conn:
+            return [_job(row) for row in conn.execute(self._sql.get_jobs,
+                                                      {"p_ids": list(set(job_ids))})]
 
     def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
                   not_before: datetime, deliver_by: datetime, now: datetime) -> None:
@@ -255,12 +303,16 @@ class SQLStorage(ScheduleSQL):
         stmt = self._sql.abandon_unowned if seen.lease_owner is None else self._sql.abandon
         params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
                   "p_error": error, "p_state": state.value}
-        if state not in (JobState.FAILED, JobState.DEAD):
+        failed = state in (JobState.FAILED, JobState.DEAD)
+        if not failed and seen.parent_id is None:
             return self._rowcount(stmt, params) == 1
         with self._transaction() as conn:
             if conn.execute(stmt, params).rowcount != 1:
                 return False
-            conn.execute(self._sql.insert_job_error, params)
+            if failed:
+                conn.execute(self._sql.insert_job_error, params)
+            if seen.parent_id is not None:
+                self._wake(conn, seen.parent_id, now)
         return True
 
     def release_abandoned(self, job_id: str, owner_prefix: str,
@@ -273,8 +325,12 @@ class SQLStorage(ScheduleSQL):
 
     def cancel_job(self, job_id: str, error: str, now: datetime) -> CancelOutcome:
         params = {"p_id": job_id, "p_error": error, "p_now": now}
-        if self._rowcount(self._sql.cancel_unheld, params) == 1:
-            return CancelOutcome.CANCELLED
+        with self._transaction() as conn:
+            if conn.execute(self._sql.cancel_unheld, params).rowcount == 1:
+                row = conn.execute(self._sql.get_job, params).first()
+                if row is not None and row.parent_id is not None:
+                    self._wake(conn, row.parent_id, now)
+                return CancelOutcome.CANCELLED
         if self._rowcount(self._sql.cancel_request, params) == 1:
             return CancelOutcome.REQUESTED
         job = self.get_job(job_id)
@@ -478,7 +534,7 @@ def _job(row: Any) -> JobRecord:
         created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
         options=m["options"], failures=m["failures"], requeues=m["requeues"],
         not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
-        unique_key=m["unique_key"],
+        unique_key=m["unique_key"], parent_id=m["parent_id"], awaiting=m["awaiting"],
     )
 
 

@@ -64,6 +64,13 @@ class Statements:
     release_abandoned: Update
     cancel_request: Update
     cancel_requested: Select  # type: ignore[type-arg]
+    suspend: Update
+    count_children: Select  # type: ignore[type-arg]
+    set_awaiting: Update
+    wake_decrement: Update
+    wake: Update
+    settle_call: Update
+    get_jobs: Select  # type: ignore[type-arg]
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -88,6 +95,7 @@ def build_statements(tables: Tables) -> Statements:
     ]).where(*fenced).with_for_update(read=True)  # a concurrent recovery waits for us
     claim = jobs.update().where(
         by_id, jobs.c.state.in_(_ACTIVE), or_(owner_is_null, jobs.c.lease_expires_at < now),
+        or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
         or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
         jobs.c.cancel_requested_at.is_(None),
     ).values(
@@ -178,6 +186,28 @@ def build_statements(tables: Tables) -> Statements:
         cancel_requested=select(jobs.c.id).where(
             jobs.c.id.in_(bindparam("p_ids", expanding=True)),
             jobs.c.cancel_requested_at.is_not(None)),
+        suspend=jobs.update().where(*fenced).values(
+            state=JobState.SUSPENDED.value, lease_owner=None, lease_expires_at=deliver_by,
+            not_before=_time("p_wake_at")),
+        count_children=select(func.count()).select_from(jobs).where(
+            jobs.c.parent_id == bindparam("p_id"), jobs.c.state.in_(_ACTIVE)),
+        # Runs after `suspend` locked the row: no owner fence needed.
+        set_awaiting=jobs.update().where(by_id).values(
+            awaiting=bindparam("p_awaiting", type_=Integer()),
+            state=bindparam("p_state")),
+        # Two statements, not one with CASE: MySQL evaluates SET clauses left to right
+        # on the updated values, PostgreSQL on the old ones. The decrement locks the
+        # parent row whatever its state, so a parent that is suspending at this moment
+        # counts its children only after this child's finish is committed.
+        wake_decrement=jobs.update().where(by_id).values(awaiting=jobs.c.awaiting - 1),
+        wake=jobs.update().where(
+            by_id, jobs.c.state == JobState.SUSPENDED.value, jobs.c.awaiting <= 0,
+        ).values(state=JobState.PENDING.value, lease_expires_at=deliver_by),
+        settle_call=calls.update().where(
+            *by_call, calls.c.state == CallState.DISPATCHED.value,
+        ).values(**{name: bindparam(f"p_{name}", type_=calls.c[name].type)
+                    for name in ("state", "attempts", "result", "error", "finished_at")}),
+        get_jobs=select(jobs).where(jobs.c.id.in_(bindparam("p_ids", expanding=True))),
     )
 
 
@@ -191,4 +221,5 @@ def new_job_row(job: NewJob) -> dict[str, Any]:
             "queue": job.queue, "priority": job.priority, "options": job.options,
             "state": JobState.PENDING.value, "attempts": 0, "recoveries": 0,
             "lease_expires_at": job.deliver_by, "created_at": job.created_at,
-            "not_before": job.not_before, "unique_key": job.unique_key}
+            "not_before": job.not_before, "unique_key": job.unique_key,
+            "parent_id": job.parent_id}

@@ -16,10 +16,11 @@ from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_
 from .storage_operations import OperationsConformance
 from .storage_retries import RetryConformance
 from .storage_schedules import ScheduleConformance
+from .storage_suspend import SuspendConformance
 
 
 class StorageConformance(CoreConformance, RetryConformance, OperationsConformance,
-                         ScheduleConformance):
+                         ScheduleConformance, SuspendConformance):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 
@@ -32,6 +33,7 @@ __all__ = [
     "RetryConformance",
     "ScheduleConformance",
     "StorageConformance",
+    "SuspendConformance",
     "call_record",
     "claimed",
     "new_job",

@@ -95,7 +95,12 @@ class Cluster:
         assert isinstance(storage, SQLStorage)
         return storage
 
-    def worker(self, concurrency: int = 1, pool: str = "prefork",
+    @property
+    def payments(self) -> str:
+        """A second queue, for calls dispatched away from the default one."""
+        return f"{self.queue}-payments"
+
+    def worker(self, concurrency: int = 1, pool: str = "prefork", queue: str | None = None,
                **extra_env: str) -> Worker:
         env = {**os.environ, **extra_env,
                "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
@@ -110,7 +115,7 @@ class Cluster:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker",
-             "-Q", self.queue, "-c", str(concurrency), "-P", pool, "-n", name,
+             "-Q", queue or self.queue, "-c", str(concurrency), "-P", pool, "-n", name,
              "--loglevel=INFO", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
             cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -169,7 +174,8 @@ class Cluster:
             w.kill()
         if self.broker.startswith("amqp"):
             with self.app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(self.queue)
+                for queue in (self.queue, self.payments):
+                    conn.default_channel.queue_delete(queue)
         self.storage.drop_tables()
         self.storage.dispose()
 

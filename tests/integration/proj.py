@@ -25,6 +25,8 @@ from celery_durable import (
     RetryAfter,
     call,
     current_job_id,
+    gather,
+    sleep,
 )
 from celery_durable.schedules import every
 from celery_durable.values import now, patched, uuid4
@@ -134,7 +136,67 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
     _retry_callees(app)
     _retry_workflows(app, durable)
     _scheduled(app, durable)
+    _suspending(app, durable)
     return app
+
+
+def _hold(name: str) -> None:
+    """Wait while the test process keeps the flag file ``name`` in place."""
+    while flag(name):
+        time.sleep(0.05)
+
+
+def _suspending(app: Celery, durable: Durable) -> None:
+    """Calls that suspend: dispatched to another queue, gather, durable sleep."""
+
+    @app.task(name="proj.charge", shared=False)
+    def charge(order: str, amount: int) -> str:
+        """A legacy task on the payments queue. Effects: charge-start (every run that
+        began), charge-done (every run that completed)."""
+        effect("charge-start")
+        _hold("hold-charge")
+        if amount < 0:
+            raise ValueError(f"card declined for {order}")
+        effect("charge-done")
+        return f"receipt-{order}-{amount}"
+
+    @durable.task(name="proj.checkout", shared=False)
+    def checkout(order: str, amount: int, payments: str) -> Any:
+        _hold("hold-checkout")
+        try:
+            receipt = call(charge.s(order, amount).set(queue=payments))
+        except CallError as exc:
+            call("proj.step", "compensate", 0)
+            return {"compensated": f"{exc.error_type}: {exc.error_message}"}
+        effect("after-charge")
+        return {"receipt": receipt}
+
+    @durable.task(name="proj.quick", shared=False)
+    def quick(x: int) -> int:
+        return int(call("proj.step", "quick", x))
+
+    @durable.task(name="proj.fan_out", shared=False)
+    def fan_out(n: int, fail_at: int, payments: str) -> list[Any]:
+        results = gather(*[charge.s(f"o{i}", -1 if i == fail_at else i).set(queue=payments)
+                           for i in range(n)], return_exceptions=True)
+        return [r if isinstance(r, str) else f"error: {r.error_message}" for r in results]
+
+    @durable.task(name="proj.settle_order", shared=False)
+    def settle_order(order: str) -> list[Any]:
+        """A durable child: its calls are checkpointed in a history of its own."""
+        return [call("proj.step", "settle-a", 1), current_job_id()]
+
+    @durable.task(name="proj.parent_of_durable", shared=False)
+    def parent_of_durable(order: str, payments: str) -> Any:
+        return call(settle_order.s(order).set(queue=payments))
+
+    @durable.task(name="proj.napper", shared=False)
+    def napper(seconds: float) -> list[float]:
+        call("proj.step", "before-nap", 0)
+        started = now()
+        sleep(seconds)
+        call("proj.step", "after-nap", 0)
+        return [started.timestamp(), now().timestamp()]
 
 
 def _scheduled(app: Celery, durable: Durable) -> None:

@@ -67,6 +67,18 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     assert "Completed calls were not re-run" in result.stdout
 
 
+def test_the_shipping_example_runs_on_one_worker_process(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.shipping.demo"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    effects = (tmp_path / "shipping-run" / "side-effects.log").read_text().splitlines()
+    assert sorted(effects) == ["cancel_order B-2", "charge_card A-1", "charge_card B-2",
+                               "print_label box-1", "print_label box-2", "print_label box-3"]
+    assert "waiting for child job(s)" in result.stdout
+
+
 def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("sqlite", "sqlite")
     cluster.worker()

@@ -70,4 +70,7 @@ def test_worker_serves_metrics_from_all_pool_processes(
     assert get("durable_calls_total", task="proj.five_steps", call="proj.step",
                outcome="succeeded") == 5
     assert get("durable_jobs_duration_seconds_count", task="proj.outer", queue=q) == 1
+    # one queue wait per execution: the first, then one after each call retry's backoff
+    assert get("durable_jobs_queue_wait_seconds_count", task="proj.flaky_order",
+               queue=q) == 3
     assert get("durable_jobs_queue_depth", queue=f"{q}-idle", state="pending") == 3

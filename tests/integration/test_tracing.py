@@ -42,5 +42,7 @@ def test_one_trace_across_a_crash_and_resume(make_cluster: Callable[..., Cluster
     resumed_calls = [c for c in calls if c["parent"] == jobs[0]["span"]]
     # calls that ended before the kill have spans from the first execution; the resumed
     # one replays them (no span) and runs the rest: five call spans in all, none twice
-    assert len(first_execution_calls) in (2, 3)
+    # (call 2's span is written just after its checkpoint, which is what the test waits
+    # for before the kill, so it may not have been exported yet)
+    assert len(first_execution_calls) in (1, 2, 3)
     assert len(first_execution_calls) + len(resumed_calls) == 5

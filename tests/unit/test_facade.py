@@ -39,7 +39,9 @@ def test_public_api_is_pinned() -> None:
         "Determinism", "now", "uuid4", "random", "randint", "patched",
         # observability
         "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome",
-        "PrometheusMetrics"])
+        "PrometheusMetrics",
+        # calls that suspend
+        "gather", "sleep", "sleep_until"])
 
 
 def test_settings_come_from_app_conf() -> None:
@@ -158,7 +160,8 @@ def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
     assert env.durable.sweeper.sweep_once() == ["j1"]
     assert env.durable.sweeper.sweep_once() == []
     assert sent == [{"name": "u.t", "args": [1], "kwargs": {"a": 2}, "task_id": "j1",
-                     "queue": "q1", "priority": 3, "root_id": "r1"}]
+                     "queue": "q1", "priority": 3, "root_id": "r1",
+                     "headers": {"durable_due": env.clock().isoformat()}}]
     job = env.storage.get_job("j1")
     assert job is not None and (job.state, job.recoveries) == (JobState.PENDING, 1)
 

@@ -64,6 +64,30 @@ def test_counters_histograms_and_gauges_follow_the_jobs() -> None:
     assert value("calls_total", task="u.order", call="u.pay", outcome="failed") == 1
 
 
+def test_queue_wait_runs_from_when_the_job_was_due_not_from_enqueue() -> None:
+    env = make_env()
+    registry = CollectorRegistry()
+    env.durable.use(PrometheusMetrics(registry))
+
+    @env.durable.task(name="u.t", shared=False)
+    def t() -> None: ...
+
+    env.durable.enqueue("u.t", task_id="now")
+    env.durable.enqueue("u.t", task_id="later", delay=30)
+    messages = {m["id"]: m for m in env.published()}
+    env.clock.advance(4)
+    env.deliver("u.t", "now", headers=messages["now"])  # waited 4 s in the queue
+    env.clock.advance(27)  # the delayed one was due 1 s ago: its 30 s delay is not a wait
+    env.deliver("u.t", "later", headers=messages["later"], eta=messages["later"]["eta"])
+
+    def wait_count(le: str) -> float | None:
+        return registry.get_sample_value("durable_jobs_queue_wait_seconds_bucket", {
+            "task": "u.t", "queue": env.app.conf.task_default_queue, "le": le})
+
+    assert (wait_count("0.5"), wait_count("1.0"), wait_count("5.0"), wait_count("10.0")) \
+        == (0, 1, 2, 2)
+
+
 def test_queue_depth_comes_from_the_jobs_table() -> None:
     env = make_env()
 

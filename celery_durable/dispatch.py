@@ -1,0 +1,262 @@
+"""Dispatched calls and ``gather()``: calls that run as jobs of their own, elsewhere.
+
+``call(charge_card.s(order).set(queue="payments"))``: a signature with a queue (or a
+routing key or exchange) set is *dispatched*. The call becomes a child job on that
+queue (a small durable job, ``celery_durable.dispatched``, that runs the task with
+``call()``, so call retries apply and a durable task gets a history of its own) and the
+parent suspends: its Celery task ends and its worker slot is free. When the child
+finishes, the parent is published again and replays to the call, which returns the
+child's result or raises ``CallError``.
+
+The child's id is ``"<parent scope>.<seq>"``, recorded with the checkpoint in the same
+transaction that creates the child, so a replayed parent never dispatches it twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery.canvas import Signature
+
+from . import serialization
+from .context import Execution, current_execution
+from .determinism import Determinism, EndOfHistory, recorded_for
+from .errors import CallError, OutsideDurableTaskError, interrupt_on_storage_error
+from .store.base import CallRecord, CallState, JobRecord, JobState, NewJob
+from .suspension import Suspend
+from .wakeup import PARENT_HEADER
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .app import Durable
+
+DISPATCH_TASK = "celery_durable.dispatched"
+ROUTING_OPTIONS = ("queue", "routing_key", "exchange")
+# Message options a dispatched signature may carry to its child job.
+_CHILD_OPTIONS = (*ROUTING_OPTIONS, "priority", "expires", "time_limit", "soft_time_limit")
+
+
+def is_dispatched(target: object) -> bool:
+    """A signature with a queue, routing key or exchange set runs as a child job."""
+    return isinstance(target, Signature) and any(
+        target.options.get(name) for name in ROUTING_OPTIONS)
+
+
+def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]:
+    """Run several calls and return their results in order.
+
+    Dispatched signatures (with a queue set) are all sent at once and the job suspends
+    until every one has finished; the others run in this process, one after another,
+    as ``call()`` would. A failed call is a ``CallError``: with ``return_exceptions``
+    it takes its place in the list, otherwise the first one (in order) is raised once
+    every call has finished.
+    """
+    execution = _execution("gather()")
+    for spec in specs:
+        if not isinstance(spec, Signature):
+            raise TypeError(f"gather() takes signatures (task.s(...)), "
+                            f"not {type(spec).__name__}")
+    return _gather(execution, list(specs), return_exceptions=return_exceptions)
+
+
+def call_dispatched(execution: Execution, target: Signature[Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], retries: int | None,
+                    backoff: float | None) -> Any:
+    spec = Signature(target.task, args=(*target.args, *args),
+                     kwargs={**target.kwargs, **kwargs}, options=dict(target.options),
+                     app=execution.durable.app)
+    return _gather(execution, [spec], return_exceptions=False, retries=retries,
+                   backoff=backoff)[0]
+
+
+@dataclass
+class _Slot:
+    """One call of a gather: done (value or error), waiting on a child, or new."""
+
+    seq: int = 0
+    value: Any = None
+    error: CallError | None = None
+    record: CallRecord | None = None
+    child: NewJob | None = None
+    child_id: str | None = None
+    done: bool = False
+
+
+def _gather(execution: Execution, specs: list[Signature[Any]], *, return_exceptions: bool,
+            retries: int | None = None, backoff: float | None = None) -> list[Any]:
+    from .calls import call
+
+    slots: list[_Slot] = []
+    for spec in specs:
+        if is_dispatched(spec):
+            slots.append(_dispatch(execution, spec, retries, backoff))
+            continue
+        try:
+            slots.append(_Slot(value=call(spec), done=True))
+        except CallError as exc:
+            slots.append(_Slot(error=exc, done=True))
+    _settle(execution, [s for s in slots if s.child_id is not None and s.child is None])
+    new = [s for s in slots if s.child is not None]
+    unfinished = [s for s in slots if not s.done]
+    if unfinished:
+        _new_ids(execution.durable, new)
+        raise Suspend(calls=[s.record for s in new if s.record is not None],
+                      children=[s.child for s in new if s.child is not None],
+                      waiting_for=[s.child_id or "" for s in unfinished])
+    errors = [s.error for s in slots if s.error is not None]
+    if errors and not return_exceptions:
+        raise errors[0]
+    return [s.error if s.error is not None else s.value for s in slots]
+
+
+def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
+              backoff: float | None) -> _Slot:
+    name = spec.task
+    args, kwargs = tuple(spec.args), dict(spec.kwargs)
+    seq = execution.next_seq()
+    digest = None if execution.determinism is Determinism.EXPLICIT else \
+        serialization.digest(args, kwargs)
+    recorded = recorded_for(execution, seq, name, digest)
+    if recorded is not None:
+        if recorded.state is CallState.DISPATCHED:
+            child_id = serialization.loads(recorded.result)["child"]
+            return _Slot(seq=seq, record=recorded, child_id=child_id)
+        from .calls import replay_recorded
+
+        try:
+            return _Slot(seq=seq, value=replay_recorded(execution, seq, recorded), done=True)
+        except CallError as exc:
+            return _Slot(seq=seq, error=exc, done=True)
+    from .calls import check_may_run
+
+    check_may_run(execution)
+    durable = execution.durable
+    now = durable.now()
+    child_id = f"{execution.job_id}.{seq}"
+    record = CallRecord(
+        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
+        args_digest=serialization.digest(args, kwargs), state=CallState.DISPATCHED,
+        attempts=1, result=None, error=None, started_at=now, finished_at=now)
+    return _Slot(seq=seq, record=record, child_id=child_id,
+                 child=_child_job(execution, child_id, spec, retries, backoff))
+
+
+def _child_job(execution: Execution, child_id: str, spec: Signature[Any],
+               retries: int | None, backoff: float | None) -> NewJob:
+    from .runner import new_job
+
+    options = {k: spec.options[k] for k in _CHILD_OPTIONS if spec.options.get(k) is not None}
+    headers = {**(spec.options.get("headers") or {}), PARENT_HEADER: execution.root_id}
+    if execution.info is not None and execution.info.trace_parent:
+        headers["durable_trace"] = execution.info.trace_parent
+    job = new_job(
+        execution.durable, DISPATCH_TASK, child_id,
+        [spec.task, list(spec.args), dict(spec.kwargs),
+         execution.call_policy.retries if retries is None else retries, backoff], {},
+        queue=options.get("queue"), priority=options.get("priority"), eta=None,
+        options={**options, "headers": headers, "shadow": spec.task})
+    return dataclasses.replace(job, parent_id=execution.root_id)
+
+
+def _new_ids(durable: Durable, new: list[_Slot]) -> None:
+    """A position whose checkpoint was dropped (a job retry, a requeue) and is
+    dispatched again gets a fresh child id: the earlier child keeps its row."""
+    taken = {j.id for j in durable.storage.get_jobs([s.child_id or "" for s in new])}
+    for slot in new:
+        base, n = slot.child_id, 1
+        while slot.child_id in taken:
+            n += 1
+            slot.child_id = f"{base}-{n}"
+            taken |= {j.id for j in durable.storage.get_jobs([slot.child_id])}
+        assert slot.child is not None and slot.record is not None and slot.child_id
+        slot.child = dataclasses.replace(slot.child, id=slot.child_id)
+        slot.record = dataclasses.replace(slot.record, result=serialization.dumps(
+            {"child": slot.child_id}, what="a dispatched call"))
+
+
+def _settle(execution: Execution, waiting: list[_Slot]) -> None:
+    """Read the children waited on; record the outcome of those that finished."""
+    if not waiting:
+        return
+    if execution.replay_only:
+        raise EndOfHistory(waiting[0].seq, "the outcome of a dispatched call")
+    durable = execution.durable
+    with interrupt_on_storage_error(execution.root_id):
+        jobs = {j.id: j for j in durable.storage.get_jobs([s.child_id or "" for s in waiting])}
+    settled = []
+    for slot in waiting:
+        job = jobs.get(slot.child_id or "")
+        if job is not None and not job.state.finished:
+            continue
+        assert slot.record is not None
+        slot.done = True
+        if job is not None and job.state is JobState.SUCCEEDED:
+            slot.value = serialization.loads(job.result)
+            record = dataclasses.replace(slot.record, state=CallState.SUCCEEDED,
+                                         result=job.result)
+        else:
+            failure = _child_failure(durable, slot.child_id or "", job)
+            slot.error = CallError(
+                job_id=execution.job_id, seq=slot.seq, name=slot.record.name,
+                error_type=failure.get("type", "Exception"),
+                error_message=failure.get("message", ""),
+                attempts=int(failure.get("attempts_made", 1)),
+                no_retry=bool(failure.get("no_retry")))
+            record = dataclasses.replace(
+                slot.record, state=CallState.FAILED, attempts=slot.error.attempts,
+                error=serialization.dumps({**failure, "child": slot.child_id},
+                                          what="a dispatched call's error"))
+        settled.append(dataclasses.replace(
+            record, finished_at=(job.finished_at if job and job.finished_at
+                                 else durable.now())))
+    if settled:
+        with interrupt_on_storage_error(execution.root_id):
+            durable.storage.settle_calls(execution.lease, settled)
+
+
+def _child_failure(durable: Durable, child_id: str, job: JobRecord | None) -> dict[str, Any]:
+    """What the parent's CallError says: the task's own error, not the wrapper's."""
+    if job is None:
+        return {"type": "JobNotFound", "message": f"child job {child_id} no longer exists"}
+    error = serialization.loads(job.error) if job.error else {}
+    error = error if isinstance(error, dict) else {}
+    if job.state is JobState.CANCELLED:
+        return {"type": "Cancelled", "message": f"child job {child_id} was cancelled"}
+    if error.get("type") == "CallError":  # the dispatched task's call failed: look inside
+        for recorded in durable.storage.load_history(child_id):
+            if recorded.job_id == child_id and recorded.seq == 1 and recorded.error:
+                inner = serialization.loads(recorded.error)
+                return {"type": inner.get("type", "Exception"),
+                        "message": inner.get("message", ""),
+                        "attempts_made": recorded.attempts,
+                        "no_retry": bool(inner.get("no_retry"))}
+    return {"type": error.get("type", "Exception"), "message": error.get("message", ""),
+            "no_retry": bool(error.get("no_retry"))}
+
+
+def run_dispatched(task: Any, name: str, args: list[Any], kwargs: dict[str, Any],
+                   retries: int, backoff: float | None = None) -> Any:
+    """The body of a child job: run the dispatched task as this job's one call."""
+    from .calls import call
+
+    return call(task.app.signature(name, args=args, kwargs=kwargs), retries=retries,
+                backoff=backoff)
+
+
+def register_dispatch_task(app: Celery) -> None:
+    from .task import DurableTask
+
+    app.task(name=DISPATCH_TASK, base=DurableTask, bind=True, retries=0,
+             on_exhausted="fail", shared=False)(run_dispatched)
+
+
+def _execution(what: str) -> Execution:
+    execution = current_execution()
+    if execution is None:
+        raise OutsideDurableTaskError(
+            f"{what} can only be used inside the body of a durable task executed by a "
+            f"worker")
+    return execution

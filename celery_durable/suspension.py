@@ -1,0 +1,89 @@
+"""Suspending a job: it gives its worker slot back and is resumed by replay later.
+
+``sleep()`` and dispatched calls raise ``Suspend``; the runner catches it and, in one
+transaction, writes the new checkpoints, creates the child jobs and releases the job in
+state suspended. Then it publishes the children, and for a short sleep an ETA message.
+What resumes a suspended job:
+
+- its last dispatched child finishing (the child's finish and the parent's wake-up are
+  one transaction; the child's worker publishes the parent right after);
+- the ETA message of a short sleep, or the recovery sweeper at the wake-up time of a
+  long one (no message is held by a worker meanwhile);
+- the recovery sweeper at the row's deadline, if every message above was lost: the job
+  replays, finds what it waits for unfinished, and suspends again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Ignore
+
+from .errors import interrupt_on_storage_error
+from .store.base import CallRecord, NewJob
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from .app import Durable
+    from .context import Execution
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Suspend(BaseException):
+    """Internal: the body waits; raised by sleep() and dispatched calls, handled by the
+    runner. A BaseException, so a body's ``except Exception`` cannot swallow it."""
+
+    calls: Sequence[CallRecord] = ()
+    children: Sequence[NewJob] = ()
+    wake_at: datetime | None = None
+    waiting_for: Sequence[str] = field(default_factory=tuple)
+    """Child job ids still running (for the log line)."""
+
+    def __str__(self) -> str:
+        if self.wake_at is not None:
+            return f"sleeping until {self.wake_at.isoformat()}"
+        return f"waiting for {len(self.waiting_for)} dispatched call(s)"
+
+
+def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+            execution: Execution, waiting: Suspend) -> NoReturn:
+    from .retrying import deliver_by_for_wait, publish_again
+
+    now = durable.now()
+    if waiting.wake_at is not None:
+        delay = (waiting.wake_at - now).total_seconds()
+        deliver_by = deliver_by_for_wait(durable, waiting.wake_at, delay)
+    else:
+        delay, deliver_by = 0.0, durable.deliver_by(None)
+    with interrupt_on_storage_error(execution.root_id):
+        suspended = durable.storage.suspend_job(
+            execution.lease, waiting.calls, waiting.children, waiting.wake_at, deliver_by,
+            now)
+    execution.released = True
+    execution.ended("suspended" if suspended else "pending")
+    for child in waiting.children:
+        publish_job(durable, child)
+    if not suspended:  # what it waited for finished meanwhile: run again now
+        publish_again(task, request)
+    elif waiting.wake_at is not None and delay <= durable.settings.max_countdown:
+        publish_again(task, request, eta=waiting.wake_at)
+    logger.info("job %s (%s) suspended: %s", execution.root_id, task.name, waiting)
+    raise Ignore()
+
+
+def publish_job(durable: Durable, job: NewJob) -> None:
+    """Send a job just created from its row; a broker error is left to the sweeper."""
+    from .recovery import publish
+
+    try:
+        publish(durable, job.as_record())
+    except Exception:
+        logger.exception("job %s: could not publish it; the recovery sweeper will when "
+                         "its deadline passes", job.id)

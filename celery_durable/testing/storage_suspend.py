@@ -1,0 +1,107 @@
+"""Storage conformance, part 5: suspended jobs, dispatched children, waking parents."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from ..errors import LeaseLost
+from ..store.base import CallState, ClaimOutcome, JobState, Lease, NewJob, Storage, Wake
+from .storage_core import LEASE, T0, call_record, claimed, new_job
+
+DEADLINE = T0 + timedelta(minutes=15)
+
+
+def _children(n: int, parent: str = "job-1") -> list[NewJob]:
+    return [dataclasses.replace(new_job(f"{parent}.{i}"), parent_id=parent)
+            for i in range(1, n + 1)]
+
+
+def _finish_child(storage: Storage, child_id: str, owner: str) -> bool:
+    claim = storage.claim_job(child_id, owner, T0, T0 + LEASE)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    return storage.finish_job(Lease(child_id, owner), JobState.SUCCEEDED, '"ok"', None, T0,
+                              Wake("job-1", T0 + LEASE))
+
+
+class SuspendConformance:
+    """Needs a ``storage`` fixture."""
+
+    def test_suspend_for_children_then_the_last_one_wakes_the_parent(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        dispatched = [call_record(seq=i, state=CallState.DISPATCHED, result=None)
+                      for i in (1, 2)]
+        assert storage.suspend_job(lease, dispatched, _children(2), None, DEADLINE, T0)
+        parent = storage.get_job("job-1")
+        assert parent is not None
+        assert (parent.state, parent.awaiting, parent.lease_owner, parent.lease_expires_at) \
+            == (JobState.SUSPENDED, 2, None, DEADLINE)
+        assert [c.state for c in storage.load_history("job-1")] == [CallState.DISPATCHED] * 2
+        assert {j.id: j.parent_id for j in storage.get_jobs(["job-1.1", "job-1.2", "x"])} \
+            == {"job-1.1": "job-1", "job-1.2": "job-1"}
+        # a suspended job waiting for children cannot be claimed
+        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is ClaimOutcome.BUSY
+        with pytest.raises(LeaseLost):
+            storage.record_call(call_record(seq=3), lease)  # the lease was given back
+        assert not _finish_child(storage, "job-1.2", "c2")
+        assert storage.get_job("job-1").state is JobState.SUSPENDED  # type: ignore[union-attr]
+        assert _finish_child(storage, "job-1.1", "c1")
+        parent = storage.get_job("job-1")
+        assert parent is not None
+        assert (parent.state, parent.awaiting, parent.lease_expires_at) == (
+            JobState.PENDING, 0, T0 + LEASE)
+        lease = Lease("job-1", "w3")
+        assert storage.claim_job("job-1", "w3", T0, T0 + LEASE).outcome is \
+            ClaimOutcome.CLAIMED
+        settled = [dataclasses.replace(c, state=CallState.SUCCEEDED, result='"ok"')
+                   for c in dispatched]
+        storage.settle_calls(lease, settled)
+        assert [(c.state, c.result) for c in storage.load_history("job-1")] == [
+            (CallState.SUCCEEDED, '"ok"')] * 2
+        with pytest.raises(LeaseLost):  # only dispatched checkpoints can be settled
+            storage.settle_calls(lease, settled[:1])
+
+    def test_suspend_is_all_or_nothing_and_fenced(self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.create_job(_children(1)[0])  # the child id is taken already
+        with pytest.raises(LeaseLost):
+            storage.suspend_job(lease, [call_record(state=CallState.DISPATCHED)],
+                                _children(1), None, DEADLINE, T0)
+        assert storage.load_history("job-1") == []
+        assert storage.get_job("job-1").state is JobState.RUNNING  # type: ignore[union-attr]
+        with pytest.raises(LeaseLost):
+            storage.suspend_job(Lease("job-1", "thief"), [], [], None, DEADLINE, T0)
+
+    def test_nothing_left_to_wait_for_leaves_the_job_pending(self, storage: Storage) -> None:
+        lease = claimed(storage)
+        assert not storage.suspend_job(lease, [], [], None, DEADLINE, T0)
+        job = storage.get_job("job-1")
+        assert job is not None and (job.state, job.lease_owner) == (JobState.PENDING, None)
+
+    def test_sleeping_job_is_claimable_when_due_and_swept_at_its_deadline(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        wake = T0 + timedelta(hours=1)
+        assert storage.suspend_job(lease, [call_record()], [], wake, wake, T0)
+        early = storage.claim_job("job-1", "w2", T0 + LEASE, T0 + LEASE * 2)
+        assert early.outcome is ClaimOutcome.EARLY
+        assert storage.expired_jobs(wake - timedelta(seconds=1), 10) == []
+        [due] = storage.expired_jobs(wake + timedelta(seconds=1), 10)
+        assert due.state is JobState.SUSPENDED
+        assert storage.claim_job("job-1", "w2", wake, wake + LEASE).outcome is \
+            ClaimOutcome.CLAIMED
+
+    def test_a_child_abandoned_or_cancelled_wakes_its_parent(self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.suspend_job(lease, [], _children(2), None, DEADLINE, T0)
+        assert storage.cancel_job("job-1.1", '{"type": "Cancelled"}', T0).value == "cancelled"
+        assert storage.get_job("job-1").awaiting == 1  # type: ignore[union-attr]
+        storage.claim_job("job-1.2", "c2", T0, T0 + LEASE)
+        later = T0 + LEASE * 2
+        [lost] = [j for j in storage.expired_jobs(later, 10) if j.id == "job-1.2"]
+        assert storage.abandon_job(lost, '{"type": "WorkerLostError"}', later)
+        parent = storage.get_job("job-1")
+        assert parent is not None and parent.state is JobState.PENDING

@@ -1,0 +1,231 @@
+"""Calls that suspend, on the in-memory store with a steppable clock: durable sleep,
+dispatched calls (child jobs) and gather. Each ``deliver`` is one Celery delivery run
+in this process; the same paths under real workers, two queues and SIGKILL are in
+tests/integration/test_suspend.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery.exceptions import Ignore
+
+from celery_durable import (
+    CallError,
+    OutsideDurableTaskError,
+    call,
+    gather,
+    sleep,
+    sleep_until,
+)
+from celery_durable.dispatch import DISPATCH_TASK
+from celery_durable.store.base import CallState, JobState
+from tests.unit.conftest import Env, make_env
+
+
+def _register(env: Env, failing: set[int] | None = None) -> None:
+    failing = failing if failing is not None else set()
+
+    @env.app.task(name="u.step", shared=False)
+    def step(x: int) -> int:
+        env.effects.append(f"step{x}")
+        if x in failing:
+            raise ValueError(f"declined {x}")
+        return x * 10
+
+    @env.durable.task(name="u.sleeper", shared=False)
+    def sleeper(seconds: float) -> int:
+        call(step, 1)
+        sleep(seconds)
+        return int(call(step, 2))
+
+    @env.durable.task(name="u.parent", shared=False)
+    def parent(x: int) -> Any:
+        try:
+            return call(step.s(x).set(queue="payments")) + 1
+        except CallError as exc:
+            call(step, 99)  # compensation
+            return f"compensated {exc.error_type}: {exc.error_message}"
+
+    @env.durable.task(name="u.fanout", shared=False)
+    def fanout(n: int, return_exceptions: bool) -> Any:
+        specs = [step.s(i).set(queue="payments") for i in range(n)] + [step.s(100)]
+        try:
+            results = gather(*specs, return_exceptions=return_exceptions)
+        except CallError as exc:
+            return f"raised {exc.error_message}"
+        return [r if isinstance(r, int) else f"error {r.error_message}" for r in results]
+
+
+def _deliver_child(env: Env, child_id: str) -> Any:
+    """Run a dispatched child as the payments worker would, from its row."""
+    import json
+
+    job = env.storage.get_job(child_id)
+    assert job is not None and job.task == DISPATCH_TASK
+    options = json.loads(job.options)
+    return env.deliver(DISPATCH_TASK, child_id, *json.loads(job.args),
+                       headers=options["headers"])
+
+
+@pytest.fixture
+def senv() -> Env:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env)
+    return env
+
+
+def test_sleep_suspends_and_resumes_after_the_delay(senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.sleeper", "s1", 30)
+    job = senv.storage.get_job("s1")
+    assert job is not None and job.state is JobState.SUSPENDED and job.lease_owner is None
+    assert job.not_before == senv.clock.now + timedelta(seconds=30)
+    [message] = senv.published()  # a short sleep travels as an ETA message
+    assert message["eta"] == job.not_before.isoformat()
+    senv.clock.advance(10)
+    with pytest.raises(Ignore):  # delivered early: sent again for the rest of the wait
+        senv.deliver("u.sleeper", "s1", 30)
+    senv.clock.advance(20)
+    assert senv.deliver("u.sleeper", "s1", 30) == 20
+    assert senv.effects == ["step1", "step2"]
+    assert senv.storage.get_job("s1").state is JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_long_sleep_is_held_in_sql_and_published_by_the_sweeper(senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.sleeper", "s2", 3600)
+    assert senv.published() == []  # no message held anywhere while it waits
+    senv.clock.advance(3599)
+    assert senv.durable.sweeper.sweep_once() == []
+    senv.clock.advance(2)
+    assert senv.durable.sweeper.sweep_once() == ["s2"]
+    [message] = senv.published()
+    assert message["id"] == "s2"
+    assert senv.deliver("u.sleeper", "s2", 3600) == 20
+
+
+def test_sleep_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="seconds >= 0"):
+        sleep(-1)
+    with pytest.raises(ValueError, match="aware datetime"):
+        from datetime import datetime
+
+        sleep_until(datetime(2030, 1, 1))
+    with pytest.raises(OutsideDurableTaskError):
+        gather()
+
+
+def test_dispatched_call_suspends_parent_until_child_finishes(senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.parent", "p1", 7)
+    parent = senv.storage.get_job("p1")
+    assert parent is not None and parent.state is JobState.SUSPENDED and parent.awaiting == 1
+    child = senv.storage.get_job("p1.1")
+    assert child is not None and child.parent_id == "p1" and child.queue == "payments"
+    [record] = senv.storage.load_history("p1")
+    assert record.state is CallState.DISPATCHED
+    assert senv.effects == []  # nothing ran in the parent's process
+    with pytest.raises(Ignore):  # a duplicate of the parent's message waits too
+        senv.deliver("u.parent", "p1", 7)
+    assert _deliver_child(senv, "p1.1") == 70
+    assert senv.storage.get_job("p1").state is JobState.PENDING  # type: ignore[union-attr]
+    assert [m["id"] for m in senv.published()] == ["p1"]  # the child's worker woke it
+    assert senv.deliver("u.parent", "p1", 7) == 71
+    [record] = senv.storage.load_history("p1")
+    assert record.state is CallState.SUCCEEDED and record.result == "70"
+    assert senv.effects == ["step7"]
+
+
+def test_failed_child_reaches_the_body_as_call_error() -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env, failing={7})
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "p2", 7)
+    with pytest.raises(CallError):
+        _deliver_child(env, "p2.1")
+    assert env.storage.get_job("p2.1").state is JobState.FAILED  # type: ignore[union-attr]
+    assert env.deliver("u.parent", "p2", 7) == "compensated ValueError: declined 7"
+    assert env.effects == ["step7", "step99"]
+
+
+def test_call_retries_apply_inside_the_child() -> None:
+    env = make_env(call_retries=1, job_retries=0, call_backoff=1)
+    failures = {7}
+    _register(env, failing=failures)
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "p3", 7)
+    from celery.exceptions import Retry
+
+    with pytest.raises(Retry):
+        _deliver_child(env, "p3.1")
+    failures.clear()
+    env.clock.advance(1)
+    assert _deliver_child(env, "p3.1") == 70
+    assert env.deliver("u.parent", "p3", 7) == 71
+    assert env.effects == ["step7", "step7"]
+
+
+def test_gather_waits_for_every_child_and_keeps_order() -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env, failing={2})
+    with pytest.raises(Ignore):
+        env.deliver("u.fanout", "g1", 4, True)
+    assert env.storage.get_job("g1").awaiting == 4  # type: ignore[union-attr]
+    for i in (3, 1, 0):  # out of order; the parent stays suspended
+        _deliver_child(env, f"g1.{i + 1}")
+        assert env.storage.get_job("g1").state is JobState.SUSPENDED  # type: ignore[union-attr]
+    with pytest.raises(CallError):
+        _deliver_child(env, "g1.3")
+    assert env.storage.get_job("g1").state is JobState.PENDING  # type: ignore[union-attr]
+    assert env.deliver("u.fanout", "g1", 4, True) == [0, 10, "error declined 2", 30, 1000]
+
+
+def test_gather_raises_the_first_error_after_all_finished() -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env, failing={1, 2})
+    with pytest.raises(Ignore):
+        env.deliver("u.fanout", "g2", 3, False)
+    for i in range(3):
+        with contextlib.suppress(CallError):
+            _deliver_child(env, f"g2.{i + 1}")
+    assert env.deliver("u.fanout", "g2", 3, False) == "raised declined 1"
+    assert sorted(env.effects) == ["step0", "step1", "step100", "step2"]
+
+
+def test_suspended_parent_whose_wake_message_is_lost_is_resumed_by_the_sweeper(
+        senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.parent", "p4", 3)
+    _deliver_child(senv, "p4.1")
+    senv.published()  # the wake-up message is lost
+    senv.clock.advance(senv.durable.settings.lease_seconds + 1)
+    assert senv.durable.sweeper.sweep_once() == ["p4"]
+    assert senv.deliver("u.parent", "p4", 3) == 31
+
+
+def test_cancelling_a_waiting_parent_cancels_the_children_it_waits_for(senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.parent", "p5", 1)
+    assert senv.durable.get_job("p5").waiting_for == ["p5.1"]
+    assert senv.durable.cancel("p5").value == "cancelled"
+    assert senv.storage.get_job("p5.1").state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_inspection_and_events_show_what_a_job_waits_for(senv: Env) -> None:
+    with pytest.raises(Ignore):
+        senv.deliver("u.sleeper", "s3", 3600)
+    view = senv.durable.get_job("s3")
+    assert view.state == "suspended"
+    assert view.wake_at == senv.clock.now + timedelta(hours=1)
+    assert "sleeping until" in view.timeline()
+    with pytest.raises(Ignore):
+        senv.deliver("u.parent", "p6", 1)
+    view = senv.durable.get_job("p6")
+    assert "waiting for child job(s): p6.1" in view.timeline()
+    assert senv.durable.get_job("p6.1").parent_id == "p6"
+    kinds = [(e.kind, e.job_id) for e in senv.durable.events(follow=False)]
+    assert ("CallDispatched", "p6") in kinds
