@@ -150,8 +150,8 @@ def _child_job(execution: Execution, child_id: str, spec: Signature[Any],
 
     options = {k: spec.options[k] for k in _CHILD_OPTIONS if spec.options.get(k) is not None}
     headers = {**(spec.options.get("headers") or {}), PARENT_HEADER: execution.root_id}
-    if execution.info is not None and execution.info.trace_parent:
-        headers["durable_trace"] = execution.info.trace_parent
+    if execution.durable.observers.middleware:  # e.g. the trace context: the child's
+        headers.update(execution.durable.observers.message_headers())  # spans nest here
     job = new_job(
         execution.durable, DISPATCH_TASK, child_id,
         [spec.task, list(spec.args), dict(spec.kwargs),

@@ -25,6 +25,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate, task_determinism
+from .dispatch import DISPATCH_TASK
 from .enqueue import due_from_request
 from .errors import (
     CallRetryPending,
@@ -74,7 +75,8 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     observers = durable.observers
     if observers.active:
         execution.info = JobInfo(
-            id=job_id, task=task.name, args=tuple(args), kwargs=dict(kwargs),
+            id=job_id, task=_shown_name(task.name, args), args=tuple(args),
+            kwargs=dict(kwargs),
             queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
             started_at=durable.now(), trace_parent=_trace_parent(request),
             due_at=due_from_request(request))
@@ -96,6 +98,14 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
             outcome = execution.outcome or Outcome("interrupted", 0.0)
             observers.job_ended(execution.info, dataclasses.replace(
                 outcome, duration=time.monotonic() - started))
+
+
+def _shown_name(name: str, args: tuple[Any, ...]) -> str:
+    """What hooks, metrics and spans call the job: a dispatched call's child job goes by
+    the task it runs (its first argument), as Celery's logs do (``shadow``)."""
+    if name == DISPATCH_TASK and args and isinstance(args[0], str):
+        return args[0]
+    return name
 
 
 def _trace_parent(request: Any) -> str | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore
 
+from . import serialization
 from .errors import interrupt_on_storage_error
 from .store.base import CallRecord, NewJob
 
@@ -70,6 +71,8 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     execution.ended("suspended" if suspended else "pending")
     for child in waiting.children:
         publish_job(durable, child)
+        if durable.observers.active:  # the task it runs, as it will be labelled there
+            durable.observers.job_enqueued(serialization.loads(child.args)[0], child.queue)
     if not suspended:  # what it waited for finished meanwhile: run again now
         publish_again(task, request)
     elif waiting.wake_at is not None and delay <= durable.settings.max_countdown:

@@ -344,6 +344,12 @@ def _tracing(durable: Durable) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
     durable.use(OTelTracing(provider))
+    if os.environ["DURABLE_TEST_OTEL"] == "celery":  # opentelemetry-instrumentation-celery
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        @signals.worker_process_init.connect(weak=False)
+        def instrument(**_: Any) -> None:  # per pool process, as its docs ask
+            CeleryInstrumentor().instrument(tracer_provider=provider)
 
 
 def _code_version() -> str:

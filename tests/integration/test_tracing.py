@@ -46,3 +46,51 @@ def test_one_trace_across_a_crash_and_resume(make_cluster: Callable[..., Cluster
     # for before the kill, so it may not have been exported yet)
     assert len(first_execution_calls) in (1, 2, 3)
     assert len(first_execution_calls) + len(resumed_calls) == 5
+
+
+def test_with_opentelemetry_instrumentation_celery_no_span_is_duplicated_or_orphaned(
+        make_cluster: Callable[..., Cluster]) -> None:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    cluster = make_cluster("redis", "postgres")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    cluster.durable.use(OTelTracing(provider))
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)  # the enqueuer's publish span
+    try:
+        cluster.worker(concurrency=2, DURABLE_TEST_OTEL="celery")
+        with provider.get_tracer("test").start_as_current_span("checkout") as checkout:
+            job_id = cluster.app.tasks["proj.five_steps"].delay(0).id
+        assert cluster.wait_finished(job_id).state.finished, cluster.logs_tail()
+    finally:
+        instrumentor.uninstrument()
+    spans_file = cluster.effects / "spans.jsonl"
+    wait_for(lambda: spans_file.exists() and "run/proj.five_steps" in spans_file.read_text(),
+             30, "the instrumentation's run span")
+    worker_spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    local = [{"name": s.name, "trace": f"{s.context.trace_id:032x}",
+              "span": f"{s.context.span_id:016x}",
+              "parent": f"{s.parent.span_id:016x}" if s.parent else None}
+             for s in exporter.get_finished_spans()]
+    spans = local + worker_spans
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(span)
+    trace_id = f"{checkout.get_span_context().trace_id:032x}"
+    assert {s["trace"] for s in spans} == {trace_id}, "one trace"
+    # one of each: the instrumentation's publish and run spans, our job span
+    [publish] = by_name["apply_async/proj.five_steps"]
+    [run] = by_name["run/proj.five_steps"]
+    [job] = by_name["durable.job proj.five_steps"]
+    assert len(by_name["durable.call proj.step"]) == 5
+    assert publish["parent"] == local[-1]["span"] == by_name["checkout"][0]["span"]
+    assert run["parent"] == publish["span"]
+    assert job["parent"] == run["span"]
+    assert {c["parent"] for c in by_name["durable.call proj.step"]} == {job["span"]}
+    known = {s["span"] for s in spans}
+    assert [s["name"] for s in spans if s["parent"] and s["parent"] not in known] == [], \
+        "orphaned spans"

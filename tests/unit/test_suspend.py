@@ -229,3 +229,19 @@ def test_inspection_and_events_show_what_a_job_waits_for(senv: Env) -> None:
     assert senv.durable.get_job("p6.1").parent_id == "p6"
     kinds = [(e.kind, e.job_id) for e in senv.durable.events(follow=False)]
     assert ("CallDispatched", "p6") in kinds
+
+
+def test_metrics_label_a_child_job_with_the_task_it_runs(senv: Env) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from celery_durable import PrometheusMetrics
+
+    registry = CollectorRegistry()
+    senv.durable.use(PrometheusMetrics(registry))
+    with pytest.raises(Ignore):
+        senv.deliver("u.parent", "p7", 2)
+    _deliver_child(senv, "p7.1")
+    assert registry.get_sample_value("durable_jobs_enqueued_total",
+                                     {"task": "u.step", "queue": "payments"}) == 1
+    assert registry.get_sample_value("durable_jobs_completed_total", {
+        "task": "u.step", "queue": senv.app.conf.task_default_queue}) == 1

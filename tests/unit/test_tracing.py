@@ -70,3 +70,39 @@ def test_spans_follow_the_job_across_a_crash_in_one_trace() -> None:
     assert by_name["durable.call u.step"].status.status_code is StatusCode.ERROR
     assert by_name["durable.job u.failing"].status.status_code is StatusCode.ERROR
     assert by_name["durable.job u.failing"].events[0].name == "exception"
+
+
+def test_a_dispatched_childs_job_span_nests_under_its_parents_job_span() -> None:
+    import json
+
+    from celery.exceptions import Ignore
+
+    from celery_durable.dispatch import DISPATCH_TASK
+
+    env = make_env(call_retries=0, job_retries=0)
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    env.durable.use(OTelTracing(provider))
+
+    @env.app.task(name="u.charge", shared=False)
+    def charge() -> str:
+        return "paid"
+
+    @env.durable.task(name="u.parent", shared=False)
+    def parent() -> str:
+        return str(call(charge.s().set(queue="payments")))
+
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "p1")
+    child = env.storage.get_job("p1.1")
+    assert child is not None
+    headers = json.loads(child.options)["headers"]
+    env.deliver(DISPATCH_TASK, "p1.1", *json.loads(child.args), headers=headers)
+    [parent_span] = [s for s in exporter.get_finished_spans()
+                     if s.name == "durable.job u.parent"]
+    [child_span] = [s for s in exporter.get_finished_spans()
+                    if s.name == "durable.job u.charge"]  # the task it runs
+    assert child_span.parent is not None
+    assert child_span.parent.span_id == parent_span.context.span_id
+    assert child_span.context.trace_id == parent_span.context.trace_id
+    assert dict(parent_span.attributes or {})["durable.outcome"] == "suspended"
