@@ -22,7 +22,8 @@ RUN_DIR = Path("demo-run").resolve()
 def main() -> int:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir()
-    os.environ.update(ORDERS_DIR=str(RUN_DIR), ORDERS_STEP_SECONDS="1")
+    os.environ.update(ORDERS_DIR=str(RUN_DIR))
+    os.environ.setdefault("ORDERS_STEP_SECONDS", "1")  # slow enough to watch
     from examples.orders.app import FLAKY_CARD, durable, process_order
 
     durable.migrate()

@@ -52,7 +52,9 @@ def test_migrate_and_show_from_the_command_line(tmp_path: Path,
 def test_the_readme_demo_runs(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "examples.orders.demo"], cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        # steps of 0.3 s instead of the demo's 1 s: the same story, faster
+        env={**os.environ, "PYTHONPATH": str(REPO), "ORDERS_STEP_SECONDS": "0.3"},
+        capture_output=True, text=True,
         timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     effects = (tmp_path / "demo-run" / "side-effects.log").read_text().splitlines()
