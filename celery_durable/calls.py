@@ -22,8 +22,8 @@ from .context import (
     mark_inline,
     unmark_inline,
 )
-from .determinism import Determinism, EndOfHistory, recorded_for
-from .dispatch import call_dispatched, is_dispatched
+from .determinism import CANCELLED_MARKER, Determinism, EndOfHistory, recorded_for
+from .dispatch import call_dispatched, is_dispatched, resume_dispatched
 from .errors import (
     CallError,
     CallRetryPending,
@@ -101,21 +101,30 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
     digest = None if execution.determinism is Determinism.EXPLICIT else \
         serialization.digest(args, kwargs)
     recorded = recorded_for(execution, seq, task.name, digest)
+    if recorded is not None and recorded.state is CallState.DISPATCHED:
+        return resume_dispatched(execution, seq, recorded)
     if recorded is not None and recorded.state is not CallState.RETRYING:
         return replay_recorded(execution, seq, recorded)
     if execution.replay_only:
         raise EndOfHistory(seq, task.name)
-    check_may_run(execution)
+    check_may_run(execution, seq, recorded)
     return _run(execution, seq, task, args, kwargs, policy, recorded)
 
 
-def check_may_run(execution: Execution) -> None:
-    """Before a call runs for real: stop if the lease was lost; raise Cancelled (once)
-    if the job was cancelled, so the body may compensate."""
+def check_may_run(execution: Execution, seq: int, previous: CallRecord | None) -> None:
+    """Before the call at ``seq`` runs for real: stop if the lease was lost; raise
+    Cancelled (once) if the job was cancelled, so the body may compensate. Where it was
+    raised is recorded, so a replay raises it at the same place."""
     watch = execution.watch
     if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
     if watch.cancelled.is_set() and not watch.cancel_raised:
+        at = execution.durable.now()
+        _record(execution, CallRecord(
+            job_id=execution.job_id, seq=seq, root_id=execution.root_id,
+            name=CANCELLED_MARKER, args_digest="", state=CallState.SUCCEEDED,
+            attempts=previous.attempts + 1 if previous is not None else 1,
+            result="null", error=None, started_at=at, finished_at=at))
         watch.cancel_raised = True
         raise Cancelled(execution.root_id)
 

@@ -22,7 +22,12 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, NonDeterministicError, interrupt_on_storage_error
+from .errors import (
+    Cancelled,
+    ConfigurationError,
+    NonDeterministicError,
+    interrupt_on_storage_error,
+)
 from .history import position
 
 if TYPE_CHECKING:
@@ -47,6 +52,10 @@ def check_determinism(value: Any, what: str) -> Determinism:
             f"got {value!r}") from None
 
 
+CANCELLED_MARKER = "celery_durable.cancelled"
+"""The history entry where a cancelled job's body got Cancelled."""
+
+
 class EndOfHistory(BaseException):
     """Replay testing: the body asked for something the history does not hold yet."""
 
@@ -66,6 +75,9 @@ def recorded_for(execution: Execution, seq: int, name: str,
         if execution.replay_only:
             raise EndOfHistory(seq, name)
         return None
+    if recorded.name == CANCELLED_MARKER:  # the job was cancelled here: same again
+        execution.watch.cancel_raised = True
+        raise Cancelled(execution.root_id)
     mode = execution.determinism
     same_args = mode is Determinism.EXPLICIT or recorded.args_digest == digest
     if recorded.name == name and same_args:

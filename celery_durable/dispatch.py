@@ -23,7 +23,12 @@ from celery.canvas import Signature
 from . import serialization
 from .context import Execution, current_execution
 from .determinism import Determinism, EndOfHistory, recorded_for
-from .errors import CallError, OutsideDurableTaskError, interrupt_on_storage_error
+from .errors import (
+    CallError,
+    ConfigurationError,
+    OutsideDurableTaskError,
+    interrupt_on_storage_error,
+)
 from .store.base import CallRecord, CallState, JobRecord, JobState, NewJob
 from .suspension import Suspend
 from .wakeup import PARENT_HEADER
@@ -35,8 +40,10 @@ if TYPE_CHECKING:
 
 DISPATCH_TASK = "celery_durable.dispatched"
 ROUTING_OPTIONS = ("queue", "routing_key", "exchange")
+_FAILED = (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
 # Message options a dispatched signature may carry to its child job.
 _CHILD_OPTIONS = (*ROUTING_OPTIONS, "priority", "expires", "time_limit", "soft_time_limit")
+_IGNORED_OPTIONS = ("headers", "task_id", "subtask_type", "immutable")
 
 
 def is_dispatched(target: object) -> bool:
@@ -80,8 +87,11 @@ class _Slot:
     value: Any = None
     error: CallError | None = None
     record: CallRecord | None = None
+    """The checkpoint: as recorded (waiting), or to write (new)."""
     child: NewJob | None = None
+    """New: the child job to create (None once an earlier child is reused)."""
     child_id: str | None = None
+    new: bool = False
     done: bool = False
 
 
@@ -98,11 +108,24 @@ def _gather(execution: Execution, specs: list[Signature[Any]], *, return_excepti
             slots.append(_Slot(value=call(spec), done=True))
         except CallError as exc:
             slots.append(_Slot(error=exc, done=True))
-    _settle(execution, [s for s in slots if s.child_id is not None and s.child is None])
-    new = [s for s in slots if s.child is not None]
+    return _outcomes(execution, slots, return_exceptions)
+
+
+def resume_dispatched(execution: Execution, seq: int, recorded: CallRecord) -> Any:
+    """A position recorded as dispatched, reached by code that now calls in-process (it
+    changed while the job was in flight): the child that was sent stands for the call."""
+    slot = _Slot(seq=seq, record=recorded,
+                 child_id=serialization.loads(recorded.result)["child"])
+    return _outcomes(execution, [slot], return_exceptions=False)[0]
+
+
+def _outcomes(execution: Execution, slots: list[_Slot], return_exceptions: bool) -> list[Any]:
+    """Take in the children that finished; suspend while any has not."""
+    _settle(execution, [s for s in slots if not s.new and not s.done])
+    new = [s for s in slots if s.new]
     unfinished = [s for s in slots if not s.done]
     if unfinished:
-        _new_ids(execution.durable, new)
+        _assign_children(execution, new)
         raise Suspend(calls=[s.record for s in new if s.record is not None],
                       children=[s.child for s in new if s.child is not None],
                       waiting_for=[s.child_id or "" for s in unfinished])
@@ -114,16 +137,23 @@ def _gather(execution: Execution, specs: list[Signature[Any]], *, return_excepti
 
 def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
               backoff: float | None) -> _Slot:
+    unsupported = sorted(set(spec.options) - {*_CHILD_OPTIONS, *_IGNORED_OPTIONS})
+    if unsupported:  # no retry can fix this: the same code sends the same options
+        raise ConfigurationError(
+            f"a dispatched call of {spec.task!r} cannot take the option(s) "
+            f"{', '.join(unsupported)}: it runs when the job reaches it and its outcome "
+            f"returns to the job (use sleep() before it for a delay). Supported: "
+            f"{', '.join(_CHILD_OPTIONS)}")
     name = spec.task
     args, kwargs = tuple(spec.args), dict(spec.kwargs)
     seq = execution.next_seq()
     digest = None if execution.determinism is Determinism.EXPLICIT else \
         serialization.digest(args, kwargs)
     recorded = recorded_for(execution, seq, name, digest)
-    if recorded is not None:
-        if recorded.state is CallState.DISPATCHED:
-            child_id = serialization.loads(recorded.result)["child"]
-            return _Slot(seq=seq, record=recorded, child_id=child_id)
+    if recorded is not None and recorded.state is CallState.DISPATCHED:
+        child_id = serialization.loads(recorded.result)["child"]
+        return _Slot(seq=seq, record=recorded, child_id=child_id)
+    if recorded is not None and recorded.state is not CallState.RETRYING:
         from .calls import replay_recorded
 
         try:
@@ -132,15 +162,18 @@ def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
             return _Slot(seq=seq, error=exc, done=True)
     from .calls import check_may_run
 
-    check_may_run(execution)
+    check_may_run(execution, seq, recorded)
     durable = execution.durable
     now = durable.now()
     child_id = f"{execution.job_id}.{seq}"
+    # A position an in-process attempt left in state retrying (the code changed to
+    # dispatch it meanwhile) is taken over by the dispatch: its row is updated.
+    attempts = recorded.attempts + 1 if recorded is not None else 1
     record = CallRecord(
         job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
         args_digest=serialization.digest(args, kwargs), state=CallState.DISPATCHED,
-        attempts=1, result=None, error=None, started_at=now, finished_at=now)
-    return _Slot(seq=seq, record=record, child_id=child_id,
+        attempts=attempts, result=None, error=None, started_at=now, finished_at=now)
+    return _Slot(seq=seq, record=record, child_id=child_id, new=True,
                  child=_child_job(execution, child_id, spec, retries, backoff))
 
 
@@ -161,18 +194,27 @@ def _child_job(execution: Execution, child_id: str, spec: Signature[Any],
     return dataclasses.replace(job, parent_id=execution.root_id)
 
 
-def _new_ids(durable: Durable, new: list[_Slot]) -> None:
-    """A position whose checkpoint was dropped (a job retry, a requeue) and is
-    dispatched again gets a fresh child id: the earlier child keeps its row."""
-    taken = {j.id for j in durable.storage.get_jobs([s.child_id or "" for s in new])}
+def _assign_children(execution: Execution, new: list[_Slot]) -> None:
+    """Child ids for new dispatches. A position whose checkpoint was dropped (a job
+    retry, a requeue) and is dispatched again with the same task and arguments reuses
+    the child it sent before, unless that child failed: the same side effect is never
+    started twice. A different or failed child gets a fresh id ``<base>-<n>``."""
+    storage = execution.durable.storage
     for slot in new:
-        base, n = slot.child_id, 1
-        while slot.child_id in taken:
-            n += 1
-            slot.child_id = f"{base}-{n}"
-            taken |= {j.id for j in durable.storage.get_jobs([slot.child_id])}
         assert slot.child is not None and slot.record is not None and slot.child_id
-        slot.child = dataclasses.replace(slot.child, id=slot.child_id)
+        base, n = slot.child_id, 1
+        with interrupt_on_storage_error(execution.root_id):
+            earlier = {j.id: j for j in storage.get_jobs([base])}
+            while slot.child_id in earlier:
+                n += 1
+                slot.child_id = f"{base}-{n}"
+                earlier.update((j.id, j) for j in storage.get_jobs([slot.child_id]))
+        last = earlier.get(base if n == 2 else f"{base}-{n - 1}")
+        if last is not None and last.args == slot.child.args and \
+                last.parent_id == execution.root_id and last.state not in _FAILED:
+            slot.child_id, slot.child = last.id, None
+        else:
+            slot.child = dataclasses.replace(slot.child, id=slot.child_id)
         slot.record = dataclasses.replace(slot.record, result=serialization.dumps(
             {"child": slot.child_id}, what="a dispatched call"))
 
@@ -209,9 +251,8 @@ def _settle(execution: Execution, waiting: list[_Slot]) -> None:
                 slot.record, state=CallState.FAILED, attempts=slot.error.attempts,
                 error=serialization.dumps({**failure, "child": slot.child_id},
                                           what="a dispatched call's error"))
-        settled.append(dataclasses.replace(
-            record, finished_at=(job.finished_at if job and job.finished_at
-                                 else durable.now())))
+        # Stamped now, not when the child finished: the event stream reads by this time.
+        settled.append(dataclasses.replace(record, finished_at=durable.now()))
     if settled:
         with interrupt_on_storage_error(execution.root_id):
             durable.storage.settle_calls(execution.lease, settled)
@@ -226,7 +267,9 @@ def _child_failure(durable: Durable, child_id: str, job: JobRecord | None) -> di
     if job.state is JobState.CANCELLED:
         return {"type": "Cancelled", "message": f"child job {child_id} was cancelled"}
     if error.get("type") == "CallError":  # the dispatched task's call failed: look inside
-        for recorded in durable.storage.load_history(child_id):
+        with interrupt_on_storage_error(child_id):
+            history = durable.storage.load_history(child_id)
+        for recorded in history:
             if recorded.job_id == child_id and recorded.seq == 1 and recorded.error:
                 inner = serialization.loads(recorded.error)
                 return {"type": inner.get("type", "Exception"),

@@ -23,7 +23,9 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
     Every succeeded call before the first failed one is kept and replays; the failed call
     and everything that started after it go, so the body may take a different path this
     time. A failure inside a call that itself succeeded (the callee caught it) is part of
-    that call's checkpoint and does not count.
+    that call's checkpoint and does not count. A call dispatched as a child job whose
+    outcome the job has not taken in yet is kept, with what follows it: the same child
+    is waited for again, never dispatched twice.
     """
     calls = {position(root_id, c.job_id, c.seq): c for c in history}
     succeeded = {p for p, c in calls.items() if c.state is CallState.SUCCEEDED}
@@ -31,7 +33,10 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
     def visible(p: Position) -> bool:
         return not any(p[:n] in succeeded for n in range(1, len(p)))
 
-    failed = [p for p, c in calls.items() if c.state is not CallState.SUCCEEDED and visible(p)]
+    # A dispatched call waiting for its child is not a failure: its child is running (or
+    # done), so it is kept and the replay takes in the child's outcome.
+    failed = [p for p, c in calls.items()
+              if c.state in (CallState.FAILED, CallState.RETRYING) and visible(p)]
     if not failed:
         return []
     first = min(failed)

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
@@ -181,8 +181,10 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
         execution.ended("cancelled", exc)
         raise
     except Suspend as waiting:
-        _stop_if_cancelled(durable, request, execution, None)
+        if not execution.watch.cancel_raised:  # (a compensating body may suspend)
+            _stop_if_cancelled(durable, request, execution, None)
         suspend(durable, task, request, execution, waiting)
+        _end_cancelled(durable, request, execution, None)  # cancelled just now
     except CallRetryPending as pending:
         _stop_if_cancelled(durable, request, execution, pending.error)
         retry_call(durable, task, request, execution, pending)
@@ -202,10 +204,15 @@ def _stop_if_cancelled(durable: Durable, request: Any, execution: Execution,
                        error: BaseException | None) -> None:
     """A cancelled job neither retries nor suspends: it ends here."""
     if execution.watch.cancelled.is_set():
-        _finish(durable, request, execution.lease, JobState.CANCELLED, None,
-                encode_error(Cancelled(execution.root_id)))
-        execution.ended("cancelled", error)
-        raise Cancelled(execution.root_id) from error
+        _end_cancelled(durable, request, execution, error)
+
+
+def _end_cancelled(durable: Durable, request: Any, execution: Execution,
+                   error: BaseException | None) -> NoReturn:
+    _finish(durable, request, execution.lease, JobState.CANCELLED, None,
+            encode_error(Cancelled(execution.root_id)))
+    execution.ended("cancelled", error)
+    raise Cancelled(execution.root_id) from error
 
 
 def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetime) -> None:

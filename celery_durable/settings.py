@@ -34,6 +34,9 @@ class Settings:
     """How often each worker looks for jobs whose lease expired and republishes them."""
     delivery_timeout: float = 900.0
     """A published job nobody claimed by then is published again."""
+    wait_check_interval: float = 3600.0
+    """A job suspended on dispatched calls is resumed this often to look at its children
+    again (a safety net: a finishing child wakes it at once)."""
     max_recoveries: int = 10
     """A job that lost its worker this many times is failed instead of republished."""
     recovery: bool = True
@@ -107,7 +110,8 @@ class Settings:
                     f"durable_retention[{state!r}] must be seconds >= 0 or None, "
                     f"got {keep!r}")
         for name in ("lease_seconds", "sweep_interval", "delivery_timeout",
-                     "cancel_check_interval", "retention_interval", "beat_max_interval"):
+                     "wait_check_interval", "cancel_check_interval", "retention_interval",
+                     "beat_max_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"durable_{name} must be positive, "
                                          f"got {getattr(self, name)!r}")

@@ -10,7 +10,12 @@ What resumes a suspended job:
 - the ETA message of a short sleep, or the recovery sweeper at the wake-up time of a
   long one (no message is held by a worker meanwhile);
 - the recovery sweeper at the row's deadline, if every message above was lost: the job
-  replays, finds what it waits for unfinished, and suspends again.
+  replays, finds what it waits for unfinished, and suspends again (for dispatched calls
+  the deadline is ``durable_wait_check_interval`` away: a safety net only).
+
+A body that caught ``Cancelled`` may still suspend while it compensates (a dispatched
+refund, say): the cancel request is cleared so the job can resume, and the history
+entry where Cancelled was raised makes every replay raise it again at the same place.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
 from . import serialization
+from .enqueue import due_header
 from .errors import interrupt_on_storage_error
-from .store.base import CallRecord, NewJob
+from .store.base import CallRecord, NewJob, SuspendOutcome
 
 if TYPE_CHECKING:
     from celery import Task
@@ -54,7 +60,9 @@ class Suspend(BaseException):
 
 
 def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-            execution: Execution, waiting: Suspend) -> NoReturn:
+            execution: Execution, waiting: Suspend) -> None:
+    """Release the job in state suspended and raise Ignore; returns (having written
+    nothing) only if a cancel arrived that the body has not taken in."""
     from .retrying import deliver_by_for_wait, publish_again
 
     now = durable.now()
@@ -62,19 +70,24 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         delay = (waiting.wake_at - now).total_seconds()
         deliver_by = deliver_by_for_wait(durable, waiting.wake_at, delay)
     else:
-        delay, deliver_by = 0.0, durable.deliver_by(None)
+        delay = 0.0
+        deliver_by = now + timedelta(seconds=durable.settings.wait_check_interval)
     with interrupt_on_storage_error(execution.root_id):
-        suspended = durable.storage.suspend_job(
-            execution.lease, waiting.calls, waiting.children, waiting.wake_at, deliver_by,
-            now)
+        outcome = durable.storage.suspend_job(
+            execution.lease, waiting.calls, waiting.children, waiting.waiting_for,
+            waiting.wake_at, deliver_by, now, cancel_taken=execution.watch.cancel_raised)
+    if outcome is SuspendOutcome.CANCEL_REQUESTED:
+        return
     execution.released = True
-    execution.ended("suspended" if suspended else "pending")
+    runnable = outcome is SuspendOutcome.RUNNABLE
+    execution.ended("pending" if runnable else "suspended")
     for child in waiting.children:
         publish_job(durable, child)
         if durable.observers.active:  # the task it runs, as it will be labelled there
             durable.observers.job_enqueued(serialization.loads(child.args)[0], child.queue)
-    if not suspended:  # what it waited for finished meanwhile: run again now
-        publish_again(task, request)
+    if runnable:  # what it waited for finished meanwhile: run again now
+        publish_again(task, request, headers={
+            **(getattr(request, "headers", None) or {}), **due_header(now)})
     elif waiting.wake_at is not None and delay <= durable.settings.max_countdown:
         publish_again(task, request, eta=waiting.wake_at)
     logger.info("job %s (%s) suspended: %s", execution.root_id, task.name, waiting)

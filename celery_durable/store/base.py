@@ -197,6 +197,14 @@ class ClaimOutcome(enum.Enum):
     """The job is waiting for a retry's backoff to pass (``not_before`` is later)."""
 
 
+class SuspendOutcome(enum.Enum):
+    SUSPENDED = "suspended"
+    RUNNABLE = "runnable"
+    """Nothing was left to wait for: the job is pending and due at once."""
+    CANCEL_REQUESTED = "cancel_requested"
+    """Cancel was asked before the job took it in: nothing was written."""
+
+
 class CancelOutcome(enum.Enum):
     CANCELLED = "cancelled"
     """The job was not running: it is cancelled now and will never start."""
@@ -269,14 +277,19 @@ class Storage(Protocol):
         stops waiting for it. Returns True if that made the parent runnable (pending)."""
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
-                    children: Sequence[NewJob], wake_at: datetime | None,
-                    deliver_by: datetime, now: datetime) -> bool:
-        """Write ``calls`` (first attempts), create the
-        ``children`` (their ``parent_id`` is this job) and release the job in state
-        suspended until ``wake_at`` and until every unfinished child has finished, in
-        one transaction. ``deliver_by`` is when recovery resumes it regardless, to look
-        again. Returns False if there was nothing left to wait for: the job is then
-        pending and due at once (the caller publishes it)."""
+                    children: Sequence[NewJob], waiting_for: Sequence[str],
+                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    cancel_taken: bool = False) -> SuspendOutcome:
+        """Write ``calls``, create the ``children`` (their ``parent_id`` is this job) and
+        release the job in state suspended until ``wake_at`` and until every job of
+        ``waiting_for`` that is not finished has finished, in one transaction.
+        ``deliver_by`` is when recovery resumes it regardless, to look again.
+
+        RUNNABLE: nothing was left to wait for; the job is pending, due at once (the
+        caller publishes it). CANCEL_REQUESTED: a cancel is pending that the body has
+        not taken in; nothing is written. With ``cancel_taken`` (the body caught
+        Cancelled and compensates) the request is cleared instead, so the job can resume
+        to finish compensating; its history marks where it was cancelled."""
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         """Replace dispatched checkpoints by their outcome (state succeeded or failed),

@@ -23,6 +23,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    SuspendOutcome,
     Wake,
 )
 from .memory_schedules import ScheduleMemory
@@ -167,24 +168,27 @@ class MemoryStorage(ScheduleMemory):
         return woken
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
-                    children: Sequence[NewJob], wake_at: datetime | None,
-                    deliver_by: datetime, now: datetime) -> bool:
+                    children: Sequence[NewJob], waiting_for: Sequence[str],
+                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    cancel_taken: bool = False) -> SuspendOutcome:
         with self._lock:
             job = self._check(lease)
+            if job.cancel_requested_at is not None and not cancel_taken:
+                return SuspendOutcome.CANCEL_REQUESTED
             if any(child.id in self._jobs for child in children):
                 raise LeaseLost(lease.job_id)  # another execution dispatched them
             for call in calls:
                 self._put_call(call, lease)
             for child in children:
                 self._jobs[child.id] = child.as_record()
-            awaiting = sum(1 for j in self._jobs.values()
-                           if j.parent_id == job.id and j.state in ACTIVE_STATES)
+            awaiting = sum(1 for i in set(waiting_for)
+                           if i in self._jobs and self._jobs[i].state in ACTIVE_STATES)
             waiting = awaiting > 0 or wake_at is not None
             self._jobs[job.id] = replace(
                 job, state=JobState.SUSPENDED if waiting else JobState.PENDING,
-                lease_owner=None, lease_expires_at=deliver_by,
-                not_before=wake_at, awaiting=awaiting)
-            return waiting
+                lease_owner=None, lease_expires_at=deliver_by, not_before=wake_at,
+                awaiting=awaiting, cancel_requested_at=None)
+            return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         with self._lock:

@@ -104,8 +104,6 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}jobs_finished_at", jobs.c.finished_at)
     # Dead-letter listings and retention read finished jobs of one state by age.
     Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
-    # A suspending parent counts its unfinished children.
-    Index(f"{prefix}jobs_parent_id", jobs.c.parent_id)
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
@@ -261,7 +259,6 @@ def _add_event_indexes(conn: Connection, tables: Tables) -> None:
 def _add_suspension(conn: Connection, tables: Tables) -> None:
     """parent_id and awaiting: dispatched child jobs and the parent waiting for them."""
     _add_missing_columns(conn, tables, _suspension_columns())
-    _add_missing_index(conn, tables.jobs, "parent_id")
 
 
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.

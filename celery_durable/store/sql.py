@@ -48,6 +48,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    SuspendOutcome,
     Wake,
 )
 from .schema import apply_migrations, build_tables, pending_migrations
@@ -232,11 +233,16 @@ class SQLStorage(ScheduleSQL):
         return bool(conn.execute(self._sql.wake, params).rowcount == 1)
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
-                    children: Sequence[NewJob], wake_at: datetime | None,
-                    deliver_by: datetime, now: datetime) -> bool:
+                    children: Sequence[NewJob], waiting_for: Sequence[str],
+                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    cancel_taken: bool = False) -> SuspendOutcome:
         params = _fence(lease, p_deliver_by=deliver_by, p_wake_at=wake_at)
         with self._transaction() as conn:
-            if conn.execute(self._sql.suspend, params).rowcount != 1:
+            stmt = self._sql.suspend_cancel_taken if cancel_taken else self._sql.suspend
+            if conn.execute(stmt, params).rowcount != 1:
+                row = conn.execute(self._sql.get_job, params).first()
+                if row is not None and row.lease_owner == lease.owner:
+                    return SuspendOutcome.CANCEL_REQUESTED
                 raise LeaseLost(lease.job_id)
             for call in calls:
                 self._write_call(conn, call, lease, _call_params(call, lease))
@@ -245,12 +251,13 @@ class SQLStorage(ScheduleSQL):
                     conn.execute(self._sql.insert_job, [new_job_row(c) for c in children])
                 except sa_exc.IntegrityError:  # another execution dispatched them
                     raise LeaseLost(lease.job_id) from None
-            awaiting = int(conn.scalar(self._sql.count_children, {"p_id": lease.job_id}))
+            awaiting = int(conn.scalar(self._sql.count_unfinished, {
+                "p_ids": list(set(waiting_for))})) if waiting_for else 0
             waiting = awaiting > 0 or wake_at is not None
             state = JobState.SUSPENDED if waiting else JobState.PENDING
             conn.execute(self._sql.set_awaiting, {"p_id": lease.job_id, "p_awaiting": awaiting,
                                                   "p_state": state.value})
-            return waiting
+            return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         with self._transaction() as conn:

@@ -65,7 +65,8 @@ class Statements:
     cancel_request: Update
     cancel_requested: Select  # type: ignore[type-arg]
     suspend: Update
-    count_children: Select  # type: ignore[type-arg]
+    suspend_cancel_taken: Update
+    count_unfinished: Select  # type: ignore[type-arg]
     set_awaiting: Update
     wake_decrement: Update
     wake: Update
@@ -110,6 +111,8 @@ def build_statements(tables: Tables) -> Statements:
                      "error": bindparam("p_error"), "lease_owner": None,
                      "lease_expires_at": None, "finished_at": now}
     errors = tables.job_errors
+    suspend_values = {"state": JobState.SUSPENDED.value, "lease_owner": None,
+                      "lease_expires_at": deliver_by, "not_before": _time("p_wake_at")}
     return Statements(
         insert_job=jobs.insert(),
         unique_holder=select(jobs.c.id).where(jobs.c.unique_key == bindparam("p_key")),
@@ -186,11 +189,12 @@ def build_statements(tables: Tables) -> Statements:
         cancel_requested=select(jobs.c.id).where(
             jobs.c.id.in_(bindparam("p_ids", expanding=True)),
             jobs.c.cancel_requested_at.is_not(None)),
-        suspend=jobs.update().where(*fenced).values(
-            state=JobState.SUSPENDED.value, lease_owner=None, lease_expires_at=deliver_by,
-            not_before=_time("p_wake_at")),
-        count_children=select(func.count()).select_from(jobs).where(
-            jobs.c.parent_id == bindparam("p_id"), jobs.c.state.in_(_ACTIVE)),
+        suspend=jobs.update().where(*fenced, jobs.c.cancel_requested_at.is_(None)).values(
+            **suspend_values),
+        suspend_cancel_taken=jobs.update().where(*fenced).values(
+            **suspend_values, cancel_requested_at=None),
+        count_unfinished=select(func.count()).select_from(jobs).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state.in_(_ACTIVE)),
         # Runs after `suspend` locked the row: no owner fence needed.
         set_awaiting=jobs.update().where(by_id).values(
             awaiting=bindparam("p_awaiting", type_=Integer()),

@@ -8,15 +8,30 @@ from datetime import timedelta
 import pytest
 
 from ..errors import LeaseLost
-from ..store.base import CallState, ClaimOutcome, JobState, Lease, NewJob, Storage, Wake
+from ..store.base import (
+    CallState,
+    CancelOutcome,
+    ClaimOutcome,
+    JobState,
+    Lease,
+    NewJob,
+    Storage,
+    SuspendOutcome,
+    Wake,
+)
 from .storage_core import LEASE, T0, call_record, claimed, new_job
 
 DEADLINE = T0 + timedelta(minutes=15)
+ERROR = '{"type": "Cancelled"}'
 
 
 def _children(n: int, parent: str = "job-1") -> list[NewJob]:
     return [dataclasses.replace(new_job(f"{parent}.{i}"), parent_id=parent)
             for i in range(1, n + 1)]
+
+
+def _ids(children: list[NewJob]) -> list[str]:
+    return [c.id for c in children]
 
 
 def _finish_child(storage: Storage, child_id: str, owner: str) -> bool:
@@ -34,7 +49,9 @@ class SuspendConformance:
         lease = claimed(storage)
         dispatched = [call_record(seq=i, state=CallState.DISPATCHED, result=None)
                       for i in (1, 2)]
-        assert storage.suspend_job(lease, dispatched, _children(2), None, DEADLINE, T0)
+        children = _children(2)
+        assert storage.suspend_job(lease, dispatched, children, _ids(children), None,
+                                   DEADLINE, T0) is SuspendOutcome.SUSPENDED
         parent = storage.get_job("job-1")
         assert parent is not None
         assert (parent.state, parent.awaiting, parent.lease_owner, parent.lease_expires_at) \
@@ -42,6 +59,7 @@ class SuspendConformance:
         assert [c.state for c in storage.load_history("job-1")] == [CallState.DISPATCHED] * 2
         assert {j.id: j.parent_id for j in storage.get_jobs(["job-1.1", "job-1.2", "x"])} \
             == {"job-1.1": "job-1", "job-1.2": "job-1"}
+        assert storage.get_jobs([]) == []
         # a suspended job waiting for children cannot be claimed
         assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is ClaimOutcome.BUSY
         with pytest.raises(LeaseLost):
@@ -64,28 +82,58 @@ class SuspendConformance:
         with pytest.raises(LeaseLost):  # only dispatched checkpoints can be settled
             storage.settle_calls(lease, settled[:1])
 
+    def test_only_the_children_waited_for_are_counted(self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.create_job(_children(1)[0])  # an earlier child, still running
+        new = _children(3)[1:]
+        storage.suspend_job(lease, [], new, _ids(new), None, DEADLINE, T0)
+        assert storage.get_job("job-1").awaiting == 2  # type: ignore[union-attr]
+
     def test_suspend_is_all_or_nothing_and_fenced(self, storage: Storage) -> None:
         lease = claimed(storage)
         storage.create_job(_children(1)[0])  # the child id is taken already
         with pytest.raises(LeaseLost):
             storage.suspend_job(lease, [call_record(state=CallState.DISPATCHED)],
-                                _children(1), None, DEADLINE, T0)
+                                _children(1), ["job-1.1"], None, DEADLINE, T0)
         assert storage.load_history("job-1") == []
         assert storage.get_job("job-1").state is JobState.RUNNING  # type: ignore[union-attr]
         with pytest.raises(LeaseLost):
-            storage.suspend_job(Lease("job-1", "thief"), [], [], None, DEADLINE, T0)
+            storage.suspend_job(Lease("job-1", "thief"), [], [], [], None, DEADLINE, T0)
 
     def test_nothing_left_to_wait_for_leaves_the_job_pending(self, storage: Storage) -> None:
         lease = claimed(storage)
-        assert not storage.suspend_job(lease, [], [], None, DEADLINE, T0)
+        storage.create_job(_children(1)[0])
+        child = Lease("job-1.1", "c1")
+        storage.claim_job("job-1.1", "c1", T0, T0 + LEASE)
+        storage.finish_job(child, JobState.SUCCEEDED, '"ok"', None, T0)
+        assert storage.suspend_job(lease, [], [], ["job-1.1"], None, DEADLINE, T0) is \
+            SuspendOutcome.RUNNABLE
         job = storage.get_job("job-1")
         assert job is not None and (job.state, job.lease_owner) == (JobState.PENDING, None)
+
+    def test_a_pending_cancel_stops_the_suspend_unless_the_body_took_it(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        assert storage.cancel_job("job-1", ERROR, T0) is CancelOutcome.REQUESTED
+        children = _children(1)
+        assert storage.suspend_job(lease, [], children, _ids(children), None, DEADLINE,
+                                   T0) is SuspendOutcome.CANCEL_REQUESTED
+        assert storage.get_jobs(["job-1.1"]) == []  # nothing written
+        job = storage.get_job("job-1")
+        assert job is not None and job.state is JobState.RUNNING and job.lease_owner == "w1"
+        # the body caught Cancelled and suspends to compensate: the request is cleared
+        assert storage.suspend_job(lease, [], children, _ids(children), None, DEADLINE, T0,
+                                   cancel_taken=True) is SuspendOutcome.SUSPENDED
+        job = storage.get_job("job-1")
+        assert job is not None
+        assert (job.state, job.cancel_requested_at) == (JobState.SUSPENDED, None)
 
     def test_sleeping_job_is_claimable_when_due_and_swept_at_its_deadline(
             self, storage: Storage) -> None:
         lease = claimed(storage)
         wake = T0 + timedelta(hours=1)
-        assert storage.suspend_job(lease, [call_record()], [], wake, wake, T0)
+        assert storage.suspend_job(lease, [call_record()], [], [], wake, wake, T0) is \
+            SuspendOutcome.SUSPENDED
         early = storage.claim_job("job-1", "w2", T0 + LEASE, T0 + LEASE * 2)
         assert early.outcome is ClaimOutcome.EARLY
         assert storage.expired_jobs(wake - timedelta(seconds=1), 10) == []
@@ -96,8 +144,9 @@ class SuspendConformance:
 
     def test_a_child_abandoned_or_cancelled_wakes_its_parent(self, storage: Storage) -> None:
         lease = claimed(storage)
-        storage.suspend_job(lease, [], _children(2), None, DEADLINE, T0)
-        assert storage.cancel_job("job-1.1", '{"type": "Cancelled"}', T0).value == "cancelled"
+        children = _children(2)
+        storage.suspend_job(lease, [], children, _ids(children), None, DEADLINE, T0)
+        assert storage.cancel_job("job-1.1", ERROR, T0) is CancelOutcome.CANCELLED
         assert storage.get_job("job-1").awaiting == 1  # type: ignore[union-attr]
         storage.claim_job("job-1.2", "c2", T0, T0 + LEASE)
         later = T0 + LEASE * 2

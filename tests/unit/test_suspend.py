@@ -245,3 +245,123 @@ def test_metrics_label_a_child_job_with_the_task_it_runs(senv: Env) -> None:
                                      {"task": "u.step", "queue": "payments"}) == 1
     assert registry.get_sample_value("durable_jobs_completed_total", {
         "task": "u.step", "queue": senv.app.conf.task_default_queue}) == 1
+
+
+def test_a_job_retry_while_waiting_keeps_the_child_and_never_sends_a_second() -> None:
+    env = make_env(call_retries=0, job_retries=1, job_backoff=1)
+    _register(env)
+    flaky = {"raise": False}
+
+    @env.durable.task(name="u.parent_flaky", shared=False)
+    def parent_flaky() -> Any:
+        if flaky["raise"]:  # code outside call() fails on one replay
+            flaky["raise"] = False
+            raise ConnectionError("transient")
+        return call(env.app.tasks["u.step"].s(5).set(queue="payments"))
+
+    with pytest.raises(Ignore):
+        env.deliver("u.parent_flaky", "r1")
+    flaky["raise"] = True
+    env.clock.advance(env.durable.settings.wait_check_interval + 1)
+    assert "r1" in env.durable.sweeper.sweep_once()  # the safety-net replay
+    from celery.exceptions import Retry
+
+    with pytest.raises(Retry):
+        env.deliver("u.parent_flaky", "r1")
+    env.clock.advance(1)
+    with pytest.raises(Ignore):  # waits for the same child again
+        env.deliver("u.parent_flaky", "r1")
+    assert [j.id for j in env.storage.get_jobs(["r1.1", "r1.1-2"])] == ["r1.1"]
+    _deliver_child(env, "r1.1")
+    assert env.deliver("u.parent_flaky", "r1") == 50
+    assert env.effects == ["step5"]
+
+
+def test_a_dispatch_whose_checkpoint_was_dropped_reuses_its_child_unless_it_failed(
+        ) -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env, failing={7})
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "d1", 3)
+    _deliver_child(env, "d1.1")
+    assert env.deliver("u.parent", "d1", 3) == 31
+    # Dropped checkpoints (a requeue from scratch), same call again: the child is reused.
+    env.storage.requeue_job("d1", [JobState.SUCCEEDED], None, env.clock.now, env.clock.now)
+    with pytest.raises(Ignore):  # re-recorded as waiting for d1.1, already done: again
+        env.deliver("u.parent", "d1", 3)
+    assert env.storage.get_jobs(["d1.1-2"]) == []
+    assert env.deliver("u.parent", "d1", 3) == 31
+    assert env.effects == ["step3"]
+    # A failed child is not reused: the position gets a fresh one.
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "d2", 7)
+    with pytest.raises(CallError):
+        _deliver_child(env, "d2.1")
+    assert env.deliver("u.parent", "d2", 7) == "compensated ValueError: declined 7"
+    env.storage.requeue_job("d2", [JobState.SUCCEEDED], None, env.clock.now, env.clock.now)
+    with pytest.raises(Ignore):
+        env.deliver("u.parent", "d2", 7)
+    assert env.storage.get_job("d2.1-2") is not None
+
+
+def test_a_cancelled_body_may_compensate_with_a_dispatched_call() -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env)
+    step = env.app.tasks["u.step"]
+
+    @env.durable.task(name="u.cancellable", shared=False)
+    def cancellable() -> Any:
+        from celery_durable import Cancelled, current_job_id
+
+        call(step, 1)
+        env.durable.cancel(current_job_id() or "")
+        env.durable.lease_keeper.check_cancels()
+        try:
+            call(step, 2)
+        except Cancelled:
+            return call(step.s(3).set(queue="payments"))  # a refund, elsewhere
+        return None
+
+    with pytest.raises(Ignore):  # suspended while compensating
+        env.deliver("u.cancellable", "c1")
+    assert env.storage.get_job("c1").state is JobState.SUSPENDED  # type: ignore[union-attr]
+    _deliver_child(env, "c1.3")
+    # resumed: Cancelled is raised again where it was, the compensation takes in the
+    # child's result, and the job ends cancelled
+    assert env.deliver("u.cancellable", "c1") == 30
+    job = env.storage.get_job("c1")
+    assert job is not None and job.state is JobState.CANCELLED
+    assert env.effects == ["step1", "step3"]
+
+
+def test_a_cancel_that_arrives_as_the_job_suspends_stops_it(senv: Env) -> None:
+    step = senv.app.tasks["u.step"]
+
+    @senv.durable.task(name="u.late_cancel", shared=False)
+    def late_cancel() -> Any:
+        from celery_durable import current_job_id
+
+        senv.durable.cancel(current_job_id() or "")  # not seen by the keeper yet
+        return call(step.s(1).set(queue="payments"))
+
+    from celery_durable import Cancelled
+
+    with pytest.raises(Cancelled):
+        senv.deliver("u.late_cancel", "lc")
+    assert senv.storage.get_job("lc").state is JobState.CANCELLED  # type: ignore[union-attr]
+    assert senv.storage.get_jobs(["lc.1"]) == []  # no child was sent
+
+
+def test_a_dispatched_call_refuses_options_it_cannot_honour(senv: Env) -> None:
+    step = senv.app.tasks["u.step"]
+
+    @senv.durable.task(name="u.bad_options", shared=False)
+    def bad_options() -> Any:
+        return call(step.s(1).set(queue="payments", countdown=5, link=step.s(2)))
+
+    from celery_durable import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"cannot take the option\(s\) countdown, link"):
+        senv.deliver("u.bad_options", "bo")
+    assert senv.storage.get_jobs(["bo.1"]) == []
+    assert senv.storage.load_history("bo") == []
