@@ -22,6 +22,7 @@ from .errors import (
 )
 from .inspection import CallView, ExecutionError, JobSummary, JobView
 from .logging_middleware import LoggingMiddleware
+from .messages import receive
 from .metrics import PrometheusMetrics
 from .observe import CallInfo, JobInfo, Middleware, Outcome
 from .retry import (
@@ -88,6 +89,7 @@ __all__ = [
     "patched",
     "randint",
     "random",
+    "receive",
     "sleep",
     "sleep_until",
     "uuid4",

@@ -22,6 +22,7 @@ from .events import Event, read_events
 from .events import follow as events_follow
 from .inspection import JobSummary, JobView, export_history, job_view
 from .leases import LeaseKeeper
+from .messages import send as send_message
 from .observe import CallInfo, JobInfo, Observers
 from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
@@ -228,6 +229,15 @@ class Durable:
 
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
         operations.retry(self, job_id, from_scratch=from_scratch)
+
+    def send(self, job_id: str, topic: str, payload: Any = None, *,
+             key: str | None = None) -> bool:
+        """Send a message to a job; its body takes it with ``receive(topic)``.
+
+        Wakes the job if it waits for this topic. ``key``: an idempotency key, so a
+        sender that retries sends once (returns False for a repeat). Raises JobNotFound,
+        or JobStateError for a job that has finished."""
+        return send_message(self, job_id, topic, payload, key=key)
 
     def cancel(self, job_id: str, *, revoke: bool = False) -> CancelOutcome:
         """Cancel a job for good (see the README); raises JobNotFound."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import serialization
 from .history import position
-from .store.base import CallRecord, CallState, JobError, JobRecord
+from .store.base import CallRecord, CallState, JobError, JobRecord, JobState
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,13 @@ class JobSummary:
     lease_owner: str | None
     parent_id: str | None
     """For a dispatched call's child job: the job that dispatched it."""
+    waiting_topic: str | None
+    """While suspended in ``receive()``: the topic it waits for a message on."""
 
     @property
     def wake_at(self) -> datetime | None:
-        """While suspended by ``sleep()``: when the job resumes."""
+        """While suspended by ``sleep()`` (or ``receive()`` with a timeout): when the job
+        resumes."""
         return self.not_before if self.state == "suspended" else None
 
 
@@ -102,10 +105,13 @@ class JobView(JobSummary):
                          f"{e.error.get('type')}: {e.error.get('message')}")
         if self.not_before is not None and self.state in ("retrying", "pending"):
             lines.append(f"  next attempt not before {self.not_before.isoformat()}")
-        if self.wake_at is not None:
+        if self.wake_at is not None and not self.waiting_topic:
             lines.append(f"  sleeping until {self.wake_at.isoformat()}")
         if self.waiting_for:
             lines.append(f"  waiting for child job(s): {', '.join(self.waiting_for)}")
+        if self.waiting_topic:
+            until = f" until {self.wake_at.isoformat()}" if self.wake_at else ""
+            lines.append(f"  waiting for a message on {self.waiting_topic!r}{until}")
         if self.error and not self.errors:
             lines.append(f"  error: {self.error.get('type')}: {self.error.get('message')}")
         elif self.state == "succeeded":
@@ -125,7 +131,8 @@ def _summary_fields(job: JobRecord) -> dict[str, Any]:
         kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
         error=serialization.loads(job.error), created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, not_before=job.not_before,
-        lease_owner=job.lease_owner, parent_id=job.parent_id)
+        lease_owner=job.lease_owner, parent_id=job.parent_id,
+        waiting_topic=job.waiting_topic if job.state is JobState.SUSPENDED else None)
 
 
 def job_view(job: JobRecord, calls: list[CallRecord],

@@ -51,9 +51,13 @@ class Suspend(BaseException):
     children: Sequence[NewJob] = ()
     wake_at: datetime | None = None
     waiting_for: Sequence[str] = field(default_factory=tuple)
-    """Child job ids still running (for the log line)."""
+    """Child job ids whose outcome the job waits for."""
+    topic: str | None = None
+    """receive(): the topic of the message the job waits for."""
 
     def __str__(self) -> str:
+        if self.topic is not None:
+            return f"waiting for a message on {self.topic!r}"
         if self.wake_at is not None:
             return f"sleeping until {self.wake_at.isoformat()}"
         return f"waiting for {len(self.waiting_for)} dispatched call(s)"
@@ -69,13 +73,14 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     if waiting.wake_at is not None:
         delay = (waiting.wake_at - now).total_seconds()
         deliver_by = deliver_by_for_wait(durable, waiting.wake_at, delay)
-    else:
+    else:  # children or a message: they wake it; this is only a safety net
         delay = 0.0
         deliver_by = now + timedelta(seconds=durable.settings.wait_check_interval)
     with interrupt_on_storage_error(execution.root_id):
         outcome = durable.storage.suspend_job(
             execution.lease, waiting.calls, waiting.children, waiting.waiting_for,
-            waiting.wake_at, deliver_by, now, cancel_taken=execution.watch.cancel_raised)
+            waiting.wake_at, deliver_by, now, cancel_taken=execution.watch.cancel_raised,
+            topic=waiting.topic)
     if outcome is SuspendOutcome.CANCEL_REQUESTED:
         return
     execution.released = True

@@ -25,23 +25,23 @@ PREFIX = "celery_durable."
 
 def now() -> datetime:
     """The current time (aware, UTC), the same on every replay of this job."""
-    return datetime.fromisoformat(_recorded(
+    return datetime.fromisoformat(recorded_value(
         "now", (), lambda: datetime.now(timezone.utc).isoformat()))
 
 
 def uuid4() -> _uuid.UUID:
     """A random UUID, the same on every replay of this job."""
-    return _uuid.UUID(_recorded("uuid4", (), lambda: str(_uuid.uuid4())))
+    return _uuid.UUID(recorded_value("uuid4", (), lambda: str(_uuid.uuid4())))
 
 
 def random() -> float:
     """A float in [0, 1), the same on every replay of this job."""
-    return float(_recorded("random", (), _random.random))
+    return float(recorded_value("random", (), _random.random))
 
 
 def randint(a: int, b: int) -> int:
     """An integer in [a, b], the same on every replay of this job."""
-    return int(_recorded("randint", (a, b), lambda: _random.randint(a, b)))
+    return int(recorded_value("randint", (a, b), lambda: _random.randint(a, b)))
 
 
 def patched(change_id: str) -> bool:
@@ -76,7 +76,9 @@ def patched(change_id: str) -> bool:
     return True
 
 
-def _recorded(kind: str, args: tuple[Any, ...], produce: Callable[[], Any]) -> Any:
+def recorded_value(kind: str, args: tuple[Any, ...], produce: Callable[[], Any]) -> Any:
+    """``produce()``'s value, recorded as pseudo-call ``celery_durable.<kind>`` the first
+    time and read back on every replay (outside a durable task: just ``produce()``)."""
     execution = current_execution()
     if execution is None:
         return produce()

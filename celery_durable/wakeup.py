@@ -33,17 +33,22 @@ def wake_of(durable: Durable, request: Any) -> Wake | None:
 def resume_parent(durable: Durable, wake: Wake | None, woken: bool) -> None:
     """Publish a parent the finishing child made runnable (its deadline covers a crash
     before this)."""
-    if wake is None or not woken:
-        return
+    if wake is not None and woken:
+        publish_woken(durable, wake.parent_id)
+
+
+def publish_woken(durable: Durable, job_id: str) -> None:
+    """Publish a job just made pending from its row; a broker error is left to the
+    sweeper (the row's deadline is near)."""
     from .recovery import publish
 
     try:
-        job = durable.storage.get_job(wake.parent_id)
+        job = durable.storage.get_job(job_id)
         if job is not None:
             publish(durable, job)
     except Exception:
         logger.exception("job %s: woken but not published; the recovery sweeper will",
-                         wake.parent_id)
+                         job_id)
 
 
 def header(request: Any, name: str) -> str | None:

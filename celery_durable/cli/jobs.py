@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 
 import click
@@ -11,6 +12,7 @@ from ..errors import JobNotFound, JobStateError
 from ..inspection import JobSummary
 from ..store.base import CancelOutcome, JobState
 from .common import (
+    EXIT_ERROR,
     EXIT_NOT_FOUND,
     EXIT_WRONG_STATE,
     WHEN,
@@ -128,6 +130,29 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool,
         raise SystemExit(EXIT_NOT_FOUND)
     if CancelOutcome.FINISHED.value in outcomes.values():
         raise SystemExit(EXIT_WRONG_STATE)
+
+
+@jobs.command(help="Send a message to a job; its body takes it with receive(TOPIC). "
+                   "PAYLOAD is JSON (default: null).")
+@click.argument("job_id")
+@click.argument("topic")
+@click.argument("payload", required=False, default="null")
+@click.option("--key", help="Idempotency key: a message with the same key is sent once.")
+@click.pass_context
+def send(ctx: click.Context, job_id: str, topic: str, payload: str,
+         key: str | None) -> None:
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        fail(f"PAYLOAD is not JSON: {exc}", EXIT_ERROR)
+    try:
+        sent = durable_of(ctx).send(job_id, topic, value, key=key)
+    except JobNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except JobStateError as exc:
+        fail(str(exc), EXIT_WRONG_STATE)
+    click.echo(f"{job_id}: sent on {topic!r}" if sent else
+               f"{job_id}: a message with key {key!r} was sent before; not sent again")
 
 
 _SAID = {

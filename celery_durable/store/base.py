@@ -124,6 +124,8 @@ class JobRecord:
     """The suspended job this one was dispatched by (woken when this one finishes)."""
     awaiting: int = 0
     """Suspended: how many dispatched children have not finished yet."""
+    waiting_topic: str | None = None
+    """Suspended in ``receive()``: the topic a message would wake it for."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,16 @@ class SuspendOutcome(enum.Enum):
     """Cancel was asked before the job took it in: nothing was written."""
 
 
+class SendOutcome(enum.Enum):
+    SENT = "sent"
+    WOKE = "woke"
+    """Sent, and the job, suspended waiting for this topic, is pending now (publish it)."""
+    DUPLICATE = "duplicate"
+    """A message with this key was sent to the job before: nothing was stored."""
+    MISSING = "missing"
+    FINISHED = "finished"
+
+
 class CancelOutcome(enum.Enum):
     CANCELLED = "cancelled"
     """The job was not running: it is cancelled now and will never start."""
@@ -279,7 +291,7 @@ class Storage(Protocol):
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
                     wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
-                    cancel_taken: bool = False) -> SuspendOutcome:
+                    cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         """Write ``calls``, create the ``children`` (their ``parent_id`` is this job) and
         release the job in state suspended until ``wake_at`` and until every job of
         ``waiting_for`` that is not finished has finished, in one transaction.
@@ -289,7 +301,18 @@ class Storage(Protocol):
         caller publishes it). CANCEL_REQUESTED: a cancel is pending that the body has
         not taken in; nothing is written. With ``cancel_taken`` (the body caught
         Cancelled and compensates) the request is cleared instead, so the job can resume
-        to finish compensating; its history marks where it was cancelled."""
+        to finish compensating; its history marks where it was cancelled. With ``topic``
+        the job waits for a message on it too: RUNNABLE if one is already there."""
+
+    def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
+                     now: datetime, deliver_by: datetime) -> SendOutcome:
+        """Store a message for an unfinished job; if the job is suspended waiting for
+        this topic, make it pending (due by ``deliver_by``) in the same transaction."""
+
+    def take_message(self, lease: Lease, topic: str, call: CallRecord) -> str | None:
+        """Take the oldest message on ``topic`` for the lease's job and record ``call``
+        with the payload as its result, in one transaction fenced on the lease; None
+        (nothing written) if there is none."""
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         """Replace dispatched checkpoints by their outcome (state succeeded or failed),

@@ -23,6 +23,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    SendOutcome,
     SuspendOutcome,
     Wake,
 )
@@ -36,6 +37,7 @@ class MemoryStorage(ScheduleMemory):
         self._jobs: dict[str, JobRecord] = {}
         self._calls: dict[tuple[str, str, int], CallRecord] = {}
         self._errors: dict[str, list[JobError]] = {}
+        self._messages: list[dict[str, Any]] = []
 
     def migrate(self) -> list[int]:
         return []
@@ -170,7 +172,7 @@ class MemoryStorage(ScheduleMemory):
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
                     wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
-                    cancel_taken: bool = False) -> SuspendOutcome:
+                    cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         with self._lock:
             job = self._check(lease)
             if job.cancel_requested_at is not None and not cancel_taken:
@@ -183,12 +185,47 @@ class MemoryStorage(ScheduleMemory):
                 self._jobs[child.id] = child.as_record()
             awaiting = sum(1 for i in set(waiting_for)
                            if i in self._jobs and self._jobs[i].state in ACTIVE_STATES)
-            waiting = awaiting > 0 or wake_at is not None
+            arrived = topic is not None and self._untaken(job.id, topic) is not None
+            waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
             self._jobs[job.id] = replace(
                 job, state=JobState.SUSPENDED if waiting else JobState.PENDING,
                 lease_owner=None, lease_expires_at=deliver_by, not_before=wake_at,
-                awaiting=awaiting, cancel_requested_at=None)
+                awaiting=awaiting, cancel_requested_at=None, waiting_topic=topic)
             return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
+
+    def _untaken(self, job_id: str, topic: str) -> dict[str, Any] | None:
+        return next((m for m in self._messages if m["job_id"] == job_id
+                     and m["topic"] == topic and m["taken_at"] is None), None)
+
+    def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
+                     now: datetime, deliver_by: datetime) -> SendOutcome:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return SendOutcome.MISSING
+            if job.state not in ACTIVE_STATES:
+                return SendOutcome.FINISHED
+            if key is not None and any(m["job_id"] == job_id and m["key"] == key
+                                       for m in self._messages):
+                return SendOutcome.DUPLICATE
+            self._messages.append({"job_id": job_id, "topic": topic, "payload": payload,
+                                   "key": key, "sent_at": now, "taken_at": None})
+            if job.state is JobState.SUSPENDED and job.awaiting <= 0 and \
+                    job.waiting_topic == topic:
+                self._jobs[job_id] = replace(job, state=JobState.PENDING,
+                                             lease_expires_at=deliver_by, not_before=None)
+                return SendOutcome.WOKE
+            return SendOutcome.SENT
+
+    def take_message(self, lease: Lease, topic: str, call: CallRecord) -> str | None:
+        with self._lock:
+            self._check(lease)
+            message = self._untaken(lease.job_id, topic)
+            if message is None:
+                return None
+            self._put_call(replace(call, result=message["payload"]), lease)
+            message["taken_at"] = call.finished_at
+            return str(message["payload"])
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         with self._lock:
@@ -348,6 +385,7 @@ class MemoryStorage(ScheduleMemory):
                 del self._jobs[job_id]
                 self._errors.pop(job_id, None)
             self._calls = {k: c for k, c in self._calls.items() if k[0] not in gone}
+            self._messages = [m for m in self._messages if m["job_id"] not in gone]
             return len(gone)
 
     def _check(self, lease: Lease) -> JobRecord:

@@ -67,6 +67,7 @@ class Tables:
     schedules: Table
     schedule_runs: Table
     schema_version: Table
+    messages: Table
 
 
 def build_tables(prefix: str) -> Tables:
@@ -169,13 +170,27 @@ def build_tables(prefix: str) -> Tables:
     )
     Index(f"{prefix}schedule_runs_unpublished", schedule_runs.c.published,
           schedule_runs.c.recorded_at)
+    # Messages sent to a job (durable.send) until its body takes them (receive()).
+    messages = Table(
+        f"{prefix}messages", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("job_id", ID, nullable=False),
+        Column("topic", NAME, nullable=False),
+        Column("payload", JSON_TEXT, nullable=False),
+        Column("key", ID),
+        Column("sent_at", UTCDateTime(), nullable=False),
+        Column("taken_at", UTCDateTime()),
+    )
+    Index(f"{prefix}messages_job_topic", messages.c.job_id, messages.c.topic, messages.c.id)
+    # A sender's idempotency key: the same message sent twice is stored once.
+    Index(f"{prefix}messages_key", messages.c.job_id, messages.c.key, unique=True)
     schema_version = Table(
         f"{prefix}schema_version", metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", UTCDateTime(), nullable=False),
     )
     return Tables(metadata, jobs, calls, job_errors, schedules, schedule_runs,
-                  schema_version)
+                  schema_version, messages)
 
 
 def _retry_layer_columns() -> list[Column[Any]]:
@@ -208,7 +223,8 @@ def _cancellation_columns() -> list[Column[Any]]:
 def _suspension_columns() -> list[Column[Any]]:
     """Job columns added by migration 6 (calls that suspend)."""
     return [Column("parent_id", ID),
-            Column("awaiting", Integer, nullable=False, default=0, server_default="0")]
+            Column("awaiting", Integer, nullable=False, default=0, server_default="0"),
+            Column("waiting_topic", NAME)]
 
 
 def _add_missing_columns(conn: Connection, tables: Tables,
@@ -257,8 +273,10 @@ def _add_event_indexes(conn: Connection, tables: Tables) -> None:
 
 
 def _add_suspension(conn: Connection, tables: Tables) -> None:
-    """parent_id and awaiting: dispatched child jobs and the parent waiting for them."""
+    """parent_id, awaiting, waiting_topic: dispatched child jobs and the parent waiting
+    for them, or for a message; the messages table."""
     _add_missing_columns(conn, tables, _suspension_columns())
+    tables.messages.create(conn, checkfirst=True)
 
 
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.

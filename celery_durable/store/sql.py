@@ -11,6 +11,7 @@ connections are never shared across Celery's prefork pool.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,7 @@ from .base import (
     JobState,
     Lease,
     NewJob,
+    SendOutcome,
     SuspendOutcome,
     Wake,
 )
@@ -235,7 +237,7 @@ class SQLStorage(ScheduleSQL):
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
                     wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
-                    cancel_taken: bool = False) -> SuspendOutcome:
+                    cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         params = _fence(lease, p_deliver_by=deliver_by, p_wake_at=wake_at)
         with self._transaction() as conn:
             stmt = self._sql.suspend_cancel_taken if cancel_taken else self._sql.suspend
@@ -253,11 +255,44 @@ class SQLStorage(ScheduleSQL):
                     raise LeaseLost(lease.job_id) from None
             awaiting = int(conn.scalar(self._sql.count_unfinished, {
                 "p_ids": list(set(waiting_for))})) if waiting_for else 0
-            waiting = awaiting > 0 or wake_at is not None
+            # A message sent before this transaction locked the row is counted here; one
+            # sent after it waits for our commit and then wakes the job.
+            arrived = topic is not None and int(conn.scalar(
+                self._sql.count_messages, {"p_id": lease.job_id, "p_topic": topic})) > 0
+            waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
             state = JobState.SUSPENDED if waiting else JobState.PENDING
             conn.execute(self._sql.set_awaiting, {"p_id": lease.job_id, "p_awaiting": awaiting,
-                                                  "p_state": state.value})
+                                                  "p_state": state.value, "p_topic": topic})
             return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
+
+    def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
+                     now: datetime, deliver_by: datetime) -> SendOutcome:
+        params = {"p_id": job_id, "p_topic": topic, "p_deliver_by": deliver_by}
+        with self._transaction() as conn:
+            if conn.execute(self._sql.touch_job, params).rowcount != 1:
+                exists = conn.execute(self._sql.get_job, params).first() is not None
+                return SendOutcome.FINISHED if exists else SendOutcome.MISSING
+            try:
+                conn.execute(self._sql.insert_message, {
+                    "job_id": job_id, "topic": topic, "payload": payload, "key": key,
+                    "sent_at": now})
+            except sa_exc.IntegrityError:
+                return SendOutcome.DUPLICATE
+            woke = conn.execute(self._sql.wake_for_message, params).rowcount == 1
+        return SendOutcome.WOKE if woke else SendOutcome.SENT
+
+    def take_message(self, lease: Lease, topic: str, call: CallRecord) -> str | None:
+        params = _fence(lease, p_topic=topic, p_now=call.finished_at)
+        with self._transaction() as conn:
+            if conn.execute(self._sql.lock_job, params).rowcount != 1:
+                raise LeaseLost(lease.job_id)
+            found = conn.execute(self._sql.next_message, params).first()
+            if found is None:
+                return None
+            conn.execute(self._sql.take_message, {**params, "p_message": found.id})
+            taken = dataclasses.replace(call, result=found.payload)
+            self._write_call(conn, taken, lease, _call_params(taken, lease))
+            return str(found.payload)
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
         with self._transaction() as conn:
@@ -432,6 +467,7 @@ class SQLStorage(ScheduleSQL):
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
+        messages = self.tables.messages
         wanted = [s.value for s in states]
         deleted = 0
         with self._transaction() as conn:
@@ -442,6 +478,7 @@ class SQLStorage(ScheduleSQL):
                         jobs.c.id == job_id, jobs.c.state.in_(wanted))).rowcount == 1:
                     conn.execute(calls.delete().where(calls.c.root_id == job_id))
                     conn.execute(errors.delete().where(errors.c.job_id == job_id))
+                    conn.execute(messages.delete().where(messages.c.job_id == job_id))
                     deleted += 1
         return deleted
 
@@ -542,6 +579,7 @@ def _job(row: Any) -> JobRecord:
         options=m["options"], failures=m["failures"], requeues=m["requeues"],
         not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
         unique_key=m["unique_key"], parent_id=m["parent_id"], awaiting=m["awaiting"],
+        waiting_topic=m["waiting_topic"],
     )
 
 

@@ -72,6 +72,12 @@ class Statements:
     wake: Update
     settle_call: Update
     get_jobs: Select  # type: ignore[type-arg]
+    touch_job: Update
+    insert_message: Insert
+    wake_for_message: Update
+    next_message: Select  # type: ignore[type-arg]
+    take_message: Update
+    count_messages: Select  # type: ignore[type-arg]
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -110,7 +116,9 @@ def build_statements(tables: Tables) -> Statements:
                      "unique_key": None,
                      "error": bindparam("p_error"), "lease_owner": None,
                      "lease_expires_at": None, "finished_at": now}
-    errors = tables.job_errors
+    errors, messages = tables.job_errors, tables.messages
+    untaken = (messages.c.job_id == bindparam("p_id"), messages.c.topic == bindparam("p_topic"),
+               messages.c.taken_at.is_(None))
     suspend_values = {"state": JobState.SUSPENDED.value, "lease_owner": None,
                       "lease_expires_at": deliver_by, "not_before": _time("p_wake_at")}
     return Statements(
@@ -198,7 +206,7 @@ def build_statements(tables: Tables) -> Statements:
         # Runs after `suspend` locked the row: no owner fence needed.
         set_awaiting=jobs.update().where(by_id).values(
             awaiting=bindparam("p_awaiting", type_=Integer()),
-            state=bindparam("p_state")),
+            state=bindparam("p_state"), waiting_topic=bindparam("p_topic")),
         # Two statements, not one with CASE: MySQL evaluates SET clauses left to right
         # on the updated values, PostgreSQL on the old ones. The decrement locks the
         # parent row whatever its state, so a parent that is suspending at this moment
@@ -212,6 +220,20 @@ def build_statements(tables: Tables) -> Statements:
         ).values(**{name: bindparam(f"p_{name}", type_=calls.c[name].type)
                     for name in ("state", "attempts", "result", "error", "finished_at")}),
         get_jobs=select(jobs).where(jobs.c.id.in_(bindparam("p_ids", expanding=True))),
+        # Locks an unfinished job's row (a send serialises with the job suspending).
+        touch_job=jobs.update().where(by_id, jobs.c.state.in_(_ACTIVE)).values(
+            awaiting=jobs.c.awaiting),
+        insert_message=messages.insert(),
+        wake_for_message=jobs.update().where(
+            by_id, jobs.c.state == JobState.SUSPENDED.value, jobs.c.awaiting <= 0,
+            jobs.c.waiting_topic == bindparam("p_topic"),
+        ).values(state=JobState.PENDING.value, lease_expires_at=deliver_by,
+                 not_before=None),  # the receive timeout no longer holds it back
+        next_message=select(messages.c.id, messages.c.payload).where(*untaken)
+        .order_by(messages.c.id).limit(1),
+        take_message=messages.update().where(messages.c.id == bindparam("p_message")).values(
+            taken_at=now),
+        count_messages=select(func.count()).select_from(messages).where(*untaken),
     )
 
 

@@ -15,6 +15,7 @@ from ..store.base import (
     JobState,
     Lease,
     NewJob,
+    SendOutcome,
     Storage,
     SuspendOutcome,
     Wake,
@@ -154,3 +155,50 @@ class SuspendConformance:
         assert storage.abandon_job(lost, '{"type": "WorkerLostError"}', later)
         parent = storage.get_job("job-1")
         assert parent is not None and parent.state is JobState.PENDING
+
+    def test_messages_wake_a_job_waiting_on_their_topic_and_are_taken_once(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        timeout = T0 + timedelta(days=2)  # receive("go", timeout=...)
+        assert storage.suspend_job(lease, [], [], [], timeout, timeout, T0, topic="go") is \
+            SuspendOutcome.SUSPENDED
+        job = storage.get_job("job-1")
+        assert job is not None and (job.state, job.waiting_topic) == (
+            JobState.SUSPENDED, "go")
+        assert storage.send_message("job-1", "other", "1", None, T0, T0 + LEASE) is \
+            SendOutcome.SENT
+        assert storage.send_message("job-1", "go", '"a"', "k1", T0, T0 + LEASE) is \
+            SendOutcome.WOKE
+        assert storage.send_message("job-1", "go", '"a"', "k1", T0, T0 + LEASE) is \
+            SendOutcome.DUPLICATE
+        assert storage.send_message("job-1", "go", '"b"', None, T0, T0 + LEASE) is \
+            SendOutcome.SENT
+        job = storage.get_job("job-1")
+        assert job is not None and (job.state, job.lease_expires_at) == (
+            JobState.PENDING, T0 + LEASE)
+        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is \
+            ClaimOutcome.CLAIMED
+        lease = Lease("job-1", "w2")
+        taken = [storage.take_message(lease, "go", call_record(seq=i, result="null"))
+                 for i in (1, 2, 3)]
+        assert taken == ['"a"', '"b"', None]  # in the order sent, each once
+        assert [(c.seq, c.result) for c in storage.load_history("job-1")] == [
+            (1, '"a"'), (2, '"b"')]
+        with pytest.raises(LeaseLost):
+            storage.take_message(Lease("job-1", "thief"), "other", call_record(seq=4))
+
+    def test_a_message_already_there_keeps_the_job_from_suspending(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.send_message("job-1", "go", "1", None, T0, T0 + LEASE)
+        assert storage.suspend_job(lease, [], [], [], None, DEADLINE, T0, topic="go") is \
+            SuspendOutcome.RUNNABLE
+
+    def test_messages_to_missing_or_finished_jobs_are_refused(self, storage: Storage) -> None:
+        assert storage.send_message("nope", "go", "1", None, T0, T0 + LEASE) is \
+            SendOutcome.MISSING
+        lease = claimed(storage)
+        storage.finish_job(lease, JobState.SUCCEEDED, "1", None, T0)
+        assert storage.send_message("job-1", "go", "1", None, T0, T0 + LEASE) is \
+            SendOutcome.FINISHED
+        assert storage.delete_jobs(["job-1"], [JobState.SUCCEEDED]) == 1

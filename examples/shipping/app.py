@@ -11,11 +11,12 @@ Embedded default: a SQLite store and the SQLite broker, no services.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from celery import Celery
 
-from celery_durable import CallError, Durable, NoRetry, call, gather, sleep
+from celery_durable import CallError, Durable, NoRetry, call, gather, receive, sleep
 
 HERE = Path(os.environ.get("SHIPPING_DIR", "shipping-run"))
 
@@ -57,6 +58,10 @@ def cancel_order(order_id: str) -> str:
 
 @durable.task
 def ship_order(order_id: str, amount: int, parcels: list[str]) -> dict:
+    if amount > 100:  # a person approves big orders: durable.send(job_id, "approval", ...)
+        approval = receive("approval", timeout=timedelta(days=2))
+        if not approval or not approval.get("ok"):
+            return {"status": "rejected", "by": approval and approval.get("by")}
     try:  # runs on the payments queue; this job waits without a worker slot
         receipt = call(charge_card.s(order_id, amount).set(queue="payments"))
     except CallError as exc:

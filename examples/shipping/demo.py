@@ -44,6 +44,14 @@ def main() -> int:
     wait(lambda: finished(durable, declined), "the declined order to finish")
     print("the charge failed on the payments queue: CallError in the body, compensation:")
     print(durable.get_job(declined).timeline(), "\n")
+    big = ship_order.delay("C-3", 500, ["crate-1"]).id
+    wait(lambda: durable.get_job(big).state == "suspended", "the big order to wait")
+    print("a big order waits for a person's approval (no worker, no broker message):")
+    print(durable.get_job(big).timeline(), "\n")
+    durable.send(big, "approval", {"ok": True, "by": "grace"})  # from a web app, say
+    wait(lambda: finished(durable, big), "the approved order to finish")
+    print("approved with durable.send(job_id, 'approval', ...): it continued")
+    print(durable.get_job(big).timeline(), "\n")
     stop(worker)
 
     view, failed = durable.get_job(shipped), durable.get_job(declined)
@@ -51,9 +59,11 @@ def main() -> int:
     ok = (view.result == {"status": "shipped", "receipt": "receipt-A-1",
                           "labels": ["label-box-1", "label-box-2", "label-box-3"]}
           and failed.result["status"] == "cancelled"
+          and durable.get_job(big).result["status"] == "shipped"
           and sorted(effects) == sorted(["charge_card A-1", "print_label box-1",
                                          "print_label box-2", "print_label box-3",
-                                         "charge_card B-2", "cancel_order B-2"]))
+                                         "charge_card B-2", "cancel_order B-2",
+                                         "charge_card C-3", "print_label crate-1"]))
     if not ok:
         print(f"UNEXPECTED: {view.result} {failed.result} {effects}")
         return 1

@@ -26,6 +26,7 @@ from celery_durable import (
     call,
     current_job_id,
     gather,
+    receive,
     sleep,
 )
 from celery_durable.schedules import every
@@ -189,6 +190,13 @@ def _suspending(app: Celery, durable: Durable) -> None:
     @durable.task(name="proj.parent_of_durable", shared=False)
     def parent_of_durable(order: str, payments: str) -> Any:
         return call(settle_order.s(order).set(queue=payments))
+
+    @durable.task(name="proj.await_approval", shared=False)
+    def await_approval(order: str, timeout: float | None) -> Any:
+        call("proj.step", "asked", 0)
+        answer = receive("approval", timeout=timeout)
+        call("proj.step", "answered", 0)
+        return {"order": order, "answer": answer}
 
     @durable.task(name="proj.napper", shared=False)
     def napper(seconds: float) -> list[float]:

@@ -77,8 +77,10 @@ def test_the_shipping_example_runs_on_one_worker_process(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     effects = (tmp_path / "shipping-run" / "side-effects.log").read_text().splitlines()
     assert sorted(effects) == ["cancel_order B-2", "charge_card A-1", "charge_card B-2",
-                               "print_label box-1", "print_label box-2", "print_label box-3"]
+                               "charge_card C-3", "print_label box-1", "print_label box-2",
+                               "print_label box-3", "print_label crate-1"]
     assert "waiting for child job(s)" in result.stdout
+    assert "waiting for a message on 'approval'" in result.stdout
 
 
 def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Cluster]) -> None:

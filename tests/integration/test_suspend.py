@@ -15,6 +15,7 @@ import redis
 
 from celery_durable.store.base import CallState, JobState
 from tests.integration.conftest import Cluster, wait_for
+from tests.integration.test_cli_and_demo import _celery
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -194,3 +195,33 @@ def _shift_sleep_back(cluster: Cluster, job_id: str, by: timedelta) -> None:
         conn.execute(update(calls).where(calls.c.root_id == job_id,
                                          calls.c.seq == sleep.seq).values(
             result=json.dumps({"until": until})))
+
+
+@pytest.mark.rabbitmq
+def test_a_message_wakes_a_waiting_job_even_while_its_worker_is_down(
+        make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("rabbitmq", "postgres")
+    worker = cluster.worker()
+    task = cluster.app.tasks["proj.await_approval"]
+    job_id = task.delay("A-7", None).id
+    _wait_state(cluster, job_id, JobState.SUSPENDED)
+    assert cluster.job(job_id).waiting_topic == "approval"  # type: ignore[union-attr]
+    worker.kill()
+    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
+           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue}
+    sent = _celery(env, "jobs", "send", job_id, "approval", '{"by": "ada"}',
+                   "--key", "approval-A-7")
+    assert sent.returncode == 0 and "sent on 'approval'" in sent.stdout, sent.stderr
+    assert not cluster.durable.send(job_id, "approval", {"by": "ada"}, key="approval-A-7")
+    cluster.worker()
+    assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED, cluster.logs_tail()
+    assert cluster.durable.get_job(job_id).result == {"order": "A-7", "answer": {"by": "ada"}}
+    assert (cluster.count("asked"), cluster.count("answered")) == (1, 1)
+
+    timed_out = task.delay("B-8", 1.5).id
+    job = cluster.wait_finished(timed_out)
+    assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+    assert cluster.durable.get_job(timed_out).result == {"order": "B-8", "answer": None}
+    started, finished = job.started_at, job.finished_at
+    assert started is not None and finished is not None
+    assert (finished - started).total_seconds() >= 1.5

@@ -41,7 +41,7 @@ def test_public_api_is_pinned() -> None:
         "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome",
         "PrometheusMetrics",
         # calls that suspend
-        "gather", "sleep", "sleep_until"])
+        "gather", "sleep", "sleep_until", "receive"])
 
 
 def test_settings_come_from_app_conf() -> None:
