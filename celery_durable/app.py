@@ -230,7 +230,7 @@ class Durable:
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
         operations.retry(self, job_id, from_scratch=from_scratch)
 
-    def send(self, job_id: str, topic: str, payload: Any = None, *,
+    def send(self, job_id: str, topic: str, payload: Any, *,
              key: str | None = None) -> bool:
         """Send a message to a job; its body takes it with ``receive(topic)``.
 

@@ -22,7 +22,7 @@ from .context import (
     mark_inline,
     unmark_inline,
 )
-from .determinism import CANCELLED_MARKER, Determinism, EndOfHistory, recorded_for
+from .determinism import Determinism, EndOfHistory, recorded_for
 from .dispatch import call_dispatched, is_dispatched, resume_dispatched
 from .errors import (
     CallError,
@@ -36,7 +36,7 @@ from .errors import (
     UnknownTaskError,
     interrupt_on_storage_error,
 )
-from .history import position
+from .history import CANCELLED_MARKER, position
 from .observe import CallInfo
 from .retry import (
     Backoff,

@@ -28,7 +28,7 @@ from .errors import (
     NonDeterministicError,
     interrupt_on_storage_error,
 )
-from .history import position
+from .history import CANCELLED_MARKER, position
 
 if TYPE_CHECKING:
     from .context import Execution
@@ -50,10 +50,6 @@ def check_determinism(value: Any, what: str) -> Determinism:
         raise ConfigurationError(
             f"{what} must be one of {', '.join(repr(m.value) for m in Determinism)}, "
             f"got {value!r}") from None
-
-
-CANCELLED_MARKER = "celery_durable.cancelled"
-"""The history entry where a cancelled job's body got Cancelled."""
 
 
 class EndOfHistory(BaseException):

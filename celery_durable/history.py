@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from .store.base import CallKey, CallRecord, CallState
 
 Position = tuple[int, ...]
+CANCELLED_MARKER = "celery_durable.cancelled"
+"""The history entry where a cancelled job's body got Cancelled (replayed there)."""
 
 
 def position(root_id: str, scope: str, seq: int) -> Position:
@@ -35,8 +37,9 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
 
     # A dispatched call waiting for its child is not a failure: its child is running (or
     # done), so it is kept and the replay takes in the child's outcome.
-    failed = [p for p, c in calls.items()
-              if c.state in (CallState.FAILED, CallState.RETRYING) and visible(p)]
+    # Where Cancelled was raised counts too: a retried cancelled job runs on from there.
+    failed = [p for p, c in calls.items() if visible(p) and (
+        c.state in (CallState.FAILED, CallState.RETRYING) or c.name == CANCELLED_MARKER)]
     if not failed:
         return []
     first = min(failed)

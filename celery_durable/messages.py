@@ -81,7 +81,7 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
     raise Suspend(wake_at=deadline, topic=topic)
 
 
-def send(durable: Durable, job_id: str, topic: str, payload: Any = None, *,
+def send(durable: Durable, job_id: str, topic: str, payload: Any, *,
          key: str | None = None) -> bool:
     """Store a message for the job and wake it if it waits on ``topic``. False if a
     message with this ``key`` was sent to the job before (nothing sent again)."""

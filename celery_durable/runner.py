@@ -35,6 +35,7 @@ from .errors import (
     StorageInterrupted,
     interrupt_on_storage_error,
 )
+from .history import CANCELLED_MARKER
 from .observe import JobInfo, Outcome
 from .retry import call_policy
 from .retrying import fail_or_retry, publish_again, retry_call
@@ -68,6 +69,8 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     history = {} if attempts == 1 else {
         (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
     watch = durable.lease_keeper.hold(lease)
+    if any(c.name == CANCELLED_MARKER for c in history.values()):
+        watch.cancel_raised = True  # resumed while compensating a cancel: it still ends so
     execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
                           root_id=job_id, lease=lease, history=history, watch=watch,
                           call_policy=call_policy(task, durable.call_policy),

@@ -70,10 +70,13 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     from .retrying import deliver_by_for_wait, publish_again
 
     now = durable.now()
+    deliver_by: datetime | None
     if waiting.wake_at is not None:
         delay = (waiting.wake_at - now).total_seconds()
         deliver_by = deliver_by_for_wait(durable, waiting.wake_at, delay)
-    else:  # children or a message: they wake it; this is only a safety net
+    elif waiting.topic is not None:  # a send wakes it in its own transaction
+        delay, deliver_by = 0.0, None
+    else:  # the children wake it; this deadline is only a safety net
         delay = 0.0
         deliver_by = now + timedelta(seconds=durable.settings.wait_check_interval)
     with interrupt_on_storage_error(execution.root_id):

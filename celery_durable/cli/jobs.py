@@ -133,10 +133,10 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool,
 
 
 @jobs.command(help="Send a message to a job; its body takes it with receive(TOPIC). "
-                   "PAYLOAD is JSON (default: null).")
+                   "PAYLOAD is JSON.")
 @click.argument("job_id")
 @click.argument("topic")
-@click.argument("payload", required=False, default="null")
+@click.argument("payload")
 @click.option("--key", help="Idempotency key: a message with the same key is sent once.")
 @click.pass_context
 def send(ctx: click.Context, job_id: str, topic: str, payload: str,

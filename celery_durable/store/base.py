@@ -290,12 +290,13 @@ class Storage(Protocol):
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
-                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
                     cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         """Write ``calls``, create the ``children`` (their ``parent_id`` is this job) and
         release the job in state suspended until ``wake_at`` and until every job of
         ``waiting_for`` that is not finished has finished, in one transaction.
-        ``deliver_by`` is when recovery resumes it regardless, to look again.
+        ``deliver_by`` is when recovery resumes it regardless, to look again (None:
+        never; a message's send wakes it).
 
         RUNNABLE: nothing was left to wait for; the job is pending, due at once (the
         caller publishes it). CANCEL_REQUESTED: a cancel is pending that the body has

@@ -111,8 +111,19 @@ class MemoryStorage(ScheduleMemory):
     def discard_calls(self, lease: Lease, keys: Sequence[CallKey]) -> None:
         with self._lock:
             self._check(lease)
-            for scope, seq in keys:
-                self._calls.pop((lease.job_id, scope, seq), None)
+            self._discard(lease.job_id, keys)
+
+    def _discard(self, root_id: str, keys: Sequence[CallKey] | None) -> None:
+        """Drop these checkpoints (None: all); a message a dropped receive took can be
+        taken again."""
+        for key in [k for k in self._calls if k[0] == root_id
+                    and (keys is None or k[1:] in keys)]:
+            del self._calls[key]
+        dropped = None if keys is None else {f"{scope}:{seq}" for scope, seq in keys}
+        for message in self._messages:
+            if message["job_id"] == root_id and message["taken_by"] is not None and (
+                    dropped is None or message["taken_by"] in dropped):
+                message["taken_at"] = message["taken_by"] = None
 
     def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
                    deliver_by: datetime, now: datetime) -> None:
@@ -127,8 +138,7 @@ class MemoryStorage(ScheduleMemory):
         with self._lock:
             job = self._check(lease)
             self._add_error(job, error, now)
-            for scope, seq in discard:
-                self._calls.pop((job.id, scope, seq), None)
+            self._discard(job.id, discard)
             self._jobs[job.id] = replace(
                 job, state=JobState.RETRYING, failures=job.failures + 1, error=error,
                 lease_owner=None, lease_expires_at=deliver_by, not_before=not_before)
@@ -163,7 +173,8 @@ class MemoryStorage(ScheduleMemory):
         if parent is None:
             return False
         parent = replace(parent, awaiting=parent.awaiting - 1)
-        woken = parent.state is JobState.SUSPENDED and parent.awaiting <= 0
+        woken = parent.state is JobState.SUSPENDED and parent.awaiting <= 0 and \
+            parent.waiting_topic is None  # a stray child never wakes a receive()
         if woken:
             parent = replace(parent, state=JobState.PENDING, lease_expires_at=deliver_by)
         self._jobs[parent_id] = parent
@@ -171,7 +182,7 @@ class MemoryStorage(ScheduleMemory):
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
-                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
                     cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         with self._lock:
             job = self._check(lease)
@@ -189,8 +200,9 @@ class MemoryStorage(ScheduleMemory):
             waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
             self._jobs[job.id] = replace(
                 job, state=JobState.SUSPENDED if waiting else JobState.PENDING,
-                lease_owner=None, lease_expires_at=deliver_by, not_before=wake_at,
-                awaiting=awaiting, cancel_requested_at=None, waiting_topic=topic)
+                lease_owner=None, lease_expires_at=deliver_by if waiting else now,
+                not_before=wake_at if waiting else None, awaiting=awaiting,
+                cancel_requested_at=None, waiting_topic=topic)
             return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
 
     def _untaken(self, job_id: str, topic: str) -> dict[str, Any] | None:
@@ -209,7 +221,8 @@ class MemoryStorage(ScheduleMemory):
                                        for m in self._messages):
                 return SendOutcome.DUPLICATE
             self._messages.append({"job_id": job_id, "topic": topic, "payload": payload,
-                                   "key": key, "sent_at": now, "taken_at": None})
+                                   "key": key, "sent_at": now, "taken_at": None,
+                                   "taken_by": None})
             if job.state is JobState.SUSPENDED and job.awaiting <= 0 and \
                     job.waiting_topic == topic:
                 self._jobs[job_id] = replace(job, state=JobState.PENDING,
@@ -225,6 +238,7 @@ class MemoryStorage(ScheduleMemory):
                 return None
             self._put_call(replace(call, result=message["payload"]), lease)
             message["taken_at"] = call.finished_at
+            message["taken_by"] = f"{call.job_id}:{call.seq}"
             return str(message["payload"])
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:
@@ -368,9 +382,7 @@ class MemoryStorage(ScheduleMemory):
             job = self._jobs.get(job_id)
             if job is None or job.state not in from_states:
                 return False
-            for key in list(self._calls):
-                if key[0] == job_id and (discard is None or key[1:] in discard):
-                    del self._calls[key]
+            self._discard(job_id, discard)
             self._jobs[job_id] = replace(
                 job, state=JobState.PENDING, failures=0, recoveries=0,
                 requeues=job.requeues + 1,

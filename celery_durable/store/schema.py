@@ -180,6 +180,7 @@ def build_tables(prefix: str) -> Tables:
         Column("key", ID),
         Column("sent_at", UTCDateTime(), nullable=False),
         Column("taken_at", UTCDateTime()),
+        Column("taken_by", ID),  # "<scope>:<seq>" of the receive that took it
     )
     Index(f"{prefix}messages_job_topic", messages.c.job_id, messages.c.topic, messages.c.id)
     # A sender's idempotency key: the same message sent twice is stored once.

@@ -236,7 +236,7 @@ class SQLStorage(ScheduleSQL):
 
     def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
                     children: Sequence[NewJob], waiting_for: Sequence[str],
-                    wake_at: datetime | None, deliver_by: datetime, now: datetime, *,
+                    wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
                     cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
         params = _fence(lease, p_deliver_by=deliver_by, p_wake_at=wake_at)
         with self._transaction() as conn:
@@ -260,9 +260,13 @@ class SQLStorage(ScheduleSQL):
             arrived = topic is not None and int(conn.scalar(
                 self._sql.count_messages, {"p_id": lease.job_id, "p_topic": topic})) > 0
             waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
-            state = JobState.SUSPENDED if waiting else JobState.PENDING
-            conn.execute(self._sql.set_awaiting, {"p_id": lease.job_id, "p_awaiting": awaiting,
-                                                  "p_state": state.value, "p_topic": topic})
+            # Runnable now: no wake-up time, and due for the sweeper at once should the
+            # caller's publish fail.
+            conn.execute(self._sql.set_awaiting, {
+                "p_id": lease.job_id, "p_awaiting": awaiting, "p_topic": topic,
+                "p_state": (JobState.SUSPENDED if waiting else JobState.PENDING).value,
+                "p_wake_at": wake_at if waiting else None,
+                "p_deliver_by": deliver_by if waiting else now})
             return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
 
     def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
@@ -289,7 +293,8 @@ class SQLStorage(ScheduleSQL):
             found = conn.execute(self._sql.next_message, params).first()
             if found is None:
                 return None
-            conn.execute(self._sql.take_message, {**params, "p_message": found.id})
+            conn.execute(self._sql.take_message, {**params, "p_message": found.id,
+                                                  "p_by": f"{call.job_id}:{call.seq}"})
             taken = dataclasses.replace(call, result=found.payload)
             self._write_call(conn, taken, lease, _call_params(taken, lease))
             return str(found.payload)
@@ -318,10 +323,7 @@ class SQLStorage(ScheduleSQL):
             if conn.execute(self._sql.retry_release, params).rowcount != 1:
                 raise LeaseLost(lease.job_id)
             conn.execute(self._sql.insert_job_error, params)
-            if discard:
-                conn.execute(self._sql.discard_call, [
-                    {"p_root_id": lease.job_id, "p_job_id": scope, "p_seq": seq}
-                    for scope, seq in discard])
+            self._discard(conn, lease.job_id, discard)
 
     def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
                     now: datetime) -> None:
@@ -459,11 +461,19 @@ class SQLStorage(ScheduleSQL):
                 return False
             if discard is None:
                 conn.execute(self._sql.discard_all_calls, {"p_root_id": job_id})
-            elif discard:
-                conn.execute(self._sql.discard_call, [
-                    {"p_root_id": job_id, "p_job_id": scope, "p_seq": seq}
-                    for scope, seq in discard])
+                conn.execute(self._sql.untake_all_messages, {"p_root_id": job_id})
+            else:
+                self._discard(conn, job_id, discard)
         return True
+
+    def _discard(self, conn: Connection, root_id: str, keys: Sequence[CallKey]) -> None:
+        """Drop these checkpoints; a message a dropped receive took can be taken again."""
+        if not keys:
+            return
+        conn.execute(self._sql.discard_call, [
+            {"p_root_id": root_id, "p_job_id": scope, "p_seq": seq} for scope, seq in keys])
+        conn.execute(self._sql.untake_message, [
+            {"p_root_id": root_id, "p_by": f"{scope}:{seq}"} for scope, seq in keys])
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
@@ -513,10 +523,7 @@ class SQLStorage(ScheduleSQL):
         with self._transaction() as conn:
             if conn.execute(self._sql.lock_job, _fence(lease)).rowcount != 1:
                 raise LeaseLost(lease.job_id)
-            if keys:
-                conn.execute(self._sql.discard_call, [
-                    {"p_root_id": lease.job_id, "p_job_id": scope, "p_seq": seq}
-                    for scope, seq in keys])
+            self._discard(conn, lease.job_id, keys)
 
     def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
                    deliver_by: datetime, now: datetime) -> None:

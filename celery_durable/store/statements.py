@@ -78,6 +78,8 @@ class Statements:
     next_message: Select  # type: ignore[type-arg]
     take_message: Update
     count_messages: Select  # type: ignore[type-arg]
+    untake_message: Update
+    untake_all_messages: Update
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -206,7 +208,8 @@ def build_statements(tables: Tables) -> Statements:
         # Runs after `suspend` locked the row: no owner fence needed.
         set_awaiting=jobs.update().where(by_id).values(
             awaiting=bindparam("p_awaiting", type_=Integer()),
-            state=bindparam("p_state"), waiting_topic=bindparam("p_topic")),
+            state=bindparam("p_state"), waiting_topic=bindparam("p_topic"),
+            not_before=_time("p_wake_at"), lease_expires_at=deliver_by),
         # Two statements, not one with CASE: MySQL evaluates SET clauses left to right
         # on the updated values, PostgreSQL on the old ones. The decrement locks the
         # parent row whatever its state, so a parent that is suspending at this moment
@@ -214,6 +217,7 @@ def build_statements(tables: Tables) -> Statements:
         wake_decrement=jobs.update().where(by_id).values(awaiting=jobs.c.awaiting - 1),
         wake=jobs.update().where(
             by_id, jobs.c.state == JobState.SUSPENDED.value, jobs.c.awaiting <= 0,
+            jobs.c.waiting_topic.is_(None),  # a stray child never wakes a receive()
         ).values(state=JobState.PENDING.value, lease_expires_at=deliver_by),
         settle_call=calls.update().where(
             *by_call, calls.c.state == CallState.DISPATCHED.value,
@@ -232,7 +236,13 @@ def build_statements(tables: Tables) -> Statements:
         next_message=select(messages.c.id, messages.c.payload).where(*untaken)
         .order_by(messages.c.id).limit(1),
         take_message=messages.update().where(messages.c.id == bindparam("p_message")).values(
-            taken_at=now),
+            taken_at=now, taken_by=bindparam("p_by")),
+        # A receive's checkpoint dropped (a job retry, a requeue): its message is back.
+        untake_message=messages.update().where(
+            messages.c.job_id == bindparam("p_root_id"),
+            messages.c.taken_by == bindparam("p_by")).values(taken_at=None, taken_by=None),
+        untake_all_messages=messages.update().where(
+            messages.c.job_id == bindparam("p_root_id")).values(taken_at=None, taken_by=None),
         count_messages=select(func.count()).select_from(messages).where(*untaken),
     )
 

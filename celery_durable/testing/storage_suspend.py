@@ -191,8 +191,39 @@ class SuspendConformance:
             self, storage: Storage) -> None:
         lease = claimed(storage)
         storage.send_message("job-1", "go", "1", None, T0, T0 + LEASE)
-        assert storage.suspend_job(lease, [], [], [], None, DEADLINE, T0, topic="go") is \
+        timeout = T0 + timedelta(days=2)
+        assert storage.suspend_job(lease, [], [], [], timeout, timeout, T0, topic="go") is \
             SuspendOutcome.RUNNABLE
+        job = storage.get_job("job-1")  # runnable now, not held back by the timeout
+        assert job is not None and (job.state, job.not_before) == (JobState.PENDING, None)
+        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is \
+            ClaimOutcome.CLAIMED
+
+    def test_a_message_taken_by_a_dropped_receive_can_be_taken_again(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.send_message("job-1", "go", '"m"', None, T0, T0 + LEASE)
+        assert storage.take_message(lease, "go", call_record(seq=2)) == '"m"'
+        storage.retry_job(lease, ERROR, [("job-1", 2)], T0, T0 + LEASE, T0)
+        assert storage.load_history("job-1") == []
+        storage.claim_job("job-1", "w2", T0, T0 + LEASE)
+        lease = Lease("job-1", "w2")
+        assert storage.take_message(lease, "go", call_record(seq=2)) == '"m"'
+        storage.finish_job(lease, JobState.FAILED, None, ERROR, T0)
+        assert storage.requeue_job("job-1", [JobState.FAILED], None, T0 + LEASE, T0)
+        storage.claim_job("job-1", "w3", T0, T0 + LEASE)
+        assert storage.take_message(Lease("job-1", "w3"), "go", call_record(seq=2)) == '"m"'
+
+    def test_a_stray_child_never_wakes_a_job_waiting_for_a_message(
+            self, storage: Storage) -> None:
+        lease = claimed(storage)
+        storage.create_job(_children(1)[0])
+        storage.suspend_job(lease, [], [], [], None, None, T0, topic="go")
+        assert not _finish_child(storage, "job-1.1", "c1")
+        job = storage.get_job("job-1")
+        assert job is not None and job.state is JobState.SUSPENDED
+        assert storage.expired_jobs(T0 + timedelta(days=365), 10) == [], \
+            "a job waiting only for a message has no deadline: the send wakes it"
 
     def test_messages_to_missing_or_finished_jobs_are_refused(self, storage: Storage) -> None:
         assert storage.send_message("nope", "go", "1", None, T0, T0 + LEASE) is \

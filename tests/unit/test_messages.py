@@ -3,6 +3,7 @@ real workers in tests/integration/test_suspend.py."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -93,3 +94,31 @@ def test_receive_checks_its_arguments(menv: Env) -> None:
         receive("x")
     with pytest.raises(ValueError, match="topic"):
         menv.durable.send("a", "", 1)
+
+
+def test_a_message_taken_by_a_receive_that_a_job_retry_dropped_is_received_again() -> None:
+    env = make_env(call_retries=0, job_retries=1, job_backoff=1)
+    state = {"fail": True}
+
+    @env.app.task(name="u.flaky", shared=False)
+    def flaky() -> str:
+        raise ValueError("always")
+
+    @env.durable.task(name="u.r", shared=False)
+    def r() -> Any:
+        with contextlib.suppress(Exception):
+            call(flaky)
+        message = receive("go")
+        if state["fail"]:
+            state["fail"] = False
+            raise ConnectionError("after the receive")  # job retry from the failed call
+        return message
+
+    env.app.tasks["u.r"].apply_async(task_id="r1")
+    env.durable.send("r1", "go", "hello")
+    from celery.exceptions import Retry
+
+    with pytest.raises(Retry):
+        env.deliver("u.r", "r1")
+    env.clock.advance(1)
+    assert env.deliver("u.r", "r1") == "hello"  # the same message, taken again

@@ -51,6 +51,18 @@ def test_a_running_job_gets_cancelled_at_its_next_call_and_may_compensate() -> N
     assert (view.state, view.result) == ("cancelled", ["a", "b", "undo-b"])
 
 
+def test_a_job_cancelled_mid_run_and_retried_runs_on_from_where_it_was_cancelled(
+        ) -> None:
+    env = make_env(job_retries=3)
+    _register(env, catch=True)
+    assert env.deliver("u.flow", "j1") == ["a", "b", "undo-b"]
+    env.durable.retry("j1")  # the cancel is no longer wanted
+    env.effects.clear()
+    assert env.deliver("u.flow", "j1")[:2] == ["a", "b"]  # replayed, not run
+    assert env.effects[0] == "c"  # the call where it was cancelled runs now
+    assert env.durable.get_job("j1").state == "succeeded"
+
+
 def test_an_uncaught_cancel_ends_the_job_without_retries() -> None:
     env = make_env(job_retries=3)
     _register(env, catch=False)

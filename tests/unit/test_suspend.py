@@ -365,3 +365,34 @@ def test_a_dispatched_call_refuses_options_it_cannot_honour(senv: Env) -> None:
         senv.deliver("u.bad_options", "bo")
     assert senv.storage.get_jobs(["bo.1"]) == []
     assert senv.storage.load_history("bo") == []
+
+
+def test_a_cancel_caught_deep_inside_then_a_sleep_still_ends_the_job_cancelled() -> None:
+    env = make_env(call_retries=0, job_retries=0)
+    _register(env)
+    step = env.app.tasks["u.step"]
+
+    @env.durable.task(name="u.inner_cancel", shared=False)
+    def inner_cancel() -> str:
+        from celery_durable import Cancelled, current_job_id
+
+        env.durable.cancel(current_job_id() or "")
+        env.durable.lease_keeper.check_cancels()
+        try:
+            call(step, 1)
+        except Cancelled:
+            return "undone"
+        return "done"
+
+    @env.durable.task(name="u.outer_cancel", shared=False)
+    def outer_cancel() -> str:
+        result = str(call(inner_cancel))  # in-process: its marker is inside it
+        sleep(5)
+        return result
+
+    with pytest.raises(Ignore):
+        env.deliver("u.outer_cancel", "oc")
+    env.clock.advance(5)
+    assert env.deliver("u.outer_cancel", "oc") == "undone"
+    job = env.storage.get_job("oc")
+    assert job is not None and job.state is JobState.CANCELLED
