@@ -47,7 +47,8 @@ from .retry import (
     check_retries,
     final_reason,
 )
-from .store.base import CallRecord, CallState
+from .store.base import CallRecord, CallState, call_id
+from .values import pseudo_call
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -119,12 +120,9 @@ def check_may_run(execution: Execution, seq: int, previous: CallRecord | None) -
     if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
     if watch.cancelled.is_set() and not watch.cancel_raised:
-        at = execution.durable.now()
-        _record(execution, CallRecord(
-            job_id=execution.job_id, seq=seq, root_id=execution.root_id,
-            name=CANCELLED_MARKER, args_digest="", state=CallState.SUCCEEDED,
-            attempts=previous.attempts + 1 if previous is not None else 1,
-            result="null", error=None, started_at=at, finished_at=at))
+        _record(execution, pseudo_call(
+            execution, seq, CANCELLED_MARKER, "", "null",
+            attempts=previous.attempts + 1 if previous is not None else 1))
         watch.cancel_raised = True
         raise Cancelled(execution.root_id)
 
@@ -253,7 +251,7 @@ def call_retryable(exc: BaseException) -> bool:
 
 def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
             kwargs: dict[str, Any]) -> Any:
-    call_token = enter_call(f"{execution.job_id}:{seq}")
+    call_token = enter_call(call_id(execution.job_id, seq))
     # The called task runs in a child scope: call()s it makes itself get checkpoints of
     # their own ("<job>.<seq>"), so they never shift the caller's positions on replay.
     scope = activate(execution.child(seq, task))

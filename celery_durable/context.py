@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .determinism import Determinism, check_determinism
+from .errors import OutsideDurableTaskError
 from .leases import Watch
 from .observe import JobInfo, Outcome
 from .retry import RetryPolicy, call_policy
@@ -70,6 +71,16 @@ _call_id: ContextVar[str | None] = ContextVar("celery_durable_call_id", default=
 
 def current_execution() -> Execution | None:
     return _current.get()
+
+
+def require_execution(what: str) -> Execution:
+    """The running execution, for an API that only works inside a durable task's body."""
+    execution = _current.get()
+    if execution is None:
+        raise OutsideDurableTaskError(
+            f"{what} can only be used inside the body of a durable task executed by a "
+            f"worker")
+    return execution
 
 
 def current_job_id() -> str | None:

@@ -15,20 +15,21 @@ transaction that creates the child, so a replayed parent never dispatches it twi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery.canvas import Signature
 
 from . import serialization
-from .context import Execution, current_execution
+from .context import Execution, require_execution
 from .determinism import Determinism, EndOfHistory, recorded_for
 from .errors import (
     CallError,
     ConfigurationError,
-    OutsideDurableTaskError,
     interrupt_on_storage_error,
 )
+from .history import dispatched_child
 from .store.base import CallRecord, CallState, JobRecord, JobState, NewJob
 from .suspension import Suspend
 from .wakeup import PARENT_HEADER
@@ -46,6 +47,14 @@ _CHILD_OPTIONS = (*ROUTING_OPTIONS, "priority", "expires", "time_limit", "soft_t
 _IGNORED_OPTIONS = ("headers", "task_id", "subtask_type", "immutable")
 
 
+def shown_name(task_name: str, args: Sequence[Any]) -> str:
+    """What hooks, metrics and spans call a job: a dispatched call's child job goes by
+    the task it runs (its first argument), as Celery's logs do (``shadow``)."""
+    if task_name == DISPATCH_TASK and args and isinstance(args[0], str):
+        return args[0]
+    return task_name
+
+
 def is_dispatched(target: object) -> bool:
     """A signature with a queue, routing key or exchange set runs as a child job."""
     return isinstance(target, Signature) and any(
@@ -61,7 +70,7 @@ def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]
     it takes its place in the list, otherwise the first one (in order) is raised once
     every call has finished.
     """
-    execution = _execution("gather()")
+    execution = require_execution("gather()")
     for spec in specs:
         if not isinstance(spec, Signature):
             raise TypeError(f"gather() takes signatures (task.s(...)), "
@@ -115,7 +124,7 @@ def resume_dispatched(execution: Execution, seq: int, recorded: CallRecord) -> A
     """A position recorded as dispatched, reached by code that now calls in-process (it
     changed while the job was in flight): the child that was sent stands for the call."""
     slot = _Slot(seq=seq, record=recorded,
-                 child_id=serialization.loads(recorded.result)["child"])
+                 child_id=dispatched_child(recorded))
     return _outcomes(execution, [slot], return_exceptions=False)[0]
 
 
@@ -151,8 +160,7 @@ def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
         serialization.digest(args, kwargs)
     recorded = recorded_for(execution, seq, name, digest)
     if recorded is not None and recorded.state is CallState.DISPATCHED:
-        child_id = serialization.loads(recorded.result)["child"]
-        return _Slot(seq=seq, record=recorded, child_id=child_id)
+        return _Slot(seq=seq, record=recorded, child_id=dispatched_child(recorded))
     if recorded is not None and recorded.state is not CallState.RETRYING:
         from .calls import replay_recorded
 
@@ -200,16 +208,17 @@ def _assign_children(execution: Execution, new: list[_Slot]) -> None:
     the child it sent before, unless that child failed: the same side effect is never
     started twice. A different or failed child gets a fresh id ``<base>-<n>``."""
     storage = execution.durable.storage
+    with interrupt_on_storage_error(execution.root_id):  # one query unless ids are taken
+        taken = {j.id: j for j in storage.get_jobs([s.child_id or "" for s in new])}
     for slot in new:
         assert slot.child is not None and slot.record is not None and slot.child_id
-        base, n = slot.child_id, 1
-        with interrupt_on_storage_error(execution.root_id):
-            earlier = {j.id: j for j in storage.get_jobs([base])}
-            while slot.child_id in earlier:
-                n += 1
-                slot.child_id = f"{base}-{n}"
-                earlier.update((j.id, j) for j in storage.get_jobs([slot.child_id]))
-        last = earlier.get(base if n == 2 else f"{base}-{n - 1}")
+        base, n, last = slot.child_id, 1, None
+        while slot.child_id in taken:
+            last = taken[slot.child_id]
+            n += 1
+            slot.child_id = f"{base}-{n}"
+            with interrupt_on_storage_error(execution.root_id):
+                taken.update((j.id, j) for j in storage.get_jobs([slot.child_id]))
         if last is not None and last.args == slot.child.args and \
                 last.parent_id == execution.root_id and last.state not in _FAILED:
             slot.child_id, slot.child = last.id, None
@@ -294,12 +303,3 @@ def register_dispatch_task(app: Celery) -> None:
 
     app.task(name=DISPATCH_TASK, base=DurableTask, bind=True, retries=0,
              on_exhausted="fail", shared=False)(run_dispatched)
-
-
-def _execution(what: str) -> Execution:
-    execution = current_execution()
-    if execution is None:
-        raise OutsideDurableTaskError(
-            f"{what} can only be used inside the body of a durable task executed by a "
-            f"worker")
-    return execution

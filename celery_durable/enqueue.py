@@ -26,10 +26,15 @@ def due_header(at: datetime) -> dict[str, str]:
     return {DUE_HEADER: at.isoformat()}
 
 
+def header(request: Any, name: str) -> str | None:
+    """A custom header of the delivered message (Celery exposes them as attributes)."""
+    value = getattr(request, name, None) or (getattr(request, "headers", None) or {}).get(name)
+    return value if isinstance(value, str) else None
+
+
 def due_from_request(request: Any) -> datetime | None:
     """When the delivered job became due: its ETA, else the ``durable_due`` header."""
-    value = getattr(request, "eta", None) or getattr(request, DUE_HEADER, None) or (
-        getattr(request, "headers", None) or {}).get(DUE_HEADER)
+    value = getattr(request, "eta", None) or header(request, DUE_HEADER)
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if not isinstance(value, str):

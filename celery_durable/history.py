@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from . import serialization
 from .store.base import CallKey, CallRecord, CallState
 
 Position = tuple[int, ...]
@@ -17,6 +18,16 @@ def position(root_id: str, scope: str, seq: int) -> Position:
     Sorting positions gives program order: a call starts before the calls it makes."""
     inner = scope[len(root_id):].lstrip(".")
     return (*(int(part) for part in inner.split(".") if part), seq)
+
+
+def dispatched_child(record: CallRecord) -> str:
+    """The child job a dispatched call's checkpoint stands for."""
+    return str(serialization.loads(record.result)["child"])
+
+
+def waited_children(history: Iterable[CallRecord]) -> list[str]:
+    """The child jobs of dispatched calls whose outcome the job has not taken in."""
+    return [dispatched_child(c) for c in history if c.state is CallState.DISPATCHED]
 
 
 def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> list[CallKey]:

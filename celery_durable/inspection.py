@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from . import serialization
-from .history import position
-from .store.base import CallRecord, CallState, JobError, JobRecord, JobState
+from .history import position, waited_children
+from .store.base import CallRecord, JobError, JobRecord, JobState
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,7 @@ def job_view(job: JobRecord, calls: list[CallRecord],
     ) for c in ordered)
     return JobView(**_summary_fields(job), calls=views, errors=tuple(
         ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
-        for e in errors or ()), waiting_for=[
-        c.result["child"] for c in views if c.state == CallState.DISPATCHED.value])
+        for e in errors or ()), waiting_for=waited_children(calls))
 
 
 def export_history(durable: Any, job_id: str) -> dict[str, Any]:

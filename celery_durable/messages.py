@@ -16,16 +16,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
-from .context import current_execution
+from .context import require_execution
 from .determinism import EndOfHistory, recorded_for
 from .errors import (
     JobNotFound,
     JobStateError,
-    LeaseLost,
-    OutsideDurableTaskError,
     interrupt_on_storage_error,
 )
-from .store.base import CallRecord, CallState, SendOutcome
+from .store.base import SendOutcome
 from .suspension import Suspend
 
 if TYPE_CHECKING:
@@ -44,12 +42,8 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
             seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0):
         raise ValueError(f"receive() takes a timeout in seconds >= 0 or a timedelta, "
                          f"not {timeout!r}")
-    execution = current_execution()
-    if execution is None:
-        raise OutsideDurableTaskError(
-            "receive() can only be used inside the body of a durable task executed by a "
-            "worker")
-    from .values import recorded_value
+    execution = require_execution("receive()")
+    from .values import pseudo_call, recorded_value, write_pseudo_call
 
     durable = execution.durable
     # recorded: the deadline is the same on every replay
@@ -62,22 +56,15 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
         return serialization.loads(recorded.result)
     if execution.replay_only:
         raise EndOfHistory(seq, RECEIVE)
-    if execution.watch.lost.is_set():
-        raise LeaseLost(execution.lease.job_id)
-    at = durable.now()
-    record = CallRecord(
-        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=RECEIVE,
-        args_digest=digest, state=CallState.SUCCEEDED, attempts=1, result="null",
-        error=None, started_at=at, finished_at=at)
-    storage = durable.storage
-    with interrupt_on_storage_error(execution.root_id):
-        payload = storage.take_message(execution.lease, topic, record)
-        if payload is not None:
-            return serialization.loads(payload)
-        deadline = None if seconds is None else started + timedelta(seconds=seconds)
-        if deadline is not None and at >= deadline:
-            storage.record_call(record, execution.lease)  # timed out: None, recorded
-            return None
+    record = pseudo_call(execution, seq, RECEIVE, digest, "null")
+    with interrupt_on_storage_error(execution.root_id):  # fenced: a lost lease raises
+        payload = durable.storage.take_message(execution.lease, topic, record)
+    if payload is not None:
+        return serialization.loads(payload)
+    deadline = None if seconds is None else started + timedelta(seconds=seconds)
+    if deadline is not None and record.finished_at >= deadline:
+        write_pseudo_call(execution, record)  # timed out: None, recorded
+        return None
     raise Suspend(wake_at=deadline, topic=topic)
 
 

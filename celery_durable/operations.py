@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from . import serialization
 from .errors import JobNotFound, JobStateError
+from .history import waited_children
 from .inspection import JobSummary, job_summary
 from .recovery import requeue
-from .store.base import CallState, CancelOutcome, JobFilter, JobState
+from .store.base import CancelOutcome, JobFilter, JobState
 
 if TYPE_CHECKING:
     from .app import Durable
@@ -75,15 +76,9 @@ def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutc
             logger.warning("job %s cancelled; revoking its message failed", job_id,
                            exc_info=True)
     if outcome is not CancelOutcome.FINISHED:
-        for child_id in waited_children(durable, job_id):
+        for child_id in waited_children(durable.storage.load_history(job_id)):
             cancel(durable, child_id, revoke=revoke)
     return outcome
-
-
-def waited_children(durable: Durable, job_id: str) -> list[str]:
-    """The child jobs of the job's dispatched calls whose outcome it has not taken in."""
-    return [serialization.loads(c.result)["child"] for c in durable.storage.load_history(job_id)
-            if c.state is CallState.DISPATCHED]
 
 
 def apply_retention(durable: Durable, *, dry_run: bool = False) -> dict[str, int]:

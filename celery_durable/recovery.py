@@ -138,12 +138,18 @@ def requeue(durable: Durable, job_id: str, from_states: Sequence[JobState], *,
         return False
     job = storage.get_job(job_id)
     if job is not None:
-        try:
-            publish(durable, job)
-        except Exception:  # pending with a deadline: the sweeper publishes it
-            logger.exception("job %s requeued but not published; the recovery sweeper "
-                             "will publish it", job_id)
+        publish_or_leave(durable, job, "requeued")
     return True
+
+
+def publish_or_leave(durable: Durable, job: JobRecord, what: str) -> None:
+    """Publish a job whose row was just written; on a broker error leave it to the
+    sweeper (the row has a deadline)."""
+    try:
+        publish(durable, job)
+    except Exception:
+        logger.exception("job %s %s but not published; the recovery sweeper will publish "
+                         "it", job.id, what)
 
 
 def publish(durable: Durable, job: JobRecord) -> None:

@@ -23,7 +23,7 @@ from .errors import CallError, CallRetryPending, interrupt_on_storage_error
 from .history import discard_from_first_failure
 from .retry import NoRetry, final_reason, job_policy
 from .store.base import JobState
-from .wakeup import resume_parent, wake_of
+from .wakeup import finish
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -85,12 +85,9 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
                            policy.retry.retries, delay)
             raise _celery_retry(durable, task, request, reason, delay, not_before) from exc
         dead = policy.on_exhausted == "dead_letter"
-        wake = wake_of(durable, request)
-        woken = storage.finish_job(lease, JobState.DEAD if dead else JobState.FAILED, None,
-                                   encode_error(reason, no_retry=not job_retryable(exc)),
-                                   durable.now(), wake)
+        finish(durable, request, lease, JobState.DEAD if dead else JobState.FAILED, None,
+               encode_error(reason, no_retry=not job_retryable(exc)))
         execution.ended("dead" if dead else "failed", reason)
-    resume_parent(durable, wake, woken)
     if dead:
         logger.error("job %s (%s) moved to the dead-letter queue: %s: %s", lease.job_id,
                      task.name, type(reason).__name__, reason)

@@ -25,8 +25,8 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import serialization
 from .calls import encode_error
 from .context import Execution, activate, deactivate, task_determinism
-from .dispatch import DISPATCH_TASK
-from .enqueue import due_from_request
+from .dispatch import shown_name
+from .enqueue import due_from_request, header
 from .errors import (
     CallRetryPending,
     Cancelled,
@@ -41,7 +41,7 @@ from .retry import call_policy
 from .retrying import fail_or_retry, publish_again, retry_call
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
 from .suspension import Suspend, suspend
-from .wakeup import header, resume_parent, wake_of
+from .wakeup import finish
 
 if TYPE_CHECKING:
     from celery import Task
@@ -78,7 +78,7 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     observers = durable.observers
     if observers.active:
         execution.info = JobInfo(
-            id=job_id, task=_shown_name(task.name, args), args=tuple(args),
+            id=job_id, task=shown_name(task.name, args), args=tuple(args),
             kwargs=dict(kwargs),
             queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
             started_at=durable.now(), trace_parent=_trace_parent(request),
@@ -101,14 +101,6 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
             outcome = execution.outcome or Outcome("interrupted", 0.0)
             observers.job_ended(execution.info, dataclasses.replace(
                 outcome, duration=time.monotonic() - started))
-
-
-def _shown_name(name: str, args: tuple[Any, ...]) -> str:
-    """What hooks, metrics and spans call the job: a dispatched call's child job goes by
-    the task it runs (its first argument), as Celery's logs do (``shadow``)."""
-    if name == DISPATCH_TASK and args and isinstance(args[0], str):
-        return args[0]
-    return name
 
 
 def _trace_parent(request: Any) -> str | None:
@@ -162,7 +154,7 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
         result = task.run(*args, **kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
         if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
-            _finish(durable, request, lease, JobState.CANCELLED, encoded,
+            finish(durable, request, lease, JobState.CANCELLED, encoded,
                     encode_error(Cancelled(execution.root_id)))
             execution.ended("cancelled")
             return result
@@ -176,11 +168,11 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
             release(durable, lease, JobState.PENDING, durable.deliver_by(None))
             execution.ended("pending", exc)
         else:
-            _finish(durable, request, lease, JobState.FAILED, None, encode_error(exc))
+            finish(durable, request, lease, JobState.FAILED, None, encode_error(exc))
             execution.ended("failed", exc)
         raise
     except Ignore as exc:  # also what self.replace() raises once the replacement is sent
-        _finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
+        finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
         execution.ended("cancelled", exc)
         raise
     except Suspend as waiting:
@@ -194,11 +186,11 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
     except Exception as exc:
         watch = execution.watch
         if watch.cancel_raised or watch.cancelled.is_set() or isinstance(exc, Cancelled):
-            _finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
+            finish(durable, request, lease, JobState.CANCELLED, None, encode_error(exc))
             execution.ended("cancelled", exc)
             raise
         fail_or_retry(durable, task, request, execution, exc)
-    _finish(durable, request, lease, JobState.SUCCEEDED, encoded, None)
+    finish(durable, request, lease, JobState.SUCCEEDED, encoded, None)
     execution.ended("succeeded")
     return result
 
@@ -212,7 +204,7 @@ def _stop_if_cancelled(durable: Durable, request: Any, execution: Execution,
 
 def _end_cancelled(durable: Durable, request: Any, execution: Execution,
                    error: BaseException | None) -> NoReturn:
-    _finish(durable, request, execution.lease, JobState.CANCELLED, None,
+    finish(durable, request, execution.lease, JobState.CANCELLED, None,
             encode_error(Cancelled(execution.root_id)))
     execution.ended("cancelled", error)
     raise Cancelled(execution.root_id) from error
@@ -221,14 +213,6 @@ def _end_cancelled(durable: Durable, request: Any, execution: Execution,
 def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetime) -> None:
     with interrupt_on_storage_error(lease.job_id):
         durable.storage.release_job(lease, state, deliver_by, durable.now())
-
-
-def _finish(durable: Durable, request: Any, lease: Lease, state: JobState,
-            result: str | None, error: str | None) -> None:
-    wake = wake_of(durable, request)
-    with interrupt_on_storage_error(lease.job_id):
-        woken = durable.storage.finish_job(lease, state, result, error, durable.now(), wake)
-    resume_parent(durable, wake, woken)
 
 
 # Message options that recovery sends again, so a republished job keeps its place in a

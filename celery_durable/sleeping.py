@@ -16,9 +16,8 @@ from datetime import datetime, timedelta
 from . import serialization
 from .context import current_execution
 from .determinism import recorded_for
-from .errors import LeaseLost, interrupt_on_storage_error
-from .store.base import CallRecord, CallState
 from .suspension import Suspend
+from .values import pseudo_call, write_pseudo_call
 
 SLEEP = "celery_durable.sleep"
 
@@ -63,16 +62,10 @@ def _wait(until_from: Callable[[datetime], datetime], args: tuple[object, ...]) 
         if until > now and not execution.replay_only:
             raise Suspend(wake_at=until)  # woken early (a duplicate message): wait on
         return
-    if execution.watch.lost.is_set():
-        raise LeaseLost(execution.lease.job_id)
     until = until_from(now)
-    record = CallRecord(
-        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=SLEEP,
-        args_digest=digest, state=CallState.SUCCEEDED, attempts=1,
-        result=serialization.dumps({"until": until.isoformat()}, what="a sleep"),
-        error=None, started_at=now, finished_at=now)
+    record = pseudo_call(execution, seq, SLEEP, digest, serialization.dumps(
+        {"until": until.isoformat()}, what="a sleep"))
     if until <= now:  # nothing to wait for; the position is still taken
-        with interrupt_on_storage_error(execution.root_id):
-            execution.durable.storage.record_call(record, execution.lease)
+        write_pseudo_call(execution, record)
         return
-    raise Suspend(calls=(record,), wake_at=until)
+    raise Suspend(calls=(record,), wake_at=until)  # written by the (fenced) suspend

@@ -67,6 +67,8 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
             execution: Execution, waiting: Suspend) -> None:
     """Release the job in state suspended and raise Ignore; returns (having written
     nothing) only if a cancel arrived that the body has not taken in."""
+    from .dispatch import shown_name
+    from .recovery import publish_or_leave
     from .retrying import deliver_by_for_wait, publish_again
 
     now = durable.now()
@@ -90,9 +92,10 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
     runnable = outcome is SuspendOutcome.RUNNABLE
     execution.ended("pending" if runnable else "suspended")
     for child in waiting.children:
-        publish_job(durable, child)
-        if durable.observers.active:  # the task it runs, as it will be labelled there
-            durable.observers.job_enqueued(serialization.loads(child.args)[0], child.queue)
+        publish_or_leave(durable, child.as_record(), "dispatched")
+        if durable.observers.active:  # labelled by the task it runs, as it will be there
+            durable.observers.job_enqueued(
+                shown_name(child.task, serialization.loads(child.args)), child.queue)
     if runnable:  # what it waited for finished meanwhile: run again now
         publish_again(task, request, headers={
             **(getattr(request, "headers", None) or {}), **due_header(now)})
@@ -100,14 +103,3 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         publish_again(task, request, eta=waiting.wake_at)
     logger.info("job %s (%s) suspended: %s", execution.root_id, task.name, waiting)
     raise Ignore()
-
-
-def publish_job(durable: Durable, job: NewJob) -> None:
-    """Send a job just created from its row; a broker error is left to the sweeper."""
-    from .recovery import publish
-
-    try:
-        publish(durable, job.as_record())
-    except Exception:
-        logger.exception("job %s: could not publish it; the recovery sweeper will when "
-                         "its deadline passes", job.id)

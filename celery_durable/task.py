@@ -82,15 +82,16 @@ class DurableTask(Task):  # type: ignore[type-arg]
                 release(durable, execution.lease, JobState.RETRYING, durable.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
-        headers = {**(options.get("headers") or {}), **due_header(durable.now())}
+        now = durable.now()
+        headers = {**(options.get("headers") or {}), **due_header(now)}
         if durable.observers.middleware:
             # e.g. the trace context, stored with the row for every resend
             headers.update(durable.observers.message_headers())
         options["headers"] = headers
-        due = due_time(options.pop("delay", None), options.pop("at", None), now=durable.now())
+        due = due_time(options.pop("delay", None), options.pop("at", None), now=now)
         unique = check_unique(options.pop("unique", None))
         eta = due or _eta(options.get("eta"), options.get("countdown"))
-        held = due is not None and (due - durable.now()).total_seconds() > \
+        held = due is not None and (due - now).total_seconds() > \
             durable.settings.max_countdown
         job = new_job(durable, self.name, task_id, args, kwargs,
                       queue=options.get("queue") if isinstance(options.get("queue"), str)

@@ -12,13 +12,16 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import serialization
 from .context import current_execution
 from .determinism import EndOfHistory, recorded_for
 from .errors import LeaseLost, interrupt_on_storage_error
 from .store.base import CallRecord, CallState
+
+if TYPE_CHECKING:
+    from .context import Execution
 
 PREFIX = "celery_durable."
 
@@ -93,13 +96,24 @@ def recorded_value(kind: str, args: tuple[Any, ...], produce: Callable[[], Any])
 
 
 def _record(execution: Any, seq: int, name: str, args: tuple[Any, ...], value: Any) -> None:
+    write_pseudo_call(execution, pseudo_call(
+        execution, seq, name, serialization.digest(args, {}),
+        serialization.dumps(value, what=name)))
+
+
+def pseudo_call(execution: Execution, seq: int, name: str, digest: str, result: str, *,
+                attempts: int = 1) -> CallRecord:
+    """The checkpoint of a pseudo-call (a recorded value, a sleep, a received message,
+    where Cancelled was raised): it succeeded at once, now."""
+    at = execution.durable.now()
+    return CallRecord(job_id=execution.job_id, seq=seq, root_id=execution.root_id,
+                      name=name, args_digest=digest, state=CallState.SUCCEEDED,
+                      attempts=attempts, result=result, error=None, started_at=at,
+                      finished_at=at)
+
+
+def write_pseudo_call(execution: Execution, record: CallRecord) -> None:
     if execution.watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
-    at = execution.durable.now()
-    record = CallRecord(
-        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
-        args_digest=serialization.digest(args, {}), state=CallState.SUCCEEDED, attempts=1,
-        result=serialization.dumps(value, what=name), error=None, started_at=at,
-        finished_at=at)
     with interrupt_on_storage_error(execution.root_id):
         execution.durable.storage.record_call(record, execution.lease)

@@ -13,13 +13,26 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .store.base import Wake
+from .enqueue import header
+from .errors import interrupt_on_storage_error
+from .store.base import JobState, Lease, Wake
 
 if TYPE_CHECKING:
     from .app import Durable
 
 logger = logging.getLogger(__name__)
 PARENT_HEADER = "durable_parent"
+
+
+def finish(durable: Durable, request: Any, lease: Lease, state: JobState,
+           result: str | None, error: str | None) -> None:
+    """Record the job's final outcome; for a dispatched child, wake its parent in the
+    same transaction and publish it."""
+    wake = wake_of(durable, request)
+    with interrupt_on_storage_error(lease.job_id):
+        woken = durable.storage.finish_job(lease, state, result, error, durable.now(), wake)
+    if wake is not None and woken:
+        publish_woken(durable, wake.parent_id)
 
 
 def wake_of(durable: Durable, request: Any) -> Wake | None:
@@ -30,27 +43,16 @@ def wake_of(durable: Durable, request: Any) -> Wake | None:
     return Wake(parent, durable.now() + timedelta(seconds=durable.settings.lease_seconds))
 
 
-def resume_parent(durable: Durable, wake: Wake | None, woken: bool) -> None:
-    """Publish a parent the finishing child made runnable (its deadline covers a crash
-    before this)."""
-    if wake is not None and woken:
-        publish_woken(durable, wake.parent_id)
-
-
 def publish_woken(durable: Durable, job_id: str) -> None:
-    """Publish a job just made pending from its row; a broker error is left to the
-    sweeper (the row's deadline is near)."""
-    from .recovery import publish
+    """Publish a job just made pending (the row's near deadline covers a crash before
+    this, or a broker error)."""
+    from .recovery import publish_or_leave
 
-    try:
+    try:  # the job's outcome is committed already: nothing here may fail it
         job = durable.storage.get_job(job_id)
-        if job is not None:
-            publish(durable, job)
     except Exception:
-        logger.exception("job %s: woken but not published; the recovery sweeper will",
-                         job_id)
-
-
-def header(request: Any, name: str) -> str | None:
-    value = getattr(request, name, None) or (getattr(request, "headers", None) or {}).get(name)
-    return value if isinstance(value, str) else None
+        logger.exception("job %s woken but not read back; the recovery sweeper will "
+                         "publish it", job_id)
+        return
+    if job is not None:
+        publish_or_leave(durable, job, "woken")

@@ -55,6 +55,12 @@ CallKey = tuple[str, int]
 """(scope job id, seq): where a call sits in a root job's history."""
 
 
+def call_id(scope: str, seq: int) -> str:
+    """``"<scope>:<seq>"``: a call's id, the same on every run of it (``current_call_id``,
+    and which receive took a message)."""
+    return f"{scope}:{seq}"
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What enqueueing knows about a job before any worker has seen it."""

@@ -26,6 +26,7 @@ from .base import (
     SendOutcome,
     SuspendOutcome,
     Wake,
+    call_id,
 )
 from .memory_schedules import ScheduleMemory
 
@@ -119,7 +120,7 @@ class MemoryStorage(ScheduleMemory):
         for key in [k for k in self._calls if k[0] == root_id
                     and (keys is None or k[1:] in keys)]:
             del self._calls[key]
-        dropped = None if keys is None else {f"{scope}:{seq}" for scope, seq in keys}
+        dropped = None if keys is None else {call_id(*key) for key in keys}
         for message in self._messages:
             if message["job_id"] == root_id and message["taken_by"] is not None and (
                     dropped is None or message["taken_by"] in dropped):
@@ -238,7 +239,7 @@ class MemoryStorage(ScheduleMemory):
                 return None
             self._put_call(replace(call, result=message["payload"]), lease)
             message["taken_at"] = call.finished_at
-            message["taken_by"] = f"{call.job_id}:{call.seq}"
+            message["taken_by"] = call_id(call.job_id, call.seq)
             return str(message["payload"])
 
     def settle_calls(self, lease: Lease, calls: Sequence[CallRecord]) -> None:

@@ -52,6 +52,7 @@ from .base import (
     SendOutcome,
     SuspendOutcome,
     Wake,
+    call_id,
 )
 from .schema import apply_migrations, build_tables, pending_migrations
 from .sql_schedules import ScheduleSQL
@@ -238,7 +239,7 @@ class SQLStorage(ScheduleSQL):
                     children: Sequence[NewJob], waiting_for: Sequence[str],
                     wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
                     cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
-        params = _fence(lease, p_deliver_by=deliver_by, p_wake_at=wake_at)
+        params = _fence(lease)
         with self._transaction() as conn:
             stmt = self._sql.suspend_cancel_taken if cancel_taken else self._sql.suspend
             if conn.execute(stmt, params).rowcount != 1:
@@ -262,7 +263,7 @@ class SQLStorage(ScheduleSQL):
             waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
             # Runnable now: no wake-up time, and due for the sweeper at once should the
             # caller's publish fail.
-            conn.execute(self._sql.set_awaiting, {
+            conn.execute(self._sql.suspend_state, {
                 "p_id": lease.job_id, "p_awaiting": awaiting, "p_topic": topic,
                 "p_state": (JobState.SUSPENDED if waiting else JobState.PENDING).value,
                 "p_wake_at": wake_at if waiting else None,
@@ -294,7 +295,7 @@ class SQLStorage(ScheduleSQL):
             if found is None:
                 return None
             conn.execute(self._sql.take_message, {**params, "p_message": found.id,
-                                                  "p_by": f"{call.job_id}:{call.seq}"})
+                                                  "p_by": call_id(call.job_id, call.seq)})
             taken = dataclasses.replace(call, result=found.payload)
             self._write_call(conn, taken, lease, _call_params(taken, lease))
             return str(found.payload)
@@ -473,7 +474,7 @@ class SQLStorage(ScheduleSQL):
         conn.execute(self._sql.discard_call, [
             {"p_root_id": root_id, "p_job_id": scope, "p_seq": seq} for scope, seq in keys])
         conn.execute(self._sql.untake_message, [
-            {"p_root_id": root_id, "p_by": f"{scope}:{seq}"} for scope, seq in keys])
+            {"p_root_id": root_id, "p_by": call_id(*key)} for key in keys])
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors

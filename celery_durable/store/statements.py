@@ -67,7 +67,7 @@ class Statements:
     suspend: Update
     suspend_cancel_taken: Update
     count_unfinished: Select  # type: ignore[type-arg]
-    set_awaiting: Update
+    suspend_state: Update
     wake_decrement: Update
     wake: Update
     settle_call: Update
@@ -121,8 +121,6 @@ def build_statements(tables: Tables) -> Statements:
     errors, messages = tables.job_errors, tables.messages
     untaken = (messages.c.job_id == bindparam("p_id"), messages.c.topic == bindparam("p_topic"),
                messages.c.taken_at.is_(None))
-    suspend_values = {"state": JobState.SUSPENDED.value, "lease_owner": None,
-                      "lease_expires_at": deliver_by, "not_before": _time("p_wake_at")}
     return Statements(
         insert_job=jobs.insert(),
         unique_holder=select(jobs.c.id).where(jobs.c.unique_key == bindparam("p_key")),
@@ -200,13 +198,13 @@ def build_statements(tables: Tables) -> Statements:
             jobs.c.id.in_(bindparam("p_ids", expanding=True)),
             jobs.c.cancel_requested_at.is_not(None)),
         suspend=jobs.update().where(*fenced, jobs.c.cancel_requested_at.is_(None)).values(
-            **suspend_values),
+            lease_owner=None),
         suspend_cancel_taken=jobs.update().where(*fenced).values(
-            **suspend_values, cancel_requested_at=None),
+            lease_owner=None, cancel_requested_at=None),
         count_unfinished=select(func.count()).select_from(jobs).where(
             jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state.in_(_ACTIVE)),
         # Runs after `suspend` locked the row: no owner fence needed.
-        set_awaiting=jobs.update().where(by_id).values(
+        suspend_state=jobs.update().where(by_id).values(
             awaiting=bindparam("p_awaiting", type_=Integer()),
             state=bindparam("p_state"), waiting_topic=bindparam("p_topic"),
             not_before=_time("p_wake_at"), lease_expires_at=deliver_by),
