@@ -321,7 +321,7 @@ class RecordCallProbe:
             self.record()
         self.statement, self.params = rec.statements[0], dict(rec.params[0])
         self.seq_key = next(k for k, v in self.params.items() if v == self.seq)
-        self.conn = psycopg.connect(psycopg_dsn(storage.url), autocommit=True)
+        self.conn = psycopg.connect(psycopg_dsn(storage._url), autocommit=True)
         for _ in range(200):  # warm-up (psycopg prepares the statement after 5 runs)
             self.raw()
 

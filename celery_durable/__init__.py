@@ -15,10 +15,12 @@ from .errors import (
     LeaseLost,
     NonDeterministicError,
     OutsideDurableTaskError,
+    ScheduleNotFound,
     SerializationError,
     StorageInterrupted,
     StorageUnavailable,
     UnknownTaskError,
+    ValidationError,
 )
 from .inspection import CallView, ExecutionError, JobSummary, JobView
 from .logging_middleware import LoggingMiddleware
@@ -73,11 +75,13 @@ __all__ = [
     "PrometheusMetrics",
     "RetryAfter",
     "SQLStorage",
+    "ScheduleNotFound",
     "SerializationError",
     "Storage",
     "StorageInterrupted",
     "StorageUnavailable",
     "UnknownTaskError",
+    "ValidationError",
     "call",
     "cron",
     "current_call_id",

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery, signals
+from sqlalchemy.engine import make_url
 
 from . import dead_letters, operations
 from .determinism import Determinism, check_determinism
@@ -20,7 +21,15 @@ from .enqueue import enqueue
 from .errors import ConfigurationError, JobNotFound
 from .events import Event, read_events
 from .events import follow as events_follow
-from .inspection import JobSummary, JobView, export_history, job_view
+from .identifiers import check_job_id, check_job_ids, check_optional_name
+from .inspection import (
+    JobSummary,
+    JobView,
+    WorkerView,
+    export_history,
+    job_view,
+    worker_view,
+)
 from .leases import LeaseKeeper
 from .messages import send as send_message
 from .observe import CallInfo, JobInfo, Observers
@@ -28,7 +37,7 @@ from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
 from .schedules import Schedule
 from .scheduling import Schedules, _definition
-from .settings import Settings
+from .settings import Settings, database_url_configured
 from .store.base import CancelOutcome, Storage
 from .store.sql import SQLStorage
 from .task import DurableTask
@@ -64,6 +73,8 @@ class Durable:
             _instances[app] = self
         self.app = app
         self.settings = Settings.from_conf(app.conf, **settings)
+        self._names_a_database = storage is not None or database_url_configured(
+            app.conf, settings)
         self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
         """Retries and backoff of call()s whose task and call site set none."""
         self.determinism = check_determinism(self.settings.determinism, "durable_determinism")
@@ -180,7 +191,7 @@ class Durable:
 
     def export_history(self, job_id: str) -> dict[str, Any]:
         """A job's recorded history as JSON-able data, for ``testing.replay`` in CI."""
-        return export_history(self, job_id)
+        return export_history(self, check_job_id(job_id))
 
     def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
         """Register a schedule in code: ``durable.schedule("cleanup", cleanup,
@@ -207,7 +218,7 @@ class Durable:
 
         Raises JobNotFound for an id no job has.
         """
-        job = self.storage.get_job(job_id)
+        job = self.storage.get_job(check_job_id(job_id))
         if job is None:
             raise JobNotFound(job_id)
         return job_view(job, self.storage.load_history(job_id),
@@ -221,6 +232,8 @@ class Durable:
              until: datetime | None = None, limit: int = 100,
              offset: int = 0) -> list[JobSummary]:
         """Jobs, newest first; ``since``/``until`` bound when they were enqueued."""
+        task = check_optional_name(task, "task")
+        queue = check_optional_name(queue, "queue")
         return operations.list_jobs(self, states=states, task=task, queue=queue,
                                     since=since, until=until, limit=limit, offset=offset)
 
@@ -228,7 +241,7 @@ class Durable:
         """Run a failed, dead or cancelled job again under the same id.
 
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
-        operations.retry(self, job_id, from_scratch=from_scratch)
+        operations.retry(self, check_job_id(job_id), from_scratch=from_scratch)
 
     def send(self, job_id: str, topic: str, payload: Any, *,
              key: str | None = None) -> bool:
@@ -237,11 +250,18 @@ class Durable:
         Wakes the job if it waits for this topic. ``key``: an idempotency key, so a
         sender that retries sends once (returns False for a repeat). Raises JobNotFound,
         or JobStateError for a job that has finished."""
-        return send_message(self, job_id, topic, payload, key=key)
+        return send_message(self, check_job_id(job_id), topic, payload, key=key)
 
     def cancel(self, job_id: str, *, revoke: bool = False) -> CancelOutcome:
         """Cancel a job for good (see the README); raises JobNotFound."""
-        return operations.cancel(self, job_id, revoke=revoke)
+        return operations.cancel(self, check_job_id(job_id), revoke=revoke)
+
+    def workers(self) -> list[WorkerView]:
+        """The `celery worker`s that wrote a heartbeat in the last day, by name; each
+        one's recovery sweeper writes it once per ``durable_sweep_interval``."""
+        now = self.now()
+        return [worker_view(w, now, self.settings.sweep_interval)
+                for w in self.storage.list_workers()]
 
     def recover(self, *, dry_run: bool = False) -> list[str]:
         """Run one recovery sweep now; returns the ids republished or ended."""
@@ -257,25 +277,29 @@ class Durable:
                      until: datetime | None = None, limit: int = 100,
                      offset: int = 0) -> list[JobSummary]:
         """Dead letters, newest first; ``since``/``until`` bound when they died."""
-        return dead_letters.list_dead(self, task=task, since=since, until=until,
+        return dead_letters.list_dead(self, task=check_optional_name(task, "task"),
+                                      since=since, until=until,
                                       limit=limit, offset=offset)
 
     def dead_letter(self, job_id: str) -> JobView:
         """One dead letter with every failed execution and its call timeline.
 
         Raises JobNotFound if no dead letter has this id."""
-        return dead_letters.show_dead(self, job_id)
+        return dead_letters.show_dead(self, check_job_id(job_id))
 
     def requeue(self, job_ids: str | Iterable[str], *, from_scratch: bool = False) -> list[str]:
         """Run dead letters again (same job id); returns the ids requeued.
 
         Completed calls before the first failure replay unless ``from_scratch``."""
-        return dead_letters.requeue(self, job_ids, from_scratch=from_scratch)
+        ids = check_job_ids([job_ids] if isinstance(job_ids, str) else job_ids)
+        return dead_letters.requeue(self, ids, from_scratch=from_scratch)
 
     def purge_dead_letters(self, job_ids: Iterable[str] | None = None, *,
                            task: str | None = None, before: datetime | None = None) -> int:
         """Delete dead letters for good; returns how many were deleted."""
-        return dead_letters.purge(self, job_ids, task=task, before=before)
+        return dead_letters.purge(
+            self, None if job_ids is None else check_job_ids(job_ids),
+            task=check_optional_name(task, "task"), before=before)
 
 
 _signals_connected = False
@@ -297,8 +321,9 @@ def _start_recovery(sender: Any = None, **_: Any) -> None:
     durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
     if durable is None:
         return
+    _warn_if_the_store_is_a_local_file(durable)
     if durable.settings.recovery:
-        durable.sweeper.start()
+        durable.sweeper.start(getattr(sender, "hostname", None), _consumed_queues(durable))
     if durable.settings.metrics_port:
         from .metrics import start_exporter
 
@@ -307,6 +332,33 @@ def _start_recovery(sender: Any = None, **_: Any) -> None:
         except OSError:
             logger.exception("durable: cannot serve metrics on port %d",
                              durable.settings.metrics_port)
+
+
+# Brokers that live on this machine anyway: a SQLite store beside them is the embedded
+# default working as meant.
+_LOCAL_BROKERS = frozenset({"", "memory", "filesystem", "sqla+sqlite", "sqlite"})
+
+
+def _warn_if_the_store_is_a_local_file(durable: Durable) -> None:
+    """A worker of a networked broker whose app names no database: every worker (and
+    every working directory) gets a SQLite file of its own, which is never what was
+    meant (the usual cause: settings under a namespace that were not read)."""
+    scheme = str(durable.app.conf.broker_url or "").split("://", 1)[0].lower()
+    if durable._names_a_database or scheme in _LOCAL_BROKERS:
+        return
+    path = os.path.abspath(make_url(durable.settings.database_url).database or "")
+    logger.warning(
+        "durable_database_url is not set: this worker keeps its durable jobs in the SQLite "
+        "file %s, which workers on other hosts or in other directories do not share. Set "
+        "app.conf.durable_database_url (CELERY_DURABLE_DATABASE_URL with Django's CELERY "
+        "namespace).", path)
+
+
+def _consumed_queues(durable: Durable) -> list[str]:
+    try:
+        return sorted(durable.app.amqp.queues.consume_from or durable.app.amqp.queues)
+    except Exception:  # informational only
+        return []
 
 
 def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:

@@ -34,12 +34,22 @@ class DatabaseScheduler(Scheduler):
         from .beat_import import import_beat_schedule
 
         import_beat_schedule(self.durable, self.app.conf.beat_schedule or {})
+        self._synced = False
+        try:
+            self._sync()
+        except StorageUnavailable as exc:  # beat keeps running: the next tick tries again
+            logger.error("durable beat: cannot sync the schedules yet: %s", exc)
+
+    def _sync(self) -> None:
         changes = self.durable.schedules.sync()
+        self._synced = True
         logger.info("durable beat: schedules synced: %s",
                     {k: v for k, v in changes.items() if v} or "no changes")
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
+            if not getattr(self, "_synced", True):
+                self._sync()
             self.durable.schedules.tick()
             upcoming = self.durable.schedules.next_due()
         except StorageUnavailable as exc:

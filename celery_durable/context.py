@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .determinism import Determinism, check_determinism
-from .errors import OutsideDurableTaskError
+from .errors import ConfigurationError, OutsideDurableTaskError
+from .identifiers import ID_COLUMN, fits_id
 from .leases import Watch
 from .observe import JobInfo, Outcome
 from .retry import RetryPolicy, call_policy
@@ -54,7 +55,7 @@ class Execution:
     def child(self, seq: int, task: object) -> Execution:
         return Execution(
             durable=self.durable, task_name=str(getattr(task, "name", task)),
-            job_id=f"{self.job_id}.{seq}", root_id=self.root_id, lease=self.lease,
+            job_id=derived_id(self.job_id, seq), root_id=self.root_id, lease=self.lease,
             history=self.history, watch=self.watch,
             call_policy=call_policy(task, self.call_policy),
             determinism=task_determinism(task, self.determinism),
@@ -63,6 +64,17 @@ class Execution:
 
     def ended(self, state: str, error: BaseException | None = None, **details: Any) -> None:
         self.outcome = Outcome(state=state, duration=0.0, error=error, **details)
+
+
+def derived_id(scope: str, seq: int) -> str:
+    """``"<scope>.<seq>"``: the id of an in-process child scope or a dispatched child."""
+    derived = f"{scope}.{seq}"
+    if not fits_id(derived):
+        raise ConfigurationError(
+            f"calls nested too deeply under {scope[:40]!r}...: the id {derived[:40]!r}... "
+            f"of call #{seq} would be longer than {ID_COLUMN} characters. Use shorter job "
+            f"ids, or fewer levels of durable tasks calling durable tasks.")
+    return derived
 
 
 _current: ContextVar[Execution | None] = ContextVar("celery_durable_execution", default=None)

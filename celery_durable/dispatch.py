@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from celery.canvas import Signature
 
 from . import serialization
-from .context import Execution, require_execution
+from .context import Execution, derived_id, require_execution
 from .determinism import Determinism, EndOfHistory, recorded_for
 from .errors import (
     CallError,
@@ -173,7 +173,7 @@ def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
     check_may_run(execution, seq, recorded)
     durable = execution.durable
     now = durable.now()
-    child_id = f"{execution.job_id}.{seq}"
+    child_id = derived_id(execution.job_id, seq)
     # A position an in-process attempt left in state retrying (the code changed to
     # dispatch it meanwhile) is taken over by the dispatch: its row is updated.
     attempts = recorded.attempts + 1 if recorded is not None else 1

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from .errors import ConfigurationError
+from .identifiers import check_key
 from .retry import seconds
 
 if TYPE_CHECKING:
@@ -80,11 +81,7 @@ def due_time(delay: Any = None, at: Any = None, *, now: datetime | None = None
 
 
 def check_unique(key: Any) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > 191:
-        raise ConfigurationError(f"unique= must be a key of 1-191 characters, got {key!r}")
-    return key
+    return None if key is None else check_key(key, "unique= key")
 
 
 def enqueue(durable: Durable, task: Any, args: tuple[Any, ...],

@@ -2,9 +2,11 @@
 
     DurableError                      root of everything below
     ├── ConfigurationError            a setting or task option is wrong
+    ├── ValidationError               an id, name, key or time is not valid (a ValueError)
     ├── StorageUnavailable            the durable database cannot be reached
     ├── SerializationError            a value cannot be stored as JSON
     ├── JobNotFound                   no job with that id (also a LookupError)
+    ├── ScheduleNotFound              no schedule with that name (also a LookupError)
     ├── JobStateError                 the job is not in a state that allows this
     ├── UnknownTaskError              call("name") for a task that is not registered
     ├── OutsideDurableTaskError       call() used outside a durable task body
@@ -33,11 +35,21 @@ if TYPE_CHECKING:
 
 
 class DurableError(Exception):
-    """Base class of every celery-durable error."""
+    """Base class of every celery-durable error.
+
+    Errors that carry fields keep them in ``args`` (and format their message in
+    ``__str__``), so Celery's result backends rebuild them with ``cls(*args)``: a
+    ``.get()`` in the calling process raises the same type with the same fields.
+    """
 
 
 class ConfigurationError(DurableError):
     """A setting or a task option is invalid."""
+
+
+class ValidationError(DurableError, ValueError):
+    """An argument is not valid: an id, name or key that is too long or holds a NUL
+    byte, an unparsable time. Raised before anything is read or written."""
 
 
 class StorageUnavailable(DurableError):
@@ -52,17 +64,35 @@ class JobNotFound(DurableError, LookupError):
     """No durable job has this id."""
 
     def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
         self.job_id = job_id
-        super().__init__(f"durable job {job_id!r} not found")
+
+    def __str__(self) -> str:
+        return f"durable job {self.job_id!r} not found"
+
+
+class ScheduleNotFound(DurableError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.name!r}"
 
 
 class JobStateError(DurableError):
     """The operation does not apply to the job in its current state."""
 
     def __init__(self, job_id: str, state: str, why: str) -> None:
+        super().__init__(job_id, state, why)
         self.job_id = job_id
         self.state = state
-        super().__init__(f"durable job {job_id!r} is {state}: {why}")
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"durable job {self.job_id!r} is {self.state}: {self.why}"
 
 
 class UnknownTaskError(DurableError, LookupError):
@@ -79,9 +109,10 @@ class CallError(DurableError):
     what it was."""
 
     def __init__(
-        self, *, job_id: str, seq: int, name: str, error_type: str, error_message: str,
+        self, job_id: str, seq: int, name: str, error_type: str, error_message: str,
         attempts: int = 1, no_retry: bool = False,
     ) -> None:
+        super().__init__(job_id, seq, name, error_type, error_message, attempts, no_retry)
         self.job_id = job_id
         self.seq = seq
         self.name = name
@@ -90,23 +121,11 @@ class CallError(DurableError):
         self.attempts = attempts
         self.no_retry = no_retry
         """The call raised NoRetry: the job is not retried either."""
-        tried = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(
-            f"call #{seq} {name!r} of job {job_id} failed{tried}: "
-            f"{error_type}: {error_message}"
-        )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_call_error, (self.job_id, self.seq, self.name, self.error_type,
-                                      self.error_message, self.attempts, self.no_retry))
-
-
-def _rebuild_call_error(
-    job_id: str, seq: int, name: str, error_type: str, error_message: str,
-    attempts: int = 1, no_retry: bool = False,
-) -> CallError:
-    return CallError(job_id=job_id, seq=seq, name=name, error_type=error_type,
-                     error_message=error_message, attempts=attempts, no_retry=no_retry)
+    def __str__(self) -> str:
+        tried = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        return (f"call #{self.seq} {self.name!r} of job {self.job_id} failed{tried}: "
+                f"{self.error_type}: {self.error_message}")
 
 
 class Cancelled(DurableError):
@@ -115,19 +134,21 @@ class Cancelled(DurableError):
     job ends cancelled whatever the body does next, and is never retried or resumed."""
 
     def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
         self.job_id = job_id
-        super().__init__(f"durable job {job_id} was cancelled")
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (Cancelled, (self.job_id,))
+    def __str__(self) -> str:
+        return f"durable job {self.job_id} was cancelled"
 
 
 class NonDeterministicError(DurableError):
     """Replay asked for a different call than the one recorded at the same position."""
 
-    def __init__(self, *, job_id: str, task: str, seq: int, expected: str, recorded: str,
+    def __init__(self, job_id: str, task: str, seq: int, expected: str, recorded: str,
                  expected_digest: str | None = None, recorded_digest: str | None = None,
                  mode: str = "explicit") -> None:
+        super().__init__(job_id, task, seq, expected, recorded, expected_digest,
+                         recorded_digest, mode)
         self.job_id = job_id
         self.task = task
         self.seq = seq
@@ -136,54 +157,48 @@ class NonDeterministicError(DurableError):
         self.expected_digest = expected_digest
         self.recorded_digest = recorded_digest
         self.mode = mode
-        asked, held = repr(expected), repr(recorded)
-        if expected_digest is not None and expected == recorded:
-            asked += f" with arguments {expected_digest[:12]}"
-            held += f" with arguments {(recorded_digest or '')[:12]}"
-        super().__init__(
-            f"job {job_id} ({task}) is not deterministic ({mode} mode): at call #{seq} the "
-            f"code now asks for {asked} but the history holds {held}. The task's code "
-            f"changed while this job was in flight, or the body branches on something "
-            f"that is not a call() result. To resolve: keep the old path for in-flight "
-            f"jobs with `if patched(\"<change id>\"):`, or run the task with "
+
+    def __str__(self) -> str:
+        asked, held = repr(self.expected), repr(self.recorded)
+        if self.expected_digest is not None and self.expected == self.recorded:
+            asked += f" with arguments {self.expected_digest[:12]}"
+            held += f" with arguments {(self.recorded_digest or '')[:12]}"
+        return (
+            f"job {self.job_id} ({self.task}) is not deterministic ({self.mode} mode): at "
+            f"call #{self.seq} the code now asks for {asked} but the history holds {held}. "
+            f"The task's code changed while this job was in flight, or the body branches on "
+            f"something that is not a call() result. To resolve: keep the old path for "
+            f"in-flight jobs with `if patched(\"<change id>\"):`, or run the task with "
             f"determinism=\"best_effort\", or retry the job from scratch "
-            f"(`celery durable jobs retry {job_id} --from-scratch`)."
+            f"(`celery durable jobs retry {self.job_id} --from-scratch`)."
         )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_nondeterministic, (
-            self.job_id, self.task, self.seq, self.expected, self.recorded,
-            self.expected_digest, self.recorded_digest, self.mode))
-
-
-def _rebuild_nondeterministic(
-    job_id: str, task: str, seq: int, expected: str, recorded: str,
-    expected_digest: str | None = None, recorded_digest: str | None = None,
-    mode: str = "explicit",
-) -> NonDeterministicError:
-    return NonDeterministicError(job_id=job_id, task=task, seq=seq, expected=expected,
-                                 recorded=recorded, expected_digest=expected_digest,
-                                 recorded_digest=recorded_digest, mode=mode)
 
 
 class LeaseLost(BaseException):
     """Another execution took over this job; this one must stop without writing."""
 
     def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
         self.job_id = job_id
-        super().__init__(f"lease on durable job {job_id} was lost to another execution")
+
+    def __str__(self) -> str:
+        return f"lease on durable job {self.job_id} was lost to another execution"
 
 
 class StorageInterrupted(BaseException):
     """The store failed while a job was running (e.g. the database restarted).
 
-    Treated like a crash, not a failure: the job keeps its row and is resumed by
-    recovery once its lease expires, replaying what was checkpointed.
+    Treated like a crash, not a failure: the job keeps its row and replays what was
+    checkpointed, as soon as the database answers again.
     """
 
-    def __init__(self, job_id: str, cause: BaseException) -> None:
+    def __init__(self, job_id: str, cause: BaseException | str) -> None:
+        super().__init__(job_id, str(cause))  # plain args: it crosses process boundaries
         self.job_id = job_id
-        super().__init__(f"durable job {job_id} interrupted by a storage error: {cause}")
+        self.cause = str(cause)
+
+    def __str__(self) -> str:
+        return f"durable job {self.job_id} interrupted by a storage error: {self.cause}"
 
 
 class CallRetryPending(BaseException):
@@ -193,10 +208,14 @@ class CallRetryPending(BaseException):
     """
 
     def __init__(self, record: CallRecord, delay: float, error: BaseException) -> None:
+        super().__init__(record, delay, error)
         self.record = record
         self.delay = delay
         self.error = error
-        super().__init__(f"call retry in {delay:g}s after {type(error).__name__}: {error}")
+
+    def __str__(self) -> str:
+        return (f"call retry in {self.delay:g}s after {type(self.error).__name__}: "
+                f"{self.error}")
 
 
 @contextmanager

@@ -15,6 +15,9 @@ NTP-synchronised), so one job's events arrive in the order they happened.
     JobDeadLettered   the job went to the dead letters              (jobs.finished_at)
     JobCancelled      the job was cancelled                         (jobs.finished_at)
 
+JobFailed, JobDeadLettered and JobCancelled carry ``detail = {"error": type, "message":
+..., "no_retry": bool}``; JobRetried carries the attempt and its error type and message.
+
 Events reflect the rows as they are when read: a reader that is not following live
 sees a call that was retried and then succeeded as its final checkpoint only, and a
 job's first start only.
@@ -29,6 +32,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
+from .errors import ValidationError
 from .store.base import CallState, JobState
 
 if TYPE_CHECKING:
@@ -93,9 +97,24 @@ def _parse(since: str | datetime | None) -> tuple[datetime, str, str, str]:
     if since is None:
         return (_EPOCH, "", "", "")
     if isinstance(since, datetime):
-        return (since.astimezone(timezone.utc), "", "", "")
+        return (_utc(since), "", "", "")
+    if not isinstance(since, str):
+        raise ValidationError(f"since= takes an event's cursor, an ISO time or a datetime, "
+                              f"got {since!r}")
     at, job_id, kind, key = [*since.split("|"), "", "", ""][:4]
-    return (datetime.fromisoformat(at), job_id, kind, key)
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        raise ValidationError(
+            f"since= {since[:60]!r} is neither an event's cursor nor an ISO time such as "
+            f"2026-12-01T09:00:00+00:00") from None
+    return (_utc(when), job_id, kind, key)
+
+
+def _utc(when: datetime) -> datetime:
+    """Times without a zone are UTC, like every time the tables hold."""
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else \
+        when.astimezone(timezone.utc)
 
 
 def _events(row: dict[str, Any]) -> list[Event]:
@@ -105,7 +124,8 @@ def _events(row: dict[str, Any]) -> list[Event]:
     if kind == "finished":
         if row["state"] not in _FINISHED:
             return []
-        return [Event(_FINISHED[row["state"]], row["finished_at"], row["id"], row["task"])]
+        return [Event(_FINISHED[row["state"]], row["finished_at"], row["id"], row["task"],
+                      _error_detail(row.get("error")))]
     if kind == "call":
         position = row["position"]
         kind = {CallState.RETRYING.value: "CallRetried",
@@ -117,4 +137,14 @@ def _events(row: dict[str, Any]) -> list[Event]:
                        "attempt": row["attempts"], "state": row["state"]})]
     error = serialization.loads(row["error"]) or {}
     return [Event("JobRetried", row["failed_at"], row["job_id"], None,
-                  {"attempt": row["execution"], "error": error.get("type")})]
+                  {"attempt": row["execution"], "error": error.get("type"),
+                   "message": error.get("message", "")})]
+
+
+def _error_detail(text: str | None) -> dict[str, Any] | None:
+    """What a failed, dead-lettered or cancelled job's event says about its error."""
+    error = serialization.loads(text) if text else None
+    if not isinstance(error, dict):
+        return None
+    return {"error": error.get("type"), "message": error.get("message", ""),
+            "no_retry": bool(error.get("no_retry"))}

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import serialization
 from .history import position, waited_children
-from .store.base import CallRecord, JobError, JobRecord, JobState
+from .store.base import CallRecord, JobError, JobRecord, JobState, WorkerRecord
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,31 @@ class JobView(JobSummary):
         elif self.state == "succeeded":
             lines.append(f"  result: {self.result!r}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A `celery worker` as its heartbeat row shows it."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    started_at: datetime
+    last_seen_at: datetime
+    sweeps: int
+    """Recovery sweeps since it started: one per ``durable_sweep_interval``."""
+    alive: bool
+    """Seen within three sweep intervals."""
+
+
+def worker_view(worker: WorkerRecord, now: datetime, sweep_interval: float) -> WorkerView:
+    return WorkerView(
+        name=worker.name, hostname=worker.hostname, pid=worker.pid,
+        queues=list(serialization.loads(worker.queues) or []),
+        started_at=worker.started_at, last_seen_at=worker.last_seen_at,
+        sweeps=worker.sweeps,
+        alive=(now - worker.last_seen_at).total_seconds() <= 3 * sweep_interval)
 
 
 def job_summary(job: JobRecord) -> JobSummary:

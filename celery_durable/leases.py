@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from .errors import StorageUnavailable
 from .store.base import Lease, Storage
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class LeaseKeeper:
             try:
                 if not self._storage().renew_lease(lease, self._clock() + self._lease):
                     watch.lost.set()
+            except StorageUnavailable as exc:  # an outage: one line, not a traceback
+                logger.warning("could not renew the lease on job %s: %s", lease.job_id, exc)
             except Exception:  # the next renewal tries again; fenced writes stay safe
                 logger.warning("could not renew the lease on job %s", lease.job_id,
                                exc_info=True)
@@ -96,5 +99,7 @@ class LeaseKeeper:
         try:
             for job_id in self._storage().cancel_requested(list(watching)):
                 watching[job_id].cancelled.set()
+        except StorageUnavailable as exc:
+            logger.warning("could not check for cancel requests: %s", exc)
         except Exception:
             logger.warning("could not check for cancel requests", exc_info=True)

@@ -23,6 +23,7 @@ from .errors import (
     JobStateError,
     interrupt_on_storage_error,
 )
+from .identifiers import check_key, check_name
 from .store.base import SendOutcome
 from .suspension import Suspend
 
@@ -73,6 +74,8 @@ def send(durable: Durable, job_id: str, topic: str, payload: Any, *,
     """Store a message for the job and wake it if it waits on ``topic``. False if a
     message with this ``key`` was sent to the job before (nothing sent again)."""
     _check_topic(topic)
+    if key is not None:
+        check_key(key, "a message key")
     encoded = serialization.dumps(payload, what=f"the message on {topic!r}")
     now = durable.now()
     outcome = durable.storage.send_message(
@@ -92,6 +95,4 @@ def send(durable: Durable, job_id: str, topic: str, payload: Any, *,
 
 
 def _check_topic(topic: object) -> None:
-    if not isinstance(topic, str) or not topic or len(topic) > 255:
-        raise ValueError(f"a message topic is a non-empty string of at most 255 "
-                         f"characters, not {topic!r}")
+    check_name(topic, "a message topic")

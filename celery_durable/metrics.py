@@ -27,34 +27,40 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 
 
 class PrometheusMetrics(Middleware):
-    def __init__(self, registry: Any = None, namespace: str = "durable") -> None:
+    """``namespace`` prefixes every name (``durable_jobs_enqueued_total``); None or ""
+    gives the bare names of the original design (``jobs_enqueued_total``,
+    ``jobs_completed_total``, ``jobs_failed_total``, ``jobs_duration_seconds``,
+    ``jobs_in_progress``; ``jobs_queue_depth`` from ``QueueDepthCollector``)."""
+
+    def __init__(self, registry: Any = None, namespace: str | None = "durable") -> None:
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         reg = REGISTRY if registry is None else registry
-        job, ns = ["task", "queue"], namespace
-        self.enqueued = Counter(f"{ns}_jobs_enqueued", "Jobs enqueued.", job, registry=reg)
-        self.completed = Counter(f"{ns}_jobs_completed", "Jobs that succeeded.", job,
-                                 registry=reg)
-        self.failed = Counter(f"{ns}_jobs_failed", "Jobs that failed for good.",
-                              [*job, "exception"], registry=reg)
-        self.retried = Counter(f"{ns}_jobs_retried", "Retries scheduled (call or job).",
-                               [*job, "layer"], registry=reg)
-        self.dead = Counter(f"{ns}_jobs_dead_lettered", "Jobs moved to the dead letters.",
-                            job, registry=reg)
-        self.duration = Histogram(f"{ns}_jobs_duration_seconds",
+        job, ns = ["task", "queue"], namespace or ""
+        self.enqueued = Counter("jobs_enqueued", "Jobs enqueued.", job, namespace=ns,
+                                registry=reg)
+        self.completed = Counter("jobs_completed", "Jobs that succeeded.", job,
+                                 namespace=ns, registry=reg)
+        self.failed = Counter("jobs_failed", "Jobs that failed for good.",
+                              [*job, "exception"], namespace=ns, registry=reg)
+        self.retried = Counter("jobs_retried", "Retries scheduled (call or job).",
+                               [*job, "layer"], namespace=ns, registry=reg)
+        self.dead = Counter("jobs_dead_lettered", "Jobs moved to the dead letters.",
+                            job, namespace=ns, registry=reg)
+        self.duration = Histogram("jobs_duration_seconds",
                                   "Duration of executions that ended the job.", job,
-                                  buckets=BUCKETS, registry=reg)
+                                  buckets=BUCKETS, namespace=ns, registry=reg)
         self.queue_wait = Histogram(
-            f"{ns}_jobs_queue_wait_seconds",
+            "jobs_queue_wait_seconds",
             "From when a delivery's job was due to when it started (delays excluded).",
-            job, buckets=BUCKETS, registry=reg)
-        self.in_progress = Gauge(f"{ns}_jobs_in_progress", "Executions running now.", job,
-                                 multiprocess_mode="livesum", registry=reg)
-        self.calls = Counter(f"{ns}_calls", "Calls that ran (replays excluded).",
-                             ["task", "call", "outcome"], registry=reg)
-        self.call_duration = Histogram(f"{ns}_call_duration_seconds",
+            job, buckets=BUCKETS, namespace=ns, registry=reg)
+        self.in_progress = Gauge("jobs_in_progress", "Executions running now.", job,
+                                 multiprocess_mode="livesum", namespace=ns, registry=reg)
+        self.calls = Counter("calls", "Calls that ran (replays excluded).",
+                             ["task", "call", "outcome"], namespace=ns, registry=reg)
+        self.call_duration = Histogram("call_duration_seconds",
                                        "Duration of calls that ran.", ["task", "call"],
-                                       buckets=BUCKETS, registry=reg)
+                                       buckets=BUCKETS, namespace=ns, registry=reg)
 
     def on_enqueue(self, task: str, queue: str | None) -> None:
         self.enqueued.labels(task, queue or "").inc()
@@ -95,9 +101,9 @@ class QueueDepthCollector:
     """``durable_jobs_queue_depth{queue, state}`` from the jobs table at scrape time:
     right whatever the broker (pending, retrying and running jobs per queue)."""
 
-    def __init__(self, durable: Durable, namespace: str = "durable") -> None:
+    def __init__(self, durable: Durable, namespace: str | None = "durable") -> None:
         self.durable = durable
-        self.name = f"{namespace}_jobs_queue_depth"
+        self.name = f"{namespace}_jobs_queue_depth" if namespace else "jobs_queue_depth"
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

@@ -9,23 +9,30 @@ compare-and-set on the job row, so exactly one of them wins.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import serialization
 from .enqueue import due_header
+from .errors import StorageUnavailable
 from .history import discard_from_first_failure
 from .retry import job_policy
-from .store.base import JobRecord, JobState
+from .store.base import JobRecord, JobState, WorkerRecord
 
 if TYPE_CHECKING:
     from .app import Durable
 
 logger = logging.getLogger(__name__)
 BATCH = 100
+WORKER_MEMORY = timedelta(days=1)
+"""Workers not seen for this long are forgotten (their rows deleted by retention)."""
 
 
 class RecoverySweeper:
@@ -33,6 +40,7 @@ class RecoverySweeper:
         self.durable = durable
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._worker: WorkerRecord | None = None
 
     def sweep_once(self, *, dry_run: bool = False) -> list[str]:
         """Republish (or end) every expired job; returns the ids it acted on.
@@ -91,12 +99,27 @@ class RecoverySweeper:
         """True in a worker's main process (where the sweeper runs)."""
         return self._thread is not None
 
-    def start(self) -> None:
+    def start(self, worker_name: str | None = None, queues: Sequence[str] = ()) -> None:
+        """Sweep every ``durable_sweep_interval`` in a daemon thread; with a worker name,
+        each pass also writes the worker's heartbeat row."""
         if self._thread is not None:
             return
+        if worker_name:
+            now = self.durable.now()
+            self._worker = WorkerRecord(
+                name=worker_name, hostname=socket.gethostname(), pid=os.getpid(),
+                queues=serialization.dumps(sorted(queues), what="queue names"),
+                started_at=now, last_seen_at=now, sweeps=0)
         self._thread = threading.Thread(target=self._run, name="celery-durable-recovery",
                                         daemon=True)
         self._thread.start()
+
+    def _heartbeat(self) -> None:
+        if self._worker is None:
+            return
+        self._worker = dataclasses.replace(self._worker, last_seen_at=self.durable.now(),
+                                           sweeps=self._worker.sweeps + 1)
+        self.durable.storage.record_heartbeat(self._worker)
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,6 +132,10 @@ class RecoverySweeper:
         while True:
             try:
                 self.sweep_once()
+                self._heartbeat()
+            except StorageUnavailable as exc:  # an outage: one line, not a traceback
+                logger.error("recovery sweep failed: %s; trying again in %ss", exc,
+                             settings.sweep_interval)
             except Exception:
                 logger.exception("recovery sweep failed; trying again in %ss",
                                  settings.sweep_interval)
@@ -118,6 +145,7 @@ class RecoverySweeper:
                     deleted = apply_retention(self.durable)
                     if any(deleted.values()):
                         logger.info("retention deleted finished jobs: %s", deleted)
+                    self.durable.storage.delete_workers(self.durable.now() - WORKER_MEMORY)
                 except Exception:
                     logger.exception("retention failed; trying again in %ss",
                                      settings.retention_interval)

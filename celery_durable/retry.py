@@ -125,11 +125,15 @@ class RetryAfter(Exception):
     def __init__(self, delay: Seconds, error: BaseException | str | None = None) -> None:
         self.delay = seconds(delay, "RetryAfter delay")
         self.error = error
-        message = error if isinstance(error, str) else (
+        self.message = error if isinstance(error, str) else (
             f"{type(error).__name__}: {error}" if error is not None else "retry requested")
-        super().__init__(f"{message} (retry after {self.delay:g}s)")
+        # (delay, message) as args: a result backend rebuilds it with cls(*args)
+        super().__init__(self.delay, None if error is None else self.message)
         if isinstance(error, BaseException):
             self.__cause__ = error
+
+    def __str__(self) -> str:
+        return f"{self.message} (retry after {self.delay:g}s)"
 
     @property
     def reason(self) -> BaseException:

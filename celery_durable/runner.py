@@ -33,10 +33,13 @@ from .errors import (
     LeaseLost,
     SerializationError,
     StorageInterrupted,
+    ValidationError,
     interrupt_on_storage_error,
 )
 from .history import CANCELLED_MARKER
+from .identifiers import ID_COLUMN, check_text
 from .observe import JobInfo, Outcome
+from .outage import patiently
 from .retry import call_policy
 from .retrying import fail_or_retry, publish_again, retry_call
 from .store.base import ClaimOutcome, JobState, Lease, NewJob
@@ -59,48 +62,88 @@ def new_owner() -> str:
 
 def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    job_id: str = request.id
-    claimed = _claim(durable, task, request, args, kwargs)
+    job_id: str = _checked_id(request)
+    claimed = patiently(lambda: _claim(durable, task, request, args, kwargs),
+                        patience=durable.settings.storage_wait, job_id=job_id,
+                        doing="claim the job")
     if isinstance(claimed, _Stored):
         return claimed.result
     lease, attempts = claimed
-    # A first execution has no history; stores that return the attempt count with the
-    # claim save the query.
-    history = {} if attempts == 1 else {
-        (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
     watch = durable.lease_keeper.hold(lease)
-    if any(c.name == CANCELLED_MARKER for c in history.values()):
-        watch.cancel_raised = True  # resumed while compensating a cancel: it still ends so
-    execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
-                          root_id=job_id, lease=lease, history=history, watch=watch,
-                          call_policy=call_policy(task, durable.call_policy),
-                          determinism=task_determinism(task, durable.determinism))
-    observers = durable.observers
-    if observers.active:
-        execution.info = JobInfo(
-            id=job_id, task=shown_name(task.name, args), args=tuple(args),
-            kwargs=dict(kwargs),
-            queue=(request.delivery_info or {}).get("routing_key"), execution=attempts,
-            started_at=durable.now(), trace_parent=_trace_parent(request),
-            due_at=due_from_request(request))
-        observers.job_started(execution.info)
+    execution: Execution | None = None
     started = time.monotonic()
-    token = activate(execution)
     try:
-        return _run_body(durable, task, request, execution, args, kwargs)
+        # A first execution has no history; stores that return the attempt count with
+        # the claim save the query.
+        with interrupt_on_storage_error(job_id):
+            history = {} if attempts == 1 else {
+                (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
+        if any(c.name == CANCELLED_MARKER for c in history.values()):
+            watch.cancel_raised = True  # resumed while compensating a cancel: it still ends so
+        execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
+                              root_id=job_id, lease=lease, history=history, watch=watch,
+                              call_policy=call_policy(task, durable.call_policy),
+                              determinism=task_determinism(task, durable.determinism))
+        if durable.observers.active:
+            execution.info = _job_info(durable, task, request, args, kwargs, attempts)
+            durable.observers.job_started(execution.info)
+        token = activate(execution)
+        try:
+            return _run_body(durable, task, request, execution, args, kwargs)
+        finally:
+            deactivate(token)
     except LeaseLost:
         logger.warning("job %s: lease lost to another execution; stopping here", job_id)
         raise Ignore() from None
     except StorageInterrupted as exc:
-        logger.error("%s; recovery resumes the job when its lease expires", exc)
-        raise Ignore() from None
+        _ride_out(durable, lease, exc)
     finally:
-        deactivate(token)
         durable.lease_keeper.drop(lease)
-        if execution.info is not None:
+        if execution is not None and execution.info is not None:
             outcome = execution.outcome or Outcome("interrupted", 0.0)
-            observers.job_ended(execution.info, dataclasses.replace(
+            durable.observers.job_ended(execution.info, dataclasses.replace(
                 outcome, duration=time.monotonic() - started))
+
+
+def _checked_id(request: Any) -> str:
+    """The delivered message's task id, if a store can hold it (a message sent by another
+    client may carry anything): else the message is rejected, with the reason."""
+    try:
+        return check_text(request.id, "the delivered message's task id", ID_COLUMN)
+    except ValidationError as exc:
+        logger.error("%s; rejecting the message", exc)
+        raise Reject(str(exc), requeue=False) from None
+
+
+def _job_info(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
+              args: tuple[Any, ...], kwargs: dict[str, Any], attempts: int | None) -> JobInfo:
+    return JobInfo(
+        id=request.id, task=shown_name(task.name, args), args=tuple(args),
+        kwargs=dict(kwargs), queue=(request.delivery_info or {}).get("routing_key"),
+        execution=attempts, started_at=durable.now(), trace_parent=_trace_parent(request),
+        due_at=due_from_request(request))
+
+
+def _ride_out(durable: Durable, lease: Lease, exc: StorageInterrupted) -> NoReturn:
+    """The store failed mid-job: wait for it, give the job back and requeue the message,
+    so the job replays within seconds of the database's return instead of after its
+    lease expires. If the database stays away, recovery resumes the job later."""
+    logger.error("%s; waiting for the database to hand the job back", exc)
+
+    def give_back() -> None:
+        durable.storage.release_job(lease, JobState.PENDING, durable.deliver_by(None),
+                                    durable.now())
+
+    try:
+        patiently(give_back, patience=durable.settings.storage_wait, job_id=lease.job_id,
+                  doing="give the job back")
+    except Reject:
+        logger.error("job %s: recovery resumes it when its lease expires", lease.job_id)
+        raise Ignore() from None
+    except LeaseLost:
+        pass  # finished after all (the reply was lost) or resumed elsewhere: the
+        # redelivery finds out which, and reports a finished job to Celery once
+    raise Reject(str(exc), requeue=True) from None
 
 
 def _trace_parent(request: Any) -> str | None:
@@ -140,6 +183,12 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
     if claim.outcome is ClaimOutcome.FINISHED and job is not None:
         logger.info("job %s already %s; not running it again", job_id, job.state.value)
         if job.state is JobState.SUCCEEDED:
+            if job.reported_at is not None and has_canvas(request):
+                # The execution that finished it continued its chain, links or chord
+                # and stored its result: doing it again would run the next steps twice.
+                raise Ignore()
+            # No canvas, or its execution died before Celery continued it: Celery
+            # stores the result (again: the same value) and continues the canvas now.
             return _Stored(serialization.loads(job.result))
     else:
         logger.info("job %s is being run by %s; ignoring this delivery", job_id,
@@ -193,6 +242,13 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
     finish(durable, request, lease, JobState.SUCCEEDED, encoded, None)
     execution.ended("succeeded")
     return result
+
+
+def has_canvas(request: Any) -> bool:
+    """The delivery continues a canvas when it succeeds: a chain, link callbacks, or a
+    chord it is a header task of."""
+    return bool(getattr(request, "callbacks", None) or getattr(request, "chain", None)
+                or getattr(request, "chord", None))
 
 
 def _stop_if_cancelled(durable: Durable, request: Any, execution: Execution,

@@ -5,7 +5,7 @@ Every fire time is an absolute UTC instant computed from the previous *nominal* 
 
 Daylight saving time, the written policy:
 
-* ``every(...)`` is an interval of real time: it ignores wall clocks and DST entirely.
+* ``every(...)`` is an interval of real time: it has no timezone and ignores DST.
 * ``daily``, ``weekly`` and ``cron`` follow the wall clock of their timezone:
   - a local time that DST skips (spring forward) fires at the same offset after the
     gap: a daily 02:30 in New York fires at 03:30 EDT on that day, once;
@@ -77,7 +77,7 @@ class Every(Schedule):
         if not self.seconds > 0:
             raise ConfigurationError(f"every() needs a positive interval, got {self.seconds!r}")
         if self.timezone is not None:
-            zone(self.timezone)
+            every(self.seconds, timezone=self.timezone)  # refused, with the reason
 
     def next_after(self, previous: datetime, tz: str = "UTC") -> datetime:
         return _aware(previous, "previous") + timedelta(seconds=self.seconds)
@@ -137,8 +137,17 @@ class Cron(Schedule):
 
 
 def every(seconds: float | timedelta | None = None, *, minutes: float = 0,
-          hours: float = 0, days: float = 0) -> Every:
-    """``every(30)``, ``every(timedelta(hours=1))``, ``every(hours=1)``."""
+          hours: float = 0, days: float = 0, timezone: str | None = None) -> Every:
+    """``every(30)``, ``every(timedelta(hours=1))``, ``every(hours=1)``.
+
+    An interval of real time: it has no timezone, and DST never stretches or shrinks
+    it. ``timezone=`` is refused (use ``daily``, ``weekly`` or ``cron`` for wall-clock
+    times)."""
+    if timezone is not None:
+        raise ConfigurationError(
+            f"every() is an interval of real time and takes no timezone (got "
+            f"timezone={timezone!r}): DST never changes it. For times on a wall clock use "
+            f"daily(), weekly() or cron() with timezone=...")
     if isinstance(seconds, timedelta):
         total = seconds.total_seconds()
     elif seconds is None or isinstance(seconds, (int, float)):

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 
 from . import serialization
-from .errors import ConfigurationError, JobNotFound
+from .errors import ConfigurationError, ScheduleNotFound
+from .identifiers import check_key, check_name
 from .schedules import Every, Schedule, schedule_from_dict, zone
 from .store.base import ACTIVE_STATES, NewJob
 from .store.schedule_base import ScheduleRecord, ScheduleRun, ScheduleStorage
@@ -59,9 +60,8 @@ class Definition:
     timezone: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str) or len(self.name) > 191:
-            raise ConfigurationError(f"a schedule needs a name of 1-191 characters, "
-                                     f"got {self.name!r}")
+        check_key(self.name, "a schedule name")
+        check_name(self.task, f"schedule {self.name!r}: the task name")
         if not isinstance(self.when, Schedule):
             raise ConfigurationError(
                 f"schedule {self.name!r}: when must be every(), daily(), weekly() or "
@@ -224,8 +224,8 @@ class Schedules:
         return record
 
     def delete(self, name: str) -> None:
-        if not self.store.delete_schedule(name):
-            raise JobNotFound(name)
+        if not self.store.delete_schedule(check_key(name, "a schedule name")):
+            raise ScheduleNotFound(name)
 
     def trigger(self, name: str) -> str:
         """Run the schedule's task now, once, outside its timing; returns the job id."""
@@ -241,9 +241,9 @@ class Schedules:
         return run.job_id or ""
 
     def get(self, name: str) -> ScheduleRecord:
-        record = self.store.get_schedule(name)
+        record = self.store.get_schedule(check_key(name, "a schedule name"))
         if record is None:
-            raise JobNotFound(name)
+            raise ScheduleNotFound(name)
         return record
 
     def all(self) -> list[ScheduleRecord]:
@@ -258,7 +258,7 @@ class Schedules:
 
     def runs(self, name: str, limit: int = 50) -> list[ScheduleRun]:
         """Fired and skipped ticks, newest first, with job ids and lateness."""
-        return self.store.schedule_runs(name, limit)
+        return self.store.schedule_runs(check_key(name, "a schedule name"), limit)
 
     # -- the tick -----------------------------------------------------------------------------
 
@@ -385,9 +385,9 @@ def _grace(when: Schedule) -> float:
 
 def _task_name(task: Any) -> str:
     name = getattr(task, "name", task)
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
         raise ConfigurationError(f"a schedule needs a task or a task name, got {task!r}")
-    return name
+    return check_name(name, "a schedule's task name")
 
 
 def _definition(name: str, task: Any, when: Schedule, options: dict[str, Any]) -> Definition:

@@ -16,8 +16,10 @@ from .retry import (
     check_on_exhausted,
     check_retries,
 )
+from .store.urls import safe_url
 
 DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
+_UNSET = object()
 DAY = 86400.0
 RETENTION: dict[str, float | None] = {
     "succeeded": 7 * DAY, "cancelled": 7 * DAY, "failed": 30 * DAY, "dead": 30 * DAY}
@@ -64,9 +66,17 @@ class Settings:
     """The default determinism mode: "explicit", "strict" or "best_effort"."""
     beat_max_interval: float = 5.0
     """The longest a durable beat sleeps: schedule changes show within this long."""
+    storage_wait: float = 60.0
+    """A delivery that cannot reach the durable database waits this long for it (trying
+    again with backoff) before its message goes back to the broker."""
     max_countdown: float = 60.0
     """Retries due within this many seconds wait as Celery countdown messages; later ones
     are stored in SQL and published by the recovery sweeper when due."""
+
+    def __repr__(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["database_url"] = safe_url(self.database_url)  # never the password
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
     @classmethod
     def from_conf(cls, conf: Any, **overrides: Any) -> Settings:
@@ -75,11 +85,13 @@ class Settings:
             # None is a value only for settings that may be None (shutdown_grace);
             # elsewhere it means "not set".
             nullable = "None" in str(f.type)
-            key = f"durable_{f.name}"
+            # conf.get, not `in`: under a namespace (Django's CELERY_) `key in conf` is
+            # False although conf.get(key) finds CELERY_DURABLE_...
+            configured = conf.get(f"durable_{f.name}", _UNSET)
             if f.name in overrides and (overrides[f.name] is not None or nullable):
                 value = overrides[f.name]
-            elif key in conf and (conf[key] is not None or nullable):
-                value = conf[key]
+            elif configured is not _UNSET and (configured is not None or nullable):
+                value = configured
             else:
                 continue
             values[f.name] = None if value is None else _coerce(f.name, f.type, value)
@@ -111,7 +123,7 @@ class Settings:
                     f"got {keep!r}")
         for name in ("lease_seconds", "sweep_interval", "delivery_timeout",
                      "wait_check_interval", "cancel_check_interval", "retention_interval",
-                     "beat_max_interval"):
+                     "beat_max_interval", "storage_wait"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"durable_{name} must be positive, "
                                          f"got {getattr(self, name)!r}")
@@ -119,6 +131,13 @@ class Settings:
             raise ConfigurationError(
                 f"durable_table_prefix must be letters, digits and underscores, "
                 f"got {self.table_prefix!r}")
+
+
+def database_url_configured(conf: Any, overrides: dict[str, Any]) -> bool:
+    """Whether the app (or the Durable(...) call) names a database: otherwise the store
+    is a SQLite file in each process's working directory."""
+    return overrides.get("database_url") is not None or \
+        conf.get("durable_database_url") is not None
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

@@ -22,6 +22,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .errors import StorageUnavailable
 from .recovery import publish
 from .runner import HOSTNAME
 
@@ -53,8 +54,14 @@ def release_running_jobs(durable: Durable) -> list[str]:
         pid = getattr(request, "worker_pid", None)
         if not isinstance(task, DurableTask) or not pid:
             continue
-        job = durable.storage.release_abandoned(request.id, f"{HOSTNAME}/{pid}/",
-                                                durable.deliver_by(None))
+        try:
+            job = durable.storage.release_abandoned(request.id, f"{HOSTNAME}/{pid}/",
+                                                    durable.deliver_by(None))
+        except StorageUnavailable as exc:  # the worker still exits: recovery resumes the
+            logger.error("job %s could not be released (%s); stopping its process, "  # job
+                         "recovery resumes it when its lease expires", request.id, exc)
+            _stop(pid)
+            continue
         if job is None:
             continue
         logger.warning("job %s still running at the end of the %ss shutdown grace period: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -10,9 +11,12 @@ from celery.utils import uuid
 
 from .context import current_execution, take_inline
 from .enqueue import check_unique, due_header, due_time
+from .identifiers import check_job_id, check_name
 from .retry import Backoff, Seconds, check_task_options
-from .runner import new_job, release, run_job
+from .runner import has_canvas, new_job, release, run_job
 from .store.base import JobState
+
+logger = logging.getLogger(__name__)
 
 
 class DurableTask(Task):  # type: ignore[type-arg]
@@ -65,6 +69,21 @@ class DurableTask(Task):  # type: ignore[type-arg]
 
         return run_job(Durable.of(self.app), self, request, args, kwargs)
 
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Celery has continued the job's canvas (chain, links, chord) and stored its
+        result: a later delivery of the finished job must not do it again. Subclasses
+        that override this call ``super().on_success(...)``."""
+        if not has_canvas(self.request):
+            return  # nothing a duplicate delivery could repeat: no statement spent
+        from .app import Durable
+
+        durable = Durable.of(self.app)
+        try:
+            durable.storage.mark_reported(task_id, durable.now())
+        except Exception:  # a duplicate delivery would continue the canvas once more
+            logger.warning("job %s: could not record that its canvas was continued",
+                           task_id, exc_info=True)
+
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
                     **options: Any) -> Any:
         """Celery's apply_async, plus ``delay=`` (seconds or timedelta), ``at=`` (an aware
@@ -72,7 +91,9 @@ class DurableTask(Task):  # type: ignore[type-arg]
         from .app import Durable
 
         durable = Durable.of(self.app)
-        task_id = task_id or uuid()
+        task_id = uuid() if task_id is None else check_job_id(task_id, "task_id")
+        if isinstance(options.get("queue"), str):
+            check_name(options["queue"], "queue")
         execution = current_execution()
         if execution is not None and execution.job_id == task_id:
             if not execution.released:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -84,6 +85,24 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     verb = "would delete" if dry_run else "deleted"
     click.echo(", ".join(f"{verb} {n} {state}" for state, n in counts.items()) or
                "retention is off for every state")
+
+
+@durable.command(help="The workers that wrote a heartbeat in the last day.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    found = durable_of(ctx).workers()
+    if as_json:
+        echo_json([dataclasses.asdict(w) for w in found])
+        return
+    if not found:
+        click.echo("no workers have written a heartbeat")
+        return
+    click.echo(f"{'name':<40}{'state':<7}{'pid':>8}  {'last seen (UTC)':<20}{'sweeps':>8}  "
+               f"queues")
+    for w in found:
+        click.echo(f"{w.name[:39]:<40}{'alive' if w.alive else 'gone':<7}{w.pid:>8}  "
+                   f"{w.last_seen_at:%Y-%m-%d %H:%M:%S}{w.sweeps:>9}  {', '.join(w.queues)}")
 
 
 @durable.command(help="Tail what every worker does (jobs started, checkpoints, retries, "

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from ..errors import ConfigurationError, JobNotFound
+from ..errors import ConfigurationError, ScheduleNotFound
 from ..schedules import Schedule, cron, every
 from ..store.schedule_base import ScheduleRecord
 from .common import EXIT_NOT_FOUND, EXIT_WRONG_STATE, durable_of, echo_json, fail
@@ -56,7 +56,7 @@ def show(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
     api = durable_of(ctx).schedules
     try:
         record = api.get(name)
-    except JobNotFound:
+    except ScheduleNotFound:
         fail(f"no schedule named {name!r}", EXIT_NOT_FOUND)
     runs = api.runs(name, limit)
     if as_json:
@@ -113,7 +113,7 @@ def _by_name(verb: str, help_text: str) -> click.Command:
         api = durable_of(ctx).schedules
         try:
             outcome = getattr(api, "delete" if verb == "remove" else verb)(name)
-        except JobNotFound:
+        except ScheduleNotFound:
             fail(f"no schedule named {name!r}", EXIT_NOT_FOUND)
         except ConfigurationError as exc:
             fail(str(exc), EXIT_WRONG_STATE)

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class JobState(str, enum.Enum):
@@ -132,6 +132,10 @@ class JobRecord:
     """Suspended: how many dispatched children have not finished yet."""
     waiting_topic: str | None = None
     """Suspended in ``receive()``: the topic a message would wake it for."""
+    reported_at: datetime | None = None
+    """When the execution that finished the job saw Celery continue its canvas (chain,
+    link callbacks, chord) and store its result. Set only for jobs that have a canvas; a
+    later delivery of the finished job must not continue it again."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,23 @@ class CallRecord:
     error: str | None
     started_at: datetime
     finished_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A `celery worker`'s heartbeat, written by its recovery sweeper on each pass."""
+
+    name: str
+    """Celery's node name (``celery@host``, or what ``-n`` gave)."""
+    hostname: str
+    pid: int
+    """The worker's main process."""
+    queues: str
+    """The queues it consumes, as a JSON list."""
+    started_at: datetime
+    last_seen_at: datetime
+    sweeps: int
+    """Recovery sweeps done since it started (each pass adds one)."""
 
 
 @dataclass(frozen=True)
@@ -381,3 +402,20 @@ class Storage(Protocol):
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         """Delete the jobs that are in one of ``states``, with their calls and errors;
         returns how many jobs went."""
+
+    def mark_reported(self, job_id: str, now: datetime) -> None:
+        """Record that Celery continued the finished job's canvas (``reported_at``)."""
+
+    def changes_since(self, after: datetime, limit: int) -> list[dict[str, Any]]:
+        """Rows written after ``after`` that the event stream turns into events: up to
+        ``limit`` of each kind ("started", "finished", "call", "error"), as dicts of
+        their columns plus ``kind`` (and ``position`` for calls)."""
+
+    def record_heartbeat(self, worker: WorkerRecord) -> None:
+        """Insert or replace the worker's row (keyed by its name)."""
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every worker row, by name."""
+
+    def delete_workers(self, seen_before: datetime) -> int:
+        """Forget workers not seen since ``seen_before``; returns how many."""

@@ -26,6 +26,7 @@ from .base import (
     SendOutcome,
     SuspendOutcome,
     Wake,
+    WorkerRecord,
     call_id,
 )
 from .memory_schedules import ScheduleMemory
@@ -39,6 +40,7 @@ class MemoryStorage(ScheduleMemory):
         self._calls: dict[tuple[str, str, int], CallRecord] = {}
         self._errors: dict[str, list[JobError]] = {}
         self._messages: list[dict[str, Any]] = []
+        self._workers: dict[str, WorkerRecord] = {}
 
     def migrate(self) -> list[int]:
         return []
@@ -343,7 +345,8 @@ class MemoryStorage(ScheduleMemory):
             errors = [e for errs in self._errors.values() for e in errs]
         out: list[dict[str, Any]] = [
             {"kind": kind, "id": j.id, "task": j.task, "state": j.state.value,
-             "started_at": j.started_at, "finished_at": j.finished_at} for j in jobs
+             "started_at": j.started_at, "finished_at": j.finished_at, "error": j.error}
+            for j in jobs
             for kind, at in (("started", j.started_at), ("finished", j.finished_at))
             if at and at > after]
         out += [{"kind": "call", "root_id": c.root_id, "name": c.name, "state": c.state.value,
@@ -388,7 +391,8 @@ class MemoryStorage(ScheduleMemory):
                 job, state=JobState.PENDING, failures=0, recoveries=0,
                 requeues=job.requeues + 1,
                 result=None, error=None, finished_at=None, not_before=None,
-                cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by)
+                cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by,
+                reported_at=None)
             return True
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
@@ -399,6 +403,27 @@ class MemoryStorage(ScheduleMemory):
                 self._errors.pop(job_id, None)
             self._calls = {k: c for k, c in self._calls.items() if k[0] not in gone}
             self._messages = [m for m in self._messages if m["job_id"] not in gone]
+            return len(gone)
+
+    def mark_reported(self, job_id: str, now: datetime) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state.finished and job.reported_at is None:
+                self._jobs[job_id] = replace(job, reported_at=now)
+
+    def record_heartbeat(self, worker: WorkerRecord) -> None:
+        with self._lock:
+            self._workers[worker.name] = worker
+
+    def list_workers(self) -> list[WorkerRecord]:
+        with self._lock:
+            return [self._workers[name] for name in sorted(self._workers)]
+
+    def delete_workers(self, seen_before: datetime) -> int:
+        with self._lock:
+            gone = [n for n, w in self._workers.items() if w.last_seen_at < seen_before]
+            for name in gone:
+                del self._workers[name]
             return len(gone)
 
     def _check(self, lease: Lease) -> JobRecord:

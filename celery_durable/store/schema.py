@@ -31,8 +31,40 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-ID = String(191)  # 191 * 4 bytes fits MySQL's utf8mb4 index limit
-NAME = String(255)
+
+class ExactString(TypeDecorator[str]):
+    """A VARCHAR compared byte for byte on every dialect.
+
+    PostgreSQL and SQLite compare strings exactly already. MySQL and MariaDB default to
+    ``utf8mb4_general_ci``, which ignores case, accents and trailing spaces, so job ids
+    ``Order-X`` and ``order-X`` would collide: here the column gets a binary collation
+    that does not pad (``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin`` on MySQL
+    8; MySQL 5.7 has only ``utf8mb4_bin``, which still ignores trailing spaces).
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARCHAR(
+                self.length, charset="utf8mb4", collation=binary_collation(dialect)))
+        return dialect.type_descriptor(String(self.length))
+
+
+def binary_collation(dialect: Any) -> str:
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    version = getattr(dialect, "server_version_info", None) or (8, 0, 17)
+    return "utf8mb4_0900_bin" if tuple(version) >= (8, 0, 17) else "utf8mb4_bin"
+
+
+ID = ExactString(191)  # 191 * 4 bytes fits MySQL's utf8mb4 index limit
+NAME = ExactString(255)
 JSON_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
@@ -68,6 +100,7 @@ class Tables:
     schedule_runs: Table
     schema_version: Table
     messages: Table
+    workers: Table
 
 
 def build_tables(prefix: str) -> Tables:
@@ -84,7 +117,7 @@ def build_tables(prefix: str) -> Tables:
         Column("state", String(16), nullable=False),
         Column("attempts", Integer, nullable=False, default=0),
         Column("recoveries", Integer, nullable=False, default=0),
-        Column("lease_owner", String(128)),
+        Column("lease_owner", ExactString(128)),
         Column("lease_expires_at", UTCDateTime()),
         Column("result", JSON_TEXT),
         Column("error", JSON_TEXT),
@@ -95,6 +128,7 @@ def build_tables(prefix: str) -> Tables:
         *_cancellation_columns(),
         *_scheduling_columns(),
         *_suspension_columns(),
+        *_reporting_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
@@ -185,13 +219,26 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}messages_job_topic", messages.c.job_id, messages.c.topic, messages.c.id)
     # A sender's idempotency key: the same message sent twice is stored once.
     Index(f"{prefix}messages_key", messages.c.job_id, messages.c.key, unique=True)
+    # One row per `celery worker` (its node name), written by its recovery sweeper each
+    # pass: which workers are alive, and a heartbeat operators and tests can wait on.
+    workers = Table(
+        f"{prefix}workers", metadata,
+        Column("name", ID, primary_key=True),
+        Column("hostname", NAME, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("queues", JSON_TEXT, nullable=False),
+        Column("started_at", UTCDateTime(), nullable=False),
+        Column("last_seen_at", UTCDateTime(), nullable=False),
+        Column("sweeps", Integer, nullable=False),
+    )
+    Index(f"{prefix}workers_last_seen_at", workers.c.last_seen_at)
     schema_version = Table(
         f"{prefix}schema_version", metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", UTCDateTime(), nullable=False),
     )
     return Tables(metadata, jobs, calls, job_errors, schedules, schedule_runs,
-                  schema_version, messages)
+                  schema_version, messages, workers)
 
 
 def _retry_layer_columns() -> list[Column[Any]]:
@@ -226,6 +273,11 @@ def _suspension_columns() -> list[Column[Any]]:
     return [Column("parent_id", ID),
             Column("awaiting", Integer, nullable=False, default=0, server_default="0"),
             Column("waiting_topic", NAME)]
+
+
+def _reporting_columns() -> list[Column[Any]]:
+    """Job columns added by migration 7."""
+    return [Column("reported_at", UTCDateTime())]
 
 
 def _add_missing_columns(conn: Connection, tables: Tables,
@@ -280,9 +332,27 @@ def _add_suspension(conn: Connection, tables: Tables) -> None:
     tables.messages.create(conn, checkfirst=True)
 
 
+def _add_exact_identifiers(conn: Connection, tables: Tables) -> None:
+    """Ids, keys and names compared byte for byte on MySQL/MariaDB (binary collation);
+    jobs.reported_at (a canvas continued once); the workers table (heartbeats)."""
+    _add_missing_columns(conn, tables, _reporting_columns())
+    tables.workers.create(conn, checkfirst=True)
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return  # PostgreSQL and SQLite compare exactly already
+    for table in tables.metadata.sorted_tables:
+        if not conn.dialect.has_table(conn, table.name):
+            continue
+        changes = [f"MODIFY {conn.dialect.identifier_preparer.quote(c.name)} "
+                   f"{c.type.compile(conn.dialect)}{'' if c.nullable else ' NOT NULL'}"
+                   for c in table.columns if isinstance(c.type, ExactString)]
+        if changes:
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} {', '.join(changes)}")
+
+
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
 MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation,
-                               _add_scheduler, _add_event_indexes, _add_suspension]
+                               _add_scheduler, _add_event_indexes, _add_suspension,
+                               _add_exact_identifiers]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

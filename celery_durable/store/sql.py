@@ -52,11 +52,13 @@ from .base import (
     SendOutcome,
     SuspendOutcome,
     Wake,
+    WorkerRecord,
     call_id,
 )
 from .schema import apply_migrations, build_tables, pending_migrations
 from .sql_schedules import ScheduleSQL
 from .statements import CALL_COLUMNS, build_statements, new_job_row
+from .urls import safe_url
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-durable[postgres]'",
@@ -67,14 +69,24 @@ _DRIVER_HINTS = {
 class SQLStorage(ScheduleSQL):
     def __init__(self, url: str, *, table_prefix: str = "durable_",
                  engine_options: dict[str, Any] | None = None) -> None:
-        self.url = url
-        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        self._url = url
+        self.table_prefix = table_prefix
+        self.safe_url = safe_url(url)
+        """The URL with its password masked: what every message and repr shows."""
         self.tables = build_tables(table_prefix)
         self._sql = build_statements(self.tables)
         self._engine_options = engine_options or {}
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The database URL, password masked (the real one is never shown)."""
+        return self.safe_url
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self.safe_url!r}, table_prefix={self.table_prefix!r})"
 
     # -- connection management -------------------------------------------------------
 
@@ -91,7 +103,7 @@ class SQLStorage(ScheduleSQL):
         return self._engine
 
     def _create_engine(self, **options: Any) -> Engine:
-        url = make_url(self.url)
+        url = make_url(self._url)
         kwargs: dict[str, Any] = {**options, **self._engine_options}
         if url.get_backend_name() == "sqlite":
             kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
@@ -100,7 +112,7 @@ class SQLStorage(ScheduleSQL):
         try:
             engine = create_engine(url, **kwargs)
         except (ImportError, sa_exc.NoSuchModuleError) as exc:
-            hint = next((h for d, h in _DRIVER_HINTS.items() if d in self.url), "")
+            hint = next((h for d, h in _DRIVER_HINTS.items() if d in self._url), "")
             raise ConfigurationError(
                 f"cannot load the database driver for {self.safe_url}: {exc}. {hint}"
             ) from exc
@@ -113,17 +125,15 @@ class SQLStorage(ScheduleSQL):
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except sa_exc.OperationalError as exc:
+        except sa_exc.DBAPIError as exc:
             if _missing_table(exc):
                 raise _not_migrated(self.safe_url) from exc
+            if not _unreachable(exc):
+                raise
             raise StorageUnavailable(
                 f"cannot use the durable database {self.safe_url}: {exc.orig}. "
                 f"Check app.conf.durable_database_url and that the server is running."
             ) from exc
-        except sa_exc.ProgrammingError as exc:
-            if _missing_table(exc):
-                raise _not_migrated(self.safe_url) from exc
-            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -396,7 +406,7 @@ class SQLStorage(ScheduleSQL):
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
         out: list[dict[str, Any]] = []
         job_columns = (jobs.c.id, jobs.c.task, jobs.c.state, jobs.c.started_at,
-                       jobs.c.finished_at)
+                       jobs.c.finished_at, jobs.c.error)
         final = (jobs.c.finished_at == errors.c.failed_at) & jobs.c.state.in_(
             [JobState.FAILED.value, JobState.DEAD.value])
         with self._connect() as conn:
@@ -493,6 +503,36 @@ class SQLStorage(ScheduleSQL):
                     deleted += 1
         return deleted
 
+    def mark_reported(self, job_id: str, now: datetime) -> None:
+        self._rowcount(self._sql.mark_reported, {"p_id": job_id, "p_now": now})
+
+    # -- workers --------------------------------------------------------------------------
+
+    def record_heartbeat(self, worker: WorkerRecord) -> None:
+        row = dataclasses.asdict(worker)
+        workers = self.tables.workers
+        with self._connect() as conn:
+            if conn.execute(workers.update().where(workers.c.name == worker.name)
+                            .values(**row)).rowcount == 1:
+                return
+            try:
+                conn.execute(workers.insert().values(**row))
+            except sa_exc.IntegrityError:  # a worker of the same name got there first
+                conn.execute(workers.update().where(workers.c.name == worker.name)
+                             .values(**row))
+
+    def list_workers(self) -> list[WorkerRecord]:
+        workers = self.tables.workers
+        with self._connect() as conn:
+            return [WorkerRecord(**row._mapping) for row in conn.execute(
+                select(workers).order_by(workers.c.name))]
+
+    def delete_workers(self, seen_before: datetime) -> int:
+        workers = self.tables.workers
+        with self._connect() as conn:
+            return int(conn.execute(workers.delete().where(
+                workers.c.last_seen_at < seen_before)).rowcount)
+
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._connect() as conn:
             row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
@@ -587,7 +627,7 @@ def _job(row: Any) -> JobRecord:
         options=m["options"], failures=m["failures"], requeues=m["requeues"],
         not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
         unique_key=m["unique_key"], parent_id=m["parent_id"], awaiting=m["awaiting"],
-        waiting_topic=m["waiting_topic"],
+        waiting_topic=m["waiting_topic"], reported_at=m["reported_at"],
     )
 
 
@@ -606,6 +646,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _unreachable(exc: sa_exc.DBAPIError) -> bool:
+    """The server is down, restarting or unreachable: OperationalError on every driver,
+    InterfaceError from PyMySQL on a connection the server closed, and any error that
+    made SQLAlchemy drop the connection."""
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
+        exc.connection_invalidated
 
 
 def _missing_table(exc: sa_exc.DBAPIError) -> bool:

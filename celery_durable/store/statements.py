@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 
-from .base import ACTIVE_STATES, CallState, JobState, NewJob
+from .base import ACTIVE_STATES, FINISHED_STATES, CallState, JobState, NewJob
 from .schema import Tables, UTCDateTime
 
 _ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -80,6 +80,7 @@ class Statements:
     count_messages: Select  # type: ignore[type-arg]
     untake_message: Update
     untake_all_messages: Update
+    mark_reported: Update
 
 
 def build_statements(tables: Tables) -> Statements:
@@ -178,7 +179,8 @@ def build_statements(tables: Tables) -> Statements:
         ).values(state=JobState.PENDING.value, failures=0, recoveries=0,
                  requeues=jobs.c.requeues + 1,
                  result=None, error=None, finished_at=None, not_before=None,
-                 cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by),
+                 cancel_requested_at=None, lease_owner=None, lease_expires_at=deliver_by,
+                 reported_at=None),
         release_abandoned=jobs.update().where(
             by_id, jobs.c.state == JobState.RUNNING.value,
             jobs.c.lease_owner.like(bindparam("p_pattern"), escape="!"),
@@ -242,6 +244,9 @@ def build_statements(tables: Tables) -> Statements:
         untake_all_messages=messages.update().where(
             messages.c.job_id == bindparam("p_root_id")).values(taken_at=None, taken_by=None),
         count_messages=select(func.count()).select_from(messages).where(*untaken),
+        mark_reported=jobs.update().where(
+            by_id, jobs.c.state.in_([s.value for s in FINISHED_STATES]),
+        ).values(reported_at=func.coalesce(jobs.c.reported_at, now)),
     )
 
 

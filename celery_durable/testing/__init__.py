@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .replay import ReplayReport, replay
 from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_job
+from .storage_identity import IdentityConformance
 from .storage_operations import OperationsConformance
 from .storage_retries import RetryConformance
 from .storage_schedules import ScheduleConformance
@@ -20,7 +21,7 @@ from .storage_suspend import SuspendConformance
 
 
 class StorageConformance(CoreConformance, RetryConformance, OperationsConformance,
-                         ScheduleConformance, SuspendConformance):
+                         ScheduleConformance, SuspendConformance, IdentityConformance):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 
@@ -28,6 +29,7 @@ __all__ = [
     "LEASE",
     "T0",
     "CoreConformance",
+    "IdentityConformance",
     "OperationsConformance",
     "ReplayReport",
     "RetryConformance",

@@ -17,7 +17,8 @@ from celery import Celery
 
 from celery_durable import Durable, call
 
-app = Celery("legacy", broker=os.environ.get("LEGACY_BROKER", "redis://localhost:6379/0"))
+app = Celery("legacy", broker=os.environ.get("LEGACY_BROKER", "redis://localhost:6379/0"),
+             backend=os.environ.get("LEGACY_RESULTS"))  # your result backend, if any
 app.conf.durable_database_url = os.environ.get("LEGACY_STORE",
                                                "sqlite:///celery-durable.sqlite3")
 app.conf.beat_schedule = {  # stays in beat_schedule until you move it (see the README)

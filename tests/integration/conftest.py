@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ from celery import Celery
 from celery_durable import Durable
 from celery_durable.store.base import JobRecord
 from celery_durable.store.sql import SQLStorage
+from celery_durable.testing.pytest_plugin import wait_until as wait_for
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service, sql_url, unique_prefix
 from tests.integration.proj import create_app
 
@@ -27,22 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 BROKERS = {"redis": REDIS_URL.rsplit("/", 1)[0] + "/5", "rabbitmq": RABBITMQ_URL}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             on_timeout: Callable[[], str] = lambda: "") -> Any:
-    """Poll ``predicate`` (database state, never stdout) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{on_timeout()}")
-
-
 @dataclass
 class Worker:
     process: subprocess.Popen[bytes]
     log: Path
+    name: str = ""
+    """Celery's node name (``-n``), as the worker's heartbeat row holds it."""
 
     def kill(self) -> None:
         """SIGKILL the whole worker: main process and pool children."""
@@ -78,6 +69,9 @@ class Cluster:
     delivery_timeout: float = 900.0
     max_countdown: float = 60.0
     priorities: bool = False
+    result_backend: str | None = None
+    visibility_timeout: float | None = None
+    """Redis: how long an unacked message waits before the broker gives it back."""
     app: Celery = field(init=False)
     durable: Durable = field(init=False)
     workers: list[Worker] = field(default_factory=list)
@@ -85,7 +79,9 @@ class Cluster:
     def __post_init__(self) -> None:
         self.app = create_app(broker=self.broker, store=self.store_url, prefix=self.prefix,
                               queue=self.queue, delivery_timeout=self.delivery_timeout,
-                              max_countdown=self.max_countdown, priorities=self.priorities)
+                              max_countdown=self.max_countdown, priorities=self.priorities,
+                              result_backend=self.result_backend,
+                              visibility_timeout=self.visibility_timeout)
         self.durable = Durable.of(self.app)
         self.durable.migrate()
 
@@ -110,9 +106,11 @@ class Cluster:
                "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
                "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
                "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
+               "DURABLE_TEST_RESULT_BACKEND": self.result_backend or "",
+               "DURABLE_TEST_VISIBILITY_TIMEOUT": str(self.visibility_timeout or ""),
                "PYTHONPATH": str(REPO)}
         log = self.logs / f"worker-{len(self.workers)}.log"
-        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"
+        name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker",
              "-Q", queue or self.queue, "-c", str(concurrency), "-P", pool, "-n", name,
@@ -120,9 +118,38 @@ class Cluster:
              "--without-heartbeat"],
             cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True)
-        worker = Worker(process, log)
+        worker = Worker(process, log, name)
         self.workers.append(worker)
         return worker
+
+    def sweeps(self, worker: Worker) -> int:
+        """Recovery sweeps the worker has made (its heartbeat row); -1 before its first."""
+        rows = [w for w in self.storage.list_workers() if w.name == worker.name]
+        return rows[0].sweeps if rows else -1
+
+    def wait_ready(self, worker: Worker, timeout: float = 60) -> Worker:
+        """Until the worker consumes: its sweeper starts once Celery says it is ready,
+        and writes the heartbeat row on its first pass."""
+        wait_for(lambda: self.sweeps(worker) >= 1, timeout, f"worker {worker.name} to be "
+                 f"ready", self.logs_tail)
+        return worker
+
+    def wait_sweeps(self, worker: Worker, more: int = 2, timeout: float = 60) -> None:
+        """Until the worker's sweeper has made ``more`` full passes from now: whatever
+        recovery would republish by then, it has."""
+        target = self.sweeps(worker) + more
+        wait_for(lambda: self.sweeps(worker) >= target, timeout,
+                 f"{more} more sweeps of {worker.name}", self.logs_tail)
+
+    def notes(self, effect: str) -> list[list[str]]:
+        """The ``pid time text...`` lines of an effect file, split."""
+        path = self.effects / effect
+        return [line.split() for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    def deliveries(self, job_id: str) -> int:
+        """How many times Celery handed the job's message to the task (task_prerun)."""
+        return sum(1 for note in self.notes("deliveries") if note[2] == job_id)
 
     def beat(self, **extra_env: str) -> Worker:
         """A `celery beat -S durable` process with the test schedule registered."""

@@ -53,8 +53,10 @@ def flag(name: str) -> bool:
 def create_app(*, broker: str, store: str, prefix: str, queue: str,
                lease_seconds: float = 2.0, sweep_interval: float = 0.5,
                delivery_timeout: float = 900.0, max_countdown: float = 60.0,
-               priorities: bool = False) -> Celery:
-    app = Celery("proj", broker=broker, set_as_current=False)
+               priorities: bool = False, result_backend: str | None = None,
+               visibility_timeout: float | None = None) -> Celery:
+    app = Celery("proj", broker=broker, backend=result_backend or None,
+                 set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
         durable_database_url=store,
@@ -73,10 +75,7 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
-    if priorities:
-        app.conf.task_queue_max_priority = 10  # RabbitMQ: declare the queue with it
-        app.conf.broker_transport_options = {  # Redis: one list per priority
-            "queue_order_strategy": "priority", "priority_steps": list(range(10))}
+    _broker_options(app, priorities, visibility_timeout)
     durable = Durable(app)
 
     @app.task(name="proj.step", shared=False)
@@ -136,9 +135,54 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
 
     _retry_callees(app)
     _retry_workflows(app, durable)
+    _canvas(app, durable)
     _scheduled(app, durable)
     _suspending(app, durable)
     return app
+
+
+def _broker_options(app: Celery, priorities: bool, visibility_timeout: float | None) -> None:
+    if priorities:
+        app.conf.task_queue_max_priority = 10  # RabbitMQ: declare the queue with it
+        app.conf.broker_transport_options = {  # Redis: one list per priority
+            "queue_order_strategy": "priority", "priority_steps": list(range(10))}
+    if visibility_timeout:  # Redis gives an unacked message back after this long
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options, "visibility_timeout": visibility_timeout,
+            # kombu looks for such messages every 10th pass of a 10 s timer by default
+            "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+
+
+def _canvas(app: Celery, durable: Durable) -> None:
+    """Durable tasks inside a Celery chain, around a plain one."""
+    step = app.tasks["proj.step"]
+
+    @durable.task(name="proj.chain_a", shared=False)
+    def chain_a(x: int) -> int:
+        value = int(call(step, "chain-a", x))
+        _hold("hold-chain-a")  # the test kills the worker here
+        return value
+
+    @app.task(name="proj.chain_b", shared=False)
+    def chain_b(x: int) -> int:
+        effect("chain-b")  # a legacy task: it runs once per message it gets
+        return x + 1
+
+    @durable.task(name="proj.chain_c", shared=False)
+    def chain_c(x: int) -> int:
+        return int(call(step, "chain-c", x))
+
+    @app.task(name="proj.pid_of", shared=False)
+    def pid_of(name: str) -> int:
+        """Holds while the flag ``hold-<name>`` exists; returns the pid that ran it."""
+        effect(f"{name}-start")
+        _hold(f"hold-{name}")
+        effect(f"{name}-done")
+        return os.getpid()
+
+    @durable.task(name="proj.fenced", shared=False)
+    def fenced() -> list[int]:
+        return [call(step, "f-a", 0), call(pid_of, "f-hold"), call(step, "f-c", 0)]
 
 
 def _hold(name: str) -> None:
@@ -246,6 +290,34 @@ def _scheduled(app: Celery, durable: Durable) -> None:
 @signals.task_retry.connect
 def _count_celery_retries(**_: Any) -> None:
     effect("celery-task-retry")  # runs in the worker: Celery itself saw the retry
+
+
+def note(name: str, text: str) -> None:
+    """Append ``pid time text`` to the effect file ``name`` (from any worker process)."""
+    directory = os.environ.get("DURABLE_TEST_EFFECTS")
+    if directory:
+        with open(Path(directory) / name, "a") as f:
+            f.write(f"{os.getpid()} {time.time():.6f} {text}\n")
+
+
+@signals.task_prerun.connect
+def _count_deliveries(task_id: str | None = None, **_: Any) -> None:
+    note("deliveries", str(task_id))  # every delivery Celery hands to a task
+
+
+@signals.task_postrun.connect
+def _count_ends(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+    note("postrun", f"{task_id} {state}")  # ... and how Celery saw it end
+
+
+@signals.task_failure.connect
+def _count_failures(task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+    note("celery-failures", f"{task_id} {type(exception).__name__}")
+
+
+@signals.task_received.connect
+def _count_received(request: Any = None, **_: Any) -> None:
+    note("received", str(getattr(request, "id", None)))  # in the worker's main process
 
 
 def _retry_callees(app: Celery) -> None:
@@ -443,4 +515,7 @@ if os.environ.get("DURABLE_TEST_BROKER"):
         delivery_timeout=float(os.environ.get("DURABLE_TEST_DELIVERY_TIMEOUT", "900")),
         max_countdown=float(os.environ.get("DURABLE_TEST_MAX_COUNTDOWN", "60")),
         priorities=bool(os.environ.get("DURABLE_TEST_PRIORITIES")),
+        result_backend=os.environ.get("DURABLE_TEST_RESULT_BACKEND") or None,
+        visibility_timeout=float(os.environ.get("DURABLE_TEST_VISIBILITY_TIMEOUT") or 0)
+        or None,
     )

@@ -5,7 +5,6 @@ changed through the API while beat runs take effect within seconds."""
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -64,10 +63,15 @@ def test_api_changes_reach_a_running_beat_within_seconds(
     wait_for(lambda: cluster.count("api") >= 2, 15, "the added schedule to run",
              cluster.logs_tail)
     cluster.durable.schedules.pause("api-added")
-    time.sleep(1.5)  # a tick already in flight may still land
+    # One beat pass fires every due schedule: once the other one-second schedule has
+    # fired twice more, a tick of the paused one that was in flight has landed.
+    ticks = len(_fired(cluster))
+    wait_for(lambda: len(_fired(cluster)) >= ticks + 2, 30, "two more beat ticks",
+             cluster.logs_tail)
     settled = len(_fired(cluster, "api-added"))
-    time.sleep(6)
-    assert len(_fired(cluster, "api-added")) == settled
+    wait_for(lambda: len(_fired(cluster)) >= ticks + 6, 30, "four more beat ticks",
+             cluster.logs_tail)
+    assert len(_fired(cluster, "api-added")) == settled  # paused: it fired in none
     cluster.durable.schedules.resume("api-added")
     wait_for(lambda: len(_fired(cluster, "api-added")) > settled, 15,
              "the resumed schedule to run", cluster.logs_tail)

@@ -133,7 +133,8 @@ def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
     untouched legacy tasks run side by side."""
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "LEGACY_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "LEGACY_STORE": f"sqlite:///{tmp_path}/store.sqlite3"}
+           "LEGACY_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+           "LEGACY_RESULTS": f"db+sqlite:///{tmp_path}/results.sqlite3"}
     module = "examples.legacy_project.after"
     migrate = subprocess.run([sys.executable, "-m", "celery", "-A", module, "durable",
                               "migrate"], cwd=tmp_path, env=env, capture_output=True,
@@ -154,12 +155,15 @@ def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
             "    time.sleep(0.2)\n"
             "view = durable.get_job(job)\n"
             "print(view.state, view.result, [c.name.rsplit('.', 1)[1] for c in view.calls])\n"
+            "print(legacy.get(timeout=60), legacy.state)\n"
         )
         result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == \
+        durable_line, legacy_line = result.stdout.strip().splitlines()
+        assert durable_line == \
             "succeeded shipped 7 (receipt-7-30) ['charge', 'reserve', 'ship']"
+        assert legacy_line == "report SUCCESS"  # the untouched task ran, as plain Celery
     finally:
         os.killpg(worker.pid, 9)
         worker.wait()
@@ -204,3 +208,22 @@ def test_schedules_from_the_command_line(tmp_path: Path) -> None:
     assert "fired" in shown.stdout and "active" in shown.stdout
     assert _celery(env, "schedules", "remove", "nightly").returncode == 0
     assert _celery(env, "schedules", "remove", "nightly").returncode == 2
+
+
+def test_bad_input_on_the_command_line_is_one_line_and_an_exit_code(tmp_path: Path) -> None:
+    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+           "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+           "DURABLE_TEST_PREFIX": "bad_", "DURABLE_TEST_QUEUE": "bad"}
+    assert _celery(env, "migrate").returncode == 0
+    for args, code, message in (
+            (("events", "--since", "yesterday", "--no-follow"), 1,
+             "is neither an event's cursor nor an ISO time"),
+            (("jobs", "show", "j" * 300), 1, "job id is 300 characters long"),
+            (("jobs", "send", "j1", "t" * 256, "1"), 1, "topic is 256 characters long"),
+            (("jobs", "cancel", "x" * 200), 1, "at most 128 are allowed"),
+            (("schedules", "show", "nope"), 2, "no schedule named 'nope'"),
+            (("dlq", "show", "y" * 150), 1, "job id is 150 characters long")):
+        result = _celery(env, *args)
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no traceback

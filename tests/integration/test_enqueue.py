@@ -46,10 +46,11 @@ def test_unique_from_eight_processes_at_once_makes_one_job(
     assert len(ids) == 1
     [job_id] = ids
     assert [j.id for j in cluster.storage.list_jobs(JobFilter(task="proj.outer"))] == [job_id]
-    cluster.worker()
+    worker = cluster.wait_ready(cluster.worker())
     assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
-    time.sleep(1)
+    cluster.wait_sweeps(worker, 2)  # nothing left for recovery to send again
     assert cluster.count("inner-step") == 1  # one job, one execution
+    assert cluster.deliveries(job_id) == 1
 
 
 @pytest.mark.redis
@@ -59,18 +60,21 @@ def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
     # max_countdown 1 s: the 5 s delay waits in SQL; the 2 s one is an ETA message that
     # dies with the worker (the sweeper resends it after the 3 s delivery timeout)
     cluster = make_cluster("redis", "postgres", delivery_timeout=3, max_countdown=1)
-    first = cluster.worker()
+    first = cluster.wait_ready(cluster.worker())
     queued_at = datetime.now(timezone.utc)
     in_sql = cluster.durable.enqueue("proj.outer", 1, delay=5)
     as_eta = cluster.durable.enqueue("proj.outer", 2, delay=timedelta(seconds=0.8))
-    time.sleep(0.3)
-    first.kill()
+    wait_for(lambda: any(n[2] == as_eta.id for n in cluster.notes("received")), 30,
+             "the worker to hold the ETA message")
+    assert not any(n[2] == in_sql.id for n in cluster.notes("received"))  # not sent yet
+    first.kill()  # before the ETA: the message dies with the worker
     cluster.worker()
     for result, delay in ((in_sql, 5), (as_eta, 0.8)):
         job = cluster.wait_finished(result.id, timeout=60)
         assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
         assert job.started_at is not None
         assert job.started_at >= queued_at + timedelta(seconds=delay)
+        assert job.attempts == 1  # the first worker never started either
     assert cluster.count("inner-step") == 2
 
 
@@ -82,7 +86,6 @@ def test_higher_priority_runs_first(make_cluster: Callable[..., Cluster],
     cluster = make_cluster(broker, "postgres", priorities=True)
     for priority in (1, 9, 5, 3, 7):  # all queued before any worker runs
         cluster.durable.enqueue("proj.prio", priority, priority=priority)
-    time.sleep(0.5)
     cluster.worker()
     wait_for(lambda: (cluster.effects / "prio-order").exists() and len(
         (cluster.effects / "prio-order").read_text().split()) == 5, 60, "five jobs",

@@ -74,3 +74,13 @@ def test_worker_serves_metrics_from_all_pool_processes(
     assert get("durable_jobs_queue_wait_seconds_count", task="proj.flaky_order",
                queue=q) == 3
     assert get("durable_jobs_queue_depth", queue=f"{q}-idle", state="pending") == 3
+
+    # the gauge goes up while an execution runs, in whichever pool process runs it
+    (cluster.effects / "hold-f-hold").touch()
+    held = tasks["proj.fenced"].delay().id
+    wait_for(lambda: cluster.count("f-hold-start") == 1, 60, "the held job to run")
+    running = ("durable_jobs_in_progress", (("queue", q), ("task", "proj.fenced")))
+    assert _scrape(port).get(running) == 1
+    (cluster.effects / "hold-f-hold").unlink()
+    assert cluster.wait_finished(held).state.finished
+    wait_for(lambda: _scrape(port).get(running) == 0, 30, "the gauge to come down")

@@ -5,8 +5,8 @@ PostgreSQL."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -42,9 +42,16 @@ def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
     error = cluster.durable.get_job(running).error
     assert error is not None and error["type"] == "Cancelled"
 
-    first.kill()
-    cluster.worker()
-    time.sleep(5)  # sweeps, the retry's ETA, the delivery timeout of the pending job
+    first.kill()  # it held the retry's ETA message: only recovery could bring it back
+    second = cluster.wait_ready(cluster.worker())
+    # Past every deadline the jobs had (the pending job's delivery timeout, the retry's
+    # due time plus the lease), then two full sweeps: whatever recovery would send
+    # again, it has sent.
+    deadline = max(j.created_at for j in map(cluster.job, (pending, retrying)) if j) + \
+        timedelta(seconds=3 + 3 + 2)
+    wait_for(lambda: datetime.now(timezone.utc) > deadline, 30, "the deadlines to pass")
+    cluster.wait_sweeps(second, 2)
+    assert any(n[2] == pending for n in cluster.notes("postrun"))  # delivered, not run
     for job_id in (pending, running, retrying):
         assert _state(cluster, job_id) is JobState.CANCELLED, job_id
     assert cluster.count("inner-step") == 0  # the pending job never started
@@ -57,13 +64,17 @@ def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
 def test_celery_revoke_terminate_cancels_the_durable_job(
         make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.0)
-    cluster.worker()
+    worker = cluster.wait_ready(cluster.worker())
     result = cluster.app.tasks["proj.five_steps"].delay(0)
     wait_for(lambda: cluster.committed_calls(result.id) >= 1, 60, "call 1", cluster.logs_tail)
     result.revoke(terminate=True)  # Celery kills the pool child running it
     job = cluster.wait_finished(result.id, timeout=30)
     assert job.state is JobState.CANCELLED, cluster.logs_tail()
-    time.sleep(3)  # lease expiry + sweeps: recovery must not bring it back
+    # past the killed execution's lease, then two sweeps: recovery must not bring it back
+    assert job.started_at is not None
+    wait_for(lambda: datetime.now(timezone.utc) > job.started_at + timedelta(seconds=3),
+             30, "the lease to run out")
+    cluster.wait_sweeps(worker, 2)
     assert cluster.count("s5") == 0
     assert _state(cluster, result.id) is JobState.CANCELLED
 

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +44,21 @@ def _started(log: Path) -> list[tuple[str, int]]:
     return [(m[1], int(m[2])) for m in re.finditer(r"started worker (\S+) \(pid (\d+)\)", text)]
 
 
+def _children(pid: int) -> list[int]:
+    """The pool processes of a worker: its children, read from /proc."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie has exited
+
+
 @pytest.mark.worker
 @pytest.mark.redis
 @pytest.mark.postgres
@@ -69,6 +83,10 @@ def test_one_supervised_worker_per_queue(make_cluster: Callable[..., Cluster]) -
             assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED, log.read_text()
         started = dict(_started(log))
         assert set(started) == {qa, qb}
+        # each worker got its own -c: prefork children of its main process
+        for queue, concurrency in ((qa, 1), (qb, 2)):
+            wait_for(lambda q=queue, n=concurrency: len(_children(started[q])) == n, 30,
+                     f"{concurrency} pool process(es) for {queue}", log.read_text)
 
         os.kill(started[qa], signal.SIGTERM)  # the worker of queue a exits on its own
         wait_for(lambda: len(_started(log)) == 3, 60, "worker a to be restarted",
@@ -80,10 +98,8 @@ def test_one_supervised_worker_per_queue(make_cluster: Callable[..., Cluster]) -
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0, log.read_text()
         assert "forwarding SIGTERM to 2 worker(s)" in log.read_text()
-        time.sleep(0.5)
-        for _, pid in _started(log):  # every worker it started is gone
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+        for _, pid in _started(log):  # every worker it started is gone (and reaped)
+            wait_for(lambda p=pid: not _alive(p), 30, f"worker {pid} to exit")
     finally:
         if supervisor.poll() is None:
             os.killpg(supervisor.pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore
 
-from celery_durable import ConfigurationError
+from celery_durable import ConfigurationError, DurableError
 from celery_durable.enqueue import broker_priority
 from tests.unit.conftest import Env, make_env
 
@@ -90,12 +90,16 @@ def test_priority_means_higher_runs_first_on_every_broker() -> None:
     ({"delay": 5, "at": datetime(2030, 1, 1, tzinfo=timezone.utc)}, "not both"),
     ({"priority": 10}, "priority must be a whole number from 0 to 9"),
     ({"priority": "high"}, "priority must be a whole number"),
-    ({"unique": ""}, "unique= must be a key of 1-191 characters"),
+    ({"unique": ""}, "unique= key must be a non-empty string"),
+    ({"unique": "u" * 192}, "unique= key is 192 characters long; at most 191"),
+    ({"unique": "a\x00b"}, "unique= key must not contain a NUL byte"),
+    ({"task_id": "t" * 129}, "task_id is 129 characters long; at most 128"),
+    ({"queue": "q\x00"}, "queue must not contain a NUL byte"),
 ])
 def test_bad_enqueue_options_write_and_publish_nothing(options: dict[str, object],
                                                        message: str) -> None:
     env = _env()
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(DurableError, match=message):
         env.durable.enqueue("u.send", "ada", **options)  # type: ignore[arg-type]
     assert env.durable.jobs() == [] and env.published() == []
 

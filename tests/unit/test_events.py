@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery.exceptions import Retry
 
-from celery_durable import CallError, ConstantBackoff, call
+from celery_durable import CallError, ConstantBackoff, NoRetry, call
 from tests.unit.conftest import make_env
 
 
@@ -68,3 +68,32 @@ def test_a_dead_letter_is_one_event_not_a_retry() -> None:
         env.deliver("u.flow", "j1")
     kinds = [e.kind for e in env.durable.events(follow=False)]
     assert kinds == ["JobStarted", "CheckpointSaved", "JobDeadLettered"]
+
+
+def test_failed_and_dead_letter_events_carry_the_error() -> None:
+    env = make_env(call_retries=0, job_retries=0, on_exhausted="dead_letter")
+
+    @env.app.task(name="u.bad", shared=False)
+    def bad() -> None:
+        raise ValueError("no stock")
+
+    @env.durable.task(name="u.flow", shared=False)
+    def flow() -> None:
+        call(bad)
+
+    @env.durable.task(name="u.refuse", shared=False, on_exhausted="fail")
+    def refuse() -> None:
+        raise NoRetry(KeyError("card"))
+
+    with pytest.raises(CallError):
+        env.deliver("u.flow", "j1")
+    with pytest.raises(NoRetry):
+        env.deliver("u.refuse", "j2")
+    ended = {e.job_id: e for e in env.durable.events(follow=False)
+             if e.kind in ("JobDeadLettered", "JobFailed")}
+    assert ended["j1"].kind == "JobDeadLettered"
+    assert ended["j1"].detail == {
+        "error": "CallError", "no_retry": False,
+        "message": "call #1 'u.bad' of job j1 failed: ValueError: no stock"}
+    assert ended["j2"].kind == "JobFailed"
+    assert ended["j2"].detail == {"error": "KeyError", "message": "'card'", "no_retry": True}

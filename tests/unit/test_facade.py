@@ -27,12 +27,12 @@ def test_public_api_is_pinned() -> None:
         "DurableTask", "JobNotFound", "JobState", "JobView", "LeaseLost", "MemoryStorage",
         "NonDeterministicError", "OutsideDurableTaskError", "SQLStorage",
         "SerializationError", "Storage", "StorageInterrupted", "StorageUnavailable",
-        "UnknownTaskError", "call", "current_call_id", "current_job_id",
+        "UnknownTaskError", "ValidationError", "call", "current_call_id", "current_job_id",
         # the retry layer
         "Backoff", "ConstantBackoff", "ExponentialBackoff", "ExponentialBackoffWithJitter",
         "NoRetry", "RetryAfter", "ExecutionError", "JobSummary",
         # operations
-        "Cancelled", "CancelOutcome", "JobStateError",
+        "Cancelled", "CancelOutcome", "JobStateError", "ScheduleNotFound",
         # scheduling
         "every", "daily", "weekly", "cron",
         # determinism

@@ -102,3 +102,26 @@ def test_queue_depth_comes_from_the_jobs_table() -> None:
     depth = {(s.labels["queue"], s.labels["state"]): s.value
              for m in registry.collect() for s in m.samples}
     assert depth == {("reports", "pending"): 3, ("emails", "pending"): 1}
+
+
+@pytest.mark.parametrize("namespace", [None, ""])
+def test_no_namespace_gives_the_names_of_the_original_design(namespace: str | None) -> None:
+    env = make_env()
+    registry = CollectorRegistry()
+    env.durable.use(PrometheusMetrics(registry, namespace=namespace))
+    registry.register(QueueDepthCollector(env.durable, namespace=namespace))
+
+    @env.durable.task(name="u.quick", shared=False)
+    def quick() -> int:
+        return 1
+
+    env.app.tasks["u.quick"].apply_async(task_id="j1")
+    env.deliver("u.quick", "j1")
+    names = {sample.name for family in registry.collect() for sample in family.samples}
+    assert {"jobs_enqueued_total", "jobs_completed_total", "jobs_duration_seconds_sum",
+            "jobs_in_progress"} <= names
+    assert "jobs_failed_total" not in names  # no labels seen yet: declared, no sample
+    families = {family.name for family in registry.collect()}
+    assert {"jobs_enqueued", "jobs_completed", "jobs_failed", "jobs_duration_seconds",
+            "jobs_in_progress", "jobs_queue_depth"} <= families
+    assert not any(name.startswith("_") for name in names | families)

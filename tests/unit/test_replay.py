@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from celery_durable import (
     CallError,
@@ -19,7 +21,7 @@ from celery_durable import (
 )
 from celery_durable.runner import new_job
 from celery_durable.store.base import ClaimOutcome
-from tests.unit.conftest import Crash, Env
+from tests.unit.conftest import Crash, Env, make_env
 
 
 def _register(env: Env, crash_at: str | None = None) -> None:
@@ -315,13 +317,86 @@ def test_a_storage_error_mid_job_is_a_crash_not_a_failure(env: Env) -> None:
         return real_record(record, lease)
 
     env.storage.record_call = flaky_record  # type: ignore[method-assign]
-    with pytest.raises(Ignore):
+    # The store answers again at once: the job is handed back and its message requeued,
+    # so it replays now rather than after its lease expires.
+    with pytest.raises(Reject) as rejected:
         env.deliver("u.swallower", "j1")
+    assert rejected.value.requeue is True
     job = env.storage.get_job("j1")
-    assert job is not None and job.state is JobState.RUNNING  # still leased, not failed
-    env.clock.advance(31)
+    assert job is not None and job.state is JobState.PENDING and job.failures == 0
     assert env.deliver("u.swallower", "j1") == [1, 2]
     assert env.effects == ["s1", "s2", "s2"]
+
+
+def test_a_store_that_stays_down_mid_job_leaves_the_job_to_recovery() -> None:
+    from celery_durable import StorageUnavailable
+
+    env = make_env(call_retries=0, job_retries=0, storage_wait=0.2)
+    _register(env)
+
+    @env.durable.task(name="u.two", shared=False)
+    def two() -> object:
+        return [call("u.step", "s1", 0), call("u.step", "s2", 1)]
+
+    real_record, real_release = env.storage.record_call, env.storage.release_job
+    down = {"on": True}
+
+    def record(record, lease):  # type: ignore[no-untyped-def]
+        if record.seq == 2 and down["on"]:
+            raise StorageUnavailable("database down")
+        return real_record(record, lease)
+
+    def release(*args):  # type: ignore[no-untyped-def]
+        if down["on"]:
+            raise StorageUnavailable("database down")
+        return real_release(*args)
+
+    env.storage.record_call = record  # type: ignore[method-assign]
+    env.storage.release_job = release  # type: ignore[method-assign]
+    with pytest.raises(Ignore):  # acked, not failed: nothing more can be written now
+        env.deliver("u.two", "j1")
+    job = env.storage.get_job("j1")
+    assert job is not None and job.state is JobState.RUNNING and job.failures == 0
+    down["on"] = False
+    env.clock.advance(31)
+    assert env.durable.recover() == ["j1"]
+    assert env.deliver("u.two", "j1") == [1, 2]
+    assert env.effects == ["s1", "s2", "s2"]
+
+
+def test_a_claim_that_cannot_reach_the_store_waits_then_requeues() -> None:
+    from celery_durable import StorageUnavailable
+
+    env = make_env(call_retries=0, job_retries=0, storage_wait=0.3)
+    _register(env)
+
+    @env.durable.task(name="u.two", shared=False)
+    def two() -> object:
+        return call("u.step", "s1", 0)
+
+    env.app.tasks["u.two"].apply_async(task_id="j1")
+    real_claim, tries = env.storage.claim_job, []
+
+    def claim(*args):  # type: ignore[no-untyped-def]
+        tries.append(time.monotonic())
+        if len(tries) <= 3:
+            raise StorageUnavailable("connection refused")
+        return real_claim(*args)
+
+    env.storage.claim_job = claim  # type: ignore[method-assign]
+    assert env.deliver("u.two", "j1") == 1  # the database came back during the wait
+    assert len(tries) == 4 and env.effects == ["s1"]
+    assert tries[2] - tries[1] > tries[1] - tries[0] > 0  # backing off, not spinning
+
+    down = lambda *args: (_ for _ in ()).throw(StorageUnavailable("refused"))  # noqa: E731
+    env.app.tasks["u.two"].apply_async(task_id="j2")
+    env.storage.claim_job = down  # type: ignore[method-assign]
+    started = time.monotonic()
+    with pytest.raises(Reject) as rejected:  # never a failure: back to the broker
+        env.deliver("u.two", "j2")
+    assert rejected.value.requeue is True and time.monotonic() - started >= 0.3
+    job = env.storage.get_job("j2")
+    assert job is not None and job.state is JobState.PENDING and job.attempts == 0
 
 
 def test_a_durable_task_can_call_itself_in_process(env: Env) -> None:

@@ -117,6 +117,10 @@ def test_definitions_round_trip() -> None:
     (lambda: every(-5), "positive interval"),
     (lambda: every("1h"), "seconds or a timedelta"),  # type: ignore[arg-type]
     (lambda: every(10).next_after(datetime(2026, 1, 1)), "timezone-aware"),
+    # an interval is real time: a timezone is refused with the reason, not a TypeError
+    (lambda: every(60, timezone="Europe/London"),
+     "every\\(\\) is an interval of real time and takes no timezone"),
+    (lambda: every(hours=1, timezone="UTC"), "daily\\(\\), weekly\\(\\) or cron\\(\\)"),
 ])
 def test_bad_schedules_are_refused(make: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery.schedules import crontab
 
-from celery_durable import ConfigurationError, JobNotFound, call
+from celery_durable import ConfigurationError, ScheduleNotFound, call
 from celery_durable.beat_import import import_beat_schedule
 from celery_durable.schedules import cron, daily, every
 from celery_durable.scheduling import Schedules, run_job_id
@@ -159,9 +159,9 @@ def test_pause_resume_change_trigger_delete() -> None:
     assert sent[-1]["queue"] == "low"
     assert api.runs("nightly")[0].reason == "triggered"
     api.delete("nightly")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(ScheduleNotFound):
         api.get("nightly")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(ScheduleNotFound):
         api.delete("nightly")
 
 
@@ -224,3 +224,27 @@ def test_the_beat_scheduler_does_no_io_when_built_lazily() -> None:
     scheduler = DatabaseScheduler(app, lazy=True)  # would raise if it touched the DB
     assert scheduler.schedule == {} and scheduler.max_interval == 5.0
     assert "127.0.0.1:1/none" in scheduler.info and "pw" not in scheduler.info
+
+
+def test_a_beat_started_while_the_database_is_down_syncs_once_it_is_back() -> None:
+    from celery_durable import StorageUnavailable
+    from celery_durable.beat import DatabaseScheduler
+
+    env, _ = _env()
+    env.durable.schedule("cleanup", "u.cleanup", every(60))
+    real_get = env.storage.get_schedule
+    down = {"on": True}
+
+    def get_schedule(name: str) -> Any:
+        if down["on"]:
+            raise StorageUnavailable("connection refused")
+        return real_get(name)
+
+    env.storage.get_schedule = get_schedule  # type: ignore[method-assign]
+    scheduler = DatabaseScheduler(env.app, lazy=True)
+    scheduler.setup_schedule()  # logged, not raised: beat keeps running
+    assert scheduler.tick() == scheduler.max_interval  # still down: waits, no crash
+    assert env.durable.schedules.all() == []
+    down["on"] = False
+    scheduler.tick()
+    assert [s.name for s in env.durable.schedules.all()] == ["cleanup"]
