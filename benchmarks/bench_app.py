@@ -77,8 +77,11 @@ class DiscardSpanExporter:
     """A span exporter that drops every span; counts them (and, given a Redis key, adds
     each batch's size to it: one INCRBY per batch, in the processor's thread)."""
 
-    def __init__(self, counter_url: str | None = None, counter_key: str | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        counter_url: str | None = None,
+        counter_key: str | None = None,
+    ) -> None:
         self.spans = 0
         self.counter_url, self.counter_key = counter_url, counter_key
 
@@ -157,15 +160,26 @@ class Observability:
         return total
 
 
-def install_observability(durable: Durable, kinds: Sequence[str], *, log: str = "null",
-                          logger_name: str = "bench.durable_jobs", provider: Any = None,
-                          exporter: DiscardSpanExporter | None = None) -> Observability:
+def install_observability(
+    durable: Durable,
+    kinds: Sequence[str],
+    *,
+    log: str = "null",
+    logger_name: str = "bench.durable_jobs",
+    provider: Any = None,
+    exporter: DiscardSpanExporter | None = None,
+) -> Observability:
     """Turn on ``kinds`` (see MIDDLEWARE_KINDS) on ``durable``; the order of use() is
     prometheus, logging, otel (so OTel's job span is the innermost)."""
     obs = Observability(tuple(kinds))
     if "hooks" in kinds:
-        for register in (durable.on_job_start, durable.on_job_complete, durable.on_job_fail,
-                         durable.on_retry, durable.on_checkpoint):
+        for register in (
+            durable.on_job_start,
+            durable.on_job_complete,
+            durable.on_job_fail,
+            durable.on_retry,
+            durable.on_checkpoint,
+        ):
             register(_noop)
     if "prometheus" in kinds:
         from prometheus_client import CollectorRegistry
@@ -191,10 +205,19 @@ def install_observability(durable: Durable, kinds: Sequence[str], *, log: str = 
     return obs
 
 
-def create_app(*, broker: str, queue: str, store: str, prefix: str,
-               counter_url: str, counter_key: str, middleware: Sequence[str] = (),
-               middleware_log: str = "null", span_counter_key: str | None = None,
-               name: str = "bench_app") -> Celery:
+def create_app(
+    *,
+    broker: str,
+    queue: str,
+    store: str,
+    prefix: str,
+    counter_url: str,
+    counter_key: str,
+    middleware: Sequence[str] = (),
+    middleware_log: str = "null",
+    span_counter_key: str | None = None,
+    name: str = "bench_app",
+) -> Celery:
     app = Celery(name, broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
@@ -206,8 +229,12 @@ def create_app(*, broker: str, queue: str, store: str, prefix: str,
     )
     durable = Durable(app)
     app.bench_observability = install_observability(  # type: ignore[attr-defined]
-        durable, middleware, log=middleware_log, logger_name=f"{name}.durable_jobs",
-        exporter=DiscardSpanExporter(counter_url, span_counter_key))
+        durable,
+        middleware,
+        log=middleware_log,
+        logger_name=f"{name}.durable_jobs",
+        exporter=DiscardSpanExporter(counter_url, span_counter_key),
+    )
 
     @app.task(name="bench.plain", shared=False)
     def plain(i: int) -> int:

@@ -78,8 +78,13 @@ def stats_ms(seconds: list[float]) -> dict[str, Any]:
     ms = sorted(s * 1e3 for s in seconds)
     if not ms:
         return {"n": 0}
-    return {"n": len(ms), "min": ms[0], "median": statistics.median(ms),
-            "p95": ms[max(0, math.ceil(0.95 * len(ms)) - 1)], "max": ms[-1]}
+    return {
+        "n": len(ms),
+        "min": ms[0],
+        "median": statistics.median(ms),
+        "p95": ms[max(0, math.ceil(0.95 * len(ms)) - 1)],
+        "max": ms[-1],
+    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -119,8 +124,9 @@ class Probe:
 class DurableBench:
     def __init__(self, url: str, prefix: str) -> None:
         self.app = Celery("bench_beat", broker="memory://", set_as_current=False)
-        self.app.conf.update(durable_database_url=url, durable_table_prefix=prefix,
-                             timezone="UTC", enable_utc=True)
+        self.app.conf.update(
+            durable_database_url=url, durable_table_prefix=prefix, timezone="UTC", enable_utc=True
+        )
 
         @self.app.task(name=TASK, shared=False)
         def noop() -> None:
@@ -136,7 +142,8 @@ class DurableBench:
 
     def template(self) -> ScheduleRecord:
         return Definition(name="template", task=TASK, when=every(INTERVAL)).record(
-            self.durable, now_utc(), source="api")
+            self.durable, now_utc(), source="api"
+        )
 
     def grow_to(self, size: int) -> None:
         """Add schedules up to ``size``: the first ones through ``schedules.add()``, the
@@ -153,15 +160,16 @@ class DurableBench:
         for i in range(len(self.names), size):
             name = f"bench-{i:06d}"
             offset = self.rng.uniform(FIRST_DUE_AFTER, INTERVAL)
-            record = dataclasses.replace(base, name=name,
-                                         next_run_at=now + timedelta(seconds=offset))
+            record = dataclasses.replace(
+                base, name=name, next_run_at=now + timedelta(seconds=offset)
+            )
             row = dataclasses.asdict(record)
             row["is_unique"] = row.pop("unique")
             rows.append({k: v for k, v in row.items() if k in columns})
             self.names.append(name)
         with self.storage.engine.connect() as conn:
             for start in range(0, len(rows), 2000):
-                conn.execute(self.table.insert(), rows[start:start + 2000])
+                conn.execute(self.table.insert(), rows[start : start + 2000])
             conn.execute(text(f"ANALYZE {self.table.name}"))
 
     def count(self, table: Any) -> int:
@@ -170,20 +178,23 @@ class DurableBench:
 
     def make_due(self, names: list[str], at: datetime) -> None:
         with self.storage.engine.connect() as conn:
-            conn.execute(self.table.update().where(self.table.c.name.in_(names))
-                         .values(next_run_at=at))
+            conn.execute(
+                self.table.update().where(self.table.c.name.in_(names)).values(next_run_at=at)
+            )
 
 
-def due_rounds(b: DurableBench, scheduler: DurableScheduler, probe: Probe, ticks: int,
-               due: int) -> tuple[list[float], tuple[int, int]]:
+def due_rounds(
+    b: DurableBench, scheduler: DurableScheduler, probe: Probe, ticks: int, due: int
+) -> tuple[list[float], tuple[int, int]]:
     """k due among N: their next_run_at is put 1 s in the past before each (untimed)
     tick, a fresh instant each time, since a (schedule, nominal tick) fires only once.
     The last round is not timed but counted (statements, new connections)."""
     runs_table = b.storage.tables.schedule_runs
     times, counted = [], (0, 0)
     for rep in range(ticks + 1):
-        b.make_due(b.rng.sample(b.names, min(due, len(b.names))),
-                   b.durable.now() - timedelta(seconds=1))
+        b.make_due(
+            b.rng.sample(b.names, min(due, len(b.names))), b.durable.now() - timedelta(seconds=1)
+        )
         before = b.count(runs_table)
         if rep == ticks:
             with probe.recording():
@@ -197,8 +208,9 @@ def due_rounds(b: DurableBench, scheduler: DurableScheduler, probe: Probe, ticks
     return times, counted
 
 
-def bench_durable_size(b: DurableBench, size: int, ticks: int, due: int,
-                       changes: int) -> dict[str, Any]:
+def bench_durable_size(
+    b: DurableBench, size: int, ticks: int, due: int, changes: int
+) -> dict[str, Any]:
     probe = Probe(b.storage.engine)
     b.grow_to(size)
     assert b.count(b.table) == size
@@ -227,11 +239,19 @@ def bench_durable_size(b: DurableBench, size: int, ticks: int, due: int,
     for rep in range(changes):
         b.durable.schedules.change(b.names[rep], when=every(INTERVAL + rep + 1))
         after_change.append(timed(scheduler.tick)[0])
-    return {"n": size, "startup": stats_ms(startup), "idle_tick": stats_ms(idle),
-            "idle_statements": idle_sql[0], "idle_new_connections": idle_sql[1],
-            "due": due, "due_tick": stats_ms(due_times), "due_statements": due_sql[0],
-            "due_tick_send_task_noop": stats_ms(noop_times),
-            "due_new_connections": due_sql[1], "tick_after_change": stats_ms(after_change)}
+    return {
+        "n": size,
+        "startup": stats_ms(startup),
+        "idle_tick": stats_ms(idle),
+        "idle_statements": idle_sql[0],
+        "idle_new_connections": idle_sql[1],
+        "due": due,
+        "due_tick": stats_ms(due_times),
+        "due_statements": due_sql[0],
+        "due_tick_send_task_noop": stats_ms(noop_times),
+        "due_new_connections": due_sql[1],
+        "tick_after_change": stats_ms(after_change),
+    }
 
 
 def bench_lateness(b: DurableBench, seconds: float, count: int) -> dict[str, Any]:
@@ -266,15 +286,21 @@ def bench_lateness(b: DurableBench, seconds: float, count: int) -> dict[str, Any
         b.app.send_task = original  # type: ignore[method-assign]
     runs = [r for name in names for r in b.durable.schedules.runs(name, 10_000)]
     fired = [r for r in runs if r.outcome == "fired"]
-    delays = [(published[r.job_id] - r.nominal_at).total_seconds() for r in fired
-              if r.job_id in published]
-    return {"seconds": seconds, "schedules": count, "ticks": ticks,
-            "fired": len(fired), "skipped": len(runs) - len(fired),
-            "expected_about": int(seconds) * count,
-            "lateness": stats_ms([r.lateness for r in fired]),
-            "publish_delay": stats_ms(delays),
-            "median_sleep_ms": statistics.median(sleeps) * 1e3 if sleeps else None,
-            "other_schedules_in_table": len(b.names)}
+    delays = [
+        (published[r.job_id] - r.nominal_at).total_seconds() for r in fired if r.job_id in published
+    ]
+    return {
+        "seconds": seconds,
+        "schedules": count,
+        "ticks": ticks,
+        "fired": len(fired),
+        "skipped": len(runs) - len(fired),
+        "expected_about": int(seconds) * count,
+        "lateness": stats_ms([r.lateness for r in fired]),
+        "publish_delay": stats_ms(delays),
+        "median_sleep_ms": statistics.median(sleeps) * 1e3 if sleeps else None,
+        "other_schedules_in_table": len(b.names),
+    }
 
 
 def bench_durable(args: argparse.Namespace, run: str) -> dict[str, Any]:
@@ -285,10 +311,11 @@ def bench_durable(args: argparse.Namespace, run: str) -> dict[str, Any]:
         out["migrated"] = b.durable.migrate()
         for size in args.sizes:
             log(f"celery-durable: N={size:,}")
-            out["sizes"].append(bench_durable_size(b, size, args.ticks, args.due,
-                                                   args.changes))
-        log(f"celery-durable: fire lateness ({args.lateness_seconds:g} s, "
-            f"{args.lateness_schedules} every(1) schedules)")
+            out["sizes"].append(bench_durable_size(b, size, args.ticks, args.due, args.changes))
+        log(
+            f"celery-durable: fire lateness ({args.lateness_seconds:g} s, "
+            f"{args.lateness_schedules} every(1) schedules)"
+        )
         out["lateness"] = bench_lateness(b, args.lateness_seconds, args.lateness_schedules)
         with b.storage.engine.connect() as conn:
             out["server_version"] = conn.scalar(text("SHOW server_version"))
@@ -317,17 +344,21 @@ class ScbBench:
         options = {"connect_args": {"options": f"-csearch_path={self.schema}"}}
         # Its entries are rebuilt with celery's current_app: this app must be current.
         self.app = Celery("bench_beat_scb", broker="memory://", set_as_current=True)
-        self.app.conf.update(beat_dburi=url, beat_schema=self.schema,
-                             beat_engine_options=options, timezone="UTC", enable_utc=True,
-                             result_expires=None)  # no extra celery.backend_cleanup entry
+        self.app.conf.update(
+            beat_dburi=url,
+            beat_schema=self.schema,
+            beat_engine_options=options,
+            timezone="UTC",
+            enable_utc=True,
+            result_expires=None,
+        )  # no extra celery.backend_cleanup entry
 
         @self.app.task(name=TASK, shared=False)
         def noop() -> None:
             return None
 
         manager = schedulers.session_manager
-        self.engine, self.Session = manager.create_session(url, schema=self.schema,
-                                                           **options)
+        self.engine, self.Session = manager.create_session(url, schema=self.schema, **options)
         manager.prepare_models(self.engine, schema=self.schema)
         if not self.has_table():
             # prepare_models() runs once per process; a second run in one process
@@ -337,8 +368,7 @@ class ScbBench:
                 models.ModelBase.metadata.create_all(conn)
         session = self.Session()
         with schedulers.session_cleanup(session):
-            interval = models.IntervalSchedule(every=INTERVAL,
-                                               period=models.Period.SECONDS)
+            interval = models.IntervalSchedule(every=INTERVAL, period=models.Period.SECONDS)
             session.add(interval)
             session.commit()
             self.interval_id = interval.id
@@ -348,27 +378,42 @@ class ScbBench:
 
     def has_table(self) -> bool:
         with self.engine.connect() as conn:
-            return bool(conn.scalar(text(
-                "SELECT count(*) FROM information_schema.tables "
-                "WHERE table_schema = :s AND table_name = 'celery_periodictask'"),
-                {"s": self.schema}))
+            return bool(
+                conn.scalar(
+                    text(
+                        "SELECT count(*) FROM information_schema.tables "
+                        "WHERE table_schema = :s AND table_name = 'celery_periodictask'"
+                    ),
+                    {"s": self.schema},
+                )
+            )
 
     def grow_to(self, size: int) -> None:
         """Bulk INSERT of PeriodicTask rows (Core: the ORM would bump
         PeriodicTaskChanged per row), each as if it last ran some time this hour."""
         now, rows = now_utc(), []
         for i in range(self.size, size):
-            last = now - timedelta(seconds=INTERVAL - self.rng.uniform(FIRST_DUE_AFTER,
-                                                                        INTERVAL))
-            rows.append({"name": f"bench-{i:06d}", "task": TASK, "args": "[]",
-                         "kwargs": "{}", "headers": "{}", "one_off": False,
-                         "enabled": True, "last_run_at": last, "total_run_count": 1,
-                         "date_changed": now, "description": "",
-                         "discriminator": "intervalschedule",
-                         "schedule_id": self.interval_id})
+            last = now - timedelta(seconds=INTERVAL - self.rng.uniform(FIRST_DUE_AFTER, INTERVAL))
+            rows.append(
+                {
+                    "name": f"bench-{i:06d}",
+                    "task": TASK,
+                    "args": "[]",
+                    "kwargs": "{}",
+                    "headers": "{}",
+                    "one_off": False,
+                    "enabled": True,
+                    "last_run_at": last,
+                    "total_run_count": 1,
+                    "date_changed": now,
+                    "description": "",
+                    "discriminator": "intervalschedule",
+                    "schedule_id": self.interval_id,
+                }
+            )
         with self.engine.begin() as conn:
             for start in range(0, len(rows), 2000):
-                conn.execute(self.table.insert(), rows[start:start + 2000])
+                conn.execute(self.table.insert(), rows[start : start + 2000])
         self.size = max(self.size, size)
         self.bump_changed()
 
@@ -379,8 +424,9 @@ class ScbBench:
 
     def set_last_run(self, names: list[str], at: datetime) -> None:
         with self.engine.begin() as conn:
-            conn.execute(self.table.update().where(self.table.c.name.in_(names))
-                         .values(last_run_at=at))
+            conn.execute(
+                self.table.update().where(self.table.c.name.in_(names)).values(last_run_at=at)
+            )
 
     def scheduler(self) -> Any:
         return self.schedulers.DatabaseScheduler(app=self.app)
@@ -396,8 +442,9 @@ class ScbBench:
         self.engine.dispose()
 
 
-def bench_scb_size(s: ScbBench, size: int, ticks: int, due: int, reps: int,
-                   changes: int) -> dict[str, Any]:
+def bench_scb_size(
+    s: ScbBench, size: int, ticks: int, due: int, reps: int, changes: int
+) -> dict[str, Any]:
     s.grow_to(size)
     startup, first = [], []
     for _ in range(reps):
@@ -445,26 +492,32 @@ def bench_scb_size(s: ScbBench, size: int, ticks: int, due: int, reps: int,
         s.bump_changed()
         after_change.append(timed(scheduler.tick)[0])
     s.close(scheduler)
-    return {"n": size, "startup": stats_ms(startup), "first_tick": stats_ms(first),
-            "idle_tick": stats_ms(idle), "idle_statements": idle_sql[0],
-            "idle_new_connections": idle_sql[1], "due": due,
-            "fire_tick": stats_ms(fire_ticks), "fire_all": stats_ms(fire_totals),
-            "tick_after_change": stats_ms(after_change)}
+    return {
+        "n": size,
+        "startup": stats_ms(startup),
+        "first_tick": stats_ms(first),
+        "idle_tick": stats_ms(idle),
+        "idle_statements": idle_sql[0],
+        "idle_new_connections": idle_sql[1],
+        "due": due,
+        "fire_tick": stats_ms(fire_ticks),
+        "fire_all": stats_ms(fire_totals),
+        "tick_after_change": stats_ms(after_change),
+    }
 
 
 def bench_scb(args: argparse.Namespace, run: str) -> dict[str, Any]:
     try:
         s = ScbBench(args.postgres_url, run)
     except ImportError as exc:
-        return {"ok": False, "error": f"not installed ({exc}); pip install "
-                                      f"sqlalchemy-celery-beat"}
-    out: dict[str, Any] = {"ok": True, "version": s.version, "schema": s.schema,
-                           "sizes": []}
+        return {"ok": False, "error": f"not installed ({exc}); pip install sqlalchemy-celery-beat"}
+    out: dict[str, Any] = {"ok": True, "version": s.version, "schema": s.schema, "sizes": []}
     try:
         for size in args.sizes:
             log(f"sqlalchemy-celery-beat: N={size:,}")
-            out["sizes"].append(bench_scb_size(s, size, args.ticks, args.due,
-                                               args.scb_reps, args.changes))
+            out["sizes"].append(
+                bench_scb_size(s, size, args.ticks, args.due, args.scb_reps, args.changes)
+            )
     finally:
         with suppress(Exception):
             s.drop()
@@ -489,50 +542,77 @@ def row(label: str, values: list[str]) -> None:
 def print_report(res: dict[str, Any]) -> None:
     d = res["durable"]
     sizes = [x["n"] for x in d["sizes"]]
-    print(f"\nbeat benchmark  run={res['run']}  PostgreSQL {d.get('server_version')}  "
-          f"python {res['python']}  celery {res['celery']}  cpus={res['cpus']}")
+    print(
+        f"\nbeat benchmark  run={res['run']}  PostgreSQL {d.get('server_version')}  "
+        f"python {res['python']}  celery {res['celery']}  cpus={res['cpus']}"
+    )
     print(f"publishing: {PUBLISHING}")
-    print(f"times in ms, 'median / p95' over {res['args']['ticks']} ticks unless noted; "
-          f"every schedule every({INTERVAL}), idle ones due in {FIRST_DUE_AFTER}-"
-          f"{INTERVAL} s")
+    print(
+        f"times in ms, 'median / p95' over {res['args']['ticks']} ticks unless noted; "
+        f"every schedule every({INTERVAL}), idle ones due in {FIRST_DUE_AFTER}-"
+        f"{INTERVAL} s"
+    )
     header = [f"N={n:,}" for n in sizes]
 
     print("\n1. celery-durable DatabaseScheduler (celery beat -S durable)")
     row("", header)
-    row("startup: construct + setup_schedule (med of 3)",
-        [cell(x["startup"], False) for x in d["sizes"]])
+    row(
+        "startup: construct + setup_schedule (med of 3)",
+        [cell(x["startup"], False) for x in d["sizes"]],
+    )
     row("idle tick: scheduler.tick()", [cell(x["idle_tick"]) for x in d["sizes"]])
-    row("  SQL statements / new connections per idle tick",
-        [f"{x['idle_statements']} / {x['idle_new_connections']}" for x in d["sizes"]])
+    row(
+        "  SQL statements / new connections per idle tick",
+        [f"{x['idle_statements']} / {x['idle_new_connections']}" for x in d["sizes"]],
+    )
     due = d["sizes"][0]["due"] if d["sizes"] else 0
-    row(f"tick with {due} due (one tick fires all {due})",
-        [cell(x["due_tick"]) for x in d["sizes"]])
-    row("  same, app.send_task patched to a no-op",
-        [cell(x["due_tick_send_task_noop"]) for x in d["sizes"]])
-    row(f"  SQL statements / new connections ({due} due)",
-        [f"{x['due_statements']} / {x['due_new_connections']}" for x in d["sizes"]])
+    row(
+        f"tick with {due} due (one tick fires all {due})", [cell(x["due_tick"]) for x in d["sizes"]]
+    )
+    row(
+        "  same, app.send_task patched to a no-op",
+        [cell(x["due_tick_send_task_noop"]) for x in d["sizes"]],
+    )
+    row(
+        f"  SQL statements / new connections ({due} due)",
+        [f"{x['due_statements']} / {x['due_new_connections']}" for x in d["sizes"]],
+    )
     n_change = res["args"]["changes"]
-    row(f"tick right after schedules.change() (med of {n_change})",
-        [cell(x["tick_after_change"], False) for x in d["sizes"]])
+    row(
+        f"tick right after schedules.change() (med of {n_change})",
+        [cell(x["tick_after_change"], False) for x in d["sizes"]],
+    )
 
     s = res["scb"]
-    print(f"\n2. sqlalchemy-celery-beat {s.get('version', '?')} DatabaseScheduler "
-          f"(celery beat -S sqlalchemy)")
+    print(
+        f"\n2. sqlalchemy-celery-beat {s.get('version', '?')} DatabaseScheduler "
+        f"(celery beat -S sqlalchemy)"
+    )
     if s.get("ok"):
         reps = res["args"]["scb_reps"]
         row("", [f"N={x['n']:,}" for x in s["sizes"]])
-        row(f"startup: construct, loads all rows (med of {reps})",
-            [cell(x["startup"], False) for x in s["sizes"]])
-        row(f"first tick: builds the heap (med of {reps})",
-            [cell(x["first_tick"], False) for x in s["sizes"]])
+        row(
+            f"startup: construct, loads all rows (med of {reps})",
+            [cell(x["startup"], False) for x in s["sizes"]],
+        )
+        row(
+            f"first tick: builds the heap (med of {reps})",
+            [cell(x["first_tick"], False) for x in s["sizes"]],
+        )
         row("idle tick: scheduler.tick()", [cell(x["idle_tick"]) for x in s["sizes"]])
-        row("  SQL statements / new connections per idle tick",
-            [f"{x['idle_statements']} / {x['idle_new_connections']}" for x in s["sizes"]])
+        row(
+            "  SQL statements / new connections per idle tick",
+            [f"{x['idle_statements']} / {x['idle_new_connections']}" for x in s["sizes"]],
+        )
         row("one tick that fires one due entry", [cell(x["fire_tick"]) for x in s["sizes"]])
-        row(f"fire {due} due: sum of {due} ticks (med of {reps})",
-            [cell(x["fire_all"], False) for x in s["sizes"]])
-        row(f"tick right after a change: reload (med of {n_change})",
-            [cell(x["tick_after_change"], False) for x in s["sizes"]])
+        row(
+            f"fire {due} due: sum of {due} ticks (med of {reps})",
+            [cell(x["fire_all"], False) for x in s["sizes"]],
+        )
+        row(
+            f"tick right after a change: reload (med of {n_change})",
+            [cell(x["tick_after_change"], False) for x in s["sizes"]],
+        )
     elif s.get("skipped"):
         print("  skipped (--skip-scb)")
     else:
@@ -540,19 +620,27 @@ def print_report(res: dict[str, Any]) -> None:
 
     lat = d.get("lateness")
     if lat:
-        print(f"\n3. Fire lateness, celery-durable: {lat['schedules']} every(1) schedules "
-              f"sharing one phase, beat loop (tick, sleep the returned interval) for "
-              f"{lat['seconds']:g} s;\n   the {lat['other_schedules_in_table']:,} idle "
-              f"schedules of 1. stay in the table; ms")
+        print(
+            f"\n3. Fire lateness, celery-durable: {lat['schedules']} every(1) schedules "
+            f"sharing one phase, beat loop (tick, sleep the returned interval) for "
+            f"{lat['seconds']:g} s;\n   the {lat['other_schedules_in_table']:,} idle "
+            f"schedules of 1. stay in the table; ms"
+        )
         row("", ["min", "median", "p95", "max"])
-        for label, key in (("ScheduleRun.lateness (nominal -> tick start)", "lateness"),
-                           ("nominal -> send_task() called", "publish_delay")):
+        for label, key in (
+            ("ScheduleRun.lateness (nominal -> tick start)", "lateness"),
+            ("nominal -> send_task() called", "publish_delay"),
+        ):
             if lat[key].get("n"):
                 row(label, [f"{lat[key][k]:.2f}" for k in ("min", "median", "p95", "max")])
-        row("runs fired / skipped / expected ~", [
-            str(lat["fired"]), str(lat["skipped"]), str(lat["expected_about"]), ""])
-        row("ticks / median sleep between ticks (ms)",
-            [str(lat["ticks"]), f"{lat['median_sleep_ms'] or 0:.1f}", "", ""])
+        row(
+            "runs fired / skipped / expected ~",
+            [str(lat["fired"]), str(lat["skipped"]), str(lat["expected_about"]), ""],
+        )
+        row(
+            "ticks / median sleep between ticks (ms)",
+            [str(lat["ticks"]), f"{lat['median_sleep_ms'] or 0:.1f}", "", ""],
+        )
     print(f"\n  total run time {res['elapsed_s']:.1f} s")
 
 
@@ -563,22 +651,33 @@ def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     try:
         return fn(*args)
     except Exception as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_URL))
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--sizes", default="10,1000,10000",
-                   help="schedules in the table, comma-separated (default 10,1000,10000)")
+    p.add_argument(
+        "--sizes",
+        default="10,1000,10000",
+        help="schedules in the table, comma-separated (default 10,1000,10000)",
+    )
     p.add_argument("--ticks", type=int, default=50, help="timed ticks per measurement")
     p.add_argument("--due", type=int, default=10, help="due schedules in the due case")
     p.add_argument("--changes", type=int, default=5, help="ticks after a change")
-    p.add_argument("--scb-reps", type=int, default=3,
-                   help="sqlalchemy-celery-beat startups (and due rounds) per size")
+    p.add_argument(
+        "--scb-reps",
+        type=int,
+        default=3,
+        help="sqlalchemy-celery-beat startups (and due rounds) per size",
+    )
     p.add_argument("--lateness-seconds", type=float, default=10.0)
     p.add_argument("--lateness-schedules", type=int, default=5)
     p.add_argument("--skip-scb", action="store_true", help="skip sqlalchemy-celery-beat")
@@ -594,10 +693,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     run = uuid.uuid4().hex[:8]
     res: dict[str, Any] = {
-        "run": run, "postgres_url": make_url(args.postgres_url).render_as_string(),
-        "python": platform.python_version(), "celery": celery.__version__,
-        "cpus": os.cpu_count(), "publishing": PUBLISHING,
-        "args": {k: v for k, v in vars(args).items() if k != "postgres_url"}}
+        "run": run,
+        "postgres_url": make_url(args.postgres_url).render_as_string(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "cpus": os.cpu_count(),
+        "publishing": PUBLISHING,
+        "args": {k: v for k, v in vars(args).items() if k != "postgres_url"},
+    }
     res["durable"] = bench_durable(args, run)
     if args.skip_scb:
         res["scb"] = {"skipped": True}

@@ -111,8 +111,7 @@ class SQLCounter:
         self.params: list[Any] = []
         self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
 
-    def _on_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
-                    *_: Any) -> None:
+    def _on_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         self.statements.append(statement)
         self.params.append(parameters)
 
@@ -132,8 +131,11 @@ class SQLCounter:
     def recording(self) -> Iterator[SQLCounter]:
         self.statements, self.params = [], []
         self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
-        hooks = [("before_cursor_execute", self._on_execute), ("commit", self._on_commit),
-                 ("rollback", self._on_rollback)]
+        hooks = [
+            ("before_cursor_execute", self._on_execute),
+            ("commit", self._on_commit),
+            ("rollback", self._on_rollback),
+        ]
         for name, fn in hooks:
             event.listen(self.engine, name, fn)
         try:
@@ -143,15 +145,20 @@ class SQLCounter:
                 event.remove(self.engine, name, fn)
 
     def events(self) -> dict[str, int]:
-        return {"commits": self.commits, "rollbacks": self.rollbacks,
-                "commits_sent": self.commits_sent, "rollbacks_sent": self.rollbacks_sent}
+        return {
+            "commits": self.commits,
+            "rollbacks": self.rollbacks,
+            "commits_sent": self.commits_sent,
+            "rollbacks_sent": self.rollbacks_sent,
+        }
 
 
 def _idle(conn: Any) -> bool:
     try:
         dbapi = conn.connection.dbapi_connection
-        return bool(dbapi.autocommit and dbapi.info.transaction_status
-                    == psycopg.pq.TransactionStatus.IDLE)
+        return bool(
+            dbapi.autocommit and dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
     except Exception:
         return False
 
@@ -206,8 +213,7 @@ def bench_commit_floor(url: str, prefix: str, n: int, storage: SQLStorage) -> di
 
     # The same INSERT through SQLAlchemy Core on the store's own engine (AUTOCOMMIT,
     # connection checked out of the pool per statement, exactly like SQLStorage does).
-    table = Table(logged, MetaData(), Column("id", Integer, primary_key=True),
-                  Column("v", Integer))
+    table = Table(logged, MetaData(), Column("id", Integer, primary_key=True), Column("v", Integer))
     engine = storage.engine
     for i in range(max(200, n // 10)):
         with engine.connect() as c:
@@ -226,9 +232,15 @@ def bench_commit_floor(url: str, prefix: str, n: int, storage: SQLStorage) -> di
 
 
 class InProcess:
-    def __init__(self, storage: SQLStorage, name: str = "bench_core",
-                 middleware: Sequence[str] = (), log: str = "null", provider: Any = None,
-                 exporter: DiscardSpanExporter | None = None) -> None:
+    def __init__(
+        self,
+        storage: SQLStorage,
+        name: str = "bench_core",
+        middleware: Sequence[str] = (),
+        log: str = "null",
+        provider: Any = None,
+        exporter: DiscardSpanExporter | None = None,
+    ) -> None:
         self.storage = storage
         # memory:// so that the eager apply_async() path needs no broker.
         self.app = Celery(name, broker="memory://", set_as_current=False)
@@ -238,8 +250,13 @@ class InProcess:
         self.durable = Durable(self.app, storage=storage, lease_seconds=600)
         # Observability (section 7 only); the app's own name keeps its logger apart.
         self.obs: Observability = install_observability(
-            self.durable, middleware, log=log, logger_name=f"{name}.durable_jobs",
-            provider=provider, exporter=exporter)
+            self.durable,
+            middleware,
+            log=log,
+            logger_name=f"{name}.durable_jobs",
+            provider=provider,
+            exporter=exporter,
+        )
         self.counter = SQLCounter(storage.engine)
         self.loop: dict[str, Any] = {}
         loop, counter = self.loop, self.counter
@@ -257,7 +274,7 @@ class InProcess:
             loop["seconds"] = time.perf_counter() - t0
             # CPU of the whole process (all threads, so the span processor's too)
             loop["cpu_seconds"] = time.process_time() - c0
-            loop["statements"] = counter.statements[m0:counter.mark]
+            loop["statements"] = counter.statements[m0 : counter.mark]
             return total
 
         @self.durable.task(name="bench_core.one_call", shared=False)
@@ -266,8 +283,13 @@ class InProcess:
 
         self.plain, self.flow, self.one_call = plain, flow, one_call
 
-    def run_flow(self, n: int, task_id: str, *, count: bool = False,
-                 ) -> tuple[float, float, list[str], list[str]]:
+    def run_flow(
+        self,
+        n: int,
+        task_id: str,
+        *,
+        count: bool = False,
+    ) -> tuple[float, float, list[str], list[str]]:
         """apply() the n-call flow; (total s, loop s, loop statements, all statements).
 
         Statements are only collected (and engine listeners only attached) with count.
@@ -288,15 +310,27 @@ class InProcess:
         """Make a finished job claimable again, as if its worker had died mid-run."""
         jobs = self.storage.tables.jobs
         with self.storage.engine.connect() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                state="pending", lease_owner=None, lease_expires_at=None, result=None,
-                error=None, finished_at=None))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    state="pending",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    result=None,
+                    error=None,
+                    finished_at=None,
+                )
+            )
 
     def count_calls(self, root_id: str) -> int:
         calls = self.storage.tables.calls
         with self.storage.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(calls)
-                                   .where(calls.c.root_id == root_id)))
+            return int(
+                conn.scalar(
+                    select(func.count()).select_from(calls).where(calls.c.root_id == root_id)
+                )
+            )
 
 
 class RecordCallProbe:
@@ -307,9 +341,18 @@ class RecordCallProbe:
         storage = self.storage = ip.storage
         self.now = now = datetime.now(timezone.utc)
         self.job_id, owner = f"{run}-breakdown", "bench-breakdown"
-        storage.create_job(NewJob(id=self.job_id, task="bench_core.flow", args="[]",
-                                  kwargs="{}", queue=None, priority=None, created_at=now,
-                                  deliver_by=now + timedelta(hours=1)))
+        storage.create_job(
+            NewJob(
+                id=self.job_id,
+                task="bench_core.flow",
+                args="[]",
+                kwargs="{}",
+                queue=None,
+                priority=None,
+                created_at=now,
+                deliver_by=now + timedelta(hours=1),
+            )
+        )
         claim = storage.claim_job(self.job_id, owner, now, now + timedelta(hours=1))
         if claim.outcome is not ClaimOutcome.CLAIMED:
             raise RuntimeError("could not claim the breakdown job")
@@ -327,10 +370,22 @@ class RecordCallProbe:
 
     def record(self) -> None:
         self.seq += 1
-        self.storage.record_call(CallRecord(
-            job_id=self.job_id, seq=self.seq, root_id=self.job_id, name="bench_core.plain",
-            args_digest="0" * 64, state=CallState.SUCCEEDED, attempts=1, result="1",
-            error=None, started_at=self.now, finished_at=self.now), self.lease)
+        self.storage.record_call(
+            CallRecord(
+                job_id=self.job_id,
+                seq=self.seq,
+                root_id=self.job_id,
+                name="bench_core.plain",
+                args_digest="0" * 64,
+                state=CallState.SUCCEEDED,
+                attempts=1,
+                result="1",
+                error=None,
+                started_at=self.now,
+                finished_at=self.now,
+            ),
+            self.lease,
+        )
 
     def raw(self) -> None:
         self.seq += 1
@@ -382,7 +437,8 @@ def bench_fresh_calls(ip: InProcess, run: str, n: int, reps: int) -> dict[str, A
     fresh_us = median(fresh)
     plain_us = median(run_s) / n * 1e6
     return {
-        "n": n, "reps": reps,
+        "n": n,
+        "reps": reps,
         "fresh_call_us": fresh_us,
         "fresh_call_us_min": min(fresh),
         "plain_run_us": plain_us,
@@ -396,8 +452,9 @@ def bench_fresh_calls(ip: InProcess, run: str, n: int, reps: int) -> dict[str, A
             "record_call_us": median(record_us),
             "raw_statement_us": median(raw_us),
             "sqlalchemy_us": median(a - b for a, b in zip(record_us, raw_us, strict=True)),
-            "call_bookkeeping_us": median(f - rc - plain_us for f, rc
-                                          in zip(fresh, record_us, strict=True)),
+            "call_bookkeeping_us": median(
+                f - rc - plain_us for f, rc in zip(fresh, record_us, strict=True)
+            ),
             "statement": " ".join(probe.statement.split()),
         },
     }
@@ -418,7 +475,8 @@ def bench_replay(ip: InProcess, run: str, n: int, reps: int) -> dict[str, Any]:
     _, _, in_loop, all_stmts = ip.run_flow(n, job_id, count=True)
     after = ip.count_calls(job_id)
     return {
-        "n": n, "reps": reps,
+        "n": n,
+        "reps": reps,
         "fresh_run_ms": fresh_total * 1e3,
         "fresh_loop_us_per_call": fresh_loop / n * 1e6,
         "replay_total_ms": median(totals) * 1e3,
@@ -427,26 +485,25 @@ def bench_replay(ip: InProcess, run: str, n: int, reps: int) -> dict[str, Any]:
         "statements_in_replay_loop": len(in_loop),
         "statements_per_replayed_call": len(in_loop) / n,
         "statements_per_replay_job": len(all_stmts),
-        "replay_job_statements": [describe(s, ip.storage.tables.jobs.name[:-4])
-                                  for s in all_stmts],
+        "replay_job_statements": [describe(s, ip.storage.tables.jobs.name[:-4]) for s in all_stmts],
         "calls_recorded_before": recorded,
         "calls_recorded_after": after,
     }
 
 
 def bench_statements(ip: InProcess, run: str) -> dict[str, Any]:
-    prefix = ip.storage.tables.jobs.name[:-len("jobs")]
+    prefix = ip.storage.tables.jobs.name[: -len("jobs")]
     counter = ip.counter
     with ip.storage.engine.connect() as conn:
         autocommit = conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
-    out: dict[str, Any] = {"engine_isolation_level": "AUTOCOMMIT" if autocommit
-                           else "transactional (autocommit off!)"}
+    out: dict[str, Any] = {
+        "engine_isolation_level": "AUTOCOMMIT" if autocommit else "transactional (autocommit off!)"
+    }
 
     # history load of a job that has 1,000 calls: one SELECT
     with counter.recording() as rec:
         history = ip.storage.load_history(f"{run}-replay")
-    out["history_load"] = {"statements": len(rec.statements), "rows": len(history),
-                           **rec.events()}
+    out["history_load"] = {"statements": len(rec.statements), "rows": len(history), **rec.events()}
 
     # a one-call job the normal way: enqueue writes the job row, the worker claims it.
     # Eager apply_async() = DurableTask.apply_async (INSERT job) + apply() in-process.
@@ -461,8 +518,11 @@ def bench_statements(ip: InProcess, run: str) -> dict[str, Any]:
     stmts = [describe(s, prefix) for s in rec.statements]
     enqueue = 1 if stmts and stmts[0] == "INSERT INTO <p>jobs" else 0
     out["one_call_job_enqueued"] = {
-        "statements": len(stmts), "statements_excluding_enqueue": len(stmts) - enqueue,
-        "sequence": stmts, **rec.events()}
+        "statements": len(stmts),
+        "statements_excluding_enqueue": len(stmts) - enqueue,
+        "sequence": stmts,
+        **rec.events(),
+    }
 
     # the same job with bare apply() on an id that was never enqueued (no job row yet)
     ip.one_call.apply(args=(1,), task_id=f"{run}-apply-warm")
@@ -470,8 +530,7 @@ def bench_statements(ip: InProcess, run: str) -> dict[str, Any]:
         result = ip.one_call.apply(args=(1,), task_id=f"{run}-apply")
     assert result.result == 2, result.result
     stmts = [describe(s, prefix) for s in rec.statements]
-    out["one_call_job_bare_apply"] = {"statements": len(stmts), "sequence": stmts,
-                                      **rec.events()}
+    out["one_call_job_bare_apply"] = {"statements": len(stmts), "sequence": stmts, **rec.events()}
     return out
 
 
@@ -495,35 +554,50 @@ def count_lines(path: str) -> int:
         return 0
 
 
-def bench_middleware_calls_logged(args: argparse.Namespace, run: str,
-                                  storage: SQLStorage) -> dict[str, Any]:
+def bench_middleware_calls_logged(
+    args: argparse.Namespace, run: str, storage: SQLStorage
+) -> dict[str, Any]:
     """7a with the LoggingMiddleware file made (and removed) here."""
     log = "null"
     if "logging" in args.middleware_kinds and args.middleware_log == "file":
         log = tempfile.mkstemp(prefix="bench_jobs_", suffix=".log")[1]
     try:
-        return bench_middleware_calls(storage, run, args.middleware_kinds, args.calls,
-                                      args.middleware_reps, log)
+        return bench_middleware_calls(
+            storage, run, args.middleware_kinds, args.calls, args.middleware_reps, log
+        )
     finally:
         if log != "null":
             Path(log).unlink(missing_ok=True)
 
 
-def bench_middleware_calls(storage: SQLStorage, run: str, kinds: Sequence[str], n: int,
-                           reps: int, log: str) -> dict[str, Any]:
+def bench_middleware_calls(
+    storage: SQLStorage, run: str, kinds: Sequence[str], n: int, reps: int, log: str
+) -> dict[str, Any]:
     """Fresh call() per config (bare, each middleware alone, all), one app per config on
     the same store, jobs interleaved: rep r runs every config once, the order reversed
     on odd reps (ABC CBA ...), so drift of the machine hits every config alike."""
     exporter = DiscardSpanExporter()
     provider = make_tracer_provider(exporter)  # one BatchSpanProcessor for all configs
     configs = middleware_configs(kinds)
-    ips = {label: InProcess(storage, name=f"bench_core_{label}", middleware=ks, log=log,
-                            provider=provider, exporter=exporter)
-           for label, ks in configs}
+    ips = {
+        label: InProcess(
+            storage,
+            name=f"bench_core_{label}",
+            middleware=ks,
+            log=log,
+            provider=provider,
+            exporter=exporter,
+        )
+        for label, ks in configs
+    }
     expected = {"spans": 0, "log_lines": 0}
 
-    def job(label: str, calls: int, task_id: str, count: bool = False,
-            ) -> tuple[float, float, list[str], list[str]]:
+    def job(
+        label: str,
+        calls: int,
+        task_id: str,
+        count: bool = False,
+    ) -> tuple[float, float, list[str], list[str]]:
         out = ips[label].run_flow(calls, task_id, count=count)
         ks = dict(configs)[label]
         expected["spans"] += (1 + calls) if "otel" in ks else 0  # job span + call spans
@@ -562,7 +636,8 @@ def bench_middleware_calls(storage: SQLStorage, run: str, kinds: Sequence[str], 
                 # so far less noisy than the wall clock on a shared machine
                 "cpu_us": median(cp) / n * 1e6,
                 "cpu_added_us": median([a - b for a, b in zip(cp, base_cpu, strict=True)])
-                / n * 1e6,
+                / n
+                * 1e6,
                 "cpu_ratio": median([a / b for a, b in zip(cp, base_cpu, strict=True)]),
                 "job_total_ms": median(tt) * 1e3,
                 "job_fixed_ms": median([t - x for t, x in zip(tt, lp, strict=True)]) * 1e3,
@@ -570,15 +645,23 @@ def bench_middleware_calls(storage: SQLStorage, run: str, kinds: Sequence[str], 
         all_obs = ips["all"].obs
         checks: dict[str, Any] = {
             "statements_per_fresh_call_all": len(loop_stmts) / n,
-            "spans_exported": exporter.spans, "spans_expected": expected["spans"],
+            "spans_exported": exporter.spans,
+            "spans_expected": expected["spans"],
             "prometheus_calls_all": all_obs.calls_counted("bench_core.flow"),
-            "prometheus_calls_expected": (3 * min(n, 50) + (reps + 1) * n
-                                          if "prometheus" in kinds else 0),
+            "prometheus_calls_expected": (
+                3 * min(n, 50) + (reps + 1) * n if "prometheus" in kinds else 0
+            ),
         }
         if log != "null":
             checks.update(log_lines=count_lines(log), log_lines_expected=expected["log_lines"])
-        return {"n": n, "reps": reps, "middleware": list(kinds), "log": log,
-                "configs": per, "checks": checks}
+        return {
+            "n": n,
+            "reps": reps,
+            "middleware": list(kinds),
+            "log": log,
+            "configs": per,
+            "checks": checks,
+        }
     finally:
         provider.shutdown()
 
@@ -595,11 +678,13 @@ def dbos_child(args: argparse.Namespace) -> int:
 
         result["version"] = getattr(dbos, "__version__", None) or _dist_version("dbos")
         sys_url = make_url(args.postgres_url).set(database=args.dbos_db)
-        instance = DBOS(config={
-            "name": "celery-durable-bench",
-            "system_database_url": sys_url.render_as_string(hide_password=False),
-            "log_level": "WARNING",
-        })
+        instance = DBOS(
+            config={
+                "name": "celery-durable-bench",
+                "system_database_url": sys_url.render_as_string(hide_password=False),
+                "log_level": "WARNING",
+            }
+        )
         loop: dict[str, Any] = {}
         statements: list[str] = []
         tally = {"commits": 0, "rollbacks": 0, "active": False}
@@ -620,12 +705,25 @@ def dbos_child(args: argparse.Namespace) -> int:
 
         DBOS.launch()
         engine = instance._sys_db.engine
-        event.listen(engine, "before_cursor_execute",
-                     lambda c, cur, s, *a: statements.append(s) if tally["active"] else None)
-        event.listen(engine, "commit", lambda c: tally.__setitem__(
-            "commits", tally["commits"] + (1 if tally["active"] else 0)))
-        event.listen(engine, "rollback", lambda c: tally.__setitem__(
-            "rollbacks", tally["rollbacks"] + (1 if tally["active"] else 0)))
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda c, cur, s, *a: statements.append(s) if tally["active"] else None,
+        )
+        event.listen(
+            engine,
+            "commit",
+            lambda c: tally.__setitem__(
+                "commits", tally["commits"] + (1 if tally["active"] else 0)
+            ),
+        )
+        event.listen(
+            engine,
+            "rollback",
+            lambda c: tally.__setitem__(
+                "rollbacks", tally["rollbacks"] + (1 if tally["active"] else 0)
+            ),
+        )
 
         n = args.dbos_steps
         for w in range(3):
@@ -645,7 +743,9 @@ def dbos_child(args: argparse.Namespace) -> int:
             stmts.append(loop["statements"])
             commits.append(tally["commits"])
         result.update(
-            ok=True, n=n, reps=args.reps,
+            ok=True,
+            n=n,
+            reps=args.reps,
             ms_per_step=median(loops) / n * 1e3,
             ms_per_step_min=min(loops) / n * 1e3,
             workflow_total_ms=median(totals) * 1e3,
@@ -657,8 +757,9 @@ def dbos_child(args: argparse.Namespace) -> int:
         )
         DBOS.destroy()
     except BaseException as exc:  # report, never crash the parent
-        result.update(ok=False, error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc())
+        result.update(
+            ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()
+        )
     Path(args.dbos_out).write_text(json.dumps(result))
     return 0
 
@@ -675,10 +776,21 @@ def _dist_version(name: str) -> str | None:
 def bench_dbos(args: argparse.Namespace, run: str) -> dict[str, Any]:
     db = f"bench_dbos_{run}"
     out_file = Path(tempfile.mkstemp(prefix="bench_dbos_", suffix=".json")[1])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--dbos-child",
-           "--postgres-url", args.postgres_url, "--dbos-db", db,
-           "--dbos-steps", str(args.dbos_steps), "--reps", str(args.reps),
-           "--dbos-out", str(out_file)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--dbos-child",
+        "--postgres-url",
+        args.postgres_url,
+        "--dbos-db",
+        db,
+        "--dbos-steps",
+        str(args.dbos_steps),
+        "--reps",
+        str(args.reps),
+        "--dbos-out",
+        str(out_file),
+    ]
     result: dict[str, Any] = {"system_database": db}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.dbos_timeout)
@@ -686,8 +798,11 @@ def bench_dbos(args: argparse.Namespace, run: str) -> dict[str, Any]:
         if text:
             result.update(json.loads(text))
         else:
-            result.update(ok=False, error=f"DBOS child exited {proc.returncode} without a "
-                          f"result; stderr tail: {proc.stderr[-2000:]}")
+            result.update(
+                ok=False,
+                error=f"DBOS child exited {proc.returncode} without a "
+                f"result; stderr tail: {proc.stderr[-2000:]}",
+            )
     except subprocess.TimeoutExpired:
         result.update(ok=False, error=f"DBOS child did not finish in {args.dbos_timeout}s")
     except Exception as exc:
@@ -695,8 +810,9 @@ def bench_dbos(args: argparse.Namespace, run: str) -> dict[str, Any]:
     finally:
         out_file.unlink(missing_ok=True)
         try:
-            with psycopg.connect(psycopg_dsn(args.postgres_url, "postgres"),
-                                 autocommit=True) as conn:
+            with psycopg.connect(
+                psycopg_dsn(args.postgres_url, "postgres"), autocommit=True
+            ) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         except Exception as exc:
             result["cleanup_error"] = f"could not drop database {db}: {exc}"
@@ -710,12 +826,35 @@ class Workers:
     def __init__(self, env: dict[str, str], concurrency: int, log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "celery", "-A", "bench_app", "worker",
-               "-P", "prefork", "-c", str(concurrency), "-Q", env["BENCH_QUEUE"],
-               "-n", f"{env['BENCH_QUEUE']}@%h", "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "-l", "WARNING"]
-        self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-Q",
+            env["BENCH_QUEUE"],
+            "-n",
+            f"{env['BENCH_QUEUE']}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "WARNING",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=HERE,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -759,15 +898,21 @@ class Workers:
         self._log.close()
 
 
-def wait_until(done: Callable[[], int], target: int, timeout: float,
-               workers: Sequence[Workers], failed: Callable[[], int] | None = None) -> float:
+def wait_until(
+    done: Callable[[], int],
+    target: int,
+    timeout: float,
+    workers: Sequence[Workers],
+    failed: Callable[[], int] | None = None,
+) -> float:
     deadline = time.perf_counter() + timeout
     while True:
         if done() >= target:
             return time.perf_counter()
         if failed is not None and failed():
-            raise RuntimeError(f"{failed()} durable job(s) failed; worker log:\n"
-                               f"{workers[-1].tail()}")
+            raise RuntimeError(
+                f"{failed()} durable job(s) failed; worker log:\n{workers[-1].tail()}"
+            )
         for w in workers:
             if not w.alive():
                 raise RuntimeError(f"a worker exited; log:\n{w.tail()}")
@@ -779,35 +924,56 @@ def wait_until(done: Callable[[], int], target: int, timeout: float,
 class WorkerSetup:
     """One worker (its own queue) and the producer-side app that sends to it."""
 
-    def __init__(self, label: str, kinds: Sequence[str], args: argparse.Namespace, run: str,
-                 prefix: str, counter_key: str, span_key: str, log: str) -> None:
+    def __init__(
+        self,
+        label: str,
+        kinds: Sequence[str],
+        args: argparse.Namespace,
+        run: str,
+        prefix: str,
+        counter_key: str,
+        span_key: str,
+        log: str,
+    ) -> None:
         self.label, self.kinds, self.log = label, tuple(kinds), log
         self.queue = f"bench_{run}" if label == "bare" else f"bench_{run}_{label}"
-        env = {**os.environ,
-               "BENCH_BROKER_URL": args.broker_url, "BENCH_QUEUE": self.queue,
-               "BENCH_DURABLE_DATABASE_URL": args.postgres_url,
-               "BENCH_DURABLE_TABLE_PREFIX": prefix,
-               "BENCH_COUNTER_URL": args.broker_url, "BENCH_COUNTER_KEY": counter_key,
-               "BENCH_MIDDLEWARE": ",".join(kinds), "BENCH_MIDDLEWARE_LOG": log,
-               "BENCH_SPAN_COUNTER_KEY": span_key if "otel" in kinds else "",
-               "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent),
-                                             os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "BENCH_BROKER_URL": args.broker_url,
+            "BENCH_QUEUE": self.queue,
+            "BENCH_DURABLE_DATABASE_URL": args.postgres_url,
+            "BENCH_DURABLE_TABLE_PREFIX": prefix,
+            "BENCH_COUNTER_URL": args.broker_url,
+            "BENCH_COUNTER_KEY": counter_key,
+            "BENCH_MIDDLEWARE": ",".join(kinds),
+            "BENCH_MIDDLEWARE_LOG": log,
+            "BENCH_SPAN_COUNTER_KEY": span_key if "otel" in kinds else "",
+            "PYTHONPATH": os.pathsep.join(
+                [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # single-process metrics, as in 7a
         self.env = env
         # The producer gets the same middleware: on_enqueue (Prometheus' enqueued
         # counter) and OTel's message header run where jobs are enqueued.
         self.app = create_app(
-            broker=args.broker_url, queue=self.queue, store=args.postgres_url, prefix=prefix,
-            counter_url=args.broker_url, counter_key=counter_key, middleware=kinds,
-            middleware_log="null", name=f"bench_app_{label}")
+            broker=args.broker_url,
+            queue=self.queue,
+            store=args.postgres_url,
+            prefix=prefix,
+            counter_url=args.broker_url,
+            counter_key=counter_key,
+            middleware=kinds,
+            middleware_log="null",
+            name=f"bench_app_{label}",
+        )
         self.obs: Observability = self.app.bench_observability  # type: ignore[attr-defined]
         self.plain = self.app.tasks["bench.plain"]
         self.one_call = self.app.tasks["bench.one_call"]
         self.workers: Workers | None = None
 
     def start(self, concurrency: int) -> None:
-        log_path = Path(tempfile.mkstemp(prefix=f"bench_worker_{self.label}_",
-                                         suffix=".log")[1])
+        log_path = Path(tempfile.mkstemp(prefix=f"bench_worker_{self.label}_", suffix=".log")[1])
         self.workers = Workers(self.env, concurrency, log_path)
 
     def enqueue_span(self) -> Any:
@@ -835,9 +1001,14 @@ class WorkerSetup:
             self.app.close()
 
 
-def _rounds(args: argparse.Namespace, setups: list[WorkerSetup], workers: list[Workers],
-            plain_done: Callable[[], int], durable_done: Callable[[], int],
-            durable_failed: Callable[[], int]) -> list[dict[str, float]]:
+def _rounds(
+    args: argparse.Namespace,
+    setups: list[WorkerSetup],
+    workers: list[Workers],
+    plain_done: Callable[[], int],
+    durable_done: Callable[[], int],
+    durable_failed: Callable[[], int],
+) -> list[dict[str, float]]:
     """Round k: each setup in turn (order reversed on odd k), N plain tasks then N
     durable jobs; keys of the bare setup unprefixed, the others' prefixed by label."""
     rounds: list[dict[str, float]] = []
@@ -854,32 +1025,48 @@ def _rounds(args: argparse.Namespace, setups: list[WorkerSetup], workers: list[W
                 setup.plain.delay(i)
             t_enq, c_enq = time.perf_counter(), time.process_time()
             t1 = wait_until(plain_done, base + n, args.throughput_timeout, workers)
-            row.update({f"{key}plain_per_s": n / (t1 - t0),
-                        f"{key}plain_enqueue_per_s": n / (t_enq - t0),
-                        f"{key}plain_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
-                        f"{key}plain_worker_cpu_ms": (cpu() - w0) / n * 1e3})
+            row.update(
+                {
+                    f"{key}plain_per_s": n / (t1 - t0),
+                    f"{key}plain_enqueue_per_s": n / (t_enq - t0),
+                    f"{key}plain_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
+                    f"{key}plain_worker_cpu_ms": (cpu() - w0) / n * 1e3,
+                }
+            )
             base, w0 = durable_done(), cpu()
             t0, c0 = time.perf_counter(), time.process_time()
             with setup.enqueue_span():
                 for i in range(n):
                     setup.one_call.delay(i)
             t_enq, c_enq = time.perf_counter(), time.process_time()
-            t1 = wait_until(durable_done, base + n, args.throughput_timeout, workers,
-                            durable_failed)
-            row.update({f"{key}durable_per_s": n / (t1 - t0),
-                        f"{key}durable_enqueue_per_s": n / (t_enq - t0),
-                        f"{key}durable_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
-                        f"{key}durable_worker_cpu_ms": (cpu() - w0) / n * 1e3})
-            log(f"  round {k + 1} {setup.label:>4}: plain {row[f'{key}plain_per_s']:.0f}/s,"
-                f" durable {row[f'{key}durable_per_s']:.0f}/s")
+            t1 = wait_until(
+                durable_done, base + n, args.throughput_timeout, workers, durable_failed
+            )
+            row.update(
+                {
+                    f"{key}durable_per_s": n / (t1 - t0),
+                    f"{key}durable_enqueue_per_s": n / (t_enq - t0),
+                    f"{key}durable_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
+                    f"{key}durable_worker_cpu_ms": (cpu() - w0) / n * 1e3,
+                }
+            )
+            log(
+                f"  round {k + 1} {setup.label:>4}: plain {row[f'{key}plain_per_s']:.0f}/s,"
+                f" durable {row[f'{key}durable_per_s']:.0f}/s"
+            )
         rounds.append(row)
     return rounds
 
 
-def _middleware_throughput(args: argparse.Namespace, kinds: Sequence[str],
-                           result: dict[str, Any], rounds: list[dict[str, float]],
-                           warm: int, spans: Callable[[], int],
-                           log_file: str | None) -> dict[str, Any]:
+def _middleware_throughput(
+    args: argparse.Namespace,
+    kinds: Sequence[str],
+    result: dict[str, Any],
+    rounds: list[dict[str, float]],
+    warm: int,
+    spans: Callable[[], int],
+    log_file: str | None,
+) -> dict[str, Any]:
     """Section 7b: the middleware worker against the bare one, plus the checks that the
     middleware did run in the workers (spans exported, log lines written)."""
     mw_jobs = warm + args.rounds * args.throughput_n
@@ -889,31 +1076,40 @@ def _middleware_throughput(args: argparse.Namespace, kinds: Sequence[str],
     while spans() < spans_expected and time.perf_counter() < deadline:
         time.sleep(0.2)
     mw: dict[str, Any] = {
-        "middleware": list(kinds), "log": args.middleware_log,
+        "middleware": list(kinds),
+        "log": args.middleware_log,
         "durable_ratio": result["mw_durable_per_s"] / result["durable_per_s"],
         "durable_ratio_paired_median": median(
-            [row["mw_durable_per_s"] / row["durable_per_s"] for row in rounds]),
+            [row["mw_durable_per_s"] / row["durable_per_s"] for row in rounds]
+        ),
         "plain_ratio": result["mw_plain_per_s"] / result["plain_per_s"],
         "plain_ratio_paired_median": median(
-            [row["mw_plain_per_s"] / row["plain_per_s"] for row in rounds]),
+            [row["mw_plain_per_s"] / row["plain_per_s"] for row in rounds]
+        ),
         "ratio_vs_plain": result["mw_durable_per_s"] / result["mw_plain_per_s"],
-        "durable_worker_cpu_ratio": (result["mw_durable_worker_cpu_ms"]
-                                     / result["durable_worker_cpu_ms"]),
-        "durable_worker_cpu_added_ms": (result["mw_durable_worker_cpu_ms"]
-                                        - result["durable_worker_cpu_ms"]),
-        "durable_enqueue_cpu_ratio": (result["mw_durable_enqueue_cpu_us"]
-                                      / result["durable_enqueue_cpu_us"]),
-        "plain_worker_cpu_ratio": (result["mw_plain_worker_cpu_ms"]
-                                   / result["plain_worker_cpu_ms"]),
-        "spans_exported": spans(), "spans_expected": spans_expected,
+        "durable_worker_cpu_ratio": (
+            result["mw_durable_worker_cpu_ms"] / result["durable_worker_cpu_ms"]
+        ),
+        "durable_worker_cpu_added_ms": (
+            result["mw_durable_worker_cpu_ms"] - result["durable_worker_cpu_ms"]
+        ),
+        "durable_enqueue_cpu_ratio": (
+            result["mw_durable_enqueue_cpu_us"] / result["durable_enqueue_cpu_us"]
+        ),
+        "plain_worker_cpu_ratio": (
+            result["mw_plain_worker_cpu_ms"] / result["plain_worker_cpu_ms"]
+        ),
+        "spans_exported": spans(),
+        "spans_expected": spans_expected,
     }
     if log_file is not None:
         mw.update(log_lines=count_lines(log_file), log_lines_expected=3 * mw_jobs)
     return mw
 
 
-def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
-                     prefix: str) -> dict[str, Any]:
+def bench_throughput(
+    args: argparse.Namespace, run: str, storage: SQLStorage, prefix: str
+) -> dict[str, Any]:
     """Bare worker (section 6) and, unless --skip-middleware, a second worker with all
     the middleware on (section 7b). Both run for the whole test, each on its own queue;
     round k measures the configs in the order bare, middleware (k even) or reversed (k
@@ -925,11 +1121,16 @@ def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
     r = redis.Redis.from_url(args.broker_url)
     jobs = storage.tables.jobs
     kinds = () if args.skip_middleware else args.middleware_kinds
-    log_file = (tempfile.mkstemp(prefix="bench_worker_jobs_", suffix=".log")[1]
-                if "logging" in kinds and args.middleware_log == "file" else None)
-    setups = [WorkerSetup(label, ks, args, run, prefix, counter_key, span_key,
-                          log_file or "null")
-              for label, ks in [("bare", ()), ("mw", kinds)] if label == "bare" or ks]
+    log_file = (
+        tempfile.mkstemp(prefix="bench_worker_jobs_", suffix=".log")[1]
+        if "logging" in kinds and args.middleware_log == "file"
+        else None
+    )
+    setups = [
+        WorkerSetup(label, ks, args, run, prefix, counter_key, span_key, log_file or "null")
+        for label, ks in [("bare", ()), ("mw", kinds)]
+        if label == "bare" or ks
+    ]
     Durable.of(setups[0].app).migrate()  # already migrated by this run; idempotent
 
     def plain_done() -> int:
@@ -937,8 +1138,13 @@ def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
 
     def count_state(state: str) -> int:
         with storage.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(jobs).where(
-                jobs.c.state == state, jobs.c.task == "bench.one_call")))
+            return int(
+                conn.scalar(
+                    select(func.count())
+                    .select_from(jobs)
+                    .where(jobs.c.state == state, jobs.c.task == "bench.one_call")
+                )
+            )
 
     def durable_done() -> int:
         return count_state("succeeded")
@@ -946,9 +1152,14 @@ def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
     def durable_failed() -> int:
         return count_state("failed")
 
-    result: dict[str, Any] = {"n": args.throughput_n, "concurrency": args.concurrency,
-                              "rounds": args.rounds, "broker": args.broker_url,
-                              "queue": setups[0].queue, "workers": len(setups)}
+    result: dict[str, Any] = {
+        "n": args.throughput_n,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "broker": args.broker_url,
+        "queue": setups[0].queue,
+        "workers": len(setups),
+    }
     try:
         for setup in setups:
             setup.start(args.concurrency)
@@ -966,8 +1177,8 @@ def bench_throughput(args: argparse.Namespace, run: str, storage: SQLStorage,
         result["ratio"] = result["durable_per_s"] / result["plain_per_s"]
         if kinds:
             result["middleware"] = _middleware_throughput(
-                args, kinds, result, rounds, warm, lambda: int(r.get(span_key) or 0),
-                log_file)
+                args, kinds, result, rounds, warm, lambda: int(r.get(span_key) or 0), log_file
+            )
         result["ok"] = True
     except Exception as exc:
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -994,45 +1205,73 @@ def print_report(res: dict[str, Any]) -> None:
     def verdict(ok: bool) -> str:
         return "OK" if ok else "OVER BUDGET"
 
-    print(f"\ncelery-durable core benchmark  run={res['run']}  "
-          f"PostgreSQL {res['floor']['server_version']}  "
-          f"synchronous_commit={res['floor']['synchronous_commit']}  "
-          f"python {res['python']}  cpus={res['cpus']}")
+    print(
+        f"\ncelery-durable core benchmark  run={res['run']}  "
+        f"PostgreSQL {res['floor']['server_version']}  "
+        f"synchronous_commit={res['floor']['synchronous_commit']}  "
+        f"python {res['python']}  cpus={res['cpus']}"
+    )
     f = res["floor"]
     print(f"\n1. Commit floor (single-row INSERT + COMMIT, mean of {f['n']})")
     line("psycopg autocommit, TEMP table (the floor)", f"{f['psycopg_temp_us']:.1f} us")
     line("psycopg autocommit, regular (WAL-logged) table", f"{f['psycopg_logged_us']:.1f} us")
-    line("SQLAlchemy Core, same engine setup as SQLStorage", f"{f['sqlalchemy_logged_us']:.1f} us",
-         "(regular table)")
+    line(
+        "SQLAlchemy Core, same engine setup as SQLStorage",
+        f"{f['sqlalchemy_logged_us']:.1f} us",
+        "(regular table)",
+    )
 
     c = res["fresh"]
     floor, floor_logged = f["psycopg_temp_us"], f["psycopg_logged_us"]
-    print(f"\n2. Fresh call() inside a durable task (apply(), {c['n']} calls/job, "
-          f"median of {c['reps']} jobs)")
-    line("per fresh call", f"{c['fresh_call_us']:.1f} us",
-         f"(best job {c['fresh_call_us_min']:.1f} us)")
+    print(
+        f"\n2. Fresh call() inside a durable task (apply(), {c['n']} calls/job, "
+        f"median of {c['reps']} jobs)"
+    )
+    line(
+        "per fresh call",
+        f"{c['fresh_call_us']:.1f} us",
+        f"(best job {c['fresh_call_us_min']:.1f} us)",
+    )
     line("per plain call  plain_task.run(i)", f"{c['plain_run_us']:.2f} us")
     line("per plain call  plain_task(i)  (Task.__call__)", f"{c['plain_task_call_us']:.2f} us")
     line("overhead per call (fresh - plain .run)", f"{c['overhead_us']:.1f} us")
     ratio = c["overhead_us"] / floor
-    line("overhead / commit floor (temp table)", f"{ratio:.2f}x",
-         f"budget <= {BUDGET_OVERHEAD_VS_FLOOR:.0f}x: {verdict(ratio <= BUDGET_OVERHEAD_VS_FLOOR)}")
-    line("overhead / logged-table commit", f"{c['overhead_us'] / floor_logged:.2f}x",
-         "(same WAL flush our INSERT pays)")
+    line(
+        "overhead / commit floor (temp table)",
+        f"{ratio:.2f}x",
+        f"budget <= {BUDGET_OVERHEAD_VS_FLOOR:.0f}x: {verdict(ratio <= BUDGET_OVERHEAD_VS_FLOOR)}",
+    )
+    line(
+        "overhead / logged-table commit",
+        f"{c['overhead_us'] / floor_logged:.2f}x",
+        "(same WAL flush our INSERT pays)",
+    )
     line("statements per fresh call", f"{c['statements_per_fresh_call']:g}", "(expect 1)")
     k = c["breakdown"]
     print("   where a fresh call's time goes (medians, interleaved with the jobs above):")
     line("  store.record_call() alone", f"{k['record_call_us']:.1f} us")
-    line("    its INSERT..SELECT sent raw with psycopg", f"{k['raw_statement_us']:.1f} us",
-         "(server + wire)")
-    line("    SQLAlchemy statement build + execute overhead", f"{k['sqlalchemy_us']:.1f} us",
-         "(record_call - raw)")
-    line("  call() bookkeeping outside the store", f"{k['call_bookkeeping_us']:.1f} us",
-         "(fresh - record_call - plain)")
+    line(
+        "    its INSERT..SELECT sent raw with psycopg",
+        f"{k['raw_statement_us']:.1f} us",
+        "(server + wire)",
+    )
+    line(
+        "    SQLAlchemy statement build + execute overhead",
+        f"{k['sqlalchemy_us']:.1f} us",
+        "(record_call - raw)",
+    )
+    line(
+        "  call() bookkeeping outside the store",
+        f"{k['call_bookkeeping_us']:.1f} us",
+        "(fresh - record_call - plain)",
+    )
     line("job total (apply() incl. tracer, claim, history, finish)", f"{c['job_total_ms']:.1f} ms")
     fixed = c["statements_per_fresh_job"] - round(c["statements_per_fresh_call"] * c["n"])
-    line("job fixed cost (job total - call loop)", f"{c['job_fixed_ms']:.2f} ms",
-         f"({fixed} statements: bare apply() creates the missing job row, see 4.)")
+    line(
+        "job fixed cost (job total - call loop)",
+        f"{c['job_fixed_ms']:.2f} ms",
+        f"({fixed} statements: bare apply() creates the missing job row, see 4.)",
+    )
 
     p = res["replay"]
     print(f"\n3. Replay of a job with {p['n']} completed calls (median of {p['reps']})")
@@ -1040,47 +1279,69 @@ def print_report(res: dict[str, Any]) -> None:
     line("replay, whole apply()", f"{p['replay_total_ms']:.2f} ms")
     line("replay per call (whole apply() / calls)", f"{p['replay_us_per_call']:.2f} us")
     line("replay per call (call loop only)", f"{p['replay_loop_us_per_call']:.2f} us")
-    line("calls recorded before / after replays",
-         f"{p['calls_recorded_before']} / {p['calls_recorded_after']}")
+    line(
+        "calls recorded before / after replays",
+        f"{p['calls_recorded_before']} / {p['calls_recorded_after']}",
+    )
 
     s = res["statements"]
-    print(f"\n4. SQL statements (SQLAlchemy before_cursor_execute; engine isolation "
-          f"{s['engine_isolation_level']}: each statement is its own commit)")
+    print(
+        f"\n4. SQL statements (SQLAlchemy before_cursor_execute; engine isolation "
+        f"{s['engine_isolation_level']}: each statement is its own commit)"
+    )
     line("per fresh call", f"{c['statements_per_fresh_call']:g}", "(expect 1)")
     line("per replayed call", f"{p['statements_per_replayed_call']:g}", "(expect 0)")
-    line("history load (1 SELECT for the whole job)", f"{s['history_load']['statements']}",
-         f"(expect 1; {s['history_load']['rows']} rows)")
-    line("replayed job, whole apply()", f"{p['statements_per_replay_job']}",
-         "= " + ", ".join(p["replay_job_statements"]))
+    line(
+        "history load (1 SELECT for the whole job)",
+        f"{s['history_load']['statements']}",
+        f"(expect 1; {s['history_load']['rows']} rows)",
+    )
+    line(
+        "replayed job, whole apply()",
+        f"{p['statements_per_replay_job']}",
+        "= " + ", ".join(p["replay_job_statements"]),
+    )
     e = s["one_call_job_enqueued"]
     line("one-call job, enqueued (apply_async eager) total", f"{e['statements']}")
-    line("  of which worker side (claim+call+finish)",
-         f"{e['statements_excluding_enqueue']}",
-         "(expect 3: a first execution needs no history SELECT)")
+    line(
+        "  of which worker side (claim+call+finish)",
+        f"{e['statements_excluding_enqueue']}",
+        "(expect 3: a first execution needs no history SELECT)",
+    )
     for stmt in e["sequence"]:
         print(f"      {stmt}")
     b = s["one_call_job_bare_apply"]
     line("one-call job, bare apply() (no job row yet)", f"{b['statements']}")
     for stmt in b["sequence"]:
         print(f"      {stmt}")
-    line("COMMIT / ROLLBACK events (enqueued one-call job)",
-         f"{e['commits']} / {e['rollbacks']}",
-         f"(sent to the server: {e['commits_sent']} / {e['rollbacks_sent']}; a ROLLBACK on "
-         f"an idle autocommit connection is a psycopg no-op)")
+    line(
+        "COMMIT / ROLLBACK events (enqueued one-call job)",
+        f"{e['commits']} / {e['rollbacks']}",
+        f"(sent to the server: {e['commits_sent']} / {e['rollbacks_sent']}; a ROLLBACK on "
+        f"an idle autocommit connection is a psycopg no-op)",
+    )
 
     d = res["dbos"]
     print("\n5. DBOS")
     if d.get("ok"):
-        line(f"DBOS {d.get('version')} per @DBOS.step ({d['n']} steps, median of {d['reps']})",
-             f"{d['ms_per_step']:.3f} ms", f"(best {d['ms_per_step_min']:.3f} ms)")
-        line("DBOS statements / COMMITs per step",
-             f"{d['statements_per_step']:.2f} / {d['commits_per_step']:.2f}",
-             f"(~{d['round_trips_per_step']:.1f} round trips incl. BEGIN/COMMIT)")
+        line(
+            f"DBOS {d.get('version')} per @DBOS.step ({d['n']} steps, median of {d['reps']})",
+            f"{d['ms_per_step']:.3f} ms",
+            f"(best {d['ms_per_step_min']:.3f} ms)",
+        )
+        line(
+            "DBOS statements / COMMITs per step",
+            f"{d['statements_per_step']:.2f} / {d['commits_per_step']:.2f}",
+            f"(~{d['round_trips_per_step']:.1f} round trips incl. BEGIN/COMMIT)",
+        )
         ours = c["fresh_call_us"] / 1e3
         speedup = d["ms_per_step"] / ours
         line("celery-durable per fresh call", f"{ours:.3f} ms")
-        line("speed-up vs DBOS (DBOS step / our call)", f"{speedup:.1f}x",
-             f"budget >= {BUDGET_VS_DBOS:.0f}x: {verdict(speedup >= BUDGET_VS_DBOS)}")
+        line(
+            "speed-up vs DBOS (DBOS step / our call)",
+            f"{speedup:.1f}x",
+            f"budget >= {BUDGET_VS_DBOS:.0f}x: {verdict(speedup >= BUDGET_VS_DBOS)}",
+        )
     elif d.get("skipped"):
         print("  skipped (--skip-dbos)")
     else:
@@ -1089,14 +1350,25 @@ def print_report(res: dict[str, Any]) -> None:
     t = res["throughput"]
     print("\n6. Throughput, real `celery worker` (end to end: enqueue + run)")
     if t.get("ok"):
-        print(f"  worker: prefork -c {t['concurrency']}, broker {t['broker']}, "
-              f"N={t['n']} per kind, mean of {t['rounds']} rounds")
-        line("plain Celery tasks", f"{t['plain_per_s']:.0f} /s",
-             f"(enqueue alone {t['plain_enqueue_per_s']:.0f}/s)")
-        line("durable one-call jobs", f"{t['durable_per_s']:.0f} /s",
-             f"(enqueue alone {t['durable_enqueue_per_s']:.0f}/s)")
-        line("durable / plain", f"{t['ratio']:.2f}x",
-             f"budget >= {BUDGET_THROUGHPUT}x: {verdict(t['ratio'] >= BUDGET_THROUGHPUT)}")
+        print(
+            f"  worker: prefork -c {t['concurrency']}, broker {t['broker']}, "
+            f"N={t['n']} per kind, mean of {t['rounds']} rounds"
+        )
+        line(
+            "plain Celery tasks",
+            f"{t['plain_per_s']:.0f} /s",
+            f"(enqueue alone {t['plain_enqueue_per_s']:.0f}/s)",
+        )
+        line(
+            "durable one-call jobs",
+            f"{t['durable_per_s']:.0f} /s",
+            f"(enqueue alone {t['durable_enqueue_per_s']:.0f}/s)",
+        )
+        line(
+            "durable / plain",
+            f"{t['ratio']:.2f}x",
+            f"budget >= {BUDGET_THROUGHPUT}x: {verdict(t['ratio'] >= BUDGET_THROUGHPUT)}",
+        )
     elif t.get("skipped"):
         print("  skipped (--skip-throughput)")
     else:
@@ -1105,9 +1377,14 @@ def print_report(res: dict[str, Any]) -> None:
     print(f"\n  total run time {res['elapsed_s']:.1f} s")
 
 
-CONFIG_NAMES = {"bare": "bare (no middleware)", "hooks": "+ 5 no-op hooks",
-                "prometheus": "+ PrometheusMetrics", "logging": "+ LoggingMiddleware",
-                "otel": "+ OTelTracing", "all": "all of them"}
+CONFIG_NAMES = {
+    "bare": "bare (no middleware)",
+    "hooks": "+ 5 no-op hooks",
+    "prometheus": "+ PrometheusMetrics",
+    "logging": "+ LoggingMiddleware",
+    "otel": "+ OTelTracing",
+    "all": "all of them",
+}
 
 
 def print_middleware(res: dict[str, Any], line: Callable[..., None]) -> None:
@@ -1120,33 +1397,48 @@ def print_middleware(res: dict[str, Any], line: Callable[..., None]) -> None:
         print(f"  in-process part could not be measured: {m.get('error')}")
     else:
         log_to = "a file (FileHandler)" if m["log"] != "null" else "a NullHandler"
-        print(f"  a) fresh call() in-process, {m['n']} calls/job, {m['reps']} jobs per config "
-              f"interleaved; medians, added = median of paired (same rep) differences; "
-              f"LoggingMiddleware writes to {log_to}")
-        print(f"  {'config':<22} {'wall/call':>10} {'added':>10} {'ratio':>6}   "
-              f"{'CPU/call':>9} {'added':>9} {'ratio':>6}   {'job fixed':>9}")
+        print(
+            f"  a) fresh call() in-process, {m['n']} calls/job, {m['reps']} jobs per config "
+            f"interleaved; medians, added = median of paired (same rep) differences; "
+            f"LoggingMiddleware writes to {log_to}"
+        )
+        print(
+            f"  {'config':<22} {'wall/call':>10} {'added':>10} {'ratio':>6}   "
+            f"{'CPU/call':>9} {'added':>9} {'ratio':>6}   {'job fixed':>9}"
+        )
         for label, c in m["configs"].items():
             bare = label == "bare"
             added = "-" if bare else f"{c['added_us']:+.1f} us"
             cpu_added = "-" if bare else f"{c['cpu_added_us']:+.1f} us"
-            print(f"  {CONFIG_NAMES.get(label, label):<22} {c['fresh_call_us']:>7.1f} us "
-                  f"{added:>10} {c['ratio']:>5.2f}x   {c['cpu_us']:>6.1f} us {cpu_added:>9} "
-                  f"{c['cpu_ratio']:>5.2f}x   {c['job_fixed_ms']:>6.2f} ms")
+            print(
+                f"  {CONFIG_NAMES.get(label, label):<22} {c['fresh_call_us']:>7.1f} us "
+                f"{added:>10} {c['ratio']:>5.2f}x   {c['cpu_us']:>6.1f} us {cpu_added:>9} "
+                f"{c['cpu_ratio']:>5.2f}x   {c['job_fixed_ms']:>6.2f} ms"
+            )
         k = m["checks"]
-        logs = (f", log lines {k['log_lines']}/{k['log_lines_expected']}"
-                if "log_lines" in k else "")
-        print(f"     checks: statements per call (all) {k['statements_per_fresh_call_all']:g}, "
-              f"spans {k['spans_exported']}/{k['spans_expected']}, Prometheus calls "
-              f"{k['prometheus_calls_all']:.0f}/{k['prometheus_calls_expected']}{logs}")
+        logs = f", log lines {k['log_lines']}/{k['log_lines_expected']}" if "log_lines" in k else ""
+        print(
+            f"     checks: statements per call (all) {k['statements_per_fresh_call_all']:g}, "
+            f"spans {k['spans_exported']}/{k['spans_expected']}, Prometheus calls "
+            f"{k['prometheus_calls_all']:.0f}/{k['prometheus_calls_expected']}{logs}"
+        )
     t = res["throughput"]
     mw = t.get("middleware") if t.get("ok") else None
     if mw is None:
-        print("  b) real workers: not measured" + (" (--skip-throughput)"
-              if t.get("skipped") else f": {t.get('error', 'see section 6')}"))
+        print(
+            "  b) real workers: not measured"
+            + (
+                " (--skip-throughput)"
+                if t.get("skipped")
+                else f": {t.get('error', 'see section 6')}"
+            )
+        )
         return
-    print(f"  b) real workers: two `celery worker -c {t['concurrency']}` up together "
-          f"(bare, all middleware), own queues, N={t['n']}, {t['rounds']} rounds in "
-          f"alternating order; means, paired = median of per-round ratios")
+    print(
+        f"  b) real workers: two `celery worker -c {t['concurrency']}` up together "
+        f"(bare, all middleware), own queues, N={t['n']}, {t['rounds']} rounds in "
+        f"alternating order; means, paired = median of per-round ratios"
+    )
     print(f"  {'':<36} {'bare':>9} {'middleware':>11} {'ratio':>7} {'paired':>7}")
 
     def row(name: str, key: str, fmt: str) -> None:
@@ -1160,10 +1452,11 @@ def print_middleware(res: dict[str, Any], line: Callable[..., None]) -> None:
     row("plain tasks /s (control, no mw)", "plain_per_s", ".0f")
     row("  worker CPU ms per task", "plain_worker_cpu_ms", ".2f")
     print(f"  {'durable / plain':<36} {t['ratio']:>8.2f}x {mw['ratio_vs_plain']:>10.2f}x")
-    logs = (f", log lines {mw['log_lines']}/{mw['log_lines_expected']}"
-            if "log_lines" in mw else "")
-    print(f"     checks: spans exported by the workers {mw['spans_exported']}/"
-          f"{mw['spans_expected']}{logs}")
+    logs = f", log lines {mw['log_lines']}/{mw['log_lines_expected']}" if "log_lines" in mw else ""
+    print(
+        f"     checks: spans exported by the workers {mw['spans_exported']}/"
+        f"{mw['spans_expected']}{logs}"
+    )
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -1174,16 +1467,23 @@ def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     try:
         return fn(*args)
     except Exception as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_URL))
-    p.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER),
-                   help="Redis broker (and counter) for the throughput test")
+    p.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER),
+        help="Redis broker (and counter) for the throughput test",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--floor-n", type=int, default=2000)
     p.add_argument("--calls", type=int, default=300, help="calls per job in test 2")
@@ -1197,16 +1497,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--skip-dbos", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
-    p.add_argument("--skip-middleware", action="store_true",
-                   help="no section 7 (and only the bare worker in 6)")
-    p.add_argument("--middleware", default="all",
-                   help="middleware of section 7: all, or a comma list of "
-                        f"{','.join(MIDDLEWARE_KINDS)} (default all)")
-    p.add_argument("--middleware-log", choices=("file", "null"), default="file",
-                   help="LoggingMiddleware handler: a FileHandler on a temp file "
-                        "(default) or a NullHandler")
-    p.add_argument("--middleware-reps", type=int, default=10,
-                   help="jobs per config in 7a (interleaved)")
+    p.add_argument(
+        "--skip-middleware",
+        action="store_true",
+        help="no section 7 (and only the bare worker in 6)",
+    )
+    p.add_argument(
+        "--middleware",
+        default="all",
+        help="middleware of section 7: all, or a comma list of "
+        f"{','.join(MIDDLEWARE_KINDS)} (default all)",
+    )
+    p.add_argument(
+        "--middleware-log",
+        choices=("file", "null"),
+        default="file",
+        help="LoggingMiddleware handler: a FileHandler on a temp file (default) or a NullHandler",
+    )
+    p.add_argument(
+        "--middleware-reps", type=int, default=10, help="jobs per config in 7a (interleaved)"
+    )
     # internal: the DBOS subprocess
     p.add_argument("--dbos-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dbos-db", help=argparse.SUPPRESS)
@@ -1225,12 +1535,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     run = uuid.uuid4().hex[:8]
     prefix = f"bench_{run}_"
-    res: dict[str, Any] = {"run": run, "table_prefix": prefix,
-                           "postgres_url": make_url(args.postgres_url).render_as_string(),
-                           "python": platform.python_version(), "cpus": os.cpu_count(),
-                           "budgets": {"overhead_vs_commit_floor_max": BUDGET_OVERHEAD_VS_FLOOR,
-                                       "speedup_vs_dbos_min": BUDGET_VS_DBOS,
-                                       "throughput_ratio_min": BUDGET_THROUGHPUT}}
+    res: dict[str, Any] = {
+        "run": run,
+        "table_prefix": prefix,
+        "postgres_url": make_url(args.postgres_url).render_as_string(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "budgets": {
+            "overhead_vs_commit_floor_max": BUDGET_OVERHEAD_VS_FLOOR,
+            "speedup_vs_dbos_min": BUDGET_VS_DBOS,
+            "throughput_ratio_min": BUDGET_THROUGHPUT,
+        },
+    }
     storage = SQLStorage(args.postgres_url, table_prefix=prefix)
     storage.migrate()
     try:
@@ -1249,24 +1565,28 @@ def main(argv: list[str] | None = None) -> int:
             log(f"5/6 DBOS ({args.dbos_steps} steps, subprocess)")
             res["dbos"] = _guarded(bench_dbos, args, run)
             if res["dbos"].get("ok"):
-                res["dbos"]["speedup"] = (res["dbos"]["ms_per_step"] * 1e3
-                                          / res["fresh"]["fresh_call_us"])
+                res["dbos"]["speedup"] = (
+                    res["dbos"]["ms_per_step"] * 1e3 / res["fresh"]["fresh_call_us"]
+                )
             else:
                 log(f"DBOS failed: {res['dbos'].get('error')}")
         if args.skip_middleware:
             res["middleware_calls"] = {"skipped": True}
         else:
-            log(f"7a middleware in-process ({args.middleware_reps} jobs x {args.calls} calls "
-                f"per config, {'+'.join(args.middleware_kinds)})")
-            res["middleware_calls"] = _guarded(bench_middleware_calls_logged, args, run,
-                                               storage)
+            log(
+                f"7a middleware in-process ({args.middleware_reps} jobs x {args.calls} calls "
+                f"per config, {'+'.join(args.middleware_kinds)})"
+            )
+            res["middleware_calls"] = _guarded(bench_middleware_calls_logged, args, run, storage)
             if res["middleware_calls"].get("ok") is False:
                 log(f"middleware (in-process) failed: {res['middleware_calls'].get('error')}")
         if args.skip_throughput:
             res["throughput"] = {"skipped": True}
         else:
-            log(f"6/6 throughput ({args.throughput_n} tasks per kind, {args.rounds} rounds"
-                f"{'' if args.skip_middleware else ', bare and middleware workers'})")
+            log(
+                f"6/6 throughput ({args.throughput_n} tasks per kind, {args.rounds} rounds"
+                f"{'' if args.skip_middleware else ', bare and middleware workers'})"
+            )
             res["throughput"] = _guarded(bench_throughput, args, run, storage, prefix)
             if not res["throughput"].get("ok"):
                 log(f"throughput failed: {res['throughput'].get('error')}")
@@ -1289,10 +1609,12 @@ def main(argv: list[str] | None = None) -> int:
         "statements_per_fresh_call": fresh["statements_per_fresh_call"],
         "statements_per_replayed_call": res["replay"]["statements_per_replayed_call"],
         "statements_history_load": res["statements"]["history_load"]["statements"],
-        "statements_one_call_job_worker_side":
-            res["statements"]["one_call_job_enqueued"]["statements_excluding_enqueue"],
-        "statements_one_call_job_bare_apply":
-            res["statements"]["one_call_job_bare_apply"]["statements"],
+        "statements_one_call_job_worker_side": res["statements"]["one_call_job_enqueued"][
+            "statements_excluding_enqueue"
+        ],
+        "statements_one_call_job_bare_apply": res["statements"]["one_call_job_bare_apply"][
+            "statements"
+        ],
         "dbos_ms_per_step": res["dbos"].get("ms_per_step"),
         "speedup_vs_dbos": res["dbos"].get("speedup"),
         "plain_tasks_per_s": res["throughput"].get("plain_per_s"),
@@ -1304,12 +1626,14 @@ def main(argv: list[str] | None = None) -> int:
         res["summary"].update(
             middleware_fresh_call_us=mc["configs"]["all"]["fresh_call_us"],
             middleware_added_us_per_call=mc["configs"]["all"]["added_us"],
-            middleware_fresh_call_ratio=mc["configs"]["all"]["ratio"])
+            middleware_fresh_call_ratio=mc["configs"]["all"]["ratio"],
+        )
     if mt:
         res["summary"].update(
             middleware_durable_jobs_per_s=res["throughput"]["mw_durable_per_s"],
             middleware_throughput_ratio=mt["durable_ratio"],
-            middleware_throughput_ratio_paired=mt["durable_ratio_paired_median"])
+            middleware_throughput_ratio_paired=mt["durable_ratio_paired_median"],
+        )
     res["elapsed_s"] = time.perf_counter() - started
     if args.json:
         json.dump(res, sys.stdout, indent=2, default=str)

@@ -47,13 +47,34 @@ _instances: weakref.WeakKeyDictionary[Celery, Durable] = weakref.WeakKeyDictiona
 _instances_lock = threading.Lock()
 
 # Options Celery's @app.task understands beyond the Task class attributes.
-_CELERY_DECORATOR_OPTIONS = frozenset({
-    "base", "bind", "name", "shared", "lazy", "filter", "typing", "pydantic",
-    "pydantic_strict", "pydantic_context", "pydantic_dump_kwargs", "autoretry_for",
-    "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
-    "retry_jitter", "queue", "routing_key", "exchange", "priority", "delivery_mode",
-    "compression", "expires",
-})
+_CELERY_DECORATOR_OPTIONS = frozenset(
+    {
+        "base",
+        "bind",
+        "name",
+        "shared",
+        "lazy",
+        "filter",
+        "typing",
+        "pydantic",
+        "pydantic_strict",
+        "pydantic_context",
+        "pydantic_dump_kwargs",
+        "autoretry_for",
+        "dont_autoretry_for",
+        "retry_kwargs",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "queue",
+        "routing_key",
+        "exchange",
+        "priority",
+        "delivery_mode",
+        "compression",
+        "expires",
+    }
+)
 
 
 class Durable:
@@ -63,26 +84,36 @@ class Durable:
     arguments override them. Nothing connects to the database until it is used.
     """
 
-    def __init__(self, app: Celery, *, storage: Storage | None = None,
-                 clock: Callable[[], datetime] | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        storage: Storage | None = None,
+        clock: Callable[[], datetime] | None = None,
+        **settings: Any,
+    ) -> None:
         with _instances_lock:
             if app in _instances:
                 raise ConfigurationError(
                     f"app {app.main!r} already has a Durable instance; get it with "
-                    f"Durable.of(app) instead of creating a second one")
+                    f"Durable.of(app) instead of creating a second one"
+                )
             _instances[app] = self
         self.app = app
         self.settings = Settings.from_conf(app.conf, **settings)
-        self._names_a_database = storage is not None or database_url_configured(
-            app.conf, settings)
+        self._names_a_database = storage is not None or database_url_configured(app.conf, settings)
         self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
         """Retries and backoff of call()s whose task and call site set none."""
         self.determinism = check_determinism(self.settings.determinism, "durable_determinism")
         """The determinism mode of tasks that set none (see ``set_determinism``)."""
         self._storage = storage
         self._clock = clock or _utcnow
-        self.lease_keeper = LeaseKeeper(lambda: self.storage, self.settings.lease_seconds,
-                                        self.now, self.settings.cancel_check_interval)
+        self.lease_keeper = LeaseKeeper(
+            lambda: self.storage,
+            self.settings.lease_seconds,
+            self.now,
+            self.settings.cancel_check_interval,
+        )
         self.sweeper = RecoverySweeper(self)
         self.observers = Observers()
         self.schedules = Schedules(self)
@@ -100,8 +131,9 @@ class Durable:
     @property
     def storage(self) -> Storage:
         if self._storage is None:
-            self._storage = SQLStorage(self.settings.database_url,
-                                       table_prefix=self.settings.table_prefix)
+            self._storage = SQLStorage(
+                self.settings.database_url, table_prefix=self.settings.table_prefix
+            )
         return self._storage
 
     def now(self) -> datetime:
@@ -117,17 +149,31 @@ class Durable:
         Same as ``@app.task(base=DurableTask, ...)``, but unknown options are rejected.
         """
         _check_options(options)
-        check_task_options(options, str(options.get("name") or getattr(
-            args[0], "__name__", "?") if args else options.get("name", "?")))
+        check_task_options(
+            options,
+            str(
+                options.get("name") or getattr(args[0], "__name__", "?")
+                if args
+                else options.get("name", "?")
+            ),
+        )
         options.setdefault("base", DurableTask)
         if len(args) == 1 and callable(args[0]):
             return self.app.task(**options)(args[0])
         return self.app.task(*args, **options)
 
-    def enqueue(self, task: Any, *args: Any, kwargs: dict[str, Any] | None = None,
-                queue: str | None = None, priority: int | None = None,
-                delay: Any = None, at: datetime | None = None, unique: str | None = None,
-                **options: Any) -> Any:
+    def enqueue(
+        self,
+        task: Any,
+        *args: Any,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: Any = None,
+        at: datetime | None = None,
+        unique: str | None = None,
+        **options: Any,
+    ) -> Any:
         """Enqueue a durable task (object or registered name); returns its AsyncResult.
 
         ``priority``: 0-9, higher runs first on every broker (mapped onto Redis's
@@ -137,8 +183,18 @@ class Durable:
         while a job with this key is pending, waiting, retrying or running, enqueueing
         again returns that job instead of creating one. Other options go to Celery.
         """
-        return enqueue(self, task, args, kwargs, queue=queue, priority=priority,
-                       delay=delay, at=at, unique=unique, **options)
+        return enqueue(
+            self,
+            task,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            at=at,
+            unique=unique,
+            **options,
+        )
 
     # -- hooks and middleware -------------------------------------------------------------
 
@@ -152,33 +208,42 @@ class Durable:
         self.observers.hooks.job_start.append(fn)
         return fn
 
-    def on_job_complete(self, fn: Callable[[JobInfo, float], Any]
-                        ) -> Callable[[JobInfo, float], Any]:
+    def on_job_complete(
+        self, fn: Callable[[JobInfo, float], Any]
+    ) -> Callable[[JobInfo, float], Any]:
         """``fn(job, duration)`` when a job succeeds (duration of that execution)."""
         self.observers.hooks.job_complete.append(fn)
         return fn
 
-    def on_job_fail(self, fn: Callable[[JobInfo, BaseException | None], Any]
-                    ) -> Callable[[JobInfo, BaseException | None], Any]:
+    def on_job_fail(
+        self, fn: Callable[[JobInfo, BaseException | None], Any]
+    ) -> Callable[[JobInfo, BaseException | None], Any]:
         """``fn(job, error)`` when a job fails for good (failed or dead-lettered)."""
         self.observers.hooks.job_fail.append(fn)
         return fn
 
-    def on_retry(self, fn: Callable[[JobInfo, int, BaseException | None], Any]
-                 ) -> Callable[[JobInfo, int, BaseException | None], Any]:
+    def on_retry(
+        self, fn: Callable[[JobInfo, int, BaseException | None], Any]
+    ) -> Callable[[JobInfo, int, BaseException | None], Any]:
         """``fn(job, attempt, error)`` when a job is scheduled again after an error (a
         call retry or a job retry); ``attempt`` is the number of the next attempt."""
         self.observers.hooks.retry.append(fn)
         return fn
 
-    def on_checkpoint(self, fn: Callable[[JobInfo, CallInfo], Any]
-                      ) -> Callable[[JobInfo, CallInfo], Any]:
+    def on_checkpoint(
+        self, fn: Callable[[JobInfo, CallInfo], Any]
+    ) -> Callable[[JobInfo, CallInfo], Any]:
         """``fn(job, call)`` after a call's checkpoint is written."""
         self.observers.hooks.checkpoint.append(fn)
         return fn
 
-    def events(self, since: str | datetime | None = None, *, follow: bool = True,
-               poll_interval: float = 0.5) -> Iterator[Event]:
+    def events(
+        self,
+        since: str | datetime | None = None,
+        *,
+        follow: bool = True,
+        poll_interval: float = 0.5,
+    ) -> Iterator[Event]:
         """What every worker did (see ``celery_durable.events``), oldest first, from
         ``since`` (an event's ``cursor`` or a time); with ``follow``, forever."""
         if follow:
@@ -221,21 +286,38 @@ class Durable:
         job = self.storage.get_job(check_job_id(job_id))
         if job is None:
             raise JobNotFound(job_id)
-        return job_view(job, self.storage.load_history(job_id),
-                        self.storage.job_errors(job_id) if job.failures or job.requeues
-                        else [])
+        return job_view(
+            job,
+            self.storage.load_history(job_id),
+            self.storage.job_errors(job_id) if job.failures or job.requeues else [],
+        )
 
     # -- operations -------------------------------------------------------------------------
 
-    def jobs(self, *, states: str | Iterable[str] | None = None, task: str | None = None,
-             queue: str | None = None, since: datetime | None = None,
-             until: datetime | None = None, limit: int = 100,
-             offset: int = 0) -> list[JobSummary]:
+    def jobs(
+        self,
+        *,
+        states: str | Iterable[str] | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[JobSummary]:
         """Jobs, newest first; ``since``/``until`` bound when they were enqueued."""
         task = check_optional_name(task, "task")
         queue = check_optional_name(queue, "queue")
-        return operations.list_jobs(self, states=states, task=task, queue=queue,
-                                    since=since, until=until, limit=limit, offset=offset)
+        return operations.list_jobs(
+            self,
+            states=states,
+            task=task,
+            queue=queue,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
 
     def retry(self, job_id: str, *, from_scratch: bool = False) -> None:
         """Run a failed, dead or cancelled job again under the same id.
@@ -243,8 +325,7 @@ class Durable:
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
         operations.retry(self, check_job_id(job_id), from_scratch=from_scratch)
 
-    def send(self, job_id: str, topic: str, payload: Any, *,
-             key: str | None = None) -> bool:
+    def send(self, job_id: str, topic: str, payload: Any, *, key: str | None = None) -> bool:
         """Send a message to a job; its body takes it with ``receive(topic)``.
 
         Wakes the job if it waits for this topic. ``key``: an idempotency key, so a
@@ -260,8 +341,9 @@ class Durable:
         """The `celery worker`s that wrote a heartbeat in the last day, by name; each
         one's recovery sweeper writes it once per ``durable_sweep_interval``."""
         now = self.now()
-        return [worker_view(w, now, self.settings.sweep_interval)
-                for w in self.storage.list_workers()]
+        return [
+            worker_view(w, now, self.settings.sweep_interval) for w in self.storage.list_workers()
+        ]
 
     def recover(self, *, dry_run: bool = False) -> list[str]:
         """Run one recovery sweep now; returns the ids republished or ended."""
@@ -273,13 +355,24 @@ class Durable:
 
     # -- the dead-letter queue ------------------------------------------------------------
 
-    def dead_letters(self, *, task: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None, limit: int = 100,
-                     offset: int = 0) -> list[JobSummary]:
+    def dead_letters(
+        self,
+        *,
+        task: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[JobSummary]:
         """Dead letters, newest first; ``since``/``until`` bound when they died."""
-        return dead_letters.list_dead(self, task=check_optional_name(task, "task"),
-                                      since=since, until=until,
-                                      limit=limit, offset=offset)
+        return dead_letters.list_dead(
+            self,
+            task=check_optional_name(task, "task"),
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
 
     def dead_letter(self, job_id: str) -> JobView:
         """One dead letter with every failed execution and its call timeline.
@@ -294,12 +387,20 @@ class Durable:
         ids = check_job_ids([job_ids] if isinstance(job_ids, str) else job_ids)
         return dead_letters.requeue(self, ids, from_scratch=from_scratch)
 
-    def purge_dead_letters(self, job_ids: Iterable[str] | None = None, *,
-                           task: str | None = None, before: datetime | None = None) -> int:
+    def purge_dead_letters(
+        self,
+        job_ids: Iterable[str] | None = None,
+        *,
+        task: str | None = None,
+        before: datetime | None = None,
+    ) -> int:
         """Delete dead letters for good; returns how many were deleted."""
         return dead_letters.purge(
-            self, None if job_ids is None else check_job_ids(job_ids),
-            task=check_optional_name(task, "task"), before=before)
+            self,
+            None if job_ids is None else check_job_ids(job_ids),
+            task=check_optional_name(task, "task"),
+            before=before,
+        )
 
 
 _signals_connected = False
@@ -330,8 +431,9 @@ def _start_recovery(sender: Any = None, **_: Any) -> None:
         try:
             start_exporter(durable, durable.settings.metrics_port)
         except OSError:
-            logger.exception("durable: cannot serve metrics on port %d",
-                             durable.settings.metrics_port)
+            logger.exception(
+                "durable: cannot serve metrics on port %d", durable.settings.metrics_port
+            )
 
 
 # Brokers that live on this machine anyway: a SQLite store beside them is the embedded
@@ -351,7 +453,9 @@ def _warn_if_the_store_is_a_local_file(durable: Durable) -> None:
         "durable_database_url is not set: this worker keeps its durable jobs in the SQLite "
         "file %s, which workers on other hosts or in other directories do not share. Set "
         "app.conf.durable_database_url (CELERY_DURABLE_DATABASE_URL with Django's CELERY "
-        "namespace).", path)
+        "namespace).",
+        path,
+    )
 
 
 def _consumed_queues(durable: Durable) -> list[str]:
@@ -377,8 +481,9 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     try:
         durable.cancel(job_id, revoke=False)
     except Exception:
-        logger.warning("durable job %s was revoked but could not be cancelled", job_id,
-                       exc_info=True)
+        logger.warning(
+            "durable job %s was revoked but could not be cancelled", job_id, exc_info=True
+        )
 
 
 def _stop_recovery(how: str = "Warm", **_: Any) -> None:

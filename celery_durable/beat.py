@@ -43,8 +43,10 @@ class DatabaseScheduler(Scheduler):
     def _sync(self) -> None:
         changes = self.durable.schedules.sync()
         self._synced = True
-        logger.info("durable beat: schedules synced: %s",
-                    {k: v for k, v in changes.items() if v} or "no changes")
+        logger.info(
+            "durable beat: schedules synced: %s",
+            {k: v for k, v in changes.items() if v} or "no changes",
+        )
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

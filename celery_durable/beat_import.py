@@ -23,23 +23,33 @@ if TYPE_CHECKING:
 def import_beat_schedule(durable: Durable, entries: dict[str, Any]) -> None:
     for name, entry in entries.items():
         options = dict(entry.get("options") or {})
-        durable.schedules.register(Definition(
-            name=name, task=_task_name(entry["task"]),
-            when=_when(name, entry["schedule"]), args=tuple(entry.get("args") or ()),
-            kwargs=dict(entry.get("kwargs") or {}),
-            options={k: v for k, v in options.items() if k in ("queue", "priority")}
-            or None))
+        durable.schedules.register(
+            Definition(
+                name=name,
+                task=_task_name(entry["task"]),
+                when=_when(name, entry["schedule"]),
+                args=tuple(entry.get("args") or ()),
+                kwargs=dict(entry.get("kwargs") or {}),
+                options={k: v for k, v in options.items() if k in ("queue", "priority")} or None,
+            )
+        )
 
 
 def _when(name: str, value: Any) -> Schedule:
     if isinstance(value, (int, float, timedelta)):
         return every(value)
     if isinstance(value, crontab):
-        fields = (value._orig_minute, value._orig_hour, value._orig_day_of_month,
-                  value._orig_month_of_year, value._orig_day_of_week)
+        fields = (
+            value._orig_minute,
+            value._orig_hour,
+            value._orig_day_of_month,
+            value._orig_month_of_year,
+            value._orig_day_of_week,
+        )
         return cron(" ".join(str(f) for f in fields))
     if isinstance(value, celery_schedule):
         return every(value.run_every)
     raise ConfigurationError(
         f"beat_schedule entry {name!r}: {type(value).__name__} schedules cannot move to "
-        f"the durable beat; use every(), daily(), weekly() or cron()")
+        f"the durable beat; use every(), daily(), weekly() or cron()"
+    )

@@ -55,14 +55,25 @@ if TYPE_CHECKING:
 
 # Errors no retry can fix: the same code meets the same history or configuration again.
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (
-    NonDeterministicError, ConfigurationError, UnknownTaskError, OutsideDurableTaskError,
-    SerializationError, Cancelled)
+    NonDeterministicError,
+    ConfigurationError,
+    UnknownTaskError,
+    OutsideDurableTaskError,
+    SerializationError,
+    Cancelled,
+)
 
 CallTarget: TypeAlias = "Task[Any, Any] | Signature[Any] | str"
 
 
-def call(target: CallTarget, /, *args: Any, retries: int | None = None,
-         backoff: Backoff | Seconds | None = None, **kwargs: Any) -> Any:
+def call(
+    target: CallTarget,
+    /,
+    *args: Any,
+    retries: int | None = None,
+    backoff: Backoff | Seconds | None = None,
+    **kwargs: Any,
+) -> Any:
     """Run ``target`` (a task, a signature or a registered task name) as a durable step.
 
     The first time, the task's body runs in this process and its JSON result is stored
@@ -90,17 +101,25 @@ def call(target: CallTarget, /, *args: Any, retries: int | None = None,
     policy = execution.call_policy
     if retries is not None or backoff is not None:
         policy = RetryPolicy(
-            check_retries(retries, "call(retries=...)") if retries is not None
-            else policy.retries,
-            check_backoff(backoff, "call(backoff=...)") if backoff is not None
-            else policy.backoff)
+            check_retries(retries, "call(retries=...)") if retries is not None else policy.retries,
+            check_backoff(backoff, "call(backoff=...)") if backoff is not None else policy.backoff,
+        )
     if is_dispatched(target):
-        return call_dispatched(execution, target, args, kwargs,  # type: ignore[arg-type]
-                               retries, backoff if isinstance(backoff, (int, float)) else None)
+        return call_dispatched(
+            execution,
+            target,
+            args,
+            kwargs,  # type: ignore[arg-type]
+            retries,
+            backoff if isinstance(backoff, (int, float)) else None,
+        )
     task, args, kwargs = _resolve(execution.durable.app, target, args, kwargs)
     seq = execution.next_seq()
-    digest = None if execution.determinism is Determinism.EXPLICIT else \
-        serialization.digest(args, kwargs)
+    digest = (
+        None
+        if execution.determinism is Determinism.EXPLICIT
+        else serialization.digest(args, kwargs)
+    )
     recorded = recorded_for(execution, seq, task.name, digest)
     if recorded is not None and recorded.state is CallState.DISPATCHED:
         return resume_dispatched(execution, seq, recorded)
@@ -120,15 +139,24 @@ def check_may_run(execution: Execution, seq: int, previous: CallRecord | None) -
     if watch.lost.is_set():
         raise LeaseLost(execution.lease.job_id)
     if watch.cancelled.is_set() and not watch.cancel_raised:
-        _record(execution, pseudo_call(
-            execution, seq, CANCELLED_MARKER, "", "null",
-            attempts=previous.attempts + 1 if previous is not None else 1))
+        _record(
+            execution,
+            pseudo_call(
+                execution,
+                seq,
+                CANCELLED_MARKER,
+                "",
+                "null",
+                attempts=previous.attempts + 1 if previous is not None else 1,
+            ),
+        )
         watch.cancel_raised = True
         raise Cancelled(execution.root_id)
 
 
-def _resolve(app: Celery, target: CallTarget, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> tuple[Task, tuple[Any, ...], dict[str, Any]]:  # type: ignore[type-arg]
+def _resolve(
+    app: Celery, target: CallTarget, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Task, tuple[Any, ...], dict[str, Any]]:  # type: ignore[type-arg]
     if isinstance(target, Signature):
         task = _lookup(app, target.task)
         return task, (*target.args, *args), {**target.kwargs, **kwargs}
@@ -162,15 +190,27 @@ def replay_recorded(execution: Execution, seq: int, recorded: CallRecord) -> Any
     """A recorded call's outcome again: its result, or its CallError."""
     if recorded.state is CallState.FAILED:
         error = serialization.loads(recorded.error) or {}
-        raise CallError(job_id=execution.job_id, seq=seq, name=recorded.name,
-                        error_type=error.get("type", "Exception"),
-                        error_message=error.get("message", ""), attempts=recorded.attempts,
-                        no_retry=bool(error.get("no_retry")))
+        raise CallError(
+            job_id=execution.job_id,
+            seq=seq,
+            name=recorded.name,
+            error_type=error.get("type", "Exception"),
+            error_message=error.get("message", ""),
+            attempts=recorded.attempts,
+            no_retry=bool(error.get("no_retry")),
+        )
     return serialization.loads(recorded.result)
 
 
-def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
-         kwargs: dict[str, Any], policy: RetryPolicy, previous: CallRecord | None) -> Any:
+def _run(
+    execution: Execution,
+    seq: int,
+    task: Task,
+    args: tuple[Any, ...],  # type: ignore[type-arg]
+    kwargs: dict[str, Any],
+    policy: RetryPolicy,
+    previous: CallRecord | None,
+) -> Any:
     durable = execution.durable
     attempt = previous.attempts + 1 if previous is not None else 1
     earlier = (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
@@ -182,31 +222,76 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
         raise
     except Exception as exc:
         reason = final_reason(exc)
-        tried = [*earlier, {"type": type(reason).__name__, "message": str(reason),
-                            "started_at": started.isoformat(),
-                            "failed_at": durable.now().isoformat(),
-                            "traceback": _traceback(reason)}]
+        tried = [
+            *earlier,
+            {
+                "type": type(reason).__name__,
+                "message": str(reason),
+                "started_at": started.isoformat(),
+                "failed_at": durable.now().isoformat(),
+                "traceback": _traceback(reason),
+            },
+        ]
         if call_retryable(exc) and attempt <= policy.retries:
-            record = _record_of(execution, seq, task.name, args, kwargs, started,
-                                CallState.RETRYING, attempt, None,
-                                encode_error(reason, attempts=tried))
+            record = _record_of(
+                execution,
+                seq,
+                task.name,
+                args,
+                kwargs,
+                started,
+                CallState.RETRYING,
+                attempt,
+                None,
+                encode_error(reason, attempts=tried),
+            )
             watched.failed(reason, retrying=True)
             raise CallRetryPending(record, policy.delay(attempt, exc), reason) from exc
         watched.failed(reason, retrying=False)
         # NoRetry raised deeper (inside a called durable task) still means no retries.
         no_retry = isinstance(exc, NoRetry) or (isinstance(exc, CallError) and exc.no_retry)
-        _record(execution, _record_of(
-            execution, seq, task.name, args, kwargs, started, CallState.FAILED, attempt, None,
-            encode_error(reason, attempts=tried, no_retry=no_retry)))
-        raise CallError(job_id=execution.job_id, seq=seq, name=task.name,
-                        error_type=type(reason).__name__, error_message=str(reason),
-                        attempts=attempt, no_retry=no_retry) from reason
+        _record(
+            execution,
+            _record_of(
+                execution,
+                seq,
+                task.name,
+                args,
+                kwargs,
+                started,
+                CallState.FAILED,
+                attempt,
+                None,
+                encode_error(reason, attempts=tried, no_retry=no_retry),
+            ),
+        )
+        raise CallError(
+            job_id=execution.job_id,
+            seq=seq,
+            name=task.name,
+            error_type=type(reason).__name__,
+            error_message=str(reason),
+            attempts=attempt,
+            no_retry=no_retry,
+        ) from reason
     encoded = serialization.dumps(
-        result, what=f"the result of call #{seq} {task.name!r} in job {execution.job_id}")
-    _record(execution, _record_of(
-        execution, seq, task.name, args, kwargs, started, CallState.SUCCEEDED, attempt,
-        encoded, serialization.dumps({"attempts": earlier}, what="call errors")
-        if earlier else None))
+        result, what=f"the result of call #{seq} {task.name!r} in job {execution.job_id}"
+    )
+    _record(
+        execution,
+        _record_of(
+            execution,
+            seq,
+            task.name,
+            args,
+            kwargs,
+            started,
+            CallState.SUCCEEDED,
+            attempt,
+            encoded,
+            serialization.dumps({"attempts": earlier}, what="call errors") if earlier else None,
+        ),
+    )
     watched.succeeded()
     # The body sees exactly what a replay would return (tuples become lists, ...).
     return serialization.loads(encoded)
@@ -215,21 +300,25 @@ def _run(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # t
 class _Watched:
     """Tells hooks and middleware about one live call (nothing when nobody listens)."""
 
-    def __init__(self, execution: Execution, seq: int, name: str, attempt: int,
-                 started: datetime) -> None:
+    def __init__(
+        self, execution: Execution, seq: int, name: str, attempt: int, started: datetime
+    ) -> None:
         self.execution, self.info = execution, execution.info
         if self.info is None:
             return
         self.call = CallInfo(
-            scope=execution.job_id, seq=seq,
+            scope=execution.job_id,
+            seq=seq,
             position=".".join(map(str, position(execution.root_id, execution.job_id, seq))),
-            name=name, attempt=attempt, started_at=started)
+            name=name,
+            attempt=attempt,
+            started_at=started,
+        )
         self.clock = time.monotonic()
         execution.durable.observers.call_started(self.info, self.call)
 
     def _ended(self, **changes: Any) -> CallInfo:
-        return dataclasses.replace(self.call, duration=time.monotonic() - self.clock,
-                                   **changes)
+        return dataclasses.replace(self.call, duration=time.monotonic() - self.clock, **changes)
 
     def succeeded(self) -> None:
         if self.info is not None:
@@ -238,7 +327,8 @@ class _Watched:
     def failed(self, error: BaseException, *, retrying: bool) -> None:
         if self.info is not None:
             self.execution.durable.observers.call_failed(
-                self.info, self._ended(retrying=retrying), error)
+                self.info, self._ended(retrying=retrying), error
+            )
 
 
 def call_retryable(exc: BaseException) -> bool:
@@ -249,8 +339,13 @@ def call_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, (NoRetry, CallError, *NOT_RETRYABLE))
 
 
-def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  # type: ignore[type-arg]
-            kwargs: dict[str, Any]) -> Any:
+def _invoke(
+    execution: Execution,
+    seq: int,
+    task: Task,
+    args: tuple[Any, ...],  # type: ignore[type-arg]
+    kwargs: dict[str, Any],
+) -> Any:
     call_token = enter_call(call_id(execution.job_id, seq))
     # The called task runs in a child scope: call()s it makes itself get checkpoints of
     # their own ("<job>.<seq>"), so they never shift the caller's positions on replay.
@@ -264,13 +359,31 @@ def _invoke(execution: Execution, seq: int, task: Task, args: tuple[Any, ...],  
         exit_call(call_token)
 
 
-def _record_of(execution: Execution, seq: int, name: str, args: tuple[Any, ...],
-               kwargs: dict[str, Any], started: datetime, state: CallState, attempts: int,
-               result: str | None, error: str | None) -> CallRecord:
+def _record_of(
+    execution: Execution,
+    seq: int,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    started: datetime,
+    state: CallState,
+    attempts: int,
+    result: str | None,
+    error: str | None,
+) -> CallRecord:
     return CallRecord(
-        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
-        args_digest=serialization.digest(args, kwargs), state=state, attempts=attempts,
-        result=result, error=error, started_at=started, finished_at=execution.durable.now())
+        job_id=execution.job_id,
+        seq=seq,
+        root_id=execution.root_id,
+        name=name,
+        args_digest=serialization.digest(args, kwargs),
+        state=state,
+        attempts=attempts,
+        result=result,
+        error=error,
+        started_at=started,
+        finished_at=execution.durable.now(),
+    )
 
 
 def _record(execution: Execution, record: CallRecord) -> None:
@@ -280,10 +393,15 @@ def _record(execution: Execution, record: CallRecord) -> None:
 
 
 def encode_error(exc: BaseException, **extra: Any) -> str:
-    return serialization.dumps({
-        "type": type(exc).__name__, "message": str(exc), "traceback": _traceback(exc),
-        **extra,
-    }, what="an error description")
+    return serialization.dumps(
+        {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": _traceback(exc),
+            **extra,
+        },
+        what="an error description",
+    )
 
 
 def _traceback(exc: BaseException) -> str:

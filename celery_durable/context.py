@@ -54,12 +54,17 @@ class Execution:
 
     def child(self, seq: int, task: object) -> Execution:
         return Execution(
-            durable=self.durable, task_name=str(getattr(task, "name", task)),
-            job_id=derived_id(self.job_id, seq), root_id=self.root_id, lease=self.lease,
-            history=self.history, watch=self.watch,
+            durable=self.durable,
+            task_name=str(getattr(task, "name", task)),
+            job_id=derived_id(self.job_id, seq),
+            root_id=self.root_id,
+            lease=self.lease,
+            history=self.history,
+            watch=self.watch,
             call_policy=call_policy(task, self.call_policy),
             determinism=task_determinism(task, self.determinism),
-            replay_only=self.replay_only, info=self.info,
+            replay_only=self.replay_only,
+            info=self.info,
         )
 
     def ended(self, state: str, error: BaseException | None = None, **details: Any) -> None:
@@ -73,7 +78,8 @@ def derived_id(scope: str, seq: int) -> str:
         raise ConfigurationError(
             f"calls nested too deeply under {scope[:40]!r}...: the id {derived[:40]!r}... "
             f"of call #{seq} would be longer than {ID_COLUMN} characters. Use shorter job "
-            f"ids, or fewer levels of durable tasks calling durable tasks.")
+            f"ids, or fewer levels of durable tasks calling durable tasks."
+        )
     return derived
 
 
@@ -90,8 +96,8 @@ def require_execution(what: str) -> Execution:
     execution = _current.get()
     if execution is None:
         raise OutsideDurableTaskError(
-            f"{what} can only be used inside the body of a durable task executed by a "
-            f"worker")
+            f"{what} can only be used inside the body of a durable task executed by a worker"
+        )
     return execution
 
 

@@ -24,11 +24,23 @@ DEAD = (JobState.DEAD,)
 _PURGE_BATCH = 500
 
 
-def list_dead(durable: Durable, *, task: str | None = None, since: datetime | None = None,
-              until: datetime | None = None, limit: int = 100,
-              offset: int = 0) -> list[JobSummary]:
-    where = JobFilter(states=DEAD, task=task, finished_after=since, finished_before=until,
-                      limit=limit, offset=offset)
+def list_dead(
+    durable: Durable,
+    *,
+    task: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[JobSummary]:
+    where = JobFilter(
+        states=DEAD,
+        task=task,
+        finished_after=since,
+        finished_before=until,
+        limit=limit,
+        offset=offset,
+    )
     return [job_summary(job) for job in durable.storage.list_jobs(where)]
 
 
@@ -40,8 +52,9 @@ def show_dead(durable: Durable, job_id: str) -> JobView:
     return job_view(job, storage.load_history(job_id), storage.job_errors(job_id))
 
 
-def requeue(durable: Durable, job_ids: str | Iterable[str], *,
-            from_scratch: bool = False) -> list[str]:
+def requeue(
+    durable: Durable, job_ids: str | Iterable[str], *, from_scratch: bool = False
+) -> list[str]:
     """Put dead jobs back on their queue; returns the ids that were requeued.
 
     By default the job resumes from its checkpoints: calls that succeeded before the
@@ -50,12 +63,20 @@ def requeue(durable: Durable, job_ids: str | Iterable[str], *,
     Ids that are not dead letters (any more) are skipped.
     """
     ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
-    return [job_id for job_id in ids
-            if recovery.requeue(durable, job_id, DEAD, from_scratch=from_scratch)]
+    return [
+        job_id
+        for job_id in ids
+        if recovery.requeue(durable, job_id, DEAD, from_scratch=from_scratch)
+    ]
 
 
-def purge(durable: Durable, job_ids: Iterable[str] | None = None, *,
-          task: str | None = None, before: datetime | None = None) -> int:
+def purge(
+    durable: Durable,
+    job_ids: Iterable[str] | None = None,
+    *,
+    task: str | None = None,
+    before: datetime | None = None,
+) -> int:
     """Delete dead letters (with their calls and errors); returns how many went.
 
     Either the given ids, or every dead letter matching ``task``/``before`` (finished
@@ -65,8 +86,9 @@ def purge(durable: Durable, job_ids: Iterable[str] | None = None, *,
         return storage.delete_jobs(list(job_ids), DEAD)
     deleted = 0
     while True:
-        batch = storage.list_jobs(JobFilter(states=DEAD, task=task, finished_before=before,
-                                            limit=_PURGE_BATCH))
+        batch = storage.list_jobs(
+            JobFilter(states=DEAD, task=task, finished_before=before, limit=_PURGE_BATCH)
+        )
         if not batch:
             return deleted
         deleted += storage.delete_jobs([job.id for job in batch], DEAD)

@@ -48,8 +48,8 @@ def check_determinism(value: Any, what: str) -> Determinism:
         return Determinism(value.value if isinstance(value, Determinism) else value)
     except ValueError:
         raise ConfigurationError(
-            f"{what} must be one of {', '.join(repr(m.value) for m in Determinism)}, "
-            f"got {value!r}") from None
+            f"{what} must be one of {', '.join(repr(m.value) for m in Determinism)}, got {value!r}"
+        ) from None
 
 
 class EndOfHistory(BaseException):
@@ -61,8 +61,9 @@ class EndOfHistory(BaseException):
         super().__init__(f"history ends before #{seq} {name}")
 
 
-def recorded_for(execution: Execution, seq: int, name: str,
-                 digest: str | None) -> CallRecord | None:
+def recorded_for(
+    execution: Execution, seq: int, name: str, digest: str | None
+) -> CallRecord | None:
     """The recorded call at ``seq`` if it may stand for this one; None to run live.
 
     ``digest`` is the arguments' digest (None: not computed, EXPLICIT mode)."""
@@ -82,23 +83,36 @@ def recorded_for(execution: Execution, seq: int, name: str,
         _discard_from(execution, seq, name, digest, recorded)
         return None
     raise NonDeterministicError(
-        job_id=execution.job_id, task=execution.task_name, seq=seq, expected=name,
-        recorded=recorded.name, expected_digest=digest if mode is not
-        Determinism.EXPLICIT else None, recorded_digest=recorded.args_digest,
-        mode=mode.value)
+        job_id=execution.job_id,
+        task=execution.task_name,
+        seq=seq,
+        expected=name,
+        recorded=recorded.name,
+        expected_digest=digest if mode is not Determinism.EXPLICIT else None,
+        recorded_digest=recorded.args_digest,
+        mode=mode.value,
+    )
 
 
-def _discard_from(execution: Execution, seq: int, name: str, digest: str | None,
-                  recorded: CallRecord) -> None:
+def _discard_from(
+    execution: Execution, seq: int, name: str, digest: str | None, recorded: CallRecord
+) -> None:
     root = execution.root_id
     start = position(root, execution.job_id, seq)
     doomed = [key for key in execution.history if position(root, *key) >= start]
     logger.warning(
         "job %s (%s) diverged from its history at #%s: the code calls %s (args %s), the "
         "history holds %s (args %s); best_effort: dropping %d recorded call(s) from "
-        "there and continuing live", root, execution.task_name,
-        ".".join(map(str, start)), name, (digest or "")[:12], recorded.name,
-        recorded.args_digest[:12], len(doomed))
+        "there and continuing live",
+        root,
+        execution.task_name,
+        ".".join(map(str, start)),
+        name,
+        (digest or "")[:12],
+        recorded.name,
+        recorded.args_digest[:12],
+        len(doomed),
+    )
     with interrupt_on_storage_error(root):
         execution.durable.storage.discard_calls(execution.lease, doomed)
     for key in doomed:

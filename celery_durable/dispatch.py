@@ -58,7 +58,8 @@ def shown_name(task_name: str, args: Sequence[Any]) -> str:
 def is_dispatched(target: object) -> bool:
     """A signature with a queue, routing key or exchange set runs as a child job."""
     return isinstance(target, Signature) and any(
-        target.options.get(name) for name in ROUTING_OPTIONS)
+        target.options.get(name) for name in ROUTING_OPTIONS
+    )
 
 
 def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]:
@@ -73,19 +74,26 @@ def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]
     execution = require_execution("gather()")
     for spec in specs:
         if not isinstance(spec, Signature):
-            raise TypeError(f"gather() takes signatures (task.s(...)), "
-                            f"not {type(spec).__name__}")
+            raise TypeError(f"gather() takes signatures (task.s(...)), not {type(spec).__name__}")
     return _gather(execution, list(specs), return_exceptions=return_exceptions)
 
 
-def call_dispatched(execution: Execution, target: Signature[Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any], retries: int | None,
-                    backoff: float | None) -> Any:
-    spec = Signature(target.task, args=(*target.args, *args),
-                     kwargs={**target.kwargs, **kwargs}, options=dict(target.options),
-                     app=execution.durable.app)
-    return _gather(execution, [spec], return_exceptions=False, retries=retries,
-                   backoff=backoff)[0]
+def call_dispatched(
+    execution: Execution,
+    target: Signature[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int | None,
+    backoff: float | None,
+) -> Any:
+    spec = Signature(
+        target.task,
+        args=(*target.args, *args),
+        kwargs={**target.kwargs, **kwargs},
+        options=dict(target.options),
+        app=execution.durable.app,
+    )
+    return _gather(execution, [spec], return_exceptions=False, retries=retries, backoff=backoff)[0]
 
 
 @dataclass
@@ -104,8 +112,14 @@ class _Slot:
     done: bool = False
 
 
-def _gather(execution: Execution, specs: list[Signature[Any]], *, return_exceptions: bool,
-            retries: int | None = None, backoff: float | None = None) -> list[Any]:
+def _gather(
+    execution: Execution,
+    specs: list[Signature[Any]],
+    *,
+    return_exceptions: bool,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> list[Any]:
     from .calls import call
 
     slots: list[_Slot] = []
@@ -123,8 +137,7 @@ def _gather(execution: Execution, specs: list[Signature[Any]], *, return_excepti
 def resume_dispatched(execution: Execution, seq: int, recorded: CallRecord) -> Any:
     """A position recorded as dispatched, reached by code that now calls in-process (it
     changed while the job was in flight): the child that was sent stands for the call."""
-    slot = _Slot(seq=seq, record=recorded,
-                 child_id=dispatched_child(recorded))
+    slot = _Slot(seq=seq, record=recorded, child_id=dispatched_child(recorded))
     return _outcomes(execution, [slot], return_exceptions=False)[0]
 
 
@@ -135,29 +148,36 @@ def _outcomes(execution: Execution, slots: list[_Slot], return_exceptions: bool)
     unfinished = [s for s in slots if not s.done]
     if unfinished:
         _assign_children(execution, new)
-        raise Suspend(calls=[s.record for s in new if s.record is not None],
-                      children=[s.child for s in new if s.child is not None],
-                      waiting_for=[s.child_id or "" for s in unfinished])
+        raise Suspend(
+            calls=[s.record for s in new if s.record is not None],
+            children=[s.child for s in new if s.child is not None],
+            waiting_for=[s.child_id or "" for s in unfinished],
+        )
     errors = [s.error for s in slots if s.error is not None]
     if errors and not return_exceptions:
         raise errors[0]
     return [s.error if s.error is not None else s.value for s in slots]
 
 
-def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
-              backoff: float | None) -> _Slot:
+def _dispatch(
+    execution: Execution, spec: Signature[Any], retries: int | None, backoff: float | None
+) -> _Slot:
     unsupported = sorted(set(spec.options) - {*_CHILD_OPTIONS, *_IGNORED_OPTIONS})
     if unsupported:  # no retry can fix this: the same code sends the same options
         raise ConfigurationError(
             f"a dispatched call of {spec.task!r} cannot take the option(s) "
             f"{', '.join(unsupported)}: it runs when the job reaches it and its outcome "
             f"returns to the job (use sleep() before it for a delay). Supported: "
-            f"{', '.join(_CHILD_OPTIONS)}")
+            f"{', '.join(_CHILD_OPTIONS)}"
+        )
     name = spec.task
     args, kwargs = tuple(spec.args), dict(spec.kwargs)
     seq = execution.next_seq()
-    digest = None if execution.determinism is Determinism.EXPLICIT else \
-        serialization.digest(args, kwargs)
+    digest = (
+        None
+        if execution.determinism is Determinism.EXPLICIT
+        else serialization.digest(args, kwargs)
+    )
     recorded = recorded_for(execution, seq, name, digest)
     if recorded is not None and recorded.state is CallState.DISPATCHED:
         return _Slot(seq=seq, record=recorded, child_id=dispatched_child(recorded))
@@ -178,15 +198,34 @@ def _dispatch(execution: Execution, spec: Signature[Any], retries: int | None,
     # dispatch it meanwhile) is taken over by the dispatch: its row is updated.
     attempts = recorded.attempts + 1 if recorded is not None else 1
     record = CallRecord(
-        job_id=execution.job_id, seq=seq, root_id=execution.root_id, name=name,
-        args_digest=serialization.digest(args, kwargs), state=CallState.DISPATCHED,
-        attempts=attempts, result=None, error=None, started_at=now, finished_at=now)
-    return _Slot(seq=seq, record=record, child_id=child_id, new=True,
-                 child=_child_job(execution, child_id, spec, retries, backoff))
+        job_id=execution.job_id,
+        seq=seq,
+        root_id=execution.root_id,
+        name=name,
+        args_digest=serialization.digest(args, kwargs),
+        state=CallState.DISPATCHED,
+        attempts=attempts,
+        result=None,
+        error=None,
+        started_at=now,
+        finished_at=now,
+    )
+    return _Slot(
+        seq=seq,
+        record=record,
+        child_id=child_id,
+        new=True,
+        child=_child_job(execution, child_id, spec, retries, backoff),
+    )
 
 
-def _child_job(execution: Execution, child_id: str, spec: Signature[Any],
-               retries: int | None, backoff: float | None) -> NewJob:
+def _child_job(
+    execution: Execution,
+    child_id: str,
+    spec: Signature[Any],
+    retries: int | None,
+    backoff: float | None,
+) -> NewJob:
     from .runner import new_job
 
     options = {k: spec.options[k] for k in _CHILD_OPTIONS if spec.options.get(k) is not None}
@@ -194,11 +233,22 @@ def _child_job(execution: Execution, child_id: str, spec: Signature[Any],
     if execution.durable.observers.middleware:  # e.g. the trace context: the child's
         headers.update(execution.durable.observers.message_headers())  # spans nest here
     job = new_job(
-        execution.durable, DISPATCH_TASK, child_id,
-        [spec.task, list(spec.args), dict(spec.kwargs),
-         execution.call_policy.retries if retries is None else retries, backoff], {},
-        queue=options.get("queue"), priority=options.get("priority"), eta=None,
-        options={**options, "headers": headers, "shadow": spec.task})
+        execution.durable,
+        DISPATCH_TASK,
+        child_id,
+        [
+            spec.task,
+            list(spec.args),
+            dict(spec.kwargs),
+            execution.call_policy.retries if retries is None else retries,
+            backoff,
+        ],
+        {},
+        queue=options.get("queue"),
+        priority=options.get("priority"),
+        eta=None,
+        options={**options, "headers": headers, "shadow": spec.task},
+    )
     return dataclasses.replace(job, parent_id=execution.root_id)
 
 
@@ -219,13 +269,19 @@ def _assign_children(execution: Execution, new: list[_Slot]) -> None:
             slot.child_id = f"{base}-{n}"
             with interrupt_on_storage_error(execution.root_id):
                 taken.update((j.id, j) for j in storage.get_jobs([slot.child_id]))
-        if last is not None and last.args == slot.child.args and \
-                last.parent_id == execution.root_id and last.state not in _FAILED:
+        if (
+            last is not None
+            and last.args == slot.child.args
+            and last.parent_id == execution.root_id
+            and last.state not in _FAILED
+        ):
             slot.child_id, slot.child = last.id, None
         else:
             slot.child = dataclasses.replace(slot.child, id=slot.child_id)
-        slot.record = dataclasses.replace(slot.record, result=serialization.dumps(
-            {"child": slot.child_id}, what="a dispatched call"))
+        slot.record = dataclasses.replace(
+            slot.record,
+            result=serialization.dumps({"child": slot.child_id}, what="a dispatched call"),
+        )
 
 
 def _settle(execution: Execution, waiting: list[_Slot]) -> None:
@@ -246,20 +302,26 @@ def _settle(execution: Execution, waiting: list[_Slot]) -> None:
         slot.done = True
         if job is not None and job.state is JobState.SUCCEEDED:
             slot.value = serialization.loads(job.result)
-            record = dataclasses.replace(slot.record, state=CallState.SUCCEEDED,
-                                         result=job.result)
+            record = dataclasses.replace(slot.record, state=CallState.SUCCEEDED, result=job.result)
         else:
             failure = _child_failure(durable, slot.child_id or "", job)
             slot.error = CallError(
-                job_id=execution.job_id, seq=slot.seq, name=slot.record.name,
+                job_id=execution.job_id,
+                seq=slot.seq,
+                name=slot.record.name,
                 error_type=failure.get("type", "Exception"),
                 error_message=failure.get("message", ""),
                 attempts=int(failure.get("attempts_made", 1)),
-                no_retry=bool(failure.get("no_retry")))
+                no_retry=bool(failure.get("no_retry")),
+            )
             record = dataclasses.replace(
-                slot.record, state=CallState.FAILED, attempts=slot.error.attempts,
-                error=serialization.dumps({**failure, "child": slot.child_id},
-                                          what="a dispatched call's error"))
+                slot.record,
+                state=CallState.FAILED,
+                attempts=slot.error.attempts,
+                error=serialization.dumps(
+                    {**failure, "child": slot.child_id}, what="a dispatched call's error"
+                ),
+            )
         # Stamped now, not when the child finished: the event stream reads by this time.
         settled.append(dataclasses.replace(record, finished_at=durable.now()))
     if settled:
@@ -281,25 +343,43 @@ def _child_failure(durable: Durable, child_id: str, job: JobRecord | None) -> di
         for recorded in history:
             if recorded.job_id == child_id and recorded.seq == 1 and recorded.error:
                 inner = serialization.loads(recorded.error)
-                return {"type": inner.get("type", "Exception"),
-                        "message": inner.get("message", ""),
-                        "attempts_made": recorded.attempts,
-                        "no_retry": bool(inner.get("no_retry"))}
-    return {"type": error.get("type", "Exception"), "message": error.get("message", ""),
-            "no_retry": bool(error.get("no_retry"))}
+                return {
+                    "type": inner.get("type", "Exception"),
+                    "message": inner.get("message", ""),
+                    "attempts_made": recorded.attempts,
+                    "no_retry": bool(inner.get("no_retry")),
+                }
+    return {
+        "type": error.get("type", "Exception"),
+        "message": error.get("message", ""),
+        "no_retry": bool(error.get("no_retry")),
+    }
 
 
-def run_dispatched(task: Any, name: str, args: list[Any], kwargs: dict[str, Any],
-                   retries: int, backoff: float | None = None) -> Any:
+def run_dispatched(
+    task: Any,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    retries: int,
+    backoff: float | None = None,
+) -> Any:
     """The body of a child job: run the dispatched task as this job's one call."""
     from .calls import call
 
-    return call(task.app.signature(name, args=args, kwargs=kwargs), retries=retries,
-                backoff=backoff)
+    return call(
+        task.app.signature(name, args=args, kwargs=kwargs), retries=retries, backoff=backoff
+    )
 
 
 def register_dispatch_task(app: Celery) -> None:
     from .task import DurableTask
 
-    app.task(name=DISPATCH_TASK, base=DurableTask, bind=True, retries=0,
-             on_exhausted="fail", shared=False)(run_dispatched)
+    app.task(
+        name=DISPATCH_TASK,
+        base=DurableTask,
+        bind=True,
+        retries=0,
+        on_exhausted="fail",
+        shared=False,
+    )(run_dispatched)

@@ -52,19 +52,22 @@ def broker_priority(app: Celery, priority: Any) -> int:
 
     RabbitMQ (and most AMQP brokers) run higher numbers first; Celery's Redis transport
     runs lower numbers first. Anything else gets RabbitMQ's convention."""
-    if isinstance(priority, bool) or not isinstance(priority, int) or \
-            not 0 <= priority <= MAX_PRIORITY:
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
         raise ConfigurationError(
             f"priority must be a whole number from 0 to {MAX_PRIORITY} (higher runs "
-            f"first), got {priority!r}")
+            f"first), got {priority!r}"
+        )
     scheme = str(app.conf.broker_url or "").split("://", 1)[0].lower()
     if scheme in ("redis", "rediss", "redis+socket", "sentinel"):
         return MAX_PRIORITY - priority
     return priority
 
 
-def due_time(delay: Any = None, at: Any = None, *, now: datetime | None = None
-             ) -> datetime | None:
+def due_time(delay: Any = None, at: Any = None, *, now: datetime | None = None) -> datetime | None:
     """When a job may start: ``delay`` (seconds or timedelta) or ``at`` (aware)."""
     if delay is not None and at is not None:
         raise ConfigurationError("give delay= or at=, not both")
@@ -75,7 +78,8 @@ def due_time(delay: Any = None, at: Any = None, *, now: datetime | None = None
         if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
             raise ConfigurationError(
                 f"at= must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + "
-                f"timedelta(hours=1)), got {at!r}")
+                f"timedelta(hours=1)), got {at!r}"
+            )
         return at.astimezone(timezone.utc)
     return None
 
@@ -84,16 +88,27 @@ def check_unique(key: Any) -> str | None:
     return None if key is None else check_key(key, "unique= key")
 
 
-def enqueue(durable: Durable, task: Any, args: tuple[Any, ...],
-            kwargs: dict[str, Any] | None, *, queue: str | None, priority: int | None,
-            delay: Any, at: datetime | None, unique: str | None, **options: Any) -> Any:
+def enqueue(
+    durable: Durable,
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    *,
+    queue: str | None,
+    priority: int | None,
+    delay: Any,
+    at: datetime | None,
+    unique: str | None,
+    **options: Any,
+) -> Any:
     from .task import DurableTask
 
     target = durable.app.tasks.get(task) if isinstance(task, str) else task
     if not isinstance(target, DurableTask):
         raise ConfigurationError(
             f"enqueue() takes a durable task or its registered name, got {task!r}; "
-            f"plain Celery tasks keep apply_async()")
+            f"plain Celery tasks keep apply_async()"
+        )
     if queue is not None:
         options["queue"] = queue
     if priority is not None:

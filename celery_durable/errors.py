@@ -109,8 +109,14 @@ class CallError(DurableError):
     what it was."""
 
     def __init__(
-        self, job_id: str, seq: int, name: str, error_type: str, error_message: str,
-        attempts: int = 1, no_retry: bool = False,
+        self,
+        job_id: str,
+        seq: int,
+        name: str,
+        error_type: str,
+        error_message: str,
+        attempts: int = 1,
+        no_retry: bool = False,
     ) -> None:
         super().__init__(job_id, seq, name, error_type, error_message, attempts, no_retry)
         self.job_id = job_id
@@ -124,8 +130,10 @@ class CallError(DurableError):
 
     def __str__(self) -> str:
         tried = f" after {self.attempts} attempts" if self.attempts > 1 else ""
-        return (f"call #{self.seq} {self.name!r} of job {self.job_id} failed{tried}: "
-                f"{self.error_type}: {self.error_message}")
+        return (
+            f"call #{self.seq} {self.name!r} of job {self.job_id} failed{tried}: "
+            f"{self.error_type}: {self.error_message}"
+        )
 
 
 class Cancelled(DurableError):
@@ -144,11 +152,20 @@ class Cancelled(DurableError):
 class NonDeterministicError(DurableError):
     """Replay asked for a different call than the one recorded at the same position."""
 
-    def __init__(self, job_id: str, task: str, seq: int, expected: str, recorded: str,
-                 expected_digest: str | None = None, recorded_digest: str | None = None,
-                 mode: str = "explicit") -> None:
-        super().__init__(job_id, task, seq, expected, recorded, expected_digest,
-                         recorded_digest, mode)
+    def __init__(
+        self,
+        job_id: str,
+        task: str,
+        seq: int,
+        expected: str,
+        recorded: str,
+        expected_digest: str | None = None,
+        recorded_digest: str | None = None,
+        mode: str = "explicit",
+    ) -> None:
+        super().__init__(
+            job_id, task, seq, expected, recorded, expected_digest, recorded_digest, mode
+        )
         self.job_id = job_id
         self.task = task
         self.seq = seq
@@ -168,8 +185,8 @@ class NonDeterministicError(DurableError):
             f"call #{self.seq} the code now asks for {asked} but the history holds {held}. "
             f"The task's code changed while this job was in flight, or the body branches on "
             f"something that is not a call() result. To resolve: keep the old path for "
-            f"in-flight jobs with `if patched(\"<change id>\"):`, or run the task with "
-            f"determinism=\"best_effort\", or retry the job from scratch "
+            f'in-flight jobs with `if patched("<change id>"):`, or run the task with '
+            f'determinism="best_effort", or retry the job from scratch '
             f"(`celery durable jobs retry {self.job_id} --from-scratch`)."
         )
 
@@ -214,8 +231,7 @@ class CallRetryPending(BaseException):
         self.error = error
 
     def __str__(self) -> str:
-        return (f"call retry in {self.delay:g}s after {type(self.error).__name__}: "
-                f"{self.error}")
+        return f"call retry in {self.delay:g}s after {type(self.error).__name__}: {self.error}"
 
 
 @contextmanager

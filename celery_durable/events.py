@@ -51,8 +51,12 @@ class Event:
     def order(self) -> tuple[datetime, str, str, str]:
         detail = self.detail or {}
         # Within one instant a job starts, then saves, then retries or ends.
-        return (self.at, self.job_id, f"{_RANK.get(self.kind, 9)}{self.kind}",
-                f"{detail.get('position', '')}:{detail.get('attempt', '')}")
+        return (
+            self.at,
+            self.job_id,
+            f"{_RANK.get(self.kind, 9)}{self.kind}",
+            f"{detail.get('position', '')}:{detail.get('attempt', '')}",
+        )
 
     @property
     def cursor(self) -> str:
@@ -61,17 +65,25 @@ class Event:
         return "|".join((at.isoformat(), job_id, kind, key))
 
 
-_RANK = {"JobStarted": 0, "CheckpointSaved": 1, "CallRetried": 1, "CallDispatched": 1,
-         "JobRetried": 2}
+_RANK = {
+    "JobStarted": 0,
+    "CheckpointSaved": 1,
+    "CallRetried": 1,
+    "CallDispatched": 1,
+    "JobRetried": 2,
+}
 
 
-_FINISHED = {JobState.SUCCEEDED.value: "JobCompleted", JobState.FAILED.value: "JobFailed",
-             JobState.DEAD.value: "JobDeadLettered", JobState.CANCELLED.value: "JobCancelled"}
+_FINISHED = {
+    JobState.SUCCEEDED.value: "JobCompleted",
+    JobState.FAILED.value: "JobFailed",
+    JobState.DEAD.value: "JobDeadLettered",
+    JobState.CANCELLED.value: "JobCancelled",
+}
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 
 
-def read_events(durable: Durable, since: str | datetime | None,
-                limit: int = 500) -> list[Event]:
+def read_events(durable: Durable, since: str | datetime | None, limit: int = 500) -> list[Event]:
     """The events after ``since`` (a cursor, or a time), oldest first."""
     after = _parse(since)
     storage: Any = durable.storage
@@ -80,8 +92,13 @@ def read_events(durable: Durable, since: str | datetime | None,
     return events[:limit]
 
 
-def follow(durable: Durable, since: str | datetime | None = None, *,
-           poll_interval: float = 0.5, stop: Any = None) -> Iterator[Event]:
+def follow(
+    durable: Durable,
+    since: str | datetime | None = None,
+    *,
+    poll_interval: float = 0.5,
+    stop: Any = None,
+) -> Iterator[Event]:
     """Yield events as they happen, until ``stop()`` returns True (else forever)."""
     cursor: str | datetime | None = since
     while not (stop and stop()):
@@ -99,22 +116,25 @@ def _parse(since: str | datetime | None) -> tuple[datetime, str, str, str]:
     if isinstance(since, datetime):
         return (_utc(since), "", "", "")
     if not isinstance(since, str):
-        raise ValidationError(f"since= takes an event's cursor, an ISO time or a datetime, "
-                              f"got {since!r}")
+        raise ValidationError(
+            f"since= takes an event's cursor, an ISO time or a datetime, got {since!r}"
+        )
     at, job_id, kind, key = [*since.split("|"), "", "", ""][:4]
     try:
         when = datetime.fromisoformat(at)
     except ValueError:
         raise ValidationError(
             f"since= {since[:60]!r} is neither an event's cursor nor an ISO time such as "
-            f"2026-12-01T09:00:00+00:00") from None
+            f"2026-12-01T09:00:00+00:00"
+        ) from None
     return (_utc(when), job_id, kind, key)
 
 
 def _utc(when: datetime) -> datetime:
     """Times without a zone are UTC, like every time the tables hold."""
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else \
-        when.astimezone(timezone.utc)
+    return (
+        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    )
 
 
 def _events(row: dict[str, Any]) -> list[Event]:
@@ -124,21 +144,49 @@ def _events(row: dict[str, Any]) -> list[Event]:
     if kind == "finished":
         if row["state"] not in _FINISHED:
             return []
-        return [Event(_FINISHED[row["state"]], row["finished_at"], row["id"], row["task"],
-                      _error_detail(row.get("error")))]
+        return [
+            Event(
+                _FINISHED[row["state"]],
+                row["finished_at"],
+                row["id"],
+                row["task"],
+                _error_detail(row.get("error")),
+            )
+        ]
     if kind == "call":
         position = row["position"]
-        kind = {CallState.RETRYING.value: "CallRetried",
-                CallState.DISPATCHED.value: "CallDispatched"}.get(row["state"],
-                                                                  "CheckpointSaved")
-        return [Event(kind, row["finished_at"],
-                      row["root_id"], None,
-                      {"position": position, "call": row["name"],
-                       "attempt": row["attempts"], "state": row["state"]})]
+        kind = {
+            CallState.RETRYING.value: "CallRetried",
+            CallState.DISPATCHED.value: "CallDispatched",
+        }.get(row["state"], "CheckpointSaved")
+        return [
+            Event(
+                kind,
+                row["finished_at"],
+                row["root_id"],
+                None,
+                {
+                    "position": position,
+                    "call": row["name"],
+                    "attempt": row["attempts"],
+                    "state": row["state"],
+                },
+            )
+        ]
     error = serialization.loads(row["error"]) or {}
-    return [Event("JobRetried", row["failed_at"], row["job_id"], None,
-                  {"attempt": row["execution"], "error": error.get("type"),
-                   "message": error.get("message", "")})]
+    return [
+        Event(
+            "JobRetried",
+            row["failed_at"],
+            row["job_id"],
+            None,
+            {
+                "attempt": row["execution"],
+                "error": error.get("type"),
+                "message": error.get("message", ""),
+            },
+        )
+    ]
 
 
 def _error_detail(text: str | None) -> dict[str, Any] | None:
@@ -146,5 +194,8 @@ def _error_detail(text: str | None) -> dict[str, Any] | None:
     error = serialization.loads(text) if text else None
     if not isinstance(error, dict):
         return None
-    return {"error": error.get("type"), "message": error.get("message", ""),
-            "no_retry": bool(error.get("no_retry"))}
+    return {
+        "error": error.get("type"),
+        "message": error.get("message", ""),
+        "no_retry": bool(error.get("no_retry")),
+    }

@@ -16,7 +16,7 @@ def position(root_id: str, scope: str, seq: int) -> Position:
     """(3,) for the root's call #3, (3, 1) for call #1 of the child called at #3.
 
     Sorting positions gives program order: a call starts before the calls it makes."""
-    inner = scope[len(root_id):].lstrip(".")
+    inner = scope[len(root_id) :].lstrip(".")
     return (*(int(part) for part in inner.split(".") if part), seq)
 
 
@@ -49,8 +49,12 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
     # A dispatched call waiting for its child is not a failure: its child is running (or
     # done), so it is kept and the replay takes in the child's outcome.
     # Where Cancelled was raised counts too: a retried cancelled job runs on from there.
-    failed = [p for p, c in calls.items() if visible(p) and (
-        c.state in (CallState.FAILED, CallState.RETRYING) or c.name == CANCELLED_MARKER)]
+    failed = [
+        p
+        for p, c in calls.items()
+        if visible(p)
+        and (c.state in (CallState.FAILED, CallState.RETRYING) or c.name == CANCELLED_MARKER)
+    ]
     if not failed:
         return []
     first = min(failed)

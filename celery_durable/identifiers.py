@@ -31,11 +31,12 @@ def check_text(value: Any, field: str, limit: int) -> str:
     if "\x00" in value:
         raise ValidationError(
             f"{field} must not contain a NUL byte (\\x00), which PostgreSQL cannot store; "
-            f"got {_shown(value)}")
+            f"got {_shown(value)}"
+        )
     if len(value) > limit:
         raise ValidationError(
-            f"{field} is {len(value)} characters long; at most {limit} are allowed: "
-            f"{_shown(value)}")
+            f"{field} is {len(value)} characters long; at most {limit} are allowed: {_shown(value)}"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

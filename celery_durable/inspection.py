@@ -92,17 +92,23 @@ class JobView(JobSummary):
     def timeline(self) -> str:
         """The call timeline as a small text table."""
         width = max([len(c.name) for c in self.calls] + [4]) + 2
-        lines = [f"job {self.id} ({self.task}): {self.state}, "
-                 f"{self.attempts} execution(s), {self.failures} failed, "
-                 f"{self.recoveries} recovery(ies)"
-                 + (f", requeued {self.requeues}x" if self.requeues else ""),
-                 f"  {'#':<6}{'call':<{width}}{'state':<11}{'attempts':>8}{'ms':>9}"]
+        lines = [
+            f"job {self.id} ({self.task}): {self.state}, "
+            f"{self.attempts} execution(s), {self.failures} failed, "
+            f"{self.recoveries} recovery(ies)"
+            + (f", requeued {self.requeues}x" if self.requeues else ""),
+            f"  {'#':<6}{'call':<{width}}{'state':<11}{'attempts':>8}{'ms':>9}",
+        ]
         for c in self.calls:
-            lines.append(f"  {c.position:<6}{c.name:<{width}}{c.state:<11}{c.attempts:>8}"
-                         f"{c.duration * 1000:>9.1f}")
+            lines.append(
+                f"  {c.position:<6}{c.name:<{width}}{c.state:<11}{c.attempts:>8}"
+                f"{c.duration * 1000:>9.1f}"
+            )
         for e in self.errors:
-            lines.append(f"  execution {e.execution} failed {e.failed_at:%Y-%m-%d %H:%M:%S}: "
-                         f"{e.error.get('type')}: {e.error.get('message')}")
+            lines.append(
+                f"  execution {e.execution} failed {e.failed_at:%Y-%m-%d %H:%M:%S}: "
+                f"{e.error.get('type')}: {e.error.get('message')}"
+            )
         if self.not_before is not None and self.state in ("retrying", "pending"):
             lines.append(f"  next attempt not before {self.not_before.isoformat()}")
         if self.wake_at is not None and not self.waiting_topic:
@@ -137,11 +143,15 @@ class WorkerView:
 
 def worker_view(worker: WorkerRecord, now: datetime, sweep_interval: float) -> WorkerView:
     return WorkerView(
-        name=worker.name, hostname=worker.hostname, pid=worker.pid,
+        name=worker.name,
+        hostname=worker.hostname,
+        pid=worker.pid,
         queues=list(serialization.loads(worker.queues) or []),
-        started_at=worker.started_at, last_seen_at=worker.last_seen_at,
+        started_at=worker.started_at,
+        last_seen_at=worker.last_seen_at,
         sweeps=worker.sweeps,
-        alive=(now - worker.last_seen_at).total_seconds() <= 3 * sweep_interval)
+        alive=(now - worker.last_seen_at).total_seconds() <= 3 * sweep_interval,
+    )
 
 
 def job_summary(job: JobRecord) -> JobSummary:
@@ -150,29 +160,56 @@ def job_summary(job: JobRecord) -> JobSummary:
 
 def _summary_fields(job: JobRecord) -> dict[str, Any]:
     return dict(
-        id=job.id, task=job.task, queue=job.queue, state=job.state.value,
-        attempts=job.attempts, failures=job.failures, recoveries=job.recoveries,
-        requeues=job.requeues, args=serialization.loads(job.args),
-        kwargs=serialization.loads(job.kwargs), result=serialization.loads(job.result),
-        error=serialization.loads(job.error), created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, not_before=job.not_before,
-        lease_owner=job.lease_owner, parent_id=job.parent_id,
-        waiting_topic=job.waiting_topic if job.state is JobState.SUSPENDED else None)
+        id=job.id,
+        task=job.task,
+        queue=job.queue,
+        state=job.state.value,
+        attempts=job.attempts,
+        failures=job.failures,
+        recoveries=job.recoveries,
+        requeues=job.requeues,
+        args=serialization.loads(job.args),
+        kwargs=serialization.loads(job.kwargs),
+        result=serialization.loads(job.result),
+        error=serialization.loads(job.error),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        not_before=job.not_before,
+        lease_owner=job.lease_owner,
+        parent_id=job.parent_id,
+        waiting_topic=job.waiting_topic if job.state is JobState.SUSPENDED else None,
+    )
 
 
-def job_view(job: JobRecord, calls: list[CallRecord],
-             errors: list[JobError] | None = None) -> JobView:
+def job_view(
+    job: JobRecord, calls: list[CallRecord], errors: list[JobError] | None = None
+) -> JobView:
     ordered = sorted(calls, key=lambda c: position(job.id, c.job_id, c.seq))
-    views = tuple(CallView(
-        scope=c.job_id, seq=c.seq,
-        position=".".join(map(str, position(job.id, c.job_id, c.seq))), name=c.name,
-        state=c.state.value, attempts=c.attempts, started_at=c.started_at,
-        finished_at=c.finished_at, result=serialization.loads(c.result),
-        error=serialization.loads(c.error),
-    ) for c in ordered)
-    return JobView(**_summary_fields(job), calls=views, errors=tuple(
-        ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
-        for e in errors or ()), waiting_for=waited_children(calls))
+    views = tuple(
+        CallView(
+            scope=c.job_id,
+            seq=c.seq,
+            position=".".join(map(str, position(job.id, c.job_id, c.seq))),
+            name=c.name,
+            state=c.state.value,
+            attempts=c.attempts,
+            started_at=c.started_at,
+            finished_at=c.finished_at,
+            result=serialization.loads(c.result),
+            error=serialization.loads(c.error),
+        )
+        for c in ordered
+    )
+    return JobView(
+        **_summary_fields(job),
+        calls=views,
+        errors=tuple(
+            ExecutionError(e.execution, serialization.loads(e.error), e.failed_at)
+            for e in errors or ()
+        ),
+        waiting_for=waited_children(calls),
+    )
 
 
 def export_history(durable: Any, job_id: str) -> dict[str, Any]:
@@ -185,11 +222,26 @@ def export_history(durable: Any, job_id: str) -> dict[str, Any]:
     calls = durable.storage.load_history(job_id)
     return {
         "format": "celery-durable-history/1",
-        "job": {"id": job.id, "task": job.task, "args": serialization.loads(job.args),
-                "kwargs": serialization.loads(job.kwargs), "state": job.state.value},
-        "calls": [{"scope": c.job_id, "seq": c.seq, "name": c.name,
-                   "args_digest": c.args_digest, "state": c.state.value,
-                   "attempts": c.attempts, "result": c.result, "error": c.error,
-                   "started_at": c.started_at.isoformat(),
-                   "finished_at": c.finished_at.isoformat()} for c in calls],
+        "job": {
+            "id": job.id,
+            "task": job.task,
+            "args": serialization.loads(job.args),
+            "kwargs": serialization.loads(job.kwargs),
+            "state": job.state.value,
+        },
+        "calls": [
+            {
+                "scope": c.job_id,
+                "seq": c.seq,
+                "name": c.name,
+                "args_digest": c.args_digest,
+                "state": c.state.value,
+                "attempts": c.attempts,
+                "result": c.result,
+                "error": c.error,
+                "started_at": c.started_at.isoformat(),
+                "finished_at": c.finished_at.isoformat(),
+            }
+            for c in calls
+        ],
     }

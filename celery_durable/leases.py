@@ -37,8 +37,13 @@ class Watch:
 
 
 class LeaseKeeper:
-    def __init__(self, storage: Callable[[], Storage], lease_seconds: float,
-                 clock: Callable[[], datetime], cancel_check_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        storage: Callable[[], Storage],
+        lease_seconds: float,
+        clock: Callable[[], datetime],
+        cancel_check_interval: float = 2.0,
+    ) -> None:
         self._storage = storage
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
@@ -64,8 +69,7 @@ class LeaseKeeper:
     def _start(self) -> None:
         self._pid = os.getpid()
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="celery-durable-leases",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="celery-durable-leases", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -87,13 +91,15 @@ class LeaseKeeper:
             except StorageUnavailable as exc:  # an outage: one line, not a traceback
                 logger.warning("could not renew the lease on job %s: %s", lease.job_id, exc)
             except Exception:  # the next renewal tries again; fenced writes stay safe
-                logger.warning("could not renew the lease on job %s", lease.job_id,
-                               exc_info=True)
+                logger.warning("could not renew the lease on job %s", lease.job_id, exc_info=True)
 
     def check_cancels(self) -> None:
         with self._lock:
-            watching = {lease.job_id: watch for lease, watch in self._held.items()
-                        if not watch.cancelled.is_set()}
+            watching = {
+                lease.job_id: watch
+                for lease, watch in self._held.items()
+                if not watch.cancelled.is_set()
+            }
         if not watching:
             return
         try:

@@ -39,17 +39,21 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
     job got here) passes first. Messages on a topic are taken in the order sent."""
     _check_topic(topic)
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(
-            seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0):
-        raise ValueError(f"receive() takes a timeout in seconds >= 0 or a timedelta, "
-                         f"not {timeout!r}")
+    if seconds is not None and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise ValueError(
+            f"receive() takes a timeout in seconds >= 0 or a timedelta, not {timeout!r}"
+        )
     execution = require_execution("receive()")
     from .values import pseudo_call, recorded_value, write_pseudo_call
 
     durable = execution.durable
     # recorded: the deadline is the same on every replay
-    started = datetime.fromisoformat(recorded_value(
-        "now", (), lambda: durable.now().isoformat()))
+    started = datetime.fromisoformat(recorded_value("now", (), lambda: durable.now().isoformat()))
     seq = execution.next_seq()
     digest = serialization.digest((topic,), {})
     recorded = recorded_for(execution, seq, RECEIVE, digest)
@@ -69,8 +73,9 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
     raise Suspend(wake_at=deadline, topic=topic)
 
 
-def send(durable: Durable, job_id: str, topic: str, payload: Any, *,
-         key: str | None = None) -> bool:
+def send(
+    durable: Durable, job_id: str, topic: str, payload: Any, *, key: str | None = None
+) -> bool:
     """Store a message for the job and wake it if it waits on ``topic``. False if a
     message with this ``key`` was sent to the job before (nothing sent again)."""
     _check_topic(topic)
@@ -79,14 +84,17 @@ def send(durable: Durable, job_id: str, topic: str, payload: Any, *,
     encoded = serialization.dumps(payload, what=f"the message on {topic!r}")
     now = durable.now()
     outcome = durable.storage.send_message(
-        job_id, topic, encoded, key, now,
-        now + timedelta(seconds=durable.settings.lease_seconds))
+        job_id, topic, encoded, key, now, now + timedelta(seconds=durable.settings.lease_seconds)
+    )
     if outcome is SendOutcome.MISSING:
         raise JobNotFound(job_id)
     if outcome is SendOutcome.FINISHED:
         job = durable.storage.get_job(job_id)
-        raise JobStateError(job_id, job.state.value if job else "finished",
-                            "messages can only be sent to a job that has not finished")
+        raise JobStateError(
+            job_id,
+            job.state.value if job else "finished",
+            "messages can only be sent to a job that has not finished",
+        )
     if outcome is SendOutcome.WOKE:
         from .wakeup import publish_woken
 

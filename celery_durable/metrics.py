@@ -37,30 +37,66 @@ class PrometheusMetrics(Middleware):
 
         reg = REGISTRY if registry is None else registry
         job, ns = ["task", "queue"], namespace or ""
-        self.enqueued = Counter("jobs_enqueued", "Jobs enqueued.", job, namespace=ns,
-                                registry=reg)
-        self.completed = Counter("jobs_completed", "Jobs that succeeded.", job,
-                                 namespace=ns, registry=reg)
-        self.failed = Counter("jobs_failed", "Jobs that failed for good.",
-                              [*job, "exception"], namespace=ns, registry=reg)
-        self.retried = Counter("jobs_retried", "Retries scheduled (call or job).",
-                               [*job, "layer"], namespace=ns, registry=reg)
-        self.dead = Counter("jobs_dead_lettered", "Jobs moved to the dead letters.",
-                            job, namespace=ns, registry=reg)
-        self.duration = Histogram("jobs_duration_seconds",
-                                  "Duration of executions that ended the job.", job,
-                                  buckets=BUCKETS, namespace=ns, registry=reg)
+        self.enqueued = Counter("jobs_enqueued", "Jobs enqueued.", job, namespace=ns, registry=reg)
+        self.completed = Counter(
+            "jobs_completed", "Jobs that succeeded.", job, namespace=ns, registry=reg
+        )
+        self.failed = Counter(
+            "jobs_failed",
+            "Jobs that failed for good.",
+            [*job, "exception"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.retried = Counter(
+            "jobs_retried",
+            "Retries scheduled (call or job).",
+            [*job, "layer"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.dead = Counter(
+            "jobs_dead_lettered", "Jobs moved to the dead letters.", job, namespace=ns, registry=reg
+        )
+        self.duration = Histogram(
+            "jobs_duration_seconds",
+            "Duration of executions that ended the job.",
+            job,
+            buckets=BUCKETS,
+            namespace=ns,
+            registry=reg,
+        )
         self.queue_wait = Histogram(
             "jobs_queue_wait_seconds",
             "From when a delivery's job was due to when it started (delays excluded).",
-            job, buckets=BUCKETS, namespace=ns, registry=reg)
-        self.in_progress = Gauge("jobs_in_progress", "Executions running now.", job,
-                                 multiprocess_mode="livesum", namespace=ns, registry=reg)
-        self.calls = Counter("calls", "Calls that ran (replays excluded).",
-                             ["task", "call", "outcome"], namespace=ns, registry=reg)
-        self.call_duration = Histogram("call_duration_seconds",
-                                       "Duration of calls that ran.", ["task", "call"],
-                                       buckets=BUCKETS, namespace=ns, registry=reg)
+            job,
+            buckets=BUCKETS,
+            namespace=ns,
+            registry=reg,
+        )
+        self.in_progress = Gauge(
+            "jobs_in_progress",
+            "Executions running now.",
+            job,
+            multiprocess_mode="livesum",
+            namespace=ns,
+            registry=reg,
+        )
+        self.calls = Counter(
+            "calls",
+            "Calls that ran (replays excluded).",
+            ["task", "call", "outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.call_duration = Histogram(
+            "call_duration_seconds",
+            "Duration of calls that ran.",
+            ["task", "call"],
+            buckets=BUCKETS,
+            namespace=ns,
+            registry=reg,
+        )
 
     def on_enqueue(self, task: str, queue: str | None) -> None:
         self.enqueued.labels(task, queue or "").inc()
@@ -83,8 +119,7 @@ class PrometheusMetrics(Middleware):
                 self.dead.labels(*labels).inc()
         elif outcome.state == "retrying":
             self.retried.labels(*labels, outcome.retry_of or "job").inc()
-        if outcome.state in ("succeeded", "failed", "dead", "cancelled") and \
-                not outcome.by_sweeper:
+        if outcome.state in ("succeeded", "failed", "dead", "cancelled") and not outcome.by_sweeper:
             self.duration.labels(*labels).observe(outcome.duration)
 
     def after_call(self, job: JobInfo, call: CallInfo) -> None:
@@ -92,8 +127,7 @@ class PrometheusMetrics(Middleware):
         self.call_duration.labels(job.task, call.name).observe(call.duration or 0.0)
 
     def on_call_error(self, job: JobInfo, call: CallInfo, error: BaseException) -> None:
-        self.calls.labels(job.task, call.name,
-                          "retrying" if call.retrying else "failed").inc()
+        self.calls.labels(job.task, call.name, "retrying" if call.retrying else "failed").inc()
         self.call_duration.labels(job.task, call.name).observe(call.duration or 0.0)
 
 
@@ -108,8 +142,9 @@ class QueueDepthCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(self.name, "Active jobs per queue and state (from SQL).",
-                                   labels=["queue", "state"])
+        family = GaugeMetricFamily(
+            self.name, "Active jobs per queue and state (from SQL).", labels=["queue", "state"]
+        )
         try:
             for queue, state, count in self.durable.storage.count_active():
                 family.add_metric([queue or "", state], count)

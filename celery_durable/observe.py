@@ -97,10 +97,8 @@ class Hooks(Middleware):
 
     job_start: list[Callable[[JobInfo], Any]] = field(default_factory=list)
     job_complete: list[Callable[[JobInfo, float], Any]] = field(default_factory=list)
-    job_fail: list[Callable[[JobInfo, BaseException | None], Any]] = field(
-        default_factory=list)
-    retry: list[Callable[[JobInfo, int, BaseException | None], Any]] = field(
-        default_factory=list)
+    job_fail: list[Callable[[JobInfo, BaseException | None], Any]] = field(default_factory=list)
+    retry: list[Callable[[JobInfo, int, BaseException | None], Any]] = field(default_factory=list)
     checkpoint: list[Callable[[JobInfo, CallInfo], Any]] = field(default_factory=list)
 
     def before_job(self, job: JobInfo) -> None:
@@ -119,8 +117,9 @@ class Hooks(Middleware):
 
     @property
     def empty(self) -> bool:
-        return not (self.job_start or self.job_complete or self.job_fail or self.retry
-                    or self.checkpoint)
+        return not (
+            self.job_start or self.job_complete or self.job_fail or self.retry or self.checkpoint
+        )
 
 
 def _each(functions: list[Callable[..., Any]], *args: Any) -> None:
@@ -132,8 +131,10 @@ def _safely(function: Callable[..., Any], *args: Any) -> None:
     try:
         function(*args)
     except Exception:
-        logger.exception("celery-durable: %s raised; ignored (it cannot fail the job)",
-                         getattr(function, "__qualname__", function))
+        logger.exception(
+            "celery-durable: %s raised; ignored (it cannot fail the job)",
+            getattr(function, "__qualname__", function),
+        )
 
 
 class Observers:
@@ -174,8 +175,7 @@ class Observers:
                 try:
                     headers.update(function() or {})
                 except Exception:
-                    logger.exception("celery-durable: %r.message_headers raised; ignored",
-                                     item)
+                    logger.exception("celery-durable: %r.message_headers raised; ignored", item)
         return headers
 
     def job_enqueued(self, task: str, queue: str | None) -> None:

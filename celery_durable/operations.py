@@ -26,18 +26,33 @@ RETRYABLE_STATES = (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
 RETENTION_BATCH = 500
 
 
-def list_jobs(durable: Durable, *, states: str | Iterable[str] | None = None,
-              task: str | None = None, queue: str | None = None,
-              since: datetime | None = None, until: datetime | None = None,
-              limit: int = 100, offset: int = 0) -> list[JobSummary]:
+def list_jobs(
+    durable: Durable,
+    *,
+    states: str | Iterable[str] | None = None,
+    task: str | None = None,
+    queue: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[JobSummary]:
     wanted = [states] if isinstance(states, str) else list(states or ())
     try:
         parsed = tuple(JobState(s) for s in wanted)
     except ValueError:
-        raise ValueError(f"unknown job state in {wanted!r}; states are "
-                         f"{', '.join(s.value for s in JobState)}") from None
-    where = JobFilter(states=parsed, task=task, queue=queue, created_after=since,
-                      created_before=until, limit=limit, offset=offset)
+        raise ValueError(
+            f"unknown job state in {wanted!r}; states are {', '.join(s.value for s in JobState)}"
+        ) from None
+    where = JobFilter(
+        states=parsed,
+        task=task,
+        queue=queue,
+        created_after=since,
+        created_before=until,
+        limit=limit,
+        offset=offset,
+    )
     return [job_summary(job) for job in durable.storage.list_jobs(where)]
 
 
@@ -50,8 +65,9 @@ def retry(durable: Durable, job_id: str, *, from_scratch: bool = False) -> None:
     if job is None:
         raise JobNotFound(job_id)
     if not requeue(durable, job_id, RETRYABLE_STATES, from_scratch=from_scratch):
-        raise JobStateError(job_id, job.state.value,
-                            "only failed, dead or cancelled jobs can be retried")
+        raise JobStateError(
+            job_id, job.state.value, "only failed, dead or cancelled jobs can be retried"
+        )
 
 
 def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutcome:
@@ -64,8 +80,10 @@ def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutc
     so a cancelled job retried with ``durable.retry`` inside it would not run.
 
     The child jobs of calls it dispatched and still waits for are cancelled too."""
-    error = serialization.dumps({"type": "Cancelled", "message": f"job {job_id} cancelled",
-                                 "traceback": ""}, what="an error description")
+    error = serialization.dumps(
+        {"type": "Cancelled", "message": f"job {job_id} cancelled", "traceback": ""},
+        what="an error description",
+    )
     outcome = durable.storage.cancel_job(job_id, error, durable.now())
     if outcome is CancelOutcome.MISSING:
         raise JobNotFound(job_id)
@@ -73,8 +91,7 @@ def cancel(durable: Durable, job_id: str, *, revoke: bool = False) -> CancelOutc
         try:  # drops the message a worker may already hold (an ETA retry, say)
             durable.app.control.revoke(job_id)
         except Exception:  # the row is what counts: a cancelled job is never claimed
-            logger.warning("job %s cancelled; revoking its message failed", job_id,
-                           exc_info=True)
+            logger.warning("job %s cancelled; revoking its message failed", job_id, exc_info=True)
     if outcome is not CancelOutcome.FINISHED:
         for child_id in waited_children(durable.storage.load_history(job_id)):
             cancel(durable, child_id, revoke=revoke)
@@ -89,16 +106,22 @@ def apply_retention(durable: Durable, *, dry_run: bool = False) -> dict[str, int
     for state, keep in durable.settings.retention.items():
         if keep is None:
             continue
-        where = JobFilter(states=(JobState(state),),
-                          finished_before=now - timedelta(seconds=keep),
-                          limit=RETENTION_BATCH)
+        where = JobFilter(
+            states=(JobState(state),),
+            finished_before=now - timedelta(seconds=keep),
+            limit=RETENTION_BATCH,
+        )
         deleted = 0
         while True:
-            batch = storage.list_jobs(where if not dry_run else JobFilter(
-                **{**where.__dict__, "offset": deleted}))
+            batch = storage.list_jobs(
+                where if not dry_run else JobFilter(**{**where.__dict__, "offset": deleted})
+            )
             if not batch:
                 break
-            deleted += len(batch) if dry_run else storage.delete_jobs(
-                [job.id for job in batch], (JobState(state),))
+            deleted += (
+                len(batch)
+                if dry_run
+                else storage.delete_jobs([job.id for job in batch], (JobState(state),))
+            )
         counts[state] = deleted
     return counts

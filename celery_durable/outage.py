@@ -28,8 +28,14 @@ FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 2.0
 
 
-def patiently(attempt: Callable[[], T], *, patience: float, job_id: str, doing: str,
-              sleep: Callable[[float], None] = time.sleep) -> T:
+def patiently(
+    attempt: Callable[[], T],
+    *,
+    patience: float,
+    job_id: str,
+    doing: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """``attempt()``, tried again while it raises StorageUnavailable; after ``patience``
     seconds, Reject(requeue=True): the message goes back to the broker."""
     deadline = time.monotonic() + patience
@@ -41,18 +47,28 @@ def patiently(attempt: Callable[[], T], *, patience: float, job_id: str, doing: 
             tries += 1
             left = deadline - time.monotonic()
             if left <= 0:
-                logger.error("job %s: the durable database is still unreachable after "
-                             "%.3gs (%s); the message goes back to the broker", job_id,
-                             patience, exc)
+                logger.error(
+                    "job %s: the durable database is still unreachable after "
+                    "%.3gs (%s); the message goes back to the broker",
+                    job_id,
+                    patience,
+                    exc,
+                )
                 raise Reject(str(exc), requeue=True) from exc
             if tries == 1:
-                logger.warning("job %s: cannot %s: %s; waiting for the database (up to "
-                               "%.3gs)", job_id, doing, exc, patience)
+                logger.warning(
+                    "job %s: cannot %s: %s; waiting for the database (up to %.3gs)",
+                    job_id,
+                    doing,
+                    exc,
+                    patience,
+                )
             # equal jitter: workers waiting on one database do not retry in lockstep
             sleep(min(left, random.uniform(pause / 2, pause)))
             pause = min(LONGEST_PAUSE, pause * 2)
             continue
         if tries:
-            logger.warning("job %s: the durable database answers again (after %d "
-                           "tries)", job_id, tries)
+            logger.warning(
+                "job %s: the durable database answers again (after %d tries)", job_id, tries
+            )
         return result

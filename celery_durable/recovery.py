@@ -56,19 +56,21 @@ class RecoverySweeper:
                 if storage.abandon_job(job, _cancelled_error(job), now, JobState.CANCELLED):
                     logger.info("job %s: cancelled while its worker was lost", job.id)
                     acted.append(job.id)
-            elif job.lease_owner is not None and \
-                    job.recoveries >= durable.settings.max_recoveries:
+            elif job.lease_owner is not None and job.recoveries >= durable.settings.max_recoveries:
                 # Only a lost worker counts: a due retry or an unclaimed message is not one.
                 state = self._exhausted_state(job)
                 if storage.abandon_job(job, _abandon_error(job), now, state):
-                    logger.error("job %s lost its worker %d times; marked %s",
-                                 job.id, job.recoveries, state.value)
+                    logger.error(
+                        "job %s lost its worker %d times; marked %s",
+                        job.id,
+                        job.recoveries,
+                        state.value,
+                    )
                     acted.append(job.id)
                     self._report_abandoned(job, state)
             elif storage.recover_job(job, durable.deliver_by(None), now):
                 if job.lease_owner is not None:
-                    logger.warning("job %s (%s): lease expired; republishing it",
-                                   job.id, job.task)
+                    logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
                 publish(durable, job)
                 acted.append(job.id)
         return acted
@@ -83,11 +85,24 @@ class RecoverySweeper:
 
         from .observe import JobInfo, Outcome
 
-        info = JobInfo(id=job.id, task=job.task, args=tuple(serialization.loads(job.args)),
-                       kwargs=serialization.loads(job.kwargs), queue=job.queue,
-                       execution=job.attempts, started_at=self.durable.now())
-        observers.job_ended(info, Outcome(state.value, 0.0, error=WorkerLostError(
-            f"job {job.id} lost its worker {job.recoveries} times"), by_sweeper=True))
+        info = JobInfo(
+            id=job.id,
+            task=job.task,
+            args=tuple(serialization.loads(job.args)),
+            kwargs=serialization.loads(job.kwargs),
+            queue=job.queue,
+            execution=job.attempts,
+            started_at=self.durable.now(),
+        )
+        observers.job_ended(
+            info,
+            Outcome(
+                state.value,
+                0.0,
+                error=WorkerLostError(f"job {job.id} lost its worker {job.recoveries} times"),
+                by_sweeper=True,
+            ),
+        )
 
     def _exhausted_state(self, job: JobRecord) -> JobState:
         task = self.durable.app.tasks.get(job.task)
@@ -107,18 +122,25 @@ class RecoverySweeper:
         if worker_name:
             now = self.durable.now()
             self._worker = WorkerRecord(
-                name=worker_name, hostname=socket.gethostname(), pid=os.getpid(),
+                name=worker_name,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
                 queues=serialization.dumps(sorted(queues), what="queue names"),
-                started_at=now, last_seen_at=now, sweeps=0)
-        self._thread = threading.Thread(target=self._run, name="celery-durable-recovery",
-                                        daemon=True)
+                started_at=now,
+                last_seen_at=now,
+                sweeps=0,
+            )
+        self._thread = threading.Thread(
+            target=self._run, name="celery-durable-recovery", daemon=True
+        )
         self._thread.start()
 
     def _heartbeat(self) -> None:
         if self._worker is None:
             return
-        self._worker = dataclasses.replace(self._worker, last_seen_at=self.durable.now(),
-                                           sweeps=self._worker.sweeps + 1)
+        self._worker = dataclasses.replace(
+            self._worker, last_seen_at=self.durable.now(), sweeps=self._worker.sweeps + 1
+        )
         self.durable.storage.record_heartbeat(self._worker)
 
     def stop(self) -> None:
@@ -134,11 +156,13 @@ class RecoverySweeper:
                 self.sweep_once()
                 self._heartbeat()
             except StorageUnavailable as exc:  # an outage: one line, not a traceback
-                logger.error("recovery sweep failed: %s; trying again in %ss", exc,
-                             settings.sweep_interval)
+                logger.error(
+                    "recovery sweep failed: %s; trying again in %ss", exc, settings.sweep_interval
+                )
             except Exception:
-                logger.exception("recovery sweep failed; trying again in %ss",
-                                 settings.sweep_interval)
+                logger.exception(
+                    "recovery sweep failed; trying again in %ss", settings.sweep_interval
+                )
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + settings.retention_interval
                 try:
@@ -147,22 +171,26 @@ class RecoverySweeper:
                         logger.info("retention deleted finished jobs: %s", deleted)
                     self.durable.storage.delete_workers(self.durable.now() - WORKER_MEMORY)
                 except Exception:
-                    logger.exception("retention failed; trying again in %ss",
-                                     settings.retention_interval)
+                    logger.exception(
+                        "retention failed; trying again in %ss", settings.retention_interval
+                    )
             if self._stop.wait(settings.sweep_interval):
                 return
 
 
-def requeue(durable: Durable, job_id: str, from_states: Sequence[JobState], *,
-            from_scratch: bool) -> bool:
+def requeue(
+    durable: Durable, job_id: str, from_states: Sequence[JobState], *, from_scratch: bool
+) -> bool:
     """Put a finished job back to pending (same id) and publish it; False, and nothing
     changed, if it was not in one of ``from_states``. Calls that succeeded before the
     first failure replay unless ``from_scratch``."""
     storage = durable.storage
-    discard = None if from_scratch else discard_from_first_failure(
-        job_id, storage.load_history(job_id))
-    if not storage.requeue_job(job_id, from_states, discard, durable.deliver_by(None),
-                               durable.now()):
+    discard = (
+        None if from_scratch else discard_from_first_failure(job_id, storage.load_history(job_id))
+    )
+    if not storage.requeue_job(
+        job_id, from_states, discard, durable.deliver_by(None), durable.now()
+    ):
         return False
     job = storage.get_job(job_id)
     if job is not None:
@@ -176,33 +204,46 @@ def publish_or_leave(durable: Durable, job: JobRecord, what: str) -> None:
     try:
         publish(durable, job)
     except Exception:
-        logger.exception("job %s %s but not published; the recovery sweeper will publish "
-                         "it", job.id, what)
+        logger.exception(
+            "job %s %s but not published; the recovery sweeper will publish it", job.id, what
+        )
 
 
 def publish(durable: Durable, job: JobRecord) -> None:
     """Send a job's message from its row: same id, arguments, routing and canvas."""
     options = serialization.loads(job.options)
     # None would override the task's own routing (send_task merges options over it).
-    options.update({k: v for k, v in (("queue", job.queue), ("priority", job.priority))
-                    if v is not None})
+    options.update(
+        {k: v for k, v in (("queue", job.queue), ("priority", job.priority)) if v is not None}
+    )
     now = durable.now()
     due = job.not_before if job.not_before is not None and job.not_before > now else now
     options["headers"] = {**(options.get("headers") or {}), **due_header(due)}
     durable.app.send_task(
-        job.task, args=serialization.loads(job.args), kwargs=serialization.loads(job.kwargs),
-        task_id=job.id, **options)
+        job.task,
+        args=serialization.loads(job.args),
+        kwargs=serialization.loads(job.kwargs),
+        task_id=job.id,
+        **options,
+    )
 
 
 def _cancelled_error(job: JobRecord) -> str:
-    return serialization.dumps({"type": "Cancelled", "message": f"job {job.id} cancelled",
-                                "traceback": ""}, what="an error description")
+    return serialization.dumps(
+        {"type": "Cancelled", "message": f"job {job.id} cancelled", "traceback": ""},
+        what="an error description",
+    )
 
 
 def _abandon_error(job: JobRecord) -> str:
-    return serialization.dumps({
-        "type": "WorkerLostError",
-        "message": (f"job {job.id} lost its worker {job.recoveries} times "
-                    f"(durable_max_recoveries); it may be crashing the process"),
-        "traceback": "",
-    }, what="an error description")
+    return serialization.dumps(
+        {
+            "type": "WorkerLostError",
+            "message": (
+                f"job {job.id} lost its worker {job.recoveries} times "
+                f"(durable_max_recoveries); it may be crashing the process"
+            ),
+            "traceback": "",
+        },
+        what="an error description",
+    )

@@ -36,12 +36,12 @@ def seconds(value: Seconds, what: str) -> float:
         result = float(value)
     else:
         raise ConfigurationError(
-            f"{what} must be a number of seconds or a timedelta, got {value!r}")
+            f"{what} must be a number of seconds or a timedelta, got {value!r}"
+        )
     if result < 0 or result != result:  # NaN is not a delay either
         raise ConfigurationError(f"{what} must not be negative, got {value!r}")
     if result > MAX_DELAY:
-        raise ConfigurationError(f"{what} must be at most {MAX_DELAY:g} s (a year), "
-                                 f"got {value!r}")
+        raise ConfigurationError(f"{what} must be at most {MAX_DELAY:g} s (a year), got {value!r}")
     return result
 
 
@@ -75,7 +75,8 @@ class ExponentialBackoff:
             raise ConfigurationError(f"{name} base must be positive, got {base!r}")
         if m < b:
             raise ConfigurationError(
-                f"{name} max ({max!r}) must not be smaller than its base ({base!r})")
+                f"{name} max ({max!r}) must not be smaller than its base ({base!r})"
+            )
         object.__setattr__(self, "base", b)
         object.__setattr__(self, "max", m)
 
@@ -84,7 +85,7 @@ class ExponentialBackoff:
             return 0.0
         # 2 ** 1100 would overflow a float; any exponent past the cap gives the cap.
         exponent = min(attempt - 1, 1000)
-        return float(min(self.max, self.base * 2.0 ** exponent))
+        return float(min(self.max, self.base * 2.0**exponent))
 
 
 @dataclass(frozen=True, init=False)
@@ -125,8 +126,11 @@ class RetryAfter(Exception):
     def __init__(self, delay: Seconds, error: BaseException | str | None = None) -> None:
         self.delay = seconds(delay, "RetryAfter delay")
         self.error = error
-        self.message = error if isinstance(error, str) else (
-            f"{type(error).__name__}: {error}" if error is not None else "retry requested")
+        self.message = (
+            error
+            if isinstance(error, str)
+            else (f"{type(error).__name__}: {error}" if error is not None else "retry requested")
+        )
         # (delay, message) as args: a result backend rebuilds it with cls(*args)
         super().__init__(self.delay, None if error is None else self.message)
         if isinstance(error, BaseException):
@@ -172,14 +176,16 @@ def check_backoff(value: Any, what: str) -> Backoff:
         raise ConfigurationError(
             f"{what} must be a backoff strategy (an object with delay(attempt), e.g. "
             f"ExponentialBackoff(1, 60): an instance, not the class), a number of seconds "
-            f"or a timedelta, got {value!r}")
+            f"or a timedelta, got {value!r}"
+        )
     return value
 
 
 def check_on_exhausted(value: Any, what: str = "on_exhausted") -> str:
     if value not in ON_EXHAUSTED:
         raise ConfigurationError(
-            f"{what} must be one of {', '.join(map(repr, ON_EXHAUSTED))}, got {value!r}")
+            f"{what} must be one of {', '.join(map(repr, ON_EXHAUSTED))}, got {value!r}"
+        )
     return str(value)
 
 
@@ -196,9 +202,10 @@ def call_policy(task: Any, default: RetryPolicy) -> RetryPolicy:
     backoff = getattr(task, "call_backoff", None)
     if retries is None and backoff is None:
         return default
-    return RetryPolicy(default.retries if retries is None else retries,
-                       default.backoff if backoff is None else check_backoff(
-                           backoff, "call_backoff"))
+    return RetryPolicy(
+        default.retries if retries is None else retries,
+        default.backoff if backoff is None else check_backoff(backoff, "call_backoff"),
+    )
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,12 @@ def job_policy(task: Any, settings: Any) -> JobPolicy:
     backoff = getattr(task, "backoff", None)
     on_exhausted = getattr(task, "on_exhausted", None)
     return JobPolicy(
-        RetryPolicy(settings.job_retries if retries is None else retries,
-                    settings.job_backoff if backoff is None else check_backoff(
-                        backoff, "backoff")),
-        settings.on_exhausted if on_exhausted is None else on_exhausted)
+        RetryPolicy(
+            settings.job_retries if retries is None else retries,
+            settings.job_backoff if backoff is None else check_backoff(backoff, "backoff"),
+        ),
+        settings.on_exhausted if on_exhausted is None else on_exhausted,
+    )
 
 
 TASK_OPTIONS = ("retries", "backoff", "on_exhausted", "call_retries", "call_backoff")
@@ -224,8 +233,11 @@ TASK_OPTIONS = ("retries", "backoff", "on_exhausted", "call_retries", "call_back
 
 def check_task_options(options: Any, task_name: str) -> None:
     """Refuse bad retry options when a task is defined, naming the task and the option."""
-    get = options.get if isinstance(options, dict) else (
-        lambda name, default=None: getattr(options, name, default))
+    get = (
+        options.get
+        if isinstance(options, dict)
+        else (lambda name, default=None: getattr(options, name, default))
+    )
     where = f"task {task_name!r}"
     for name in ("retries", "call_retries"):
         if get(name, None) is not None:

@@ -34,24 +34,42 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def retry_call(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-               execution: Execution, pending: CallRetryPending) -> NoReturn:
+def retry_call(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    execution: Execution,
+    pending: CallRetryPending,
+) -> NoReturn:
     now = durable.now()
     not_before = now + timedelta(seconds=pending.delay)
     record = pending.record
     with interrupt_on_storage_error(execution.root_id):
-        durable.storage.retry_call(record, execution.lease, not_before,
-                                   deliver_by_for_wait(durable, not_before, pending.delay), now)
+        durable.storage.retry_call(
+            record,
+            execution.lease,
+            not_before,
+            deliver_by_for_wait(durable, not_before, pending.delay),
+            now,
+        )
     execution.released = True
-    execution.ended("retrying", pending.error, retry_of="call", attempt=record.attempts + 1,
-                    delay=pending.delay)
-    logger.warning("job %s: call %s failed (%s: %s); attempt %d of the call in %.3gs",
-                   execution.root_id, record.name, type(pending.error).__name__,
-                   pending.error, record.attempts + 1, pending.delay)
+    execution.ended(
+        "retrying", pending.error, retry_of="call", attempt=record.attempts + 1, delay=pending.delay
+    )
+    logger.warning(
+        "job %s: call %s failed (%s: %s); attempt %d of the call in %.3gs",
+        execution.root_id,
+        record.name,
+        type(pending.error).__name__,
+        pending.error,
+        record.attempts + 1,
+        pending.delay,
+    )
     # A call retry is not one of Celery's retries: request.retries (what max_retries
     # limits for self.retry() / autoretry_for) stays as it is.
-    raise _celery_retry(durable, task, request, pending.error, pending.delay, not_before,
-                        bump=False)
+    raise _celery_retry(
+        durable, task, request, pending.error, pending.delay, not_before, bump=False
+    )
 
 
 def job_retryable(exc: BaseException) -> bool:
@@ -60,8 +78,13 @@ def job_retryable(exc: BaseException) -> bool:
     return not (isinstance(exc, CallError) and exc.no_retry)
 
 
-def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-                  execution: Execution, exc: Exception) -> NoReturn:
+def fail_or_retry(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    execution: Execution,
+    exc: Exception,
+) -> NoReturn:
     """The body raised: retry the job while its budget lasts, else fail or dead-letter it."""
     policy = job_policy(task, durable.settings)
     reason = final_reason(exc)
@@ -73,24 +96,46 @@ def fail_or_retry(durable: Durable, task: Task, request: Any,  # type: ignore[ty
             delay = policy.retry.delay(attempt, exc)
             now = durable.now()
             not_before = now + timedelta(seconds=delay)
-            discard = discard_from_first_failure(lease.job_id,
-                                                 storage.load_history(lease.job_id))
-            storage.retry_job(lease, encode_error(reason), discard, not_before,
-                              deliver_by_for_wait(durable, not_before, delay), now)
+            discard = discard_from_first_failure(lease.job_id, storage.load_history(lease.job_id))
+            storage.retry_job(
+                lease,
+                encode_error(reason),
+                discard,
+                not_before,
+                deliver_by_for_wait(durable, not_before, delay),
+                now,
+            )
             execution.released = True
-            execution.ended("retrying", reason, retry_of="job", attempt=attempt + 1,
-                            delay=delay)
-            logger.warning("job %s (%s) failed (%s: %s); job retry %d of %d in %.3gs",
-                           lease.job_id, task.name, type(reason).__name__, reason, attempt,
-                           policy.retry.retries, delay)
+            execution.ended("retrying", reason, retry_of="job", attempt=attempt + 1, delay=delay)
+            logger.warning(
+                "job %s (%s) failed (%s: %s); job retry %d of %d in %.3gs",
+                lease.job_id,
+                task.name,
+                type(reason).__name__,
+                reason,
+                attempt,
+                policy.retry.retries,
+                delay,
+            )
             raise _celery_retry(durable, task, request, reason, delay, not_before) from exc
         dead = policy.on_exhausted == "dead_letter"
-        finish(durable, request, lease, JobState.DEAD if dead else JobState.FAILED, None,
-               encode_error(reason, no_retry=not job_retryable(exc)))
+        finish(
+            durable,
+            request,
+            lease,
+            JobState.DEAD if dead else JobState.FAILED,
+            None,
+            encode_error(reason, no_retry=not job_retryable(exc)),
+        )
         execution.ended("dead" if dead else "failed", reason)
     if dead:
-        logger.error("job %s (%s) moved to the dead-letter queue: %s: %s", lease.job_id,
-                     task.name, type(reason).__name__, reason)
+        logger.error(
+            "job %s (%s) moved to the dead-letter queue: %s: %s",
+            lease.job_id,
+            task.name,
+            type(reason).__name__,
+            reason,
+        )
     raise exc
 
 
@@ -104,16 +149,22 @@ def deliver_by_for_wait(durable: Durable, not_before: datetime, delay: float) ->
     return not_before + timedelta(seconds=settings.lease_seconds + settings.sweep_interval)
 
 
-def _celery_retry(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-                  exc: BaseException, delay: float, not_before: datetime, *,
-                  bump: bool = True) -> Retry:
+def _celery_retry(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    exc: BaseException,
+    delay: float,
+    not_before: datetime,
+    *,
+    bump: bool = True,
+) -> Retry:
     retries = request.retries + (1 if bump else 0)
     if getattr(request, "is_eager", False):
         # .apply() / task_always_eager: Celery runs Retry.sig again in this process at
         # once, so wait here; nothing is published.
         time.sleep(max(0.0, (not_before - durable.now()).total_seconds()))
-        return Retry(exc=exc, when=delay,
-                     sig=task.signature_from_request(request, retries=retries))
+        return Retry(exc=exc, when=delay, sig=task.signature_from_request(request, retries=retries))
     if delay > durable.settings.max_countdown:
         return Retry(exc=exc, when=delay)
     # An ETA rather than a countdown: the message becomes due at exactly the row's
@@ -130,6 +181,9 @@ def publish_again(task: Task, request: Any, **options: Any) -> Any:  # type: ign
     try:
         Task.apply_async(task, signature.args, signature.kwargs, **signature.options)
     except Exception:
-        logger.exception("job %s: could not publish its retry; the recovery sweeper will "
-                         "publish it when its deadline passes", request.id)
+        logger.exception(
+            "job %s: could not publish its retry; the recovery sweeper will "
+            "publish it when its deadline passes",
+            request.id,
+        )
     return signature

@@ -60,12 +60,20 @@ def new_owner() -> str:
     return f"{HOSTNAME}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
 
-def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-            args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run_job(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     job_id: str = _checked_id(request)
-    claimed = patiently(lambda: _claim(durable, task, request, args, kwargs),
-                        patience=durable.settings.storage_wait, job_id=job_id,
-                        doing="claim the job")
+    claimed = patiently(
+        lambda: _claim(durable, task, request, args, kwargs),
+        patience=durable.settings.storage_wait,
+        job_id=job_id,
+        doing="claim the job",
+    )
     if isinstance(claimed, _Stored):
         return claimed.result
     lease, attempts = claimed
@@ -76,14 +84,24 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         # A first execution has no history; stores that return the attempt count with
         # the claim save the query.
         with interrupt_on_storage_error(job_id):
-            history = {} if attempts == 1 else {
-                (c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
+            history = (
+                {}
+                if attempts == 1
+                else {(c.job_id, c.seq): c for c in durable.storage.load_history(job_id)}
+            )
         if any(c.name == CANCELLED_MARKER for c in history.values()):
             watch.cancel_raised = True  # resumed while compensating a cancel: it still ends so
-        execution = Execution(durable=durable, task_name=task.name, job_id=job_id,
-                              root_id=job_id, lease=lease, history=history, watch=watch,
-                              call_policy=call_policy(task, durable.call_policy),
-                              determinism=task_determinism(task, durable.determinism))
+        execution = Execution(
+            durable=durable,
+            task_name=task.name,
+            job_id=job_id,
+            root_id=job_id,
+            lease=lease,
+            history=history,
+            watch=watch,
+            call_policy=call_policy(task, durable.call_policy),
+            determinism=task_determinism(task, durable.determinism),
+        )
         if durable.observers.active:
             execution.info = _job_info(durable, task, request, args, kwargs, attempts)
             durable.observers.job_started(execution.info)
@@ -101,8 +119,9 @@ def run_job(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         durable.lease_keeper.drop(lease)
         if execution is not None and execution.info is not None:
             outcome = execution.outcome or Outcome("interrupted", 0.0)
-            durable.observers.job_ended(execution.info, dataclasses.replace(
-                outcome, duration=time.monotonic() - started))
+            durable.observers.job_ended(
+                execution.info, dataclasses.replace(outcome, duration=time.monotonic() - started)
+            )
 
 
 def _checked_id(request: Any) -> str:
@@ -115,13 +134,25 @@ def _checked_id(request: Any) -> str:
         raise Reject(str(exc), requeue=False) from None
 
 
-def _job_info(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-              args: tuple[Any, ...], kwargs: dict[str, Any], attempts: int | None) -> JobInfo:
+def _job_info(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    attempts: int | None,
+) -> JobInfo:
     return JobInfo(
-        id=request.id, task=shown_name(task.name, args), args=tuple(args),
-        kwargs=dict(kwargs), queue=(request.delivery_info or {}).get("routing_key"),
-        execution=attempts, started_at=durable.now(), trace_parent=_trace_parent(request),
-        due_at=due_from_request(request))
+        id=request.id,
+        task=shown_name(task.name, args),
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        queue=(request.delivery_info or {}).get("routing_key"),
+        execution=attempts,
+        started_at=durable.now(),
+        trace_parent=_trace_parent(request),
+        due_at=due_from_request(request),
+    )
 
 
 def _ride_out(durable: Durable, lease: Lease, exc: StorageInterrupted) -> NoReturn:
@@ -131,12 +162,17 @@ def _ride_out(durable: Durable, lease: Lease, exc: StorageInterrupted) -> NoRetu
     logger.error("%s; waiting for the database to hand the job back", exc)
 
     def give_back() -> None:
-        durable.storage.release_job(lease, JobState.PENDING, durable.deliver_by(None),
-                                    durable.now())
+        durable.storage.release_job(
+            lease, JobState.PENDING, durable.deliver_by(None), durable.now()
+        )
 
     try:
-        patiently(give_back, patience=durable.settings.storage_wait, job_id=lease.job_id,
-                  doing="give the job back")
+        patiently(
+            give_back,
+            patience=durable.settings.storage_wait,
+            job_id=lease.job_id,
+            doing="give the job back",
+        )
     except Reject:
         logger.error("job %s: recovery resumes it when its lease expires", lease.job_id)
         raise Ignore() from None
@@ -155,18 +191,32 @@ class _Stored:
         self.result = result
 
 
-def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-           args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Lease, int | None] | _Stored:
+def _claim(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[Lease, int | None] | _Stored:
     storage, job_id, owner = durable.storage, request.id, new_owner()
     now = durable.now()
     until = now + timedelta(seconds=durable.settings.lease_seconds)
     claim = storage.claim_job(job_id, owner, now, until)
     if claim.outcome is ClaimOutcome.MISSING:
         # Sent without going through DurableTask.apply_async (send_task, another app).
-        storage.create_job(new_job(durable, task.name, job_id, args, kwargs,
-                                   queue=(request.delivery_info or {}).get("routing_key"),
-                                   priority=None, eta=None,
-                                   options=options_from_request(request)))
+        storage.create_job(
+            new_job(
+                durable,
+                task.name,
+                job_id,
+                args,
+                kwargs,
+                queue=(request.delivery_info or {}).get("routing_key"),
+                priority=None,
+                eta=None,
+                options=options_from_request(request),
+            )
+        )
         claim = storage.claim_job(job_id, owner, now, until)
     if claim.outcome is ClaimOutcome.CLAIMED:
         return Lease(job_id, owner), claim.attempts
@@ -191,20 +241,35 @@ def _claim(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
             # stores the result (again: the same value) and continues the canvas now.
             return _Stored(serialization.loads(job.result))
     else:
-        logger.info("job %s is being run by %s; ignoring this delivery", job_id,
-                    job.lease_owner if job else "?")
+        logger.info(
+            "job %s is being run by %s; ignoring this delivery",
+            job_id,
+            job.lease_owner if job else "?",
+        )
     raise Ignore()
 
 
-def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-              execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_body(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    execution: Execution,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     lease = execution.lease
     try:
         result = task.run(*args, **kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
         if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
-            finish(durable, request, lease, JobState.CANCELLED, encoded,
-                    encode_error(Cancelled(execution.root_id)))
+            finish(
+                durable,
+                request,
+                lease,
+                JobState.CANCELLED,
+                encoded,
+                encode_error(Cancelled(execution.root_id)),
+            )
             execution.ended("cancelled")
             return result
     except Retry as exc:
@@ -247,21 +312,32 @@ def _run_body(durable: Durable, task: Task, request: Any,  # type: ignore[type-a
 def has_canvas(request: Any) -> bool:
     """The delivery continues a canvas when it succeeds: a chain, link callbacks, or a
     chord it is a header task of."""
-    return bool(getattr(request, "callbacks", None) or getattr(request, "chain", None)
-                or getattr(request, "chord", None))
+    return bool(
+        getattr(request, "callbacks", None)
+        or getattr(request, "chain", None)
+        or getattr(request, "chord", None)
+    )
 
 
-def _stop_if_cancelled(durable: Durable, request: Any, execution: Execution,
-                       error: BaseException | None) -> None:
+def _stop_if_cancelled(
+    durable: Durable, request: Any, execution: Execution, error: BaseException | None
+) -> None:
     """A cancelled job neither retries nor suspends: it ends here."""
     if execution.watch.cancelled.is_set():
         _end_cancelled(durable, request, execution, error)
 
 
-def _end_cancelled(durable: Durable, request: Any, execution: Execution,
-                   error: BaseException | None) -> NoReturn:
-    finish(durable, request, execution.lease, JobState.CANCELLED, None,
-            encode_error(Cancelled(execution.root_id)))
+def _end_cancelled(
+    durable: Durable, request: Any, execution: Execution, error: BaseException | None
+) -> NoReturn:
+    finish(
+        durable,
+        request,
+        execution.lease,
+        JobState.CANCELLED,
+        None,
+        encode_error(Cancelled(execution.root_id)),
+    )
     execution.ended("cancelled", error)
     raise Cancelled(execution.root_id) from error
 
@@ -273,24 +349,55 @@ def release(durable: Durable, lease: Lease, state: JobState, deliver_by: datetim
 
 # Message options that recovery sends again, so a republished job keeps its place in a
 # canvas (chain, links, group, chord) and its ids.
-RESENT_OPTIONS = ("link", "link_error", "chain", "group_id", "group_index", "chord",
-                  "root_id", "parent_id", "reply_to", "shadow", "exchange", "routing_key",
-                  "time_limit", "soft_time_limit", "expires", "retries", "headers")
+RESENT_OPTIONS = (
+    "link",
+    "link_error",
+    "chain",
+    "group_id",
+    "group_index",
+    "chord",
+    "root_id",
+    "parent_id",
+    "reply_to",
+    "shadow",
+    "exchange",
+    "routing_key",
+    "time_limit",
+    "soft_time_limit",
+    "expires",
+    "retries",
+    "headers",
+)
 
 
-def new_job(durable: Durable, task_name: str, job_id: str, args: Any, kwargs: Any, *,
-            queue: str | None, priority: int | None, eta: datetime | None,
-            options: dict[str, Any] | None = None, not_before: datetime | None = None,
-            unique_key: str | None = None, deliver_at: datetime | None = None) -> NewJob:
+def new_job(
+    durable: Durable,
+    task_name: str,
+    job_id: str,
+    args: Any,
+    kwargs: Any,
+    *,
+    queue: str | None,
+    priority: int | None,
+    eta: datetime | None,
+    options: dict[str, Any] | None = None,
+    not_before: datetime | None = None,
+    unique_key: str | None = None,
+    deliver_at: datetime | None = None,
+) -> NewJob:
     """``deliver_at``: the sweeper publishes the job then (nothing is published now)."""
     what = f"task {task_name!r}"
     return NewJob(
-        id=job_id, task=task_name,
+        id=job_id,
+        task=task_name,
         args=serialization.dumps(list(args or ()), what=f"{what} positional arguments"),
         kwargs=serialization.dumps(dict(kwargs or {}), what=f"{what} keyword arguments"),
-        queue=queue, priority=priority, created_at=durable.now(),
+        queue=queue,
+        priority=priority,
+        created_at=durable.now(),
         deliver_by=deliver_at or durable.deliver_by(eta),
-        options=_resent_options(options or {}), not_before=not_before,
+        options=_resent_options(options or {}),
+        not_before=not_before,
         unique_key=unique_key,
     )
 
@@ -301,18 +408,20 @@ def _resent_options(options: dict[str, Any]) -> str:
         return serialization.dumps(kept, what="message options")
     except SerializationError:  # e.g. a kombu Exchange object: routing falls back to queue
         return serialization.dumps(
-            {k: v for k, v in kept.items() if serialization.encodes(v)},
-            what="message options")
+            {k: v for k, v in kept.items() if serialization.encodes(v)}, what="message options"
+        )
 
 
 def options_from_request(request: Any) -> dict[str, Any]:
     """What a delivered message carried, for a job whose row was not written at enqueue."""
-    return {"link": getattr(request, "callbacks", None),
-            "link_error": getattr(request, "errbacks", None),
-            "chain": getattr(request, "chain", None),
-            "group_id": getattr(request, "group", None),
-            "group_index": getattr(request, "group_index", None),
-            "chord": getattr(request, "chord", None),
-            "root_id": getattr(request, "root_id", None),
-            "parent_id": getattr(request, "parent_id", None),
-            "reply_to": getattr(request, "reply_to", None)}
+    return {
+        "link": getattr(request, "callbacks", None),
+        "link_error": getattr(request, "errbacks", None),
+        "chain": getattr(request, "chain", None),
+        "group_id": getattr(request, "group", None),
+        "group_index": getattr(request, "group_index", None),
+        "chord": getattr(request, "chord", None),
+        "root_id": getattr(request, "root_id", None),
+        "parent_id": getattr(request, "parent_id", None),
+        "reply_to": getattr(request, "reply_to", None),
+    }

@@ -38,8 +38,8 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigurationError(
-            f"unknown timezone {name!r}: use an IANA name such as 'America/New_York' "
-            f"or 'UTC'") from None
+            f"unknown timezone {name!r}: use an IANA name such as 'America/New_York' or 'UTC'"
+        ) from None
 
 
 def _aware(when: datetime, what: str) -> datetime:
@@ -94,8 +94,8 @@ class Cron(Schedule):
     def __post_init__(self) -> None:
         if not isinstance(self.expression, str) or len(self.expression.split()) != 5:
             raise ConfigurationError(
-                f"cron() takes 5 fields (minute hour day month weekday), "
-                f"got {self.expression!r}")
+                f"cron() takes 5 fields (minute hour day month weekday), got {self.expression!r}"
+            )
         if not croniter.is_valid(self.expression):
             raise ConfigurationError(f"invalid cron expression {self.expression!r}")
         if self.timezone is not None:
@@ -136,8 +136,14 @@ class Cron(Schedule):
         return {"cron": self.expression, "timezone": self.timezone}
 
 
-def every(seconds: float | timedelta | None = None, *, minutes: float = 0,
-          hours: float = 0, days: float = 0, timezone: str | None = None) -> Every:
+def every(
+    seconds: float | timedelta | None = None,
+    *,
+    minutes: float = 0,
+    hours: float = 0,
+    days: float = 0,
+    timezone: str | None = None,
+) -> Every:
     """``every(30)``, ``every(timedelta(hours=1))``, ``every(hours=1)``.
 
     An interval of real time: it has no timezone, and DST never stretches or shrinks
@@ -147,7 +153,8 @@ def every(seconds: float | timedelta | None = None, *, minutes: float = 0,
         raise ConfigurationError(
             f"every() is an interval of real time and takes no timezone (got "
             f"timezone={timezone!r}): DST never changes it. For times on a wall clock use "
-            f"daily(), weekly() or cron() with timezone=...")
+            f"daily(), weekly() or cron() with timezone=..."
+        )
     if isinstance(seconds, timedelta):
         total = seconds.total_seconds()
     elif seconds is None or isinstance(seconds, (int, float)):
@@ -167,8 +174,7 @@ def daily(hour: int, minute: int = 0, *, timezone: str | None = None) -> Cron:
     return Cron(f"{minute} {hour} * * *", timezone)
 
 
-def weekly(weekday: int | str, hour: int, minute: int = 0, *,
-           timezone: str | None = None) -> Cron:
+def weekly(weekday: int | str, hour: int, minute: int = 0, *, timezone: str | None = None) -> Cron:
     """``weekday``: 0-6 from Monday (Python's convention) or "mon" ... "sun"."""
     if isinstance(weekday, str) and weekday.lower()[:3] in WEEKDAYS:
         day = WEEKDAYS.index(weekday.lower()[:3])
@@ -176,8 +182,8 @@ def weekly(weekday: int | str, hour: int, minute: int = 0, *,
         day = weekday
     else:
         raise ConfigurationError(
-            f"weekly() takes a weekday 0-6 (Monday is 0) or a name such as 'mon', "
-            f"got {weekday!r}")
+            f"weekly() takes a weekday 0-6 (Monday is 0) or a name such as 'mon', got {weekday!r}"
+        )
     _check_time(hour, minute, "weekly")
     return Cron(f"{minute} {hour} * * {(day + 1) % 7}", timezone)  # cron: Sunday is 0
 

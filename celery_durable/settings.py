@@ -22,7 +22,11 @@ DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
 _UNSET = object()
 DAY = 86400.0
 RETENTION: dict[str, float | None] = {
-    "succeeded": 7 * DAY, "cancelled": 7 * DAY, "failed": 30 * DAY, "dead": 30 * DAY}
+    "succeeded": 7 * DAY,
+    "cancelled": 7 * DAY,
+    "failed": 30 * DAY,
+    "dead": 30 * DAY,
+}
 
 
 @dataclass(frozen=True)
@@ -107,37 +111,47 @@ class Settings:
 
         check_determinism(self.determinism, "durable_determinism")
         if self.shutdown_grace is not None and self.shutdown_grace < 0:
-            raise ConfigurationError(f"durable_shutdown_grace must not be negative, "
-                                     f"got {self.shutdown_grace!r}")
+            raise ConfigurationError(
+                f"durable_shutdown_grace must not be negative, got {self.shutdown_grace!r}"
+            )
         if self.max_countdown < 0:
-            raise ConfigurationError(f"durable_max_countdown must not be negative, "
-                                     f"got {self.max_countdown!r}")
+            raise ConfigurationError(
+                f"durable_max_countdown must not be negative, got {self.max_countdown!r}"
+            )
         for state, keep in self.retention.items():
             if state not in RETENTION:
                 raise ConfigurationError(
-                    f"durable_retention: {state!r} is not a finished state "
-                    f"({', '.join(RETENTION)})")
+                    f"durable_retention: {state!r} is not a finished state ({', '.join(RETENTION)})"
+                )
             if keep is not None and (not isinstance(keep, (int, float)) or keep < 0):
                 raise ConfigurationError(
-                    f"durable_retention[{state!r}] must be seconds >= 0 or None, "
-                    f"got {keep!r}")
-        for name in ("lease_seconds", "sweep_interval", "delivery_timeout",
-                     "wait_check_interval", "cancel_check_interval", "retention_interval",
-                     "beat_max_interval", "storage_wait"):
+                    f"durable_retention[{state!r}] must be seconds >= 0 or None, got {keep!r}"
+                )
+        for name in (
+            "lease_seconds",
+            "sweep_interval",
+            "delivery_timeout",
+            "wait_check_interval",
+            "cancel_check_interval",
+            "retention_interval",
+            "beat_max_interval",
+            "storage_wait",
+        ):
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"durable_{name} must be positive, "
-                                         f"got {getattr(self, name)!r}")
+                raise ConfigurationError(
+                    f"durable_{name} must be positive, got {getattr(self, name)!r}"
+                )
         if not self.table_prefix.replace("_", "").isalnum():
             raise ConfigurationError(
                 f"durable_table_prefix must be letters, digits and underscores, "
-                f"got {self.table_prefix!r}")
+                f"got {self.table_prefix!r}"
+            )
 
 
 def database_url_configured(conf: Any, overrides: dict[str, Any]) -> bool:
     """Whether the app (or the Durable(...) call) names a database: otherwise the store
     is a SQLite file in each process's working directory."""
-    return overrides.get("database_url") is not None or \
-        conf.get("durable_database_url") is not None
+    return overrides.get("database_url") is not None or conf.get("durable_database_url") is not None
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
@@ -146,7 +160,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     if name == "retention":
         if not isinstance(value, dict):
             raise ConfigurationError(
-                f"durable_retention must be a dict of state -> seconds, got {value!r}")
+                f"durable_retention must be a dict of state -> seconds, got {value!r}"
+            )
         return {**RETENTION, **{k: _seconds_or_none(v) for k, v in value.items()}}
     if str(kind) == "float | None":
         kind = float
@@ -157,7 +172,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigurationError(
-            f"durable_{name} must be a {kind.__name__}, got {value!r}") from None
+            f"durable_{name} must be a {kind.__name__}, got {value!r}"
+        ) from None
 
 
 def _seconds_or_none(value: Any) -> Any:

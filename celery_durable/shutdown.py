@@ -55,18 +55,26 @@ def release_running_jobs(durable: Durable) -> list[str]:
         if not isinstance(task, DurableTask) or not pid:
             continue
         try:
-            job = durable.storage.release_abandoned(request.id, f"{HOSTNAME}/{pid}/",
-                                                    durable.deliver_by(None))
+            job = durable.storage.release_abandoned(
+                request.id, f"{HOSTNAME}/{pid}/", durable.deliver_by(None)
+            )
         except StorageUnavailable as exc:  # the worker still exits: recovery resumes the
-            logger.error("job %s could not be released (%s); stopping its process, "  # job
-                         "recovery resumes it when its lease expires", request.id, exc)
+            logger.error(
+                "job %s could not be released (%s); stopping its process, "  # job
+                "recovery resumes it when its lease expires",
+                request.id,
+                exc,
+            )
             _stop(pid)
             continue
         if job is None:
             continue
-        logger.warning("job %s still running at the end of the %ss shutdown grace period: "
-                       "released for another worker", request.id,
-                       durable.settings.shutdown_grace)
+        logger.warning(
+            "job %s still running at the end of the %ss shutdown grace period: "
+            "released for another worker",
+            request.id,
+            durable.settings.shutdown_grace,
+        )
         try:
             publish(durable, job)
         except Exception:  # pending with a deadline: another worker's sweeper sends it

@@ -27,8 +27,12 @@ def sleep(delay: float | timedelta) -> None:
 
     Outside a durable task it is ``time.sleep``."""
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-            or not math.isfinite(seconds) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise ValueError(f"sleep() takes seconds >= 0 or a timedelta, not {delay!r}")
     execution = current_execution()
     if execution is None:
@@ -39,10 +43,8 @@ def sleep(delay: float | timedelta) -> None:
 
 def sleep_until(when: datetime) -> None:
     """Wait until ``when`` (an aware datetime) without holding a worker."""
-    if not isinstance(when, datetime) or when.tzinfo is None \
-            or when.tzinfo.utcoffset(when) is None:
-        raise ValueError(f"sleep_until() takes an aware datetime (with a timezone), "
-                         f"not {when!r}")
+    if not isinstance(when, datetime) or when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+        raise ValueError(f"sleep_until() takes an aware datetime (with a timezone), not {when!r}")
     execution = current_execution()
     if execution is None:
         time.sleep(max(0.0, (when - datetime.now(when.tzinfo)).total_seconds()))
@@ -63,8 +65,13 @@ def _wait(until_from: Callable[[datetime], datetime], args: tuple[object, ...]) 
             raise Suspend(wake_at=until)  # woken early (a duplicate message): wait on
         return
     until = until_from(now)
-    record = pseudo_call(execution, seq, SLEEP, digest, serialization.dumps(
-        {"until": until.isoformat()}, what="a sleep"))
+    record = pseudo_call(
+        execution,
+        seq,
+        SLEEP,
+        digest,
+        serialization.dumps({"until": until.isoformat()}, what="a sleep"),
+    )
     if until <= now:  # nothing to wait for; the position is still taken
         write_pseudo_call(execution, record)
         return

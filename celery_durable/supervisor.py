@@ -35,7 +35,8 @@ class QueueSpec:
         if not name or not number.isdigit() or int(number) < 1:
             raise ConfigurationError(
                 f"--queue takes NAME:CONCURRENCY with a concurrency of at least 1, "
-                f"e.g. critical:20; got {text!r}")
+                f"e.g. critical:20; got {text!r}"
+            )
         return cls(name, int(number))
 
 
@@ -48,10 +49,21 @@ def parse_queues(texts: Sequence[str]) -> list[QueueSpec]:
     return specs
 
 
-def worker_command(celery_args: Sequence[str], spec: QueueSpec,
-                   extra: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "celery", *celery_args, "worker", "-Q", spec.name,
-            "-c", str(spec.concurrency), "-n", f"{spec.name}@%h", *extra]
+def worker_command(celery_args: Sequence[str], spec: QueueSpec, extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        *celery_args,
+        "worker",
+        "-Q",
+        spec.name,
+        "-c",
+        str(spec.concurrency),
+        "-n",
+        f"{spec.name}@%h",
+        *extra,
+    ]
 
 
 @dataclass
@@ -100,8 +112,7 @@ class Supervisor:
 
     def _forward(self, signum: int, _frame: object) -> None:
         self._stopping = True
-        self.say(f"forwarding {signal.Signals(signum).name} to {len(self._children)} "
-                 f"worker(s)")
+        self.say(f"forwarding {signal.Signals(signum).name} to {len(self._children)} worker(s)")
         for child in self._children.values():
             if child.poll() is None:
                 child.send_signal(signum)

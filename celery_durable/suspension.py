@@ -63,8 +63,13 @@ class Suspend(BaseException):
         return f"waiting for {len(self.waiting_for)} dispatched call(s)"
 
 
-def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg]
-            execution: Execution, waiting: Suspend) -> None:
+def suspend(
+    durable: Durable,
+    task: Task,
+    request: Any,  # type: ignore[type-arg]
+    execution: Execution,
+    waiting: Suspend,
+) -> None:
     """Release the job in state suspended and raise Ignore; returns (having written
     nothing) only if a cancel arrived that the body has not taken in."""
     from .dispatch import shown_name
@@ -83,9 +88,16 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         deliver_by = now + timedelta(seconds=durable.settings.wait_check_interval)
     with interrupt_on_storage_error(execution.root_id):
         outcome = durable.storage.suspend_job(
-            execution.lease, waiting.calls, waiting.children, waiting.waiting_for,
-            waiting.wake_at, deliver_by, now, cancel_taken=execution.watch.cancel_raised,
-            topic=waiting.topic)
+            execution.lease,
+            waiting.calls,
+            waiting.children,
+            waiting.waiting_for,
+            waiting.wake_at,
+            deliver_by,
+            now,
+            cancel_taken=execution.watch.cancel_raised,
+            topic=waiting.topic,
+        )
     if outcome is SuspendOutcome.CANCEL_REQUESTED:
         return
     execution.released = True
@@ -95,10 +107,12 @@ def suspend(durable: Durable, task: Task, request: Any,  # type: ignore[type-arg
         publish_or_leave(durable, child.as_record(), "dispatched")
         if durable.observers.active:  # labelled by the task it runs, as it will be there
             durable.observers.job_enqueued(
-                shown_name(child.task, serialization.loads(child.args)), child.queue)
+                shown_name(child.task, serialization.loads(child.args)), child.queue
+            )
     if runnable:  # what it waited for finished meanwhile: run again now
-        publish_again(task, request, headers={
-            **(getattr(request, "headers", None) or {}), **due_header(now)})
+        publish_again(
+            task, request, headers={**(getattr(request, "headers", None) or {}), **due_header(now)}
+        )
     elif waiting.wake_at is not None and delay <= durable.settings.max_countdown:
         publish_again(task, request, eta=waiting.wake_at)
     logger.info("job %s (%s) suspended: %s", execution.root_id, task.name, waiting)

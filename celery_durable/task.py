@@ -81,11 +81,13 @@ class DurableTask(Task):  # type: ignore[type-arg]
         try:
             durable.storage.mark_reported(task_id, durable.now())
         except Exception:  # a duplicate delivery would continue the canvas once more
-            logger.warning("job %s: could not record that its canvas was continued",
-                           task_id, exc_info=True)
+            logger.warning(
+                "job %s: could not record that its canvas was continued", task_id, exc_info=True
+            )
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
-                    **options: Any) -> Any:
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
         """Celery's apply_async, plus ``delay=`` (seconds or timedelta), ``at=`` (an aware
         datetime) and ``unique=`` (a key): see ``Durable.enqueue``."""
         from .app import Durable
@@ -112,13 +114,21 @@ class DurableTask(Task):  # type: ignore[type-arg]
         due = due_time(options.pop("delay", None), options.pop("at", None), now=now)
         unique = check_unique(options.pop("unique", None))
         eta = due or _eta(options.get("eta"), options.get("countdown"))
-        held = due is not None and (due - now).total_seconds() > \
-            durable.settings.max_countdown
-        job = new_job(durable, self.name, task_id, args, kwargs,
-                      queue=options.get("queue") if isinstance(options.get("queue"), str)
-                      else None,
-                      priority=options.get("priority"), eta=eta, options=options,
-                      not_before=due, unique_key=unique, deliver_at=due if held else None)
+        held = due is not None and (due - now).total_seconds() > durable.settings.max_countdown
+        job = new_job(
+            durable,
+            self.name,
+            task_id,
+            args,
+            kwargs,
+            queue=options.get("queue") if isinstance(options.get("queue"), str) else None,
+            priority=options.get("priority"),
+            eta=eta,
+            options=options,
+            not_before=due,
+            unique_key=unique,
+            deliver_at=due if held else None,
+        )
         if unique is not None:
             holder = durable.storage.create_unique_job(job)
             if holder != task_id:
@@ -128,8 +138,10 @@ class DurableTask(Task):  # type: ignore[type-arg]
             created = durable.storage.create_job(job)
         if created and durable.observers.active:
             # the queue label workers will see (their delivery's routing key)
-            durable.observers.job_enqueued(self.name, job.queue or getattr(
-                self, "queue", None) or self.app.conf.task_default_queue)
+            durable.observers.job_enqueued(
+                self.name,
+                job.queue or getattr(self, "queue", None) or self.app.conf.task_default_queue,
+            )
         if held:
             # A long wait is kept in SQL, not as an ETA message in worker RAM: the
             # recovery sweeper publishes the job when it is due.

@@ -50,11 +50,17 @@ class OTelTracing(Middleware):
         if job.trace_parent and not trace.get_current_span().get_span_context().is_valid:
             parent = propagate.extract({"traceparent": job.trace_parent})
         span = self.tracer.start_span(
-            f"durable.job {job.task}", context=parent, kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.system": "celery", "messaging.operation": "process",
-                        "messaging.destination.name": job.queue or "",
-                        "messaging.message.id": job.id,
-                        "durable.execution": job.execution or 0})
+            f"durable.job {job.task}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "celery",
+                "messaging.operation": "process",
+                "messaging.destination.name": job.queue or "",
+                "messaging.message.id": job.id,
+                "durable.execution": job.execution or 0,
+            },
+        )
         self._local.job = (span, context.attach(trace.set_span_in_context(span)))
         self._local.calls = []
 
@@ -81,8 +87,12 @@ class OTelTracing(Middleware):
 
         span = self.tracer.start_span(
             f"durable.call {call.name}",
-            attributes={"durable.position": call.position, "durable.attempt": call.attempt,
-                        "messaging.message.id": job.id})
+            attributes={
+                "durable.position": call.position,
+                "durable.attempt": call.attempt,
+                "messaging.message.id": job.id,
+            },
+        )
         self._local.calls.append((span, context.attach(trace.set_span_in_context(span))))
 
     def after_call(self, job: JobInfo, call: CallInfo) -> None:

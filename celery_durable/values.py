@@ -28,8 +28,9 @@ PREFIX = "celery_durable."
 
 def now() -> datetime:
     """The current time (aware, UTC), the same on every replay of this job."""
-    return datetime.fromisoformat(recorded_value(
-        "now", (), lambda: datetime.now(timezone.utc).isoformat()))
+    return datetime.fromisoformat(
+        recorded_value("now", (), lambda: datetime.now(timezone.utc).isoformat())
+    )
 
 
 def uuid4() -> _uuid.UUID:
@@ -96,20 +97,37 @@ def recorded_value(kind: str, args: tuple[Any, ...], produce: Callable[[], Any])
 
 
 def _record(execution: Any, seq: int, name: str, args: tuple[Any, ...], value: Any) -> None:
-    write_pseudo_call(execution, pseudo_call(
-        execution, seq, name, serialization.digest(args, {}),
-        serialization.dumps(value, what=name)))
+    write_pseudo_call(
+        execution,
+        pseudo_call(
+            execution,
+            seq,
+            name,
+            serialization.digest(args, {}),
+            serialization.dumps(value, what=name),
+        ),
+    )
 
 
-def pseudo_call(execution: Execution, seq: int, name: str, digest: str, result: str, *,
-                attempts: int = 1) -> CallRecord:
+def pseudo_call(
+    execution: Execution, seq: int, name: str, digest: str, result: str, *, attempts: int = 1
+) -> CallRecord:
     """The checkpoint of a pseudo-call (a recorded value, a sleep, a received message,
     where Cancelled was raised): it succeeded at once, now."""
     at = execution.durable.now()
-    return CallRecord(job_id=execution.job_id, seq=seq, root_id=execution.root_id,
-                      name=name, args_digest=digest, state=CallState.SUCCEEDED,
-                      attempts=attempts, result=result, error=None, started_at=at,
-                      finished_at=at)
+    return CallRecord(
+        job_id=execution.job_id,
+        seq=seq,
+        root_id=execution.root_id,
+        name=name,
+        args_digest=digest,
+        state=CallState.SUCCEEDED,
+        attempts=attempts,
+        result=result,
+        error=None,
+        started_at=at,
+        finished_at=at,
+    )
 
 
 def write_pseudo_call(execution: Execution, record: CallRecord) -> None:

@@ -24,8 +24,14 @@ logger = logging.getLogger(__name__)
 PARENT_HEADER = "durable_parent"
 
 
-def finish(durable: Durable, request: Any, lease: Lease, state: JobState,
-           result: str | None, error: str | None) -> None:
+def finish(
+    durable: Durable,
+    request: Any,
+    lease: Lease,
+    state: JobState,
+    result: str | None,
+    error: str | None,
+) -> None:
     """Record the job's final outcome; for a dispatched child, wake its parent in the
     same transaction and publish it."""
     wake = wake_of(durable, request)
@@ -51,8 +57,9 @@ def publish_woken(durable: Durable, job_id: str) -> None:
     try:  # the job's outcome is committed already: nothing here may fail it
         job = durable.storage.get_job(job_id)
     except Exception:
-        logger.exception("job %s woken but not read back; the recovery sweeper will "
-                         "publish it", job_id)
+        logger.exception(
+            "job %s woken but not read back; the recovery sweeper will publish it", job_id
+        )
         return
     if job is not None:
         publish_or_leave(durable, job, "woken")

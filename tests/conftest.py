@@ -15,8 +15,9 @@ from celery_durable.store.sql import SQLStorage
 # Our user-facing fixtures (durable_worker), tested in tests/integration/test_pytest_plugin
 pytest_plugins = ["celery_durable.testing.pytest_plugin"]
 
-POSTGRES_URL = os.environ.get("DURABLE_TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "DURABLE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 MYSQL_URL = os.environ.get("DURABLE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("DURABLE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -30,8 +30,9 @@ def test_services_have_healthchecks_and_wait_for_them() -> None:
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
     for name in ("worker", "beat", "shop"):
-        assert services[name]["depends_on"]["migrate"]["condition"] == \
-            "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        )
 
 
 def test_commands_use_real_modules_and_subcommands() -> None:
@@ -39,7 +40,8 @@ def test_commands_use_real_modules_and_subcommands() -> None:
     commands = {name: s["command"] for name, s in services.items() if "command" in s}
     assert set(commands) == {"migrate", "worker", "beat", "shop"}
     celery_commands = {
-        ep.name: ep for ep in importlib.metadata.entry_points(group="celery.commands")}
+        ep.name: ep for ep in importlib.metadata.entry_points(group="celery.commands")
+    }
     assert "durable" in celery_commands
     for name, command in commands.items():
         if command[0] == "celery":
@@ -65,8 +67,9 @@ def test_environment_and_image_match_the_example_and_the_package() -> None:
     for variable in worker["environment"]:
         assert f'"{variable}"' in app_source, f"{variable} is not read by the example"
     dockerfile = (REPO / "Dockerfile").read_text()
-    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())
-                 ["project"]["optional-dependencies"])
+    extras = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     [wanted] = re.findall(r'pip install --no-cache-dir "\.\[([a-z,]+)\]"', dockerfile)
     assert set(wanted.split(",")) <= extras
     # Docker must wait longer than the durable grace period before it kills a worker

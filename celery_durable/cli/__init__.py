@@ -27,9 +27,11 @@ class _Group(click.Group):
             fail(str(exc), EXIT_ERROR)
 
 
-@click.group(name="durable", cls=_Group,
-             help="celery-durable: migrations, jobs, the dead-letter queue, recovery "
-                  "and retention.")
+@click.group(
+    name="durable",
+    cls=_Group,
+    help="celery-durable: migrations, jobs, the dead-letter queue, recovery and retention.",
+)
 @click.pass_context
 def durable(ctx: click.Context) -> None:
     ctx.ensure_object(object)
@@ -45,8 +47,9 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
         pending = d.pending_migrations()
         for version in pending:
             doc = (MIGRATIONS[version - 1].__doc__ or "").strip()
-            click.echo(f"{url}: {'would apply' if dry_run else 'applying'} "
-                       f"schema version {version}: {doc}")
+            click.echo(
+                f"{url}: {'would apply' if dry_run else 'applying'} schema version {version}: {doc}"
+            )
         if dry_run:
             if not pending:
                 click.echo(f"{url}: schema is up to date")
@@ -83,8 +86,10 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         echo_json({"dry_run": dry_run, "deleted": counts})
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(", ".join(f"{verb} {n} {state}" for state, n in counts.items()) or
-               "retention is off for every state")
+    click.echo(
+        ", ".join(f"{verb} {n} {state}" for state, n in counts.items())
+        or "retention is off for every state"
+    )
 
 
 @durable.command(help="The workers that wrote a heartbeat in the last day.")
@@ -98,30 +103,45 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     if not found:
         click.echo("no workers have written a heartbeat")
         return
-    click.echo(f"{'name':<40}{'state':<7}{'pid':>8}  {'last seen (UTC)':<20}{'sweeps':>8}  "
-               f"queues")
+    click.echo(f"{'name':<40}{'state':<7}{'pid':>8}  {'last seen (UTC)':<20}{'sweeps':>8}  queues")
     for w in found:
-        click.echo(f"{w.name[:39]:<40}{'alive' if w.alive else 'gone':<7}{w.pid:>8}  "
-                   f"{w.last_seen_at:%Y-%m-%d %H:%M:%S}{w.sweeps:>9}  {', '.join(w.queues)}")
+        click.echo(
+            f"{w.name[:39]:<40}{'alive' if w.alive else 'gone':<7}{w.pid:>8}  "
+            f"{w.last_seen_at:%Y-%m-%d %H:%M:%S}{w.sweeps:>9}  {', '.join(w.queues)}"
+        )
 
 
-@durable.command(help="Tail what every worker does (jobs started, checkpoints, retries, "
-                      "outcomes); resumable with --since CURSOR.")
+@durable.command(
+    help="Tail what every worker does (jobs started, checkpoints, retries, "
+    "outcomes); resumable with --since CURSOR."
+)
 @click.option("--since", help="An event's cursor (or an ISO time) to start after.")
-@click.option("--follow/--no-follow", default=True, show_default=True,
-              help="Keep waiting for new events.")
+@click.option(
+    "--follow/--no-follow", default=True, show_default=True, help="Keep waiting for new events."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def events(ctx: click.Context, since: str | None, follow: bool, as_json: bool) -> None:
     for event in durable_of(ctx).events(since=since, follow=follow):
         if as_json:
-            click.echo(json.dumps({"kind": event.kind, "at": event.at.isoformat(),
-                                   "job_id": event.job_id, "task": event.task,
-                                   "detail": event.detail, "cursor": event.cursor}))
+            click.echo(
+                json.dumps(
+                    {
+                        "kind": event.kind,
+                        "at": event.at.isoformat(),
+                        "job_id": event.job_id,
+                        "task": event.task,
+                        "detail": event.detail,
+                        "cursor": event.cursor,
+                    }
+                )
+            )
         else:
             detail = " ".join(f"{k}={v}" for k, v in (event.detail or {}).items())
-            click.echo(f"{event.at:%Y-%m-%d %H:%M:%S.%f}  {event.kind:<16}{event.job_id}"
-                       f"  {event.task or ''} {detail}".rstrip())
+            click.echo(
+                f"{event.at:%Y-%m-%d %H:%M:%S.%f}  {event.kind:<16}{event.job_id}"
+                f"  {event.task or ''} {detail}".rstrip()
+            )
 
 
 durable.add_command(jobs)

@@ -25,10 +25,18 @@ def dlq() -> None:
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_(ctx: click.Context, task: str | None, since: datetime | None,
-          until: datetime | None, limit: int, offset: int, as_json: bool) -> None:
-    letters = durable_of(ctx).dead_letters(task=task, since=utc(since), until=utc(until),
-                                           limit=limit, offset=offset)
+def list_(
+    ctx: click.Context,
+    task: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    letters = durable_of(ctx).dead_letters(
+        task=task, since=utc(since), until=utc(until), limit=limit, offset=offset
+    )
     if as_json:
         echo_json([dataclasses.asdict(letter) for letter in letters])
         return
@@ -44,8 +52,7 @@ def _row(letter: JobSummary) -> str:
     error = letter.error or {}
     died = f"{letter.finished_at:%Y-%m-%d %H:%M:%S}" if letter.finished_at else "-"
     reason = f"{error.get('type', '?')}: {error.get('message', '')}"
-    return (f"{letter.id:<38}{letter.task[:27]:<28}{letter.failures:>9}  {died:<20}"
-            f"{reason[:80]}")
+    return f"{letter.id:<38}{letter.task[:27]:<28}{letter.failures:>9}  {died:<20}{reason[:80]}"
 
 
 @dlq.command(help="Show a dead letter: its arguments, every failed execution, its calls.")
@@ -66,8 +73,10 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo("  last traceback:\n" + letter.errors[-1].error["traceback"].rstrip())
 
 
-@dlq.command(help="Run dead letters again under the same id. Calls that succeeded before "
-                  "the first failure replay from their checkpoints unless --from-scratch.")
+@dlq.command(
+    help="Run dead letters again under the same id. Calls that succeeded before "
+    "the first failure replay from their checkpoints unless --from-scratch."
+)
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--from-scratch", is_flag=True, help="Drop every checkpoint first.")
 @click.pass_context
@@ -87,16 +96,26 @@ def requeue(ctx: click.Context, job_ids: tuple[str, ...], from_scratch: bool) ->
 @click.option("--all", "everything", is_flag=True, help="Every dead letter.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-def purge(ctx: click.Context, job_ids: tuple[str, ...], task: str | None,
-          before: datetime | None, everything: bool, yes: bool) -> None:
+def purge(
+    ctx: click.Context,
+    job_ids: tuple[str, ...],
+    task: str | None,
+    before: datetime | None,
+    everything: bool,
+    yes: bool,
+) -> None:
     if not (job_ids or task or before or everything):
         raise click.UsageError("give job ids, --task, --before or --all")
     if job_ids and (task or before or everything):
         raise click.UsageError("give either job ids or filters, not both")
-    what = ", ".join(job_ids) if job_ids else "every dead letter" + (
-        f" of {task}" if task else "") + (f" that died before {before}" if before else "")
+    what = (
+        ", ".join(job_ids)
+        if job_ids
+        else "every dead letter"
+        + (f" of {task}" if task else "")
+        + (f" that died before {before}" if before else "")
+    )
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)
-    deleted = durable_of(ctx).purge_dead_letters(job_ids or None, task=task,
-                                                 before=utc(before))
+    deleted = durable_of(ctx).purge_dead_letters(job_ids or None, task=task, before=utc(before))
     click.echo(f"deleted {deleted} dead letter(s)")

@@ -29,8 +29,13 @@ def jobs() -> None:
 
 
 @jobs.command(name="list", help="List jobs, newest first.")
-@click.option("--state", "states", multiple=True,
-              type=click.Choice([s.value for s in JobState]), help="Repeatable.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in JobState]),
+    help="Repeatable.",
+)
 @click.option("--task", help="Only this task name.")
 @click.option("--queue", help="Only this queue.")
 @click.option("--since", type=WHEN, help="Enqueued at or after this time (UTC).")
@@ -39,30 +44,49 @@ def jobs() -> None:
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_(ctx: click.Context, states: tuple[str, ...], task: str | None, queue: str | None,
-          since: datetime | None, until: datetime | None, limit: int, offset: int,
-          as_json: bool) -> None:
-    found = durable_of(ctx).jobs(states=states, task=task, queue=queue, since=utc(since),
-                                 until=utc(until), limit=limit, offset=offset)
+def list_(
+    ctx: click.Context,
+    states: tuple[str, ...],
+    task: str | None,
+    queue: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    found = durable_of(ctx).jobs(
+        states=states,
+        task=task,
+        queue=queue,
+        since=utc(since),
+        until=utc(until),
+        limit=limit,
+        offset=offset,
+    )
     if as_json:
         echo_json([dataclasses.asdict(job) for job in found])
         return
     if not found:
         click.echo("no jobs")
         return
-    click.echo(f"{'id':<38}{'task':<30}{'state':<11}{'runs':>5}{'fails':>6}  "
-               f"{'enqueued (UTC)':<20}queue")
+    click.echo(
+        f"{'id':<38}{'task':<30}{'state':<11}{'runs':>5}{'fails':>6}  {'enqueued (UTC)':<20}queue"
+    )
     for job in found:
         click.echo(_row(job))
 
 
 def _row(job: JobSummary) -> str:
-    return (f"{job.id:<38}{job.task[:29]:<30}{job.state:<11}{job.attempts:>5}"
-            f"{job.failures:>6}  {job.created_at:%Y-%m-%d %H:%M:%S}  {job.queue or '-'}")
+    return (
+        f"{job.id:<38}{job.task[:29]:<30}{job.state:<11}{job.attempts:>5}"
+        f"{job.failures:>6}  {job.created_at:%Y-%m-%d %H:%M:%S}  {job.queue or '-'}"
+    )
 
 
-@jobs.command(help="Show a job and its call timeline (seq, name, state, attempts, duration, "
-                   "error).")
+@jobs.command(
+    help="Show a job and its call timeline (seq, name, state, attempts, duration, error)."
+)
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -77,12 +101,15 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     click.echo(view.timeline())
     for c in view.calls:
         if c.error and c.state != "succeeded":
-            click.echo(f"  call {c.position} {c.name}: {c.error.get('type')}: "
-                       f"{c.error.get('message')}")
+            click.echo(
+                f"  call {c.position} {c.name}: {c.error.get('type')}: {c.error.get('message')}"
+            )
 
 
-@jobs.command(help="Print a job's recorded history as JSON, for "
-                   "celery_durable.testing.replay() (check a deploy against it in CI).")
+@jobs.command(
+    help="Print a job's recorded history as JSON, for "
+    "celery_durable.testing.replay() (check a deploy against it in CI)."
+)
 @click.argument("job_id")
 @click.pass_context
 def export(ctx: click.Context, job_id: str) -> None:
@@ -106,15 +133,19 @@ def retry(ctx: click.Context, job_id: str, from_scratch: bool) -> None:
     click.echo(f"requeued {job_id}")
 
 
-@jobs.command(help="Cancel jobs: pending ones never start, running ones stop at their next "
-                   "call; none is resumed by recovery.")
+@jobs.command(
+    help="Cancel jobs: pending ones never start, running ones stop at their next "
+    "call; none is resumed by recovery."
+)
 @click.argument("job_ids", nargs=-1, required=True)
-@click.option("--revoke", is_flag=True,
-              help="Also broadcast Celery's revoke (workers then drop that id for 3 h).")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Also broadcast Celery's revoke (workers then drop that id for 3 h).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool,
-           as_json: bool) -> None:
+def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool, as_json: bool) -> None:
     durable, outcomes = durable_of(ctx), {}
     for job_id in job_ids:
         try:
@@ -132,15 +163,15 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], revoke: bool,
         raise SystemExit(EXIT_WRONG_STATE)
 
 
-@jobs.command(help="Send a message to a job; its body takes it with receive(TOPIC). "
-                   "PAYLOAD is JSON.")
+@jobs.command(
+    help="Send a message to a job; its body takes it with receive(TOPIC). PAYLOAD is JSON."
+)
 @click.argument("job_id")
 @click.argument("topic")
 @click.argument("payload")
 @click.option("--key", help="Idempotency key: a message with the same key is sent once.")
 @click.pass_context
-def send(ctx: click.Context, job_id: str, topic: str, payload: str,
-         key: str | None) -> None:
+def send(ctx: click.Context, job_id: str, topic: str, payload: str, key: str | None) -> None:
     try:
         value = json.loads(payload)
     except ValueError as exc:
@@ -151,8 +182,11 @@ def send(ctx: click.Context, job_id: str, topic: str, payload: str,
         fail(str(exc), EXIT_NOT_FOUND)
     except JobStateError as exc:
         fail(str(exc), EXIT_WRONG_STATE)
-    click.echo(f"{job_id}: sent on {topic!r}" if sent else
-               f"{job_id}: a message with key {key!r} was sent before; not sent again")
+    click.echo(
+        f"{job_id}: sent on {topic!r}"
+        if sent
+        else f"{job_id}: a message with key {key!r} was sent before; not sent again"
+    )
 
 
 _SAID = {

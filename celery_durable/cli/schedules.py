@@ -32,8 +32,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"{'name':<24}{'task':<26}{'when':<42}{'state':<9}next (UTC)")
     for r in records:
         upcoming = f"{r.next_run_at:%Y-%m-%d %H:%M:%S}" if r.next_run_at else "-"
-        click.echo(f"{r.name[:23]:<24}{r.task[:25]:<26}{_when(r)[:41]:<42}{_state(r):<9}"
-                   f"{upcoming}")
+        click.echo(f"{r.name[:23]:<24}{r.task[:25]:<26}{_when(r)[:41]:<42}{_state(r):<9}{upcoming}")
 
 
 def _when(record: ScheduleRecord) -> str:
@@ -60,16 +59,21 @@ def show(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
         fail(f"no schedule named {name!r}", EXIT_NOT_FOUND)
     runs = api.runs(name, limit)
     if as_json:
-        echo_json({"schedule": dataclasses.asdict(record),
-                   "runs": [dataclasses.asdict(r) for r in runs]})
+        echo_json(
+            {"schedule": dataclasses.asdict(record), "runs": [dataclasses.asdict(r) for r in runs]}
+        )
         return
-    click.echo(f"{record.name}: {record.task} {_when(record)} ({_state(record)}, "
-               f"source {record.source}, missed={record.missed}"
-               f"{', unique' if record.unique else ''})")
+    click.echo(
+        f"{record.name}: {record.task} {_when(record)} ({_state(record)}, "
+        f"source {record.source}, missed={record.missed}"
+        f"{', unique' if record.unique else ''})"
+    )
     click.echo(f"  next: {record.next_run_at.isoformat() if record.next_run_at else '-'}")
     for run in runs:
-        click.echo(f"  {run.nominal_at:%Y-%m-%d %H:%M:%S}  {run.outcome:<8}"
-                   f"{run.lateness:>8.3f}s  {run.job_id or run.reason or ''}")
+        click.echo(
+            f"  {run.nominal_at:%Y-%m-%d %H:%M:%S}  {run.outcome:<8}"
+            f"{run.lateness:>8.3f}s  {run.job_id or run.reason or ''}"
+        )
 
 
 @schedules.command(help="Add a schedule at runtime: --every SECONDS or --cron EXPR.")
@@ -82,24 +86,43 @@ def show(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
 @click.option("--kwargs", "kwargs_json", default="{}", help="JSON object of keyword args.")
 @click.option("--queue", help="Queue to send each run to.")
 @click.option("--unique", is_flag=True, help="Skip a tick while the last run is active.")
-@click.option("--missed", type=click.Choice(["once", "skip", "all"]), default="once",
-              show_default=True)
+@click.option(
+    "--missed", type=click.Choice(["once", "skip", "all"]), default="once", show_default=True
+)
 @click.pass_context
-def add(ctx: click.Context, name: str, task: str, seconds: float | None,
-        expression: str | None, timezone: str | None, args_json: str, kwargs_json: str,
-        queue: str | None, unique: bool, missed: str) -> None:
+def add(
+    ctx: click.Context,
+    name: str,
+    task: str,
+    seconds: float | None,
+    expression: str | None,
+    timezone: str | None,
+    args_json: str,
+    kwargs_json: str,
+    queue: str | None,
+    unique: bool,
+    missed: str,
+) -> None:
     if (seconds is None) == (expression is None):
         raise click.UsageError("give exactly one of --every and --cron")
     try:
-        when: Schedule = every(seconds) if seconds is not None else cron(
-            expression or "", timezone=timezone)
+        when: Schedule = (
+            every(seconds) if seconds is not None else cron(expression or "", timezone=timezone)
+        )
         args, kwargs = json.loads(args_json), json.loads(kwargs_json)
     except (ConfigurationError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     try:
         record = durable_of(ctx).schedules.add(
-            name, task, when, args=args, kwargs=kwargs, unique=unique, missed=missed,
-            **({"queue": queue} if queue else {}))
+            name,
+            task,
+            when,
+            args=args,
+            kwargs=kwargs,
+            unique=unique,
+            missed=missed,
+            **({"queue": queue} if queue else {}),
+        )
     except ConfigurationError as exc:
         fail(str(exc), EXIT_WRONG_STATE)
     click.echo(f"added {record.name}; next tick {record.next_run_at}")
@@ -119,11 +142,14 @@ def _by_name(verb: str, help_text: str) -> click.Command:
             fail(str(exc), EXIT_WRONG_STATE)
         suffix = f" (job {outcome})" if verb == "trigger" else ""
         click.echo(f"{verb.rstrip('e')}ed {name}{suffix}")
+
     return command
 
 
-for _verb, _help in (("pause", "Stop a schedule ticking (its history stays)."),
-                     ("resume", "Tick again from now (ticks missed while paused are not run)."),
-                     ("remove", "Delete a schedule and its run history."),
-                     ("trigger", "Run the schedule's task once, now.")):
+for _verb, _help in (
+    ("pause", "Stop a schedule ticking (its history stays)."),
+    ("resume", "Tick again from now (ticks missed while paused are not run)."),
+    ("remove", "Delete a schedule and its run history."),
+    ("trigger", "Run the schedule's task once, now."),
+):
     schedules.add_command(_by_name(_verb, _help))

@@ -4,5 +4,14 @@ from .base import CallRecord, CallState, JobRecord, JobState, Lease, NewJob, Sto
 from .memory import MemoryStorage
 from .sql import SQLStorage
 
-__all__ = ["CallRecord", "CallState", "JobRecord", "JobState", "Lease", "MemoryStorage",
-           "NewJob", "SQLStorage", "Storage"]
+__all__ = [
+    "CallRecord",
+    "CallState",
+    "JobRecord",
+    "JobState",
+    "Lease",
+    "MemoryStorage",
+    "NewJob",
+    "SQLStorage",
+    "Storage",
+]

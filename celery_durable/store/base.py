@@ -34,10 +34,12 @@ class JobState(str, enum.Enum):
         return self in FINISHED_STATES
 
 
-FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD,
-                             JobState.CANCELLED})
-ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.RETRYING,
-                           JobState.SUSPENDED})
+FINISHED_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED}
+)
+ACTIVE_STATES = frozenset(
+    {JobState.PENDING, JobState.RUNNING, JobState.RETRYING, JobState.SUSPENDED}
+)
 """Not finished: a suspended job is waiting (for a delay, or for dispatched calls)."""
 
 
@@ -86,12 +88,27 @@ class NewJob:
     def as_record(self) -> JobRecord:
         """The job as its row reads right after enqueue (pending, never claimed)."""
         return JobRecord(
-            id=self.id, task=self.task, args=self.args, kwargs=self.kwargs,
-            queue=self.queue, priority=self.priority, state=JobState.PENDING, attempts=0,
-            recoveries=0, lease_owner=None, lease_expires_at=self.deliver_by, result=None,
-            error=None, created_at=self.created_at, started_at=None, finished_at=None,
-            options=self.options, not_before=self.not_before, unique_key=self.unique_key,
-            parent_id=self.parent_id)
+            id=self.id,
+            task=self.task,
+            args=self.args,
+            kwargs=self.kwargs,
+            queue=self.queue,
+            priority=self.priority,
+            state=JobState.PENDING,
+            attempts=0,
+            recoveries=0,
+            lease_owner=None,
+            lease_expires_at=self.deliver_by,
+            result=None,
+            error=None,
+            created_at=self.created_at,
+            started_at=None,
+            finished_at=None,
+            options=self.options,
+            not_before=self.not_before,
+            unique_key=self.unique_key,
+            parent_id=self.parent_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -290,13 +307,26 @@ class Storage(Protocol):
         is inserted in one round trip; a later one updates the row its previous attempt
         left in state retrying."""
 
-    def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
-                   deliver_by: datetime, now: datetime) -> None:
+    def retry_call(
+        self,
+        call: CallRecord,
+        lease: Lease,
+        not_before: datetime,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> None:
         """A call failed and will be attempted again: write it in state retrying and
         release the job (state retrying, not before ``not_before``), atomically."""
 
-    def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
-                  not_before: datetime, deliver_by: datetime, now: datetime) -> None:
+    def retry_job(
+        self,
+        lease: Lease,
+        error: str,
+        discard: Sequence[CallKey],
+        not_before: datetime,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> None:
         """The body failed and the job runs again: count the failure, keep its error,
         drop the ``discard`` checkpoints and release the job, atomically."""
 
@@ -307,18 +337,34 @@ class Storage(Protocol):
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         """Extend the lease; False if it was lost."""
 
-    def finish_job(self, lease: Lease, state: JobState, result: str | None,
-                   error: str | None, now: datetime, wake: Wake | None = None) -> bool:
+    def finish_job(
+        self,
+        lease: Lease,
+        state: JobState,
+        result: str | None,
+        error: str | None,
+        now: datetime,
+        wake: Wake | None = None,
+    ) -> bool:
         """Record the final outcome and release the lease, fenced on it. A failed or
         dead job's error is also kept among its execution errors.
 
         ``wake``: this job is a dispatched child; in the same transaction its parent
         stops waiting for it. Returns True if that made the parent runnable (pending)."""
 
-    def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
-                    children: Sequence[NewJob], waiting_for: Sequence[str],
-                    wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
-                    cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
+    def suspend_job(
+        self,
+        lease: Lease,
+        calls: Sequence[CallRecord],
+        children: Sequence[NewJob],
+        waiting_for: Sequence[str],
+        wake_at: datetime | None,
+        deliver_by: datetime | None,
+        now: datetime,
+        *,
+        cancel_taken: bool = False,
+        topic: str | None = None,
+    ) -> SuspendOutcome:
         """Write ``calls``, create the ``children`` (their ``parent_id`` is this job) and
         release the job in state suspended until ``wake_at`` and until every job of
         ``waiting_for`` that is not finished has finished, in one transaction.
@@ -332,8 +378,15 @@ class Storage(Protocol):
         to finish compensating; its history marks where it was cancelled. With ``topic``
         the job waits for a message on it too: RUNNABLE if one is already there."""
 
-    def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
-                     now: datetime, deliver_by: datetime) -> SendOutcome:
+    def send_message(
+        self,
+        job_id: str,
+        topic: str,
+        payload: str,
+        key: str | None,
+        now: datetime,
+        deliver_by: datetime,
+    ) -> SendOutcome:
         """Store a message for an unfinished job; if the job is suspended waiting for
         this topic, make it pending (due by ``deliver_by``) in the same transaction."""
 
@@ -349,8 +402,9 @@ class Storage(Protocol):
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
         """The jobs among these ids that exist (one query), in no particular order."""
 
-    def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
-                    now: datetime) -> None:
+    def release_job(
+        self, lease: Lease, state: JobState, deliver_by: datetime, now: datetime
+    ) -> None:
         """Give the lease back without finishing (a retry is on its way)."""
 
     def expired_jobs(self, now: datetime, limit: int) -> list[JobRecord]:
@@ -361,16 +415,18 @@ class Storage(Protocol):
 
         ``recoveries`` grows only when the job had an owner (its worker was lost)."""
 
-    def abandon_job(self, seen: JobRecord, error: str, now: datetime,
-                    state: JobState = JobState.FAILED) -> bool:
+    def abandon_job(
+        self, seen: JobRecord, error: str, now: datetime, state: JobState = JobState.FAILED
+    ) -> bool:
         """Compare-and-set an expired job to failed or dead (it crashed its workers too
         often). A dispatched child's parent stops waiting for it, due at ``now``."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
 
-    def release_abandoned(self, job_id: str, owner_prefix: str,
-                          deliver_by: datetime) -> JobRecord | None:
+    def release_abandoned(
+        self, job_id: str, owner_prefix: str, deliver_by: datetime
+    ) -> JobRecord | None:
         """Give back a running job whose lease owner starts with ``owner_prefix`` (an
         execution its own worker is about to stop): pending again, no recovery counted.
         Returns the job as released, or None if it was not held that way."""
@@ -393,9 +449,14 @@ class Storage(Protocol):
     def job_errors(self, job_id: str) -> list[JobError]:
         """The errors of the job's failed executions, oldest first."""
 
-    def requeue_job(self, job_id: str, from_states: Sequence[JobState],
-                    discard: Sequence[CallKey] | None, deliver_by: datetime,
-                    now: datetime) -> bool:
+    def requeue_job(
+        self,
+        job_id: str,
+        from_states: Sequence[JobState],
+        discard: Sequence[CallKey] | None,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> bool:
         """Compare-and-set a finished job back to pending with a fresh retry budget;
         drop the ``discard`` checkpoints (None: all of them). True if it was requeued."""
 

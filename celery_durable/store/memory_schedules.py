@@ -23,7 +23,8 @@ class ScheduleMemory:
         with self._lock:
             current = self._schedules.get(record.name)
             if (current is None) != (expected_version is None) or (
-                    current is not None and current.version != expected_version):
+                current is not None and current.version != expected_version
+            ):
                 return False
             self._schedules[record.name] = record
             return True
@@ -43,28 +44,41 @@ class ScheduleMemory:
 
     def due_schedules(self, now: datetime, limit: int) -> list[ScheduleRecord]:
         with self._lock:
-            due = [s for s in self._schedules.values()
-                   if s.next_run_at is not None and s.next_run_at <= now]
+            due = [
+                s
+                for s in self._schedules.values()
+                if s.next_run_at is not None and s.next_run_at <= now
+            ]
         return sorted(due, key=lambda s: s.next_run_at or now)[:limit]
 
-    def fire_schedule(self, seen: ScheduleRecord, runs: Sequence[ScheduleRun],
-                      next_run_at: datetime | None, last_job_id: str | None,
-                      jobs: Sequence[NewJob], now: datetime) -> bool:
+    def fire_schedule(
+        self,
+        seen: ScheduleRecord,
+        runs: Sequence[ScheduleRun],
+        next_run_at: datetime | None,
+        last_job_id: str | None,
+        jobs: Sequence[NewJob],
+        now: datetime,
+    ) -> bool:
         with self._lock:
             current = self._schedules.get(seen.name)
             if current is None or current.version != seen.version:
                 return False
             if any((r.schedule, r.nominal_at) in self._runs for r in runs) or any(
-                    j.id in self._jobs for j in jobs):
+                j.id in self._jobs for j in jobs
+            ):
                 return False
             for run in runs:
                 self._runs[(run.schedule, run.nominal_at)] = run
             for job in jobs:
                 self._jobs[job.id] = job.as_record()
             self._schedules[seen.name] = replace(
-                current, next_run_at=next_run_at, version=current.version + 1,
-                last_run_at=max((r.nominal_at for r in runs), default=None)
-                or current.last_run_at, last_job_id=last_job_id or current.last_job_id)
+                current,
+                next_run_at=next_run_at,
+                version=current.version + 1,
+                last_run_at=max((r.nominal_at for r in runs), default=None) or current.last_run_at,
+                last_job_id=last_job_id or current.last_job_id,
+            )
             return True
 
     def mark_published(self, schedule: str, nominal_at: datetime) -> None:
@@ -75,8 +89,7 @@ class ScheduleMemory:
 
     def unpublished_runs(self, before: datetime, limit: int) -> list[ScheduleRun]:
         with self._lock:
-            runs = [r for r in self._runs.values()
-                    if not r.published and r.recorded_at < before]
+            runs = [r for r in self._runs.values() if not r.published and r.recorded_at < before]
         return sorted(runs, key=lambda r: r.recorded_at)[:limit]
 
     def schedule_runs(self, name: str, limit: int) -> list[ScheduleRun]:

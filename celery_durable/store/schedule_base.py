@@ -72,9 +72,15 @@ class ScheduleStorage(Protocol):
     def due_schedules(self, now: datetime, limit: int) -> list[ScheduleRecord]:
         """Schedules whose next tick is due, oldest first, through an index."""
 
-    def fire_schedule(self, seen: ScheduleRecord, runs: Sequence[ScheduleRun],
-                      next_run_at: datetime | None, last_job_id: str | None,
-                      jobs: Sequence[NewJob], now: datetime) -> bool:
+    def fire_schedule(
+        self,
+        seen: ScheduleRecord,
+        runs: Sequence[ScheduleRun],
+        next_run_at: datetime | None,
+        last_job_id: str | None,
+        jobs: Sequence[NewJob],
+        now: datetime,
+    ) -> bool:
         """Atomically: advance the schedule if it is still as ``seen`` (compare-and-set
         on its version), record the runs (unique per schedule and nominal tick) and
         create the jobs' rows. False, with nothing written, if another beat did it."""

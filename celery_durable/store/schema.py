@@ -51,8 +51,9 @@ class ExactString(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Any) -> Any:
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.VARCHAR(
-                self.length, charset="utf8mb4", collation=binary_collation(dialect)))
+            return dialect.type_descriptor(
+                mysql.VARCHAR(self.length, charset="utf8mb4", collation=binary_collation(dialect))
+            )
         return dialect.type_descriptor(String(self.length))
 
 
@@ -106,7 +107,8 @@ class Tables:
 def build_tables(prefix: str) -> Tables:
     metadata = MetaData()
     jobs = Table(
-        f"{prefix}jobs", metadata,
+        f"{prefix}jobs",
+        metadata,
         Column("id", ID, primary_key=True),
         Column("task", NAME, nullable=False),
         Column("args", JSON_TEXT, nullable=False),
@@ -142,7 +144,8 @@ def build_tables(prefix: str) -> Tables:
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
-        f"{prefix}calls", metadata,
+        f"{prefix}calls",
+        metadata,
         Column("root_id", ID, primary_key=True),
         Column("job_id", ID, primary_key=True),
         Column("seq", Integer, primary_key=True, autoincrement=False),
@@ -159,7 +162,8 @@ def build_tables(prefix: str) -> Tables:
     # One row per failed execution (claim number ``execution``), so a dead letter shows
     # every attempt's error, and a requeued job keeps the errors of its earlier life.
     job_errors = Table(
-        f"{prefix}job_errors", metadata,
+        f"{prefix}job_errors",
+        metadata,
         Column("job_id", ID, primary_key=True),
         Column("execution", Integer, primary_key=True, autoincrement=False),
         Column("error", JSON_TEXT, nullable=False),
@@ -167,7 +171,8 @@ def build_tables(prefix: str) -> Tables:
     )
     Index(f"{prefix}job_errors_failed_at", job_errors.c.failed_at)  # the event stream
     schedules = Table(
-        f"{prefix}schedules", metadata,
+        f"{prefix}schedules",
+        metadata,
         Column("name", ID, primary_key=True),
         Column("task", NAME, nullable=False),
         Column("args", JSON_TEXT, nullable=False),
@@ -192,7 +197,8 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}schedules_next_run_at", schedules.c.next_run_at)
     # The unique (schedule, nominal tick) row is what makes a tick fire exactly once.
     schedule_runs = Table(
-        f"{prefix}schedule_runs", metadata,
+        f"{prefix}schedule_runs",
+        metadata,
         Column("schedule", ID, primary_key=True),
         Column("nominal_at", UTCDateTime(), primary_key=True),
         Column("job_id", ID),
@@ -202,11 +208,13 @@ def build_tables(prefix: str) -> Tables:
         Column("lateness", Float, nullable=False),
         Column("published", Boolean, nullable=False),
     )
-    Index(f"{prefix}schedule_runs_unpublished", schedule_runs.c.published,
-          schedule_runs.c.recorded_at)
+    Index(
+        f"{prefix}schedule_runs_unpublished", schedule_runs.c.published, schedule_runs.c.recorded_at
+    )
     # Messages sent to a job (durable.send) until its body takes them (receive()).
     messages = Table(
-        f"{prefix}messages", metadata,
+        f"{prefix}messages",
+        metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("job_id", ID, nullable=False),
         Column("topic", NAME, nullable=False),
@@ -222,7 +230,8 @@ def build_tables(prefix: str) -> Tables:
     # One row per `celery worker` (its node name), written by its recovery sweeper each
     # pass: which workers are alive, and a heartbeat operators and tests can wait on.
     workers = Table(
-        f"{prefix}workers", metadata,
+        f"{prefix}workers",
+        metadata,
         Column("name", ID, primary_key=True),
         Column("hostname", NAME, nullable=False),
         Column("pid", Integer, nullable=False),
@@ -233,12 +242,22 @@ def build_tables(prefix: str) -> Tables:
     )
     Index(f"{prefix}workers_last_seen_at", workers.c.last_seen_at)
     schema_version = Table(
-        f"{prefix}schema_version", metadata,
+        f"{prefix}schema_version",
+        metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", UTCDateTime(), nullable=False),
     )
-    return Tables(metadata, jobs, calls, job_errors, schedules, schedule_runs,
-                  schema_version, messages, workers)
+    return Tables(
+        metadata,
+        jobs,
+        calls,
+        job_errors,
+        schedules,
+        schedule_runs,
+        schema_version,
+        messages,
+        workers,
+    )
 
 
 def _retry_layer_columns() -> list[Column[Any]]:
@@ -270,9 +289,11 @@ def _cancellation_columns() -> list[Column[Any]]:
 
 def _suspension_columns() -> list[Column[Any]]:
     """Job columns added by migration 6 (calls that suspend)."""
-    return [Column("parent_id", ID),
-            Column("awaiting", Integer, nullable=False, default=0, server_default="0"),
-            Column("waiting_topic", NAME)]
+    return [
+        Column("parent_id", ID),
+        Column("awaiting", Integer, nullable=False, default=0, server_default="0"),
+        Column("waiting_topic", NAME),
+    ]
 
 
 def _reporting_columns() -> list[Column[Any]]:
@@ -280,8 +301,7 @@ def _reporting_columns() -> list[Column[Any]]:
     return [Column("reported_at", UTCDateTime())]
 
 
-def _add_missing_columns(conn: Connection, tables: Tables,
-                         columns: list[Column[Any]]) -> None:
+def _add_missing_columns(conn: Connection, tables: Tables, columns: list[Column[Any]]) -> None:
     # Migration 1 creates tables from today's declarations, so on a fresh database the
     # columns are already there: each step after it adds only what is missing.
     existing = {c["name"] for c in inspect(conn).get_columns(tables.jobs.name)}
@@ -314,14 +334,19 @@ def _add_scheduler(conn: Connection, tables: Tables) -> None:
     """schedules and schedule_runs (the database beat scheduler); jobs.unique_key."""
     _add_missing_columns(conn, tables, _scheduling_columns())
     _add_missing_index(conn, tables.jobs, "unique_key")
-    tables.metadata.create_all(conn, tables=[tables.schedules, tables.schedule_runs],
-                               checkfirst=True)
+    tables.metadata.create_all(
+        conn, tables=[tables.schedules, tables.schedule_runs], checkfirst=True
+    )
 
 
 def _add_event_indexes(conn: Connection, tables: Tables) -> None:
     """Indexes the event stream reads by: started_at / finished_at / failed_at."""
-    for table, column in ((tables.jobs, "started_at"), (tables.jobs, "finished_at"),
-                          (tables.calls, "finished_at"), (tables.job_errors, "failed_at")):
+    for table, column in (
+        (tables.jobs, "started_at"),
+        (tables.jobs, "finished_at"),
+        (tables.calls, "finished_at"),
+        (tables.job_errors, "failed_at"),
+    ):
         _add_missing_index(conn, table, column)
 
 
@@ -342,17 +367,26 @@ def _add_exact_identifiers(conn: Connection, tables: Tables) -> None:
     for table in tables.metadata.sorted_tables:
         if not conn.dialect.has_table(conn, table.name):
             continue
-        changes = [f"MODIFY {conn.dialect.identifier_preparer.quote(c.name)} "
-                   f"{c.type.compile(conn.dialect)}{'' if c.nullable else ' NOT NULL'}"
-                   for c in table.columns if isinstance(c.type, ExactString)]
+        changes = [
+            f"MODIFY {conn.dialect.identifier_preparer.quote(c.name)} "
+            f"{c.type.compile(conn.dialect)}{'' if c.nullable else ' NOT NULL'}"
+            for c in table.columns
+            if isinstance(c.type, ExactString)
+        ]
         if changes:
             conn.exec_driver_sql(f"ALTER TABLE {table.name} {', '.join(changes)}")
 
 
 # Append-only: version N is MIGRATIONS[N - 1]. Never edit a shipped step; add one.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _add_retry_layer, _add_cancellation,
-                               _add_scheduler, _add_event_indexes, _add_suspension,
-                               _add_exact_identifiers]
+MIGRATIONS: list[Migration] = [
+    _create_initial_tables,
+    _add_retry_layer,
+    _add_cancellation,
+    _add_scheduler,
+    _add_event_indexes,
+    _add_suspension,
+    _add_exact_identifiers,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -369,6 +403,9 @@ def apply_migrations(conn: Connection, tables: Tables) -> list[int]:
     todo = pending_migrations(conn, tables)
     for version in todo:
         MIGRATIONS[version - 1](conn, tables)
-        conn.execute(tables.schema_version.insert().values(
-            version=version, applied_at=datetime.now(timezone.utc)))
+        conn.execute(
+            tables.schema_version.insert().values(
+                version=version, applied_at=datetime.now(timezone.utc)
+            )
+        )
     return todo

@@ -67,8 +67,13 @@ _DRIVER_HINTS = {
 
 
 class SQLStorage(ScheduleSQL):
-    def __init__(self, url: str, *, table_prefix: str = "durable_",
-                 engine_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        table_prefix: str = "durable_",
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
         self._url = url
         self.table_prefix = table_prefix
         self.safe_url = safe_url(url)
@@ -97,8 +102,9 @@ class SQLStorage(ScheduleSQL):
                 if self._engine is None or self._pid != os.getpid():
                     if self._engine is not None:
                         self._engine.dispose(close=False)  # inherited from the parent
-                    self._engine = self._create_engine(isolation_level="AUTOCOMMIT",
-                                                       pool_reset_on_return=None)
+                    self._engine = self._create_engine(
+                        isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+                    )
                     self._pid = os.getpid()
         return self._engine
 
@@ -158,7 +164,8 @@ class SQLStorage(ScheduleSQL):
                 return apply_migrations(conn, self.tables)
         except sa_exc.OperationalError as exc:
             raise StorageUnavailable(
-                f"cannot migrate the durable database {self.safe_url}: {exc.orig}") from exc
+                f"cannot migrate the durable database {self.safe_url}: {exc.orig}"
+            ) from exc
         finally:
             engine.dispose()
 
@@ -214,8 +221,11 @@ class SQLStorage(ScheduleSQL):
         job = _job(row)
         if job.state in FINISHED_STATES:
             return Claim(ClaimOutcome.FINISHED, job)
-        leased = job.lease_owner is not None and job.lease_expires_at is not None and (
-            job.lease_expires_at >= now)
+        leased = (
+            job.lease_owner is not None
+            and job.lease_expires_at is not None
+            and (job.lease_expires_at >= now)
+        )
         if not leased and job.not_before is not None and job.not_before > now:
             return Claim(ClaimOutcome.EARLY, job)
         return Claim(ClaimOutcome.BUSY, job)
@@ -223,8 +233,15 @@ class SQLStorage(ScheduleSQL):
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
         return self._rowcount(self._sql.renew, _fence(lease, p_until=until)) == 1
 
-    def finish_job(self, lease: Lease, state: JobState, result: str | None,
-                   error: str | None, now: datetime, wake: Wake | None = None) -> bool:
+    def finish_job(
+        self,
+        lease: Lease,
+        state: JobState,
+        result: str | None,
+        error: str | None,
+        now: datetime,
+        wake: Wake | None = None,
+    ) -> bool:
         params = _fence(lease, p_state=state.value, p_result=result, p_error=error, p_now=now)
         failed = error is not None and state in (JobState.FAILED, JobState.DEAD)
         if not failed and wake is None:  # the hot path: one autocommit statement
@@ -245,10 +262,19 @@ class SQLStorage(ScheduleSQL):
         conn.execute(self._sql.wake_decrement, params)
         return bool(conn.execute(self._sql.wake, params).rowcount == 1)
 
-    def suspend_job(self, lease: Lease, calls: Sequence[CallRecord],
-                    children: Sequence[NewJob], waiting_for: Sequence[str],
-                    wake_at: datetime | None, deliver_by: datetime | None, now: datetime, *,
-                    cancel_taken: bool = False, topic: str | None = None) -> SuspendOutcome:
+    def suspend_job(
+        self,
+        lease: Lease,
+        calls: Sequence[CallRecord],
+        children: Sequence[NewJob],
+        waiting_for: Sequence[str],
+        wake_at: datetime | None,
+        deliver_by: datetime | None,
+        now: datetime,
+        *,
+        cancel_taken: bool = False,
+        topic: str | None = None,
+    ) -> SuspendOutcome:
         params = _fence(lease)
         with self._transaction() as conn:
             stmt = self._sql.suspend_cancel_taken if cancel_taken else self._sql.suspend
@@ -264,33 +290,61 @@ class SQLStorage(ScheduleSQL):
                     conn.execute(self._sql.insert_job, [new_job_row(c) for c in children])
                 except sa_exc.IntegrityError:  # another execution dispatched them
                     raise LeaseLost(lease.job_id) from None
-            awaiting = int(conn.scalar(self._sql.count_unfinished, {
-                "p_ids": list(set(waiting_for))})) if waiting_for else 0
+            awaiting = (
+                int(conn.scalar(self._sql.count_unfinished, {"p_ids": list(set(waiting_for))}))
+                if waiting_for
+                else 0
+            )
             # A message sent before this transaction locked the row is counted here; one
             # sent after it waits for our commit and then wakes the job.
-            arrived = topic is not None and int(conn.scalar(
-                self._sql.count_messages, {"p_id": lease.job_id, "p_topic": topic})) > 0
+            arrived = (
+                topic is not None
+                and int(
+                    conn.scalar(self._sql.count_messages, {"p_id": lease.job_id, "p_topic": topic})
+                )
+                > 0
+            )
             waiting = not arrived and (awaiting > 0 or wake_at is not None or topic is not None)
             # Runnable now: no wake-up time, and due for the sweeper at once should the
             # caller's publish fail.
-            conn.execute(self._sql.suspend_state, {
-                "p_id": lease.job_id, "p_awaiting": awaiting, "p_topic": topic,
-                "p_state": (JobState.SUSPENDED if waiting else JobState.PENDING).value,
-                "p_wake_at": wake_at if waiting else None,
-                "p_deliver_by": deliver_by if waiting else now})
+            conn.execute(
+                self._sql.suspend_state,
+                {
+                    "p_id": lease.job_id,
+                    "p_awaiting": awaiting,
+                    "p_topic": topic,
+                    "p_state": (JobState.SUSPENDED if waiting else JobState.PENDING).value,
+                    "p_wake_at": wake_at if waiting else None,
+                    "p_deliver_by": deliver_by if waiting else now,
+                },
+            )
             return SuspendOutcome.SUSPENDED if waiting else SuspendOutcome.RUNNABLE
 
-    def send_message(self, job_id: str, topic: str, payload: str, key: str | None,
-                     now: datetime, deliver_by: datetime) -> SendOutcome:
+    def send_message(
+        self,
+        job_id: str,
+        topic: str,
+        payload: str,
+        key: str | None,
+        now: datetime,
+        deliver_by: datetime,
+    ) -> SendOutcome:
         params = {"p_id": job_id, "p_topic": topic, "p_deliver_by": deliver_by}
         with self._transaction() as conn:
             if conn.execute(self._sql.touch_job, params).rowcount != 1:
                 exists = conn.execute(self._sql.get_job, params).first() is not None
                 return SendOutcome.FINISHED if exists else SendOutcome.MISSING
             try:
-                conn.execute(self._sql.insert_message, {
-                    "job_id": job_id, "topic": topic, "payload": payload, "key": key,
-                    "sent_at": now})
+                conn.execute(
+                    self._sql.insert_message,
+                    {
+                        "job_id": job_id,
+                        "topic": topic,
+                        "payload": payload,
+                        "key": key,
+                        "sent_at": now,
+                    },
+                )
             except sa_exc.IntegrityError:
                 return SendOutcome.DUPLICATE
             woke = conn.execute(self._sql.wake_for_message, params).rowcount == 1
@@ -304,8 +358,10 @@ class SQLStorage(ScheduleSQL):
             found = conn.execute(self._sql.next_message, params).first()
             if found is None:
                 return None
-            conn.execute(self._sql.take_message, {**params, "p_message": found.id,
-                                                  "p_by": call_id(call.job_id, call.seq)})
+            conn.execute(
+                self._sql.take_message,
+                {**params, "p_message": found.id, "p_by": call_id(call.job_id, call.seq)},
+            )
             taken = dataclasses.replace(call, result=found.payload)
             self._write_call(conn, taken, lease, _call_params(taken, lease))
             return str(found.payload)
@@ -315,29 +371,43 @@ class SQLStorage(ScheduleSQL):
             if conn.execute(self._sql.lock_job, _fence(lease)).rowcount != 1:
                 raise LeaseLost(lease.job_id)
             for call in calls:
-                if conn.execute(self._sql.settle_call,
-                                _call_params(call, lease)).rowcount != 1:
+                if conn.execute(self._sql.settle_call, _call_params(call, lease)).rowcount != 1:
                     raise LeaseLost(lease.job_id)
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
         if not job_ids:
             return []
         with self._connect() as conn:
-            return [_job(row) for row in conn.execute(self._sql.get_jobs,
-                                                      {"p_ids": list(set(job_ids))})]
+            return [
+                _job(row) for row in conn.execute(self._sql.get_jobs, {"p_ids": list(set(job_ids))})
+            ]
 
-    def retry_job(self, lease: Lease, error: str, discard: Sequence[CallKey],
-                  not_before: datetime, deliver_by: datetime, now: datetime) -> None:
-        params = _fence(lease, p_error=error, p_failed=1, p_not_before=not_before,
-                        p_deliver_by=deliver_by, p_now=now)
+    def retry_job(
+        self,
+        lease: Lease,
+        error: str,
+        discard: Sequence[CallKey],
+        not_before: datetime,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> None:
+        params = _fence(
+            lease,
+            p_error=error,
+            p_failed=1,
+            p_not_before=not_before,
+            p_deliver_by=deliver_by,
+            p_now=now,
+        )
         with self._transaction() as conn:
             if conn.execute(self._sql.retry_release, params).rowcount != 1:
                 raise LeaseLost(lease.job_id)
             conn.execute(self._sql.insert_job_error, params)
             self._discard(conn, lease.job_id, discard)
 
-    def release_job(self, lease: Lease, state: JobState, deliver_by: datetime,
-                    now: datetime) -> None:
+    def release_job(
+        self, lease: Lease, state: JobState, deliver_by: datetime, now: datetime
+    ) -> None:
         params = _fence(lease, p_state=state.value, p_deliver_by=deliver_by)
         if self._rowcount(self._sql.release, params) != 1:
             raise LeaseLost(lease.job_id)
@@ -349,15 +419,25 @@ class SQLStorage(ScheduleSQL):
 
     def recover_job(self, seen: JobRecord, deliver_by: datetime, now: datetime) -> bool:
         stmt = self._sql.recover_unowned if seen.lease_owner is None else self._sql.recover
-        params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
-                  "p_deliver_by": deliver_by}
+        params = {
+            "p_id": seen.id,
+            "p_owner": seen.lease_owner,
+            "p_now": now,
+            "p_deliver_by": deliver_by,
+        }
         return self._rowcount(stmt, params) == 1
 
-    def abandon_job(self, seen: JobRecord, error: str, now: datetime,
-                    state: JobState = JobState.FAILED) -> bool:
+    def abandon_job(
+        self, seen: JobRecord, error: str, now: datetime, state: JobState = JobState.FAILED
+    ) -> bool:
         stmt = self._sql.abandon_unowned if seen.lease_owner is None else self._sql.abandon
-        params = {"p_id": seen.id, "p_owner": seen.lease_owner, "p_now": now,
-                  "p_error": error, "p_state": state.value}
+        params = {
+            "p_id": seen.id,
+            "p_owner": seen.lease_owner,
+            "p_now": now,
+            "p_error": error,
+            "p_state": state.value,
+        }
         failed = state in (JobState.FAILED, JobState.DEAD)
         if not failed and seen.parent_id is None:
             return self._rowcount(stmt, params) == 1
@@ -370,8 +450,9 @@ class SQLStorage(ScheduleSQL):
                 self._wake(conn, seen.parent_id, now)
         return True
 
-    def release_abandoned(self, job_id: str, owner_prefix: str,
-                          deliver_by: datetime) -> JobRecord | None:
+    def release_abandoned(
+        self, job_id: str, owner_prefix: str, deliver_by: datetime
+    ) -> JobRecord | None:
         escaped = owner_prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_")
         params = {"p_id": job_id, "p_pattern": escaped + "%", "p_deliver_by": deliver_by}
         if self._rowcount(self._sql.release_abandoned, params) != 1:
@@ -405,32 +486,53 @@ class SQLStorage(ScheduleSQL):
         """Rows written after ``after`` that the event stream turns into events."""
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
         out: list[dict[str, Any]] = []
-        job_columns = (jobs.c.id, jobs.c.task, jobs.c.state, jobs.c.started_at,
-                       jobs.c.finished_at, jobs.c.error)
+        job_columns = (
+            jobs.c.id,
+            jobs.c.task,
+            jobs.c.state,
+            jobs.c.started_at,
+            jobs.c.finished_at,
+            jobs.c.error,
+        )
         final = (jobs.c.finished_at == errors.c.failed_at) & jobs.c.state.in_(
-            [JobState.FAILED.value, JobState.DEAD.value])
+            [JobState.FAILED.value, JobState.DEAD.value]
+        )
         with self._connect() as conn:
-            for kind, column in (("started", jobs.c.started_at),
-                                 ("finished", jobs.c.finished_at)):
-                for row in conn.execute(select(*job_columns).where(column > after)
-                                        .order_by(column).limit(limit)):
+            for kind, column in (("started", jobs.c.started_at), ("finished", jobs.c.finished_at)):
+                for row in conn.execute(
+                    select(*job_columns).where(column > after).order_by(column).limit(limit)
+                ):
                     out.append({"kind": kind, **row._mapping})
-            for row in conn.execute(select(calls).where(calls.c.finished_at > after)
-                                    .order_by(calls.c.finished_at).limit(limit)):
-                out.append({"kind": "call", **row._mapping,
-                            "position": _position_text(row.root_id, row.job_id, row.seq)})
             for row in conn.execute(
-                    select(errors).join(jobs, jobs.c.id == errors.c.job_id)
-                    .where(errors.c.failed_at > after, ~final)
-                    .order_by(errors.c.failed_at).limit(limit)):
+                select(calls)
+                .where(calls.c.finished_at > after)
+                .order_by(calls.c.finished_at)
+                .limit(limit)
+            ):
+                out.append(
+                    {
+                        "kind": "call",
+                        **row._mapping,
+                        "position": _position_text(row.root_id, row.job_id, row.seq),
+                    }
+                )
+            for row in conn.execute(
+                select(errors)
+                .join(jobs, jobs.c.id == errors.c.job_id)
+                .where(errors.c.failed_at > after, ~final)
+                .order_by(errors.c.failed_at)
+                .limit(limit)
+            ):
                 out.append({"kind": "error", **row._mapping})
         return out
 
     def count_active(self) -> list[tuple[str | None, str, int]]:
         jobs = self.tables.jobs
-        query = select(jobs.c.queue, jobs.c.state, func.count()).where(
-            jobs.c.state.in_([s.value for s in ACTIVE_STATES])).group_by(
-            jobs.c.queue, jobs.c.state)
+        query = (
+            select(jobs.c.queue, jobs.c.state, func.count())
+            .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]))
+            .group_by(jobs.c.queue, jobs.c.state)
+        )
         with self._connect() as conn:
             return [(q, st, int(n)) for q, st, n in conn.execute(query)]
 
@@ -447,26 +549,41 @@ class SQLStorage(ScheduleSQL):
             if value is not None:
                 query = query.where(jobs.c[column] == value)
         for column, after, before in (
-                ("created_at", where.created_after, where.created_before),
-                ("finished_at", where.finished_after, where.finished_before)):
+            ("created_at", where.created_after, where.created_before),
+            ("finished_at", where.finished_after, where.finished_before),
+        ):
             if after is not None:
                 query = query.where(jobs.c[column] >= after)
             if before is not None:
                 query = query.where(jobs.c[column] < before)
-        return (query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-                .limit(where.limit).offset(where.offset))
+        return (
+            query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(where.limit)
+            .offset(where.offset)
+        )
 
     def job_errors(self, job_id: str) -> list[JobError]:
         with self._connect() as conn:
-            return [JobError(job_id=r.job_id, execution=r.execution, error=r.error,
-                             failed_at=r.failed_at)
-                    for r in conn.execute(self._sql.job_errors, {"p_id": job_id})]
+            return [
+                JobError(
+                    job_id=r.job_id, execution=r.execution, error=r.error, failed_at=r.failed_at
+                )
+                for r in conn.execute(self._sql.job_errors, {"p_id": job_id})
+            ]
 
-    def requeue_job(self, job_id: str, from_states: Sequence[JobState],
-                    discard: Sequence[CallKey] | None, deliver_by: datetime,
-                    now: datetime) -> bool:
-        params = {"p_id": job_id, "p_states": [s.value for s in from_states],
-                  "p_deliver_by": deliver_by}
+    def requeue_job(
+        self,
+        job_id: str,
+        from_states: Sequence[JobState],
+        discard: Sequence[CallKey] | None,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_id": job_id,
+            "p_states": [s.value for s in from_states],
+            "p_deliver_by": deliver_by,
+        }
         with self._transaction() as conn:
             if conn.execute(self._sql.requeue, params).rowcount != 1:
                 return False
@@ -481,10 +598,14 @@ class SQLStorage(ScheduleSQL):
         """Drop these checkpoints; a message a dropped receive took can be taken again."""
         if not keys:
             return
-        conn.execute(self._sql.discard_call, [
-            {"p_root_id": root_id, "p_job_id": scope, "p_seq": seq} for scope, seq in keys])
-        conn.execute(self._sql.untake_message, [
-            {"p_root_id": root_id, "p_by": call_id(*key)} for key in keys])
+        conn.execute(
+            self._sql.discard_call,
+            [{"p_root_id": root_id, "p_job_id": scope, "p_seq": seq} for scope, seq in keys],
+        )
+        conn.execute(
+            self._sql.untake_message,
+            [{"p_root_id": root_id, "p_by": call_id(*key)} for key in keys],
+        )
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         jobs, calls, errors = self.tables.jobs, self.tables.calls, self.tables.job_errors
@@ -495,8 +616,12 @@ class SQLStorage(ScheduleSQL):
             for job_id in job_ids:
                 # The state check is in the DELETE itself (a write, so SQLite's
                 # transaction has begun): a job requeued meanwhile stays.
-                if conn.execute(jobs.delete().where(
-                        jobs.c.id == job_id, jobs.c.state.in_(wanted))).rowcount == 1:
+                if (
+                    conn.execute(
+                        jobs.delete().where(jobs.c.id == job_id, jobs.c.state.in_(wanted))
+                    ).rowcount
+                    == 1
+                ):
                     conn.execute(calls.delete().where(calls.c.root_id == job_id))
                     conn.execute(errors.delete().where(errors.c.job_id == job_id))
                     conn.execute(messages.delete().where(messages.c.job_id == job_id))
@@ -512,26 +637,32 @@ class SQLStorage(ScheduleSQL):
         row = dataclasses.asdict(worker)
         workers = self.tables.workers
         with self._connect() as conn:
-            if conn.execute(workers.update().where(workers.c.name == worker.name)
-                            .values(**row)).rowcount == 1:
+            if (
+                conn.execute(
+                    workers.update().where(workers.c.name == worker.name).values(**row)
+                ).rowcount
+                == 1
+            ):
                 return
             try:
                 conn.execute(workers.insert().values(**row))
             except sa_exc.IntegrityError:  # a worker of the same name got there first
-                conn.execute(workers.update().where(workers.c.name == worker.name)
-                             .values(**row))
+                conn.execute(workers.update().where(workers.c.name == worker.name).values(**row))
 
     def list_workers(self) -> list[WorkerRecord]:
         workers = self.tables.workers
         with self._connect() as conn:
-            return [WorkerRecord(**row._mapping) for row in conn.execute(
-                select(workers).order_by(workers.c.name))]
+            return [
+                WorkerRecord(**row._mapping)
+                for row in conn.execute(select(workers).order_by(workers.c.name))
+            ]
 
     def delete_workers(self, seen_before: datetime) -> int:
         workers = self.tables.workers
         with self._connect() as conn:
-            return int(conn.execute(workers.delete().where(
-                workers.c.last_seen_at < seen_before)).rowcount)
+            return int(
+                conn.execute(workers.delete().where(workers.c.last_seen_at < seen_before)).rowcount
+            )
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._connect() as conn:
@@ -542,8 +673,7 @@ class SQLStorage(ScheduleSQL):
 
     def load_history(self, root_id: str) -> list[CallRecord]:
         with self._connect() as conn:
-            return [_call(row) for row in conn.execute(self._sql.history,
-                                                       {"p_root_id": root_id})]
+            return [_call(row) for row in conn.execute(self._sql.history, {"p_root_id": root_id})]
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
         params = _call_params(call, lease)
@@ -566,30 +696,44 @@ class SQLStorage(ScheduleSQL):
                 raise LeaseLost(lease.job_id)
             self._discard(conn, lease.job_id, keys)
 
-    def retry_call(self, call: CallRecord, lease: Lease, not_before: datetime,
-                   deliver_by: datetime, now: datetime) -> None:
-        params = {**_call_params(call, lease), "p_failed": 0, "p_error": None,
-                  "p_not_before": not_before, "p_deliver_by": deliver_by}
+    def retry_call(
+        self,
+        call: CallRecord,
+        lease: Lease,
+        not_before: datetime,
+        deliver_by: datetime,
+        now: datetime,
+    ) -> None:
+        params = {
+            **_call_params(call, lease),
+            "p_failed": 0,
+            "p_error": None,
+            "p_not_before": not_before,
+            "p_deliver_by": deliver_by,
+        }
         with self._transaction() as conn:
             if conn.execute(self._sql.retry_release, params).rowcount != 1:
                 raise LeaseLost(lease.job_id)
             params["p_error"] = call.error
             self._write_call(conn, call, lease, params)
 
-    def _write_call(self, conn: Connection, call: CallRecord, lease: Lease,
-                    params: dict[str, Any]) -> None:
+    def _write_call(
+        self, conn: Connection, call: CallRecord, lease: Lease, params: dict[str, Any]
+    ) -> None:
         """Insert a first attempt, or update the row the previous attempt left; inside a
         transaction that holds the job row. Anything else means another execution
         wrote this position: we are not the owner."""
         try:
             if call.attempts == 1:
-                conn.execute(self._sql.insert_call,
-                             {name: params[f"p_{name}"] for name in CALL_COLUMNS})
+                conn.execute(
+                    self._sql.insert_call, {name: params[f"p_{name}"] for name in CALL_COLUMNS}
+                )
                 return
         except sa_exc.IntegrityError:
             raise LeaseLost(lease.job_id) from None
-        written = conn.execute(self._sql.update_call,
-                               {**params, "p_previous_attempts": call.attempts - 1})
+        written = conn.execute(
+            self._sql.update_call, {**params, "p_previous_attempts": call.attempts - 1}
+        )
         if written.rowcount != 1:
             raise LeaseLost(lease.job_id)
 
@@ -614,29 +758,51 @@ def _call_params(call: CallRecord, lease: Lease) -> dict[str, Any]:
     return params
 
 
-
-
 def _job(row: Any) -> JobRecord:
     m = row._mapping
     return JobRecord(
-        id=m["id"], task=m["task"], args=m["args"], kwargs=m["kwargs"], queue=m["queue"],
-        priority=m["priority"], state=JobState(m["state"]), attempts=m["attempts"],
-        recoveries=m["recoveries"], lease_owner=m["lease_owner"],
-        lease_expires_at=m["lease_expires_at"], result=m["result"], error=m["error"],
-        created_at=m["created_at"], started_at=m["started_at"], finished_at=m["finished_at"],
-        options=m["options"], failures=m["failures"], requeues=m["requeues"],
-        not_before=m["not_before"], cancel_requested_at=m["cancel_requested_at"],
-        unique_key=m["unique_key"], parent_id=m["parent_id"], awaiting=m["awaiting"],
-        waiting_topic=m["waiting_topic"], reported_at=m["reported_at"],
+        id=m["id"],
+        task=m["task"],
+        args=m["args"],
+        kwargs=m["kwargs"],
+        queue=m["queue"],
+        priority=m["priority"],
+        state=JobState(m["state"]),
+        attempts=m["attempts"],
+        recoveries=m["recoveries"],
+        lease_owner=m["lease_owner"],
+        lease_expires_at=m["lease_expires_at"],
+        result=m["result"],
+        error=m["error"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        options=m["options"],
+        failures=m["failures"],
+        requeues=m["requeues"],
+        not_before=m["not_before"],
+        cancel_requested_at=m["cancel_requested_at"],
+        unique_key=m["unique_key"],
+        parent_id=m["parent_id"],
+        awaiting=m["awaiting"],
+        waiting_topic=m["waiting_topic"],
+        reported_at=m["reported_at"],
     )
 
 
 def _call(row: Any) -> CallRecord:
     m = row._mapping
     return CallRecord(
-        job_id=m["job_id"], seq=m["seq"], root_id=m["root_id"], name=m["name"],
-        args_digest=m["args_digest"], state=CallState(m["state"]), attempts=m["attempts"],
-        result=m["result"], error=m["error"], started_at=m["started_at"],
+        job_id=m["job_id"],
+        seq=m["seq"],
+        root_id=m["root_id"],
+        name=m["name"],
+        args_digest=m["args_digest"],
+        state=CallState(m["state"]),
+        attempts=m["attempts"],
+        result=m["result"],
+        error=m["error"],
+        started_at=m["started_at"],
         finished_at=m["finished_at"],
     )
 
@@ -652,8 +818,10 @@ def _unreachable(exc: sa_exc.DBAPIError) -> bool:
     """The server is down, restarting or unreachable: OperationalError on every driver,
     InterfaceError from PyMySQL on a connection the server closed, and any error that
     made SQLAlchemy drop the connection."""
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
-        exc.connection_invalidated
+    return (
+        isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        or exc.connection_invalidated
+    )
 
 
 def _missing_table(exc: sa_exc.DBAPIError) -> bool:

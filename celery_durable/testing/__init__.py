@@ -20,8 +20,14 @@ from .storage_schedules import ScheduleConformance
 from .storage_suspend import SuspendConformance
 
 
-class StorageConformance(CoreConformance, RetryConformance, OperationsConformance,
-                         ScheduleConformance, SuspendConformance, IdentityConformance):
+class StorageConformance(
+    CoreConformance,
+    RetryConformance,
+    OperationsConformance,
+    ScheduleConformance,
+    SuspendConformance,
+    IdentityConformance,
+):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
 

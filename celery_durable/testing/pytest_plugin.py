@@ -67,11 +67,16 @@ class DurableWorker:
         return -1
 
     def wait_ready(self, timeout: float = 60) -> DurableWorker:
-        wait_until(lambda: self.sweeps >= 1 or self.process.poll() is not None, timeout,
-                   f"worker {self.name} to be ready", self.log_tail)
+        wait_until(
+            lambda: self.sweeps >= 1 or self.process.poll() is not None,
+            timeout,
+            f"worker {self.name} to be ready",
+            self.log_tail,
+        )
         if self.process.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited ({self.process.returncode}):"
-                                 f"\n{self.log_tail()}")
+            raise AssertionError(
+                f"worker {self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
+            )
         return self
 
     def wait_sweeps(self, more: int = 2, timeout: float = 60) -> None:
@@ -100,8 +105,12 @@ class DurableWorker:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               on_timeout: Callable[[], str] = lambda: "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    on_timeout: Callable[[], str] = lambda: "",
+) -> Any:
     """Poll ``predicate`` (database state, never log output) until it is truthy and
     return its value; fail the test after ``timeout`` seconds, with ``on_timeout()``
     (worker logs, say) in the message."""
@@ -118,8 +127,10 @@ def wait_for_job(durable: Durable, job_id: str, timeout: float = 60) -> JobView:
     """The job once it has finished (succeeded, failed, dead or cancelled)."""
     finished = ("succeeded", "failed", "dead", "cancelled")
     view: JobView = wait_until(
-        lambda: (found := durable.get_job(job_id)).state in finished and found, timeout,
-        f"job {job_id} to finish")
+        lambda: (found := durable.get_job(job_id)).state in finished and found,
+        timeout,
+        f"job {job_id} to finish",
+    )
     return view
 
 
@@ -131,20 +142,48 @@ def durable_worker(tmp_path: Path) -> Iterator[Callable[..., DurableWorker]]:
     ``args`` go to ``celery worker`` as they are."""
     started: list[DurableWorker] = []
 
-    def start(app: Celery, module: str, *, concurrency: int = 1, pool: str = "prefork",
-              queues: Sequence[str] = (), env: dict[str, str] | None = None,
-              args: Sequence[str] = (), cwd: str | Path | None = None,
-              ready_timeout: float = 60) -> DurableWorker:
+    def start(
+        app: Celery,
+        module: str,
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        queues: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        cwd: str | Path | None = None,
+        ready_timeout: float = 60,
+    ) -> DurableWorker:
         name = f"durable-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         log = tmp_path / f"{name.split('@')[0]}.log"
-        command = [sys.executable, "-m", "celery", "-A", module, "worker", "-n", name,
-                   "-c", str(concurrency), "-P", pool, "--loglevel=INFO",
-                   "--without-gossip", "--without-mingle", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "worker",
+            "-n",
+            name,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            *args,
+        ]
         if queues:
             command += ["-Q", ",".join(queues)]
         process = subprocess.Popen(
-            command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=log.open("wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+            command,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         worker = DurableWorker(process, name, log, Durable.of(app))
         started.append(worker)
         return worker.wait_ready(ready_timeout)

@@ -48,8 +48,12 @@ class ReplayReport:
         return self.divergence is None
 
 
-def replay(task: Task, history: dict[str, Any] | str | Path, *,  # type: ignore[type-arg]
-           determinism: Determinism | str | None = None) -> ReplayReport:
+def replay(
+    task: Task,
+    history: dict[str, Any] | str | Path,
+    *,  # type: ignore[type-arg]
+    determinism: Determinism | str | None = None,
+) -> ReplayReport:
     """Replay ``task``'s current code against ``history`` (a dict from
     ``durable.export_history`` or the path of its JSON file)."""
     from ..app import Durable
@@ -59,14 +63,24 @@ def replay(task: Task, history: dict[str, Any] | str | Path, *,  # type: ignore[
         raise ValueError(f"not a celery-durable history (format {data.get('format')!r})")
     job = data["job"]
     durable = Durable.of(task.app)
-    records = _History({(c["scope"], c["seq"]): _record(job["id"], c)
-                        for c in data["calls"]})
-    mode = check_determinism(determinism, "determinism") if determinism is not None \
+    records = _History({(c["scope"], c["seq"]): _record(job["id"], c) for c in data["calls"]})
+    mode = (
+        check_determinism(determinism, "determinism")
+        if determinism is not None
         else task_determinism(task, durable.determinism)
+    )
     execution = Execution(
-        durable=durable, task_name=task.name, job_id=job["id"], root_id=job["id"],
-        lease=Lease(job["id"], "replay-test"), history=records, watch=Watch(),
-        call_policy=durable.call_policy, determinism=mode, replay_only=True)
+        durable=durable,
+        task_name=task.name,
+        job_id=job["id"],
+        root_id=job["id"],
+        lease=Lease(job["id"], "replay-test"),
+        history=records,
+        watch=Watch(),
+        call_policy=durable.call_policy,
+        determinism=mode,
+        replay_only=True,
+    )
     token = activate(execution)
     used = records
     try:
@@ -75,11 +89,11 @@ def replay(task: Task, history: dict[str, Any] | str | Path, *,  # type: ignore[
     except NonDeterministicError as exc:
         return ReplayReport(job["id"], task.name, used.count(), exc, None, False)
     except EndOfHistory as end:
-        return ReplayReport(job["id"], task.name, used.count(), None,
-                            f"#{end.seq} {end.name}", False)
+        return ReplayReport(
+            job["id"], task.name, used.count(), None, f"#{end.seq} {end.name}", False
+        )
     except Exception as exc:  # the body raised on recorded values: a finished failure
-        return ReplayReport(job["id"], task.name, used.count(), None, None, True,
-                            error=exc)
+        return ReplayReport(job["id"], task.name, used.count(), None, None, True, error=exc)
     finally:
         deactivate(token)
 
@@ -103,8 +117,15 @@ class _History(dict[tuple[str, int], CallRecord]):
 
 def _record(root: str, c: dict[str, Any]) -> CallRecord:
     return CallRecord(
-        job_id=c["scope"], seq=c["seq"], root_id=root, name=c["name"],
-        args_digest=c["args_digest"], state=CallState(c["state"]), attempts=c["attempts"],
-        result=c["result"], error=c["error"],
+        job_id=c["scope"],
+        seq=c["seq"],
+        root_id=root,
+        name=c["name"],
+        args_digest=c["args_digest"],
+        state=CallState(c["state"]),
+        attempts=c["attempts"],
+        result=c["result"],
+        error=c["error"],
         started_at=datetime.fromisoformat(c["started_at"]),
-        finished_at=datetime.fromisoformat(c["finished_at"]))
+        finished_at=datetime.fromisoformat(c["finished_at"]),
+    )

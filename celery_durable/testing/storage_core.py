@@ -22,22 +22,46 @@ LEASE = timedelta(seconds=30)
 
 
 def new_job(job_id: str = "job-1", *, at: datetime = T0, args: str = "[1]") -> NewJob:
-    return NewJob(id=job_id, task="tests.flow", args=args, kwargs='{"k": "v"}',
-                  queue="default", priority=7, created_at=at,
-                  deliver_by=at + timedelta(minutes=15), options='{"root_id": "r"}')
+    return NewJob(
+        id=job_id,
+        task="tests.flow",
+        args=args,
+        kwargs='{"k": "v"}',
+        queue="default",
+        priority=7,
+        created_at=at,
+        deliver_by=at + timedelta(minutes=15),
+        options='{"root_id": "r"}',
+    )
 
 
-def call_record(job_id: str = "job-1", seq: int = 1, *, root_id: str | None = None,
-                result: str | None = "42", state: CallState = CallState.SUCCEEDED,
-                attempts: int = 1, error: str | None = None,
-                at: datetime = T0) -> CallRecord:
-    return CallRecord(job_id=job_id, seq=seq, root_id=root_id or job_id, name=f"step{seq}",
-                      args_digest="d" * 16, state=state, attempts=attempts, result=result,
-                      error=error, started_at=at, finished_at=at + timedelta(milliseconds=5))
+def call_record(
+    job_id: str = "job-1",
+    seq: int = 1,
+    *,
+    root_id: str | None = None,
+    result: str | None = "42",
+    state: CallState = CallState.SUCCEEDED,
+    attempts: int = 1,
+    error: str | None = None,
+    at: datetime = T0,
+) -> CallRecord:
+    return CallRecord(
+        job_id=job_id,
+        seq=seq,
+        root_id=root_id or job_id,
+        name=f"step{seq}",
+        args_digest="d" * 16,
+        state=state,
+        attempts=attempts,
+        result=result,
+        error=error,
+        started_at=at,
+        finished_at=at + timedelta(milliseconds=5),
+    )
 
 
-def claimed(storage: Storage, job_id: str = "job-1", owner: str = "w1",
-            at: datetime = T0) -> Lease:
+def claimed(storage: Storage, job_id: str = "job-1", owner: str = "w1", at: datetime = T0) -> Lease:
     storage.create_job(new_job(job_id, at=at))
     claim = storage.claim_job(job_id, owner, at, at + LEASE)
     assert claim.outcome is ClaimOutcome.CLAIMED
@@ -59,9 +83,17 @@ class CoreConformance:
         job = storage.get_job("job-1")
         assert job is not None
         assert (job.state, job.args, job.kwargs, job.attempts) == (
-            JobState.PENDING, "[1]", '{"k": "v"}', 0)
+            JobState.PENDING,
+            "[1]",
+            '{"k": "v"}',
+            0,
+        )
         assert (job.task, job.queue, job.priority, job.options) == (
-            "tests.flow", "default", 7, '{"root_id": "r"}')
+            "tests.flow",
+            "default",
+            7,
+            '{"root_id": "r"}',
+        )
         assert job.created_at == T0  # aware UTC, microseconds kept
 
     def test_unknown_job(self, storage: Storage) -> None:
@@ -80,7 +112,11 @@ class CoreConformance:
         job = storage.get_job("job-1")
         assert job is not None
         assert (job.state, job.lease_owner, job.attempts, job.started_at) == (
-            JobState.RUNNING, "w2", 2, T0)
+            JobState.RUNNING,
+            "w2",
+            2,
+            T0,
+        )
 
     def test_record_call_is_fenced_on_the_lease(self, storage: Storage) -> None:
         lease = claimed(storage)
@@ -100,8 +136,10 @@ class CoreConformance:
         claimed(storage, "job-2")
         history = storage.load_history("job-1")
         assert [(c.job_id, c.seq, c.state) for c in history] == [
-            ("job-1", 1, CallState.FAILED), ("job-1", 2, CallState.SUCCEEDED),
-            ("job-1.1", 1, CallState.SUCCEEDED)]
+            ("job-1", 1, CallState.FAILED),
+            ("job-1", 2, CallState.SUCCEEDED),
+            ("job-1.1", 1, CallState.SUCCEEDED),
+        ]
         assert history[1].started_at == T0
         assert history[1].finished_at == T0 + timedelta(milliseconds=5)
 
@@ -127,8 +165,12 @@ class CoreConformance:
         again = storage.claim_job("job-1", "w2", T0 + LEASE * 9, T0 + LEASE * 10)
         assert again.outcome is ClaimOutcome.FINISHED
         assert again.job is not None
-        assert (again.job.state, again.job.result, again.job.lease_owner,
-                again.job.finished_at) == (JobState.SUCCEEDED, '{"ok": true}', None, T0 + LEASE)
+        assert (
+            again.job.state,
+            again.job.result,
+            again.job.lease_owner,
+            again.job.finished_at,
+        ) == (JobState.SUCCEEDED, '{"ok": true}', None, T0 + LEASE)
         with pytest.raises(LeaseLost):
             storage.finish_job(lease, JobState.FAILED, None, "{}", T0)
 
@@ -165,8 +207,7 @@ class CoreConformance:
         assert storage.recover_job(expired[1], now + LEASE, now) is True
         resent = storage.get_job("unclaimed")
         assert resent is not None and resent.recoveries == 0  # never claimed: not a crash
-        assert storage.claim_job("running", "w2", now, now + LEASE).outcome is \
-            ClaimOutcome.CLAIMED
+        assert storage.claim_job("running", "w2", now, now + LEASE).outcome is ClaimOutcome.CLAIMED
 
     def test_abandon_job(self, storage: Storage) -> None:
         claimed(storage)
@@ -177,7 +218,10 @@ class CoreConformance:
         job = storage.get_job("job-1")
         assert job is not None
         assert (job.state, job.error, job.finished_at) == (
-            JobState.FAILED, '{"type": "WorkerLostError"}', now)
+            JobState.FAILED,
+            '{"type": "WorkerLostError"}',
+            now,
+        )
         assert storage.expired_jobs(now, 10) == []
 
     def test_delete_unstarted_job_only(self, storage: Storage) -> None:

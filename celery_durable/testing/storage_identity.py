@@ -23,7 +23,8 @@ class IdentityConformance:
     """Needs a ``storage`` fixture."""
 
     def test_job_ids_that_differ_only_by_case_accent_or_space_are_distinct(
-            self, storage: Storage) -> None:
+        self, storage: Storage
+    ) -> None:
         for index, (first, second) in enumerate(LOOKALIKES):
             assert storage.create_job(new_job(first, args=f"[{index}, 1]"))
             assert storage.create_job(new_job(second, args=f"[{index}, 2]")), second
@@ -61,20 +62,24 @@ class IdentityConformance:
         deliver_by = T0 + LEASE
         for first, second in LOOKALIKES:
             for key in (first, second):
-                outcome = storage.send_message("job-1", "topic", f'"{key}"', key, T0,
-                                               deliver_by)
+                outcome = storage.send_message("job-1", "topic", f'"{key}"', key, T0, deliver_by)
                 assert outcome.value == "sent", key
 
     def test_worker_heartbeats(self, storage: Storage) -> None:
-        worker = WorkerRecord(name="w1@host", hostname="host", pid=42, queues='["a"]',
-                              started_at=T0, last_seen_at=T0, sweeps=1)
+        worker = WorkerRecord(
+            name="w1@host",
+            hostname="host",
+            pid=42,
+            queues='["a"]',
+            started_at=T0,
+            last_seen_at=T0,
+            sweeps=1,
+        )
         storage.record_heartbeat(worker)
         storage.record_heartbeat(dataclasses.replace(worker, name="W1@host"))
-        later = dataclasses.replace(worker, last_seen_at=T0 + timedelta(seconds=10),
-                                    sweeps=2)
+        later = dataclasses.replace(worker, last_seen_at=T0 + timedelta(seconds=10), sweeps=2)
         storage.record_heartbeat(later)
-        assert storage.list_workers() == [
-            dataclasses.replace(worker, name="W1@host"), later]
+        assert storage.list_workers() == [dataclasses.replace(worker, name="W1@host"), later]
         assert storage.delete_workers(T0 + timedelta(seconds=5)) == 1
         assert storage.list_workers() == [later]
 
@@ -94,5 +99,4 @@ class IdentityConformance:
         error = '{"type": "ValueError", "message": "no", "no_retry": true}'
         storage.finish_job(lease, JobState.FAILED, None, error, T0 + LEASE / 4)
         rows = [r for r in storage.changes_since(T0 - LEASE, 10) if r["kind"] == "finished"]
-        assert [(r["id"], r["state"], r["error"]) for r in rows] == [
-            ("job-1", "failed", error)]
+        assert [(r["id"], r["state"], r["error"]) for r in rows] == [("job-1", "failed", error)]

@@ -17,7 +17,8 @@ class RetryConformance:
     """Needs a ``storage`` fixture."""
 
     def test_retry_call_records_the_attempt_and_releases_until_not_before(
-            self, storage: Storage) -> None:
+        self, storage: Storage
+    ) -> None:
         lease = claimed(storage)
         failed = call_record(seq=1, state=CallState.RETRYING, result=None, error=ERROR)
         with pytest.raises(LeaseLost):
@@ -26,16 +27,18 @@ class RetryConformance:
         job = storage.get_job("job-1")
         assert job is not None
         assert (job.state, job.lease_owner, job.not_before, job.failures) == (
-            JobState.RETRYING, None, T0 + LEASE, 0)
+            JobState.RETRYING,
+            None,
+            T0 + LEASE,
+            0,
+        )
         early = storage.claim_job("job-1", "w2", T0 + LEASE / 2, T0 + LEASE * 2)
         assert early.outcome is ClaimOutcome.EARLY
         assert storage.get_job("job-1").state is JobState.RETRYING  # type: ignore[union-attr]
         due = T0 + LEASE
-        assert storage.claim_job("job-1", "w2", due, due + LEASE).outcome is \
-            ClaimOutcome.CLAIMED
+        assert storage.claim_job("job-1", "w2", due, due + LEASE).outcome is ClaimOutcome.CLAIMED
         [recorded] = storage.load_history("job-1")
-        assert (recorded.state, recorded.attempts, recorded.error) == (
-            CallState.RETRYING, 1, ERROR)
+        assert (recorded.state, recorded.attempts, recorded.error) == (CallState.RETRYING, 1, ERROR)
 
     def test_a_later_attempt_updates_the_retrying_row_fenced(self, storage: Storage) -> None:
         lease = claimed(storage)
@@ -43,8 +46,7 @@ class RetryConformance:
         storage.retry_call(first, lease, T0, T0 + LEASE, T0)
         lease = Lease("job-1", "w2")
         assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is ClaimOutcome.CLAIMED
-        second = call_record(seq=1, state=CallState.RETRYING, result=None, error=ERROR,
-                             attempts=2)
+        second = call_record(seq=1, state=CallState.RETRYING, result=None, error=ERROR, attempts=2)
         storage.retry_call(second, lease, T0, T0 + LEASE, T0)
         assert storage.claim_job("job-1", "w3", T0, T0 + LEASE).outcome is ClaimOutcome.CLAIMED
         lease = Lease("job-1", "w3")
@@ -56,26 +58,45 @@ class RetryConformance:
         storage.record_call(done, lease)
         [recorded] = storage.load_history("job-1")
         assert (recorded.state, recorded.attempts, recorded.result, recorded.error) == (
-            CallState.SUCCEEDED, 3, '"ok"', ERROR)
+            CallState.SUCCEEDED,
+            3,
+            '"ok"',
+            ERROR,
+        )
 
     def test_retry_job_counts_keeps_the_error_and_discards_checkpoints(
-            self, storage: Storage) -> None:
+        self, storage: Storage
+    ) -> None:
         lease = claimed(storage)
         storage.record_call(call_record(seq=1), lease)
         storage.record_call(call_record(seq=2, state=CallState.FAILED, error=ERROR), lease)
         storage.record_call(call_record("job-1.2", 1, root_id="job-1"), lease)
         with pytest.raises(LeaseLost):
             storage.retry_job(Lease("job-1", "w9"), ERROR, [], T0, T0, T0)
-        storage.retry_job(lease, ERROR, [("job-1", 2), ("job-1.2", 1)], T0 + LEASE,
-                          T0 + LEASE * 3, T0 + timedelta(seconds=1))
+        storage.retry_job(
+            lease,
+            ERROR,
+            [("job-1", 2), ("job-1.2", 1)],
+            T0 + LEASE,
+            T0 + LEASE * 3,
+            T0 + timedelta(seconds=1),
+        )
         assert [(c.job_id, c.seq) for c in storage.load_history("job-1")] == [("job-1", 1)]
         job = storage.get_job("job-1")
         assert job is not None
         assert (job.state, job.failures, job.error, job.not_before, job.lease_owner) == (
-            JobState.RETRYING, 1, ERROR, T0 + LEASE, None)
+            JobState.RETRYING,
+            1,
+            ERROR,
+            T0 + LEASE,
+            None,
+        )
         [error] = storage.job_errors("job-1")
         assert (error.execution, error.error, error.failed_at) == (
-            1, ERROR, T0 + timedelta(seconds=1))
+            1,
+            ERROR,
+            T0 + timedelta(seconds=1),
+        )
 
     def test_failed_and_dead_jobs_keep_every_execution_error(self, storage: Storage) -> None:
         lease = claimed(storage)
@@ -86,7 +107,9 @@ class RetryConformance:
         assert job is not None
         assert (job.state, job.failures, job.error) == (JobState.DEAD, 2, '{"n": 2}')
         assert [(e.execution, e.error) for e in storage.job_errors("job-1")] == [
-            (1, '{"n": 1}'), (2, '{"n": 2}')]
+            (1, '{"n": 1}'),
+            (2, '{"n": 2}'),
+        ]
         other = claimed(storage, "job-2")
         storage.finish_job(other, JobState.SUCCEEDED, "1", None, T0)
         assert storage.job_errors("job-2") == []
@@ -97,17 +120,21 @@ class RetryConformance:
         storage.record_call(call_record(seq=2, state=CallState.FAILED, error=ERROR), lease)
         storage.finish_job(lease, JobState.DEAD, None, ERROR, T0)
         assert not storage.requeue_job("job-1", [JobState.FAILED], None, T0, T0)
-        assert storage.requeue_job("job-1", [JobState.DEAD], [("job-1", 2)],
-                                   T0 + LEASE, T0)
+        assert storage.requeue_job("job-1", [JobState.DEAD], [("job-1", 2)], T0 + LEASE, T0)
         assert not storage.requeue_job("job-1", [JobState.DEAD], None, T0, T0)  # once
         job = storage.get_job("job-1")
         assert job is not None
-        assert (job.state, job.failures, job.requeues, job.error, job.finished_at,
-                job.lease_expires_at) == (JobState.PENDING, 0, 1, None, None, T0 + LEASE)
+        assert (
+            job.state,
+            job.failures,
+            job.requeues,
+            job.error,
+            job.finished_at,
+            job.lease_expires_at,
+        ) == (JobState.PENDING, 0, 1, None, None, T0 + LEASE)
         assert [c.seq for c in storage.load_history("job-1")] == [1]
         assert len(storage.job_errors("job-1")) == 1
-        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is \
-            ClaimOutcome.CLAIMED
+        assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is ClaimOutcome.CLAIMED
 
     def test_requeue_from_scratch_drops_every_checkpoint(self, storage: Storage) -> None:
         lease = claimed(storage)
@@ -131,8 +158,9 @@ class RetryConformance:
         assert ids(states=(JobState.DEAD,), limit=2, offset=1) == ["job-2", "job-0"]
         assert ids(states=(JobState.PENDING,), task="tests.flow") == ["pending"]
         assert ids(task="other") == []
-        assert ids(finished_after=T0 + timedelta(hours=1),
-                   finished_before=T0 + timedelta(hours=3)) == ["job-2", "job-1"]
+        assert ids(
+            finished_after=T0 + timedelta(hours=1), finished_before=T0 + timedelta(hours=3)
+        ) == ["job-2", "job-1"]
         assert ids(created_before=T0 + timedelta(minutes=1)) == ["pending", "job-0"]
 
     def test_delete_jobs_only_in_the_given_states(self, storage: Storage) -> None:

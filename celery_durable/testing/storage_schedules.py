@@ -11,21 +11,43 @@ from ..store.schedule_base import ScheduleRecord, ScheduleRun
 from .storage_core import T0, new_job
 
 
-def schedule_record(name: str = "s1", *, next_run: int | None = 60,
-                    version: int = 1) -> ScheduleRecord:
+def schedule_record(
+    name: str = "s1", *, next_run: int | None = 60, version: int = 1
+) -> ScheduleRecord:
     return ScheduleRecord(
-        name=name, task="tests.flow", args="[1]", kwargs="{}", options='{"queue": "q"}',
-        spec='{"every": 60.0}', timezone="Europe/Paris", unique=True, missed="once",
-        catchup_limit=10, enabled=True, paused=False, source="code",
+        name=name,
+        task="tests.flow",
+        args="[1]",
+        kwargs="{}",
+        options='{"queue": "q"}',
+        spec='{"every": 60.0}',
+        timezone="Europe/Paris",
+        unique=True,
+        missed="once",
+        catchup_limit=10,
+        enabled=True,
+        paused=False,
+        source="code",
         next_run_at=None if next_run is None else T0 + timedelta(seconds=next_run),
-        last_run_at=None, last_job_id=None, version=version, created_at=T0, updated_at=T0)
+        last_run_at=None,
+        last_job_id=None,
+        version=version,
+        created_at=T0,
+        updated_at=T0,
+    )
 
 
 def run(name: str = "s1", at: int = 60, job_id: str | None = "job-1") -> ScheduleRun:
-    return ScheduleRun(schedule=name, nominal_at=T0 + timedelta(seconds=at), job_id=job_id,
-                       outcome="fired" if job_id else "skipped", reason=None,
-                       recorded_at=T0 + timedelta(seconds=at, milliseconds=5),
-                       lateness=0.005, published=job_id is None)
+    return ScheduleRun(
+        schedule=name,
+        nominal_at=T0 + timedelta(seconds=at),
+        job_id=job_id,
+        outcome="fired" if job_id else "skipped",
+        reason=None,
+        recorded_at=T0 + timedelta(seconds=at, milliseconds=5),
+        lateness=0.005,
+        published=job_id is None,
+    )
 
 
 class ScheduleConformance:
@@ -64,7 +86,11 @@ class ScheduleConformance:
         assert not store.fire_schedule(seen, [run()], nxt, "job-1", [job], T0)
         fired = store.get_schedule("s1")
         assert (fired.version, fired.next_run_at, fired.last_run_at, fired.last_job_id) == (
-            2, nxt, T0 + timedelta(seconds=60), "job-1")
+            2,
+            nxt,
+            T0 + timedelta(seconds=60),
+            "job-1",
+        )
         created = storage.get_job("job-1")
         assert created is not None and created.state is JobState.PENDING
         # a run row for the same nominal tick cannot be written twice, whatever the version
@@ -80,7 +106,8 @@ class ScheduleConformance:
         history = store.schedule_runs("s1", 10)
         assert [(r.nominal_at, r.outcome, r.published) for r in history] == [
             (T0 + timedelta(seconds=120), "fired", False),
-            (T0 + timedelta(seconds=60), "skipped", True)]
+            (T0 + timedelta(seconds=60), "skipped", True),
+        ]
         assert history[0].lateness == 0.005
         late = T0 + timedelta(seconds=200)
         [waiting] = store.unpublished_runs(late, 10)
@@ -92,19 +119,19 @@ class ScheduleConformance:
     def test_unique_key_is_held_while_the_job_is_active(self, storage: Storage) -> None:
         first = replace(new_job("job-1"), unique_key="nightly")
         assert storage.create_unique_job(first) == "job-1"
-        assert storage.create_unique_job(replace(new_job("job-2"), unique_key="nightly")) \
-            == "job-1"
+        assert storage.create_unique_job(replace(new_job("job-2"), unique_key="nightly")) == "job-1"
         assert storage.get_job("job-2") is None
         assert storage.create_unique_job(first) == "job-1"  # the same enqueue again
-        assert storage.create_unique_job(replace(new_job("job-3"), unique_key="other")) \
-            == "job-3"
+        assert storage.create_unique_job(replace(new_job("job-3"), unique_key="other")) == "job-3"
         claim = storage.claim_job("job-1", "w1", T0, T0 + timedelta(seconds=30))
         assert claim.outcome.value == "claimed"
-        assert storage.create_unique_job(replace(new_job("job-4"), unique_key="nightly")) \
-            == "job-1"  # running still holds it
+        assert (
+            storage.create_unique_job(replace(new_job("job-4"), unique_key="nightly")) == "job-1"
+        )  # running still holds it
         storage.finish_job(Lease("job-1", "w1"), JobState.SUCCEEDED, "1", None, T0)
-        assert storage.create_unique_job(replace(new_job("job-5"), unique_key="nightly")) \
-            == "job-5"  # finished: the key is free again
+        assert (
+            storage.create_unique_job(replace(new_job("job-5"), unique_key="nightly")) == "job-5"
+        )  # finished: the key is free again
 
     def test_not_before_is_stored_with_the_job(self, storage: Storage) -> None:
         due = T0 + timedelta(hours=1)

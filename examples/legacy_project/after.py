@@ -17,13 +17,14 @@ from celery import Celery
 
 from celery_durable import Durable, call
 
-app = Celery("legacy", broker=os.environ.get("LEGACY_BROKER", "redis://localhost:6379/0"),
-             backend=os.environ.get("LEGACY_RESULTS"))  # your result backend, if any
-app.conf.durable_database_url = os.environ.get("LEGACY_STORE",
-                                               "sqlite:///celery-durable.sqlite3")
+app = Celery(
+    "legacy",
+    broker=os.environ.get("LEGACY_BROKER", "redis://localhost:6379/0"),
+    backend=os.environ.get("LEGACY_RESULTS"),
+)  # your result backend, if any
+app.conf.durable_database_url = os.environ.get("LEGACY_STORE", "sqlite:///celery-durable.sqlite3")
 app.conf.beat_schedule = {  # stays in beat_schedule until you move it (see the README)
-    "nightly-report": {"task": "examples.legacy_project.after.report",
-                       "schedule": 24 * 3600},
+    "nightly-report": {"task": "examples.legacy_project.after.report", "schedule": 24 * 3600},
 }
 durable = Durable(app)
 
@@ -43,7 +44,7 @@ def ship(order_id: int, receipt: str) -> str:
     return f"shipped {order_id} ({receipt})"
 
 
-@durable.task(retries=3)                     # was: @app.task(bind=True, acks_late=True, ...)
+@durable.task(retries=3)  # was: @app.task(bind=True, acks_late=True, ...)
 def fulfil(order_id: int, amount: int) -> str:
     receipt = call(charge, order_id, amount)  # checkpointed; retried on its own
     call(reserve, order_id)

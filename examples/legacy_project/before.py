@@ -14,8 +14,7 @@ from celery import Celery
 
 app = Celery("legacy", broker=os.environ.get("LEGACY_BROKER", "redis://localhost:6379/0"))
 app.conf.beat_schedule = {
-    "nightly-report": {"task": "examples.legacy_project.before.report",
-                       "schedule": 24 * 3600},
+    "nightly-report": {"task": "examples.legacy_project.before.report", "schedule": 24 * 3600},
 }
 
 
@@ -36,9 +35,9 @@ def ship(order_id: int, receipt: str) -> str:
 
 @app.task(bind=True, acks_late=True, max_retries=3)
 def fulfil(self, order_id: int, amount: int) -> str:  # type: ignore[no-untyped-def]
-    receipt = charge(order_id, amount)      # runs inline: no checkpoint
+    receipt = charge(order_id, amount)  # runs inline: no checkpoint
     reserve(order_id)
-    return ship(order_id, receipt)          # a crash here re-charges on redelivery
+    return ship(order_id, receipt)  # a crash here re-charges on redelivery
 
 
 @app.task

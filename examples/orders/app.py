@@ -28,8 +28,9 @@ from celery_durable import (
 HERE = Path(os.environ.get("ORDERS_DIR", "demo-run"))
 STEP_SECONDS = float(os.environ.get("ORDERS_STEP_SECONDS", "0"))
 
-app = Celery("orders", broker=os.environ.get("ORDERS_BROKER",
-                                             f"sqla+sqlite:///{HERE}/broker.sqlite3"))
+app = Celery(
+    "orders", broker=os.environ.get("ORDERS_BROKER", f"sqla+sqlite:///{HERE}/broker.sqlite3")
+)
 app.conf.update(
     durable_database_url=os.environ.get("ORDERS_STORE", f"sqlite:///{HERE}/store.sqlite3"),
     durable_lease_seconds=3,  # short, so the demo recovers quickly (default 30)
@@ -96,8 +97,7 @@ def send_confirmation(email: str) -> str:
 def process_order(order: dict) -> dict:
     # A flaky gateway: up to 3 more attempts, 0.5 s, 1 s, 2 s apart. Nothing before
     # this call runs again, and no worker slot is held while waiting.
-    receipt = call(charge_card, order["payment"], retries=3,
-                   backoff=ExponentialBackoff(0.5, 5))
+    receipt = call(charge_card, order["payment"], retries=3, backoff=ExponentialBackoff(0.5, 5))
     try:
         call(reserve_inventory, order["items"])
     except CallError as exc:
@@ -110,8 +110,10 @@ def process_order(order: dict) -> dict:
 @app.task
 def count_orders() -> int:
     log = HERE / "side-effects.log"
-    return sum(line.startswith("charge_card") for line in
-               (log.read_text().splitlines() if log.exists() else []))
+    return sum(
+        line.startswith("charge_card")
+        for line in (log.read_text().splitlines() if log.exists() else [])
+    )
 
 
 @durable.task
@@ -121,5 +123,6 @@ def nightly_report() -> dict:
 
 # Run by `celery -A examples.orders.app beat -S durable` (docker-compose.yml has one):
 # once a night at 02:30 London time, skipped while the previous report still runs.
-durable.schedule("nightly-report", nightly_report, daily(2, 30, timezone="Europe/London"),
-                 unique=True)
+durable.schedule(
+    "nightly-report", nightly_report, daily(2, 30, timezone="Europe/London"), unique=True
+)

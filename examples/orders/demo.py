@@ -29,22 +29,29 @@ def main() -> int:
     durable.migrate()
     print(f"store and broker: SQLite files in {RUN_DIR}\n")
 
-    order = {"payment": {"card": "4242424242424242", "amount": 30},
-             "items": ["book"], "email": "ada@example.com"}
+    order = {
+        "payment": {"card": "4242424242424242", "amount": 30},
+        "items": ["book"],
+        "email": "ada@example.com",
+    }
     job_id = process_order.delay(order).id
     print(f"enqueued process_order as job {job_id}")
 
     first = start_worker("worker-1")
-    wait(lambda: len(durable.get_job(job_id).calls) >= 2 if exists(durable, job_id) else False,
-         "charge_card and reserve_inventory to be checkpointed")
+    wait(
+        lambda: len(durable.get_job(job_id).calls) >= 2 if exists(durable, job_id) else False,
+        "charge_card and reserve_inventory to be checkpointed",
+    )
     print("calls 1-2 are checkpointed; send_confirmation is running. SIGKILL worker-1 now.")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     print(durable.get_job(job_id).timeline(), "\n")
 
     second = start_worker("worker-2")
-    print("worker-2 started; its recovery sweeper republishes the job once the dead "
-          "worker's lease expires (the SQLite broker never redelivers on its own)")
+    print(
+        "worker-2 started; its recovery sweeper republishes the job once the dead "
+        "worker's lease expires (the SQLite broker never redelivers on its own)"
+    )
     wait(lambda: durable.get_job(job_id).state in ("succeeded", "failed"), "the job to finish")
     view = durable.get_job(job_id)
     print(view.timeline(), "\n")
@@ -62,8 +69,11 @@ def main() -> int:
     print(durable.get_job(flaky_id).timeline(), "\n")
 
     (RUN_DIR / "bounced").write_text("grace@example.com\n")
-    bounce = {**order, "payment": {"card": "5555555555554444", "amount": 7},
-              "email": "grace@example.com"}
+    bounce = {
+        **order,
+        "payment": {"card": "5555555555554444", "amount": 7},
+        "email": "grace@example.com",
+    }
     dead_id = process_order.delay(bounce).id
     wait(lambda: finished(durable, dead_id), "the bouncing order to reach the dead letters")
     print("a confirmation that keeps bouncing: call retries, one job retry, dead letter")
@@ -83,23 +93,32 @@ def main() -> int:
     def charges(card: str) -> int:
         return sum(1 for line in effects if line.startswith(f"charge_card {card}"))
 
-    ok = (view.state == "succeeded" and charges(order["payment"]["card"]) == 2
-          and charges(FLAKY_CARD) == 3 and charges("5555555555554444") == 1)
+    ok = (
+        view.state == "succeeded"
+        and charges(order["payment"]["card"]) == 2
+        and charges(FLAKY_CARD) == 3
+        and charges("5555555555554444") == 1
+    )
     if not ok:
         print("\nUNEXPECTED: see the timelines above")
         return 1
-    print("\nCompleted calls were not re-run: each order charged its card exactly once\n"
-          "(the flaky card's two timeouts were retried attempts, not new charges), even the\n"
-          "one requeued from the dead-letter queue. send_confirmation was in flight when\n"
-          "worker-1 died, so it ran again: a call is at-least-once until its checkpoint\n"
-          "commits. Its idempotency key (the same both times) lets a real email or payment\n"
-          "API drop the duplicate.")
+    print(
+        "\nCompleted calls were not re-run: each order charged its card exactly once\n"
+        "(the flaky card's two timeouts were retried attempts, not new charges), even the\n"
+        "one requeued from the dead-letter queue. send_confirmation was in flight when\n"
+        "worker-1 died, so it ran again: a call is at-least-once until its checkpoint\n"
+        "commits. Its idempotency key (the same both times) lets a real email or payment\n"
+        "API drop the duplicate."
+    )
     return 0
 
 
 def finished(durable: object, job_id: str) -> bool:
     return durable.get_job(job_id).state in (  # type: ignore[attr-defined,no-any-return]
-        "succeeded", "failed", "dead")
+        "succeeded",
+        "failed",
+        "dead",
+    )
 
 
 def exists(durable: object, job_id: str) -> bool:
@@ -115,9 +134,24 @@ def exists(durable: object, job_id: str) -> bool:
 def start_worker(name: str) -> subprocess.Popen[bytes]:
     log = open(RUN_DIR / f"{name}.log", "wb")  # noqa: SIM115 - the worker owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "examples.orders.app", "worker", "-c", "1",
-         "-n", f"{name}@%h", "--loglevel=INFO"],
-        env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "examples.orders.app",
+            "worker",
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+            "--loglevel=INFO",
+        ],
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(worker: subprocess.Popen[bytes]) -> None:

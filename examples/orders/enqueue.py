@@ -17,12 +17,21 @@ from examples.orders.app import FLAKY_CARD, durable, process_order
 def main(count: int = 3) -> int:
     durable.migrate()
     orders = [
-        {"payment": {"card": "4242424242424242", "amount": 30}, "items": ["book"],
-         "email": "ada@example.com"},
-        {"payment": {"card": FLAKY_CARD, "amount": 12}, "items": ["book"],
-         "email": "grace@example.com"},
-        {"payment": {"card": "5555555555554444", "amount": 7}, "items": ["lamp"],
-         "email": "alan@example.com"},
+        {
+            "payment": {"card": "4242424242424242", "amount": 30},
+            "items": ["book"],
+            "email": "ada@example.com",
+        },
+        {
+            "payment": {"card": FLAKY_CARD, "amount": 12},
+            "items": ["book"],
+            "email": "grace@example.com",
+        },
+        {
+            "payment": {"card": "5555555555554444", "amount": 7},
+            "items": ["lamp"],
+            "email": "alan@example.com",
+        },
     ]
     ids = [process_order.delay(orders[n % len(orders)]).id for n in range(count)]
     print(f"enqueued {len(ids)} order(s)", flush=True)

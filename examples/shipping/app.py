@@ -20,8 +20,9 @@ from celery_durable import CallError, Durable, NoRetry, call, gather, receive, s
 
 HERE = Path(os.environ.get("SHIPPING_DIR", "shipping-run"))
 
-app = Celery("shipping", broker=os.environ.get("SHIPPING_BROKER",
-                                               f"sqla+sqlite:///{HERE}/broker.sqlite3"))
+app = Celery(
+    "shipping", broker=os.environ.get("SHIPPING_BROKER", f"sqla+sqlite:///{HERE}/broker.sqlite3")
+)
 app.conf.update(
     durable_database_url=os.environ.get("SHIPPING_STORE", f"sqlite:///{HERE}/store.sqlite3"),
     durable_sweep_interval=1,

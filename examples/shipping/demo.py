@@ -27,9 +27,24 @@ def main() -> int:
     durable.migrate()
     log = open(RUN_DIR / "worker.log", "wb")  # noqa: SIM115 - the worker owns it
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "examples.shipping.app", "worker",
-         "-Q", "celery,payments,labels", "-c", "1", "--loglevel=INFO"],
-        env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "examples.shipping.app",
+            "worker",
+            "-Q",
+            "celery,payments,labels",
+            "-c",
+            "1",
+            "--loglevel=INFO",
+        ],
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     print("one worker, one process, consuming the celery, payments and labels queues\n")
 
     shipped = ship_order.delay("A-1", 30, ["box-1", "box-2", "box-3"]).id
@@ -56,19 +71,36 @@ def main() -> int:
 
     view, failed = durable.get_job(shipped), durable.get_job(declined)
     effects = (RUN_DIR / "side-effects.log").read_text().splitlines()
-    ok = (view.result == {"status": "shipped", "receipt": "receipt-A-1",
-                          "labels": ["label-box-1", "label-box-2", "label-box-3"]}
-          and failed.result["status"] == "cancelled"
-          and durable.get_job(big).result["status"] == "shipped"
-          and sorted(effects) == sorted(["charge_card A-1", "print_label box-1",
-                                         "print_label box-2", "print_label box-3",
-                                         "charge_card B-2", "cancel_order B-2",
-                                         "charge_card C-3", "print_label crate-1"]))
+    ok = (
+        view.result
+        == {
+            "status": "shipped",
+            "receipt": "receipt-A-1",
+            "labels": ["label-box-1", "label-box-2", "label-box-3"],
+        }
+        and failed.result["status"] == "cancelled"
+        and durable.get_job(big).result["status"] == "shipped"
+        and sorted(effects)
+        == sorted(
+            [
+                "charge_card A-1",
+                "print_label box-1",
+                "print_label box-2",
+                "print_label box-3",
+                "charge_card B-2",
+                "cancel_order B-2",
+                "charge_card C-3",
+                "print_label crate-1",
+            ]
+        )
+    )
     if not ok:
         print(f"UNEXPECTED: {view.result} {failed.result} {effects}")
         return 1
-    print("Each step ran once, on its own queue, and no worker slot was held while\n"
-          "ship_order waited (with one process, a result.get() would have deadlocked).")
+    print(
+        "Each step ran once, on its own queue, and no worker slot was held while\n"
+        "ship_order waited (with one process, a result.get() would have deadlocked)."
+    )
     return 0
 
 

@@ -77,11 +77,17 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.app = create_app(broker=self.broker, store=self.store_url, prefix=self.prefix,
-                              queue=self.queue, delivery_timeout=self.delivery_timeout,
-                              max_countdown=self.max_countdown, priorities=self.priorities,
-                              result_backend=self.result_backend,
-                              visibility_timeout=self.visibility_timeout)
+        self.app = create_app(
+            broker=self.broker,
+            store=self.store_url,
+            prefix=self.prefix,
+            queue=self.queue,
+            delivery_timeout=self.delivery_timeout,
+            max_countdown=self.max_countdown,
+            priorities=self.priorities,
+            result_backend=self.result_backend,
+            visibility_timeout=self.visibility_timeout,
+        )
         self.durable = Durable.of(self.app)
         self.durable.migrate()
 
@@ -96,28 +102,58 @@ class Cluster:
         """A second queue, for calls dispatched away from the default one."""
         return f"{self.queue}-payments"
 
-    def worker(self, concurrency: int = 1, pool: str = "prefork", queue: str | None = None,
-               **extra_env: str) -> Worker:
-        env = {**os.environ, **extra_env,
-               "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
-               "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
-               "DURABLE_TEST_EFFECTS": str(self.effects),
-               "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
-               "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
-               "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
-               "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
-               "DURABLE_TEST_RESULT_BACKEND": self.result_backend or "",
-               "DURABLE_TEST_VISIBILITY_TIMEOUT": str(self.visibility_timeout or ""),
-               "PYTHONPATH": str(REPO)}
+    def worker(
+        self,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        queue: str | None = None,
+        **extra_env: str,
+    ) -> Worker:
+        env = {
+            **os.environ,
+            **extra_env,
+            "DURABLE_TEST_BROKER": self.broker,
+            "DURABLE_TEST_STORE": self.store_url,
+            "DURABLE_TEST_PREFIX": self.prefix,
+            "DURABLE_TEST_QUEUE": self.queue,
+            "DURABLE_TEST_EFFECTS": str(self.effects),
+            "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
+            "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
+            "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
+            "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
+            "DURABLE_TEST_RESULT_BACKEND": self.result_backend or "",
+            "DURABLE_TEST_VISIBILITY_TIMEOUT": str(self.visibility_timeout or ""),
+            "PYTHONPATH": str(REPO),
+        }
         log = self.logs / f"worker-{len(self.workers)}.log"
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker",
-             "-Q", queue or self.queue, "-c", str(concurrency), "-P", pool, "-n", name,
-             "--loglevel=INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.integration.proj",
+                "worker",
+                "-Q",
+                queue or self.queue,
+                "-c",
+                str(concurrency),
+                "-P",
+                pool,
+                "-n",
+                name,
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         worker = Worker(process, log, name)
         self.workers.append(worker)
         return worker
@@ -130,22 +166,29 @@ class Cluster:
     def wait_ready(self, worker: Worker, timeout: float = 60) -> Worker:
         """Until the worker consumes: its sweeper starts once Celery says it is ready,
         and writes the heartbeat row on its first pass."""
-        wait_for(lambda: self.sweeps(worker) >= 1, timeout, f"worker {worker.name} to be "
-                 f"ready", self.logs_tail)
+        wait_for(
+            lambda: self.sweeps(worker) >= 1,
+            timeout,
+            f"worker {worker.name} to be ready",
+            self.logs_tail,
+        )
         return worker
 
     def wait_sweeps(self, worker: Worker, more: int = 2, timeout: float = 60) -> None:
         """Until the worker's sweeper has made ``more`` full passes from now: whatever
         recovery would republish by then, it has."""
         target = self.sweeps(worker) + more
-        wait_for(lambda: self.sweeps(worker) >= target, timeout,
-                 f"{more} more sweeps of {worker.name}", self.logs_tail)
+        wait_for(
+            lambda: self.sweeps(worker) >= target,
+            timeout,
+            f"{more} more sweeps of {worker.name}",
+            self.logs_tail,
+        )
 
     def notes(self, effect: str) -> list[list[str]]:
         """The ``pid time text...`` lines of an effect file, split."""
         path = self.effects / effect
-        return [line.split() for line in path.read_text().splitlines()] \
-            if path.exists() else []
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
     def deliveries(self, job_id: str) -> int:
         """How many times Celery handed the job's message to the task (task_prerun)."""
@@ -153,17 +196,38 @@ class Cluster:
 
     def beat(self, **extra_env: str) -> Worker:
         """A `celery beat -S durable` process with the test schedule registered."""
-        env = {**os.environ, **extra_env, "DURABLE_TEST_SCHEDULE": "1",
-               "DURABLE_TEST_BROKER": self.broker, "DURABLE_TEST_STORE": self.store_url,
-               "DURABLE_TEST_PREFIX": self.prefix, "DURABLE_TEST_QUEUE": self.queue,
-               "DURABLE_TEST_EFFECTS": str(self.effects), "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            **extra_env,
+            "DURABLE_TEST_SCHEDULE": "1",
+            "DURABLE_TEST_BROKER": self.broker,
+            "DURABLE_TEST_STORE": self.store_url,
+            "DURABLE_TEST_PREFIX": self.prefix,
+            "DURABLE_TEST_QUEUE": self.queue,
+            "DURABLE_TEST_EFFECTS": str(self.effects),
+            "PYTHONPATH": str(REPO),
+        }
         log = self.logs / f"beat-{len(self.workers)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "beat",
-             "-S", "durable", "--loglevel=INFO",
-             "--schedule", str(self.logs / f"beat-{len(self.workers)}.db")],
-            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.integration.proj",
+                "beat",
+                "-S",
+                "durable",
+                "--loglevel=INFO",
+                "--schedule",
+                str(self.logs / f"beat-{len(self.workers)}.db"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         beat = Worker(process, log)
         self.workers.append(beat)
         return beat
@@ -193,7 +257,10 @@ class Cluster:
     def wait_finished(self, job_id: str, timeout: float = 60) -> JobRecord:
         job: JobRecord = wait_for(
             lambda: (j := self.job(job_id)) is not None and j.state.finished and j,
-            timeout, f"job {job_id} to finish", self.logs_tail)
+            timeout,
+            f"job {job_id} to finish",
+            self.logs_tail,
+        )
         return job
 
     def close(self) -> None:
@@ -211,8 +278,13 @@ class Cluster:
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(broker: str, store: str, step_seconds: float = 0.0,
-             delivery_timeout: float = 900.0, **options: Any) -> Cluster:
+    def make(
+        broker: str,
+        store: str,
+        step_seconds: float = 0.0,
+        delivery_timeout: float = 900.0,
+        **options: Any,
+    ) -> Cluster:
         if broker == "sqlite":
             broker_url = f"sqla+sqlite:///{tmp_path}/broker.sqlite3"
         else:
@@ -222,9 +294,17 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         logs = tmp_path / "logs"
         effects.mkdir(exist_ok=True)
         logs.mkdir(exist_ok=True)
-        cluster = Cluster(broker_url, sql_url(store, tmp_path), unique_prefix(),
-                          f"q-{uuid.uuid4().hex[:8]}", effects, logs, step_seconds,
-                          delivery_timeout, **options)
+        cluster = Cluster(
+            broker_url,
+            sql_url(store, tmp_path),
+            unique_prefix(),
+            f"q-{uuid.uuid4().hex[:8]}",
+            effects,
+            logs,
+            step_seconds,
+            delivery_timeout,
+            **options,
+        )
         made.append(cluster)
         return cluster
 

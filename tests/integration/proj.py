@@ -50,13 +50,21 @@ def flag(name: str) -> bool:
     return bool(directory) and (Path(directory) / name).exists()
 
 
-def create_app(*, broker: str, store: str, prefix: str, queue: str,
-               lease_seconds: float = 2.0, sweep_interval: float = 0.5,
-               delivery_timeout: float = 900.0, max_countdown: float = 60.0,
-               priorities: bool = False, result_backend: str | None = None,
-               visibility_timeout: float | None = None) -> Celery:
-    app = Celery("proj", broker=broker, backend=result_backend or None,
-                 set_as_current=False)
+def create_app(
+    *,
+    broker: str,
+    store: str,
+    prefix: str,
+    queue: str,
+    lease_seconds: float = 2.0,
+    sweep_interval: float = 0.5,
+    delivery_timeout: float = 900.0,
+    max_countdown: float = 60.0,
+    priorities: bool = False,
+    result_backend: str | None = None,
+    visibility_timeout: float | None = None,
+) -> Celery:
+    app = Celery("proj", broker=broker, backend=result_backend or None, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
         durable_database_url=store,
@@ -114,8 +122,13 @@ def create_app(*, broker: str, store: str, prefix: str, queue: str,
             return {"refunded": paid, "error": exc.error_type}
         return {"refunded": None}
 
-    @durable.task(name="proj.retry_once", bind=True, shared=False,
-                  autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0.2})
+    @durable.task(
+        name="proj.retry_once",
+        bind=True,
+        shared=False,
+        autoretry_for=(ConnectionError,),
+        retry_kwargs={"countdown": 0.2},
+    )
     def retry_once(self: Any, x: int) -> int:
         paid = call(step, "before-retry", x)
         effect("retry-body")
@@ -145,12 +158,17 @@ def _broker_options(app: Celery, priorities: bool, visibility_timeout: float | N
     if priorities:
         app.conf.task_queue_max_priority = 10  # RabbitMQ: declare the queue with it
         app.conf.broker_transport_options = {  # Redis: one list per priority
-            "queue_order_strategy": "priority", "priority_steps": list(range(10))}
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+        }
     if visibility_timeout:  # Redis gives an unacked message back after this long
         app.conf.broker_transport_options = {
-            **app.conf.broker_transport_options, "visibility_timeout": visibility_timeout,
+            **app.conf.broker_transport_options,
+            "visibility_timeout": visibility_timeout,
             # kombu looks for such messages every 10th pass of a 10 s timer by default
-            "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
 
 
 def _canvas(app: Celery, durable: Durable) -> None:
@@ -222,8 +240,10 @@ def _suspending(app: Celery, durable: Durable) -> None:
 
     @durable.task(name="proj.fan_out", shared=False)
     def fan_out(n: int, fail_at: int, payments: str) -> list[Any]:
-        results = gather(*[charge.s(f"o{i}", -1 if i == fail_at else i).set(queue=payments)
-                           for i in range(n)], return_exceptions=True)
+        results = gather(
+            *[charge.s(f"o{i}", -1 if i == fail_at else i).set(queue=payments) for i in range(n)],
+            return_exceptions=True,
+        )
         return [r if isinstance(r, str) else f"error: {r.error_message}" for r in results]
 
     @durable.task(name="proj.settle_order", shared=False)
@@ -279,7 +299,8 @@ def _scheduled(app: Celery, durable: Durable) -> None:
 
         app.conf.durable_metrics_port = int(os.environ["DURABLE_TEST_METRICS_PORT"])
         durable.settings = dataclasses.replace(
-            durable.settings, metrics_port=app.conf.durable_metrics_port)
+            durable.settings, metrics_port=app.conf.durable_metrics_port
+        )
         durable.use(PrometheusMetrics())
 
     if os.environ.get("DURABLE_TEST_SCHEDULE"):
@@ -356,18 +377,21 @@ def _retry_callees(app: Celery) -> None:
 def _retry_workflows(app: Celery, durable: Durable) -> None:
     step, flaky, gate = (app.tasks[f"proj.{n}"] for n in ("step", "flaky", "gate"))
     reject, rate_limited, slow_once = (
-        app.tasks[f"proj.{n}"] for n in ("reject", "rate_limited", "slow_once"))
+        app.tasks[f"proj.{n}"] for n in ("reject", "rate_limited", "slow_once")
+    )
 
     @durable.task(name="proj.flaky_order", shared=False)
     def flaky_order(failures: int, backoff: float) -> list[Any]:
         a = call(step, "r-a", 0)
-        b = call(flaky, "r-flaky", failures, retries=3,
-                 backoff=ExponentialBackoff(backoff, backoff * 8))
+        b = call(
+            flaky, "r-flaky", failures, retries=3, backoff=ExponentialBackoff(backoff, backoff * 8)
+        )
         c = call(step, "r-c", a)
         return [a, b, c]
 
-    @durable.task(name="proj.to_dead_letter", shared=False, retries=1, backoff=0.3,
-                  on_exhausted="dead_letter")
+    @durable.task(
+        name="proj.to_dead_letter", shared=False, retries=1, backoff=0.3, on_exhausted="dead_letter"
+    )
     def to_dead_letter() -> list[Any]:
         a = call(step, "d-a", 0)
         return [a, call(gate, retries=1, backoff=ConstantBackoff(0.2))]
@@ -386,8 +410,13 @@ def _retry_workflows(app: Celery, durable: Durable) -> None:
     def retry_after() -> str:
         return str(call(rate_limited))
 
-    @durable.task(name="proj.soft_limited", shared=False, soft_time_limit=1.5,
-                  call_retries=2, call_backoff=0.2)
+    @durable.task(
+        name="proj.soft_limited",
+        shared=False,
+        soft_time_limit=1.5,
+        call_retries=2,
+        call_backoff=0.2,
+    )
     def soft_limited() -> list[Any]:
         return [call(step, "soft-a", 0), call(slow_once, 4)]
 
@@ -414,11 +443,18 @@ def _tracing(durable: Durable) -> None:
             path = Path(os.environ["DURABLE_TEST_EFFECTS"]) / "spans.jsonl"
             with open(path, "a") as f:
                 for s in spans:
-                    f.write(json.dumps({
-                        "name": s.name, "trace": f"{s.context.trace_id:032x}",
-                        "span": f"{s.context.span_id:016x}",
-                        "parent": f"{s.parent.span_id:016x}" if s.parent else None,
-                        "outcome": (s.attributes or {}).get("durable.outcome")}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "name": s.name,
+                                "trace": f"{s.context.trace_id:032x}",
+                                "span": f"{s.context.span_id:016x}",
+                                "parent": f"{s.parent.span_id:016x}" if s.parent else None,
+                                "outcome": (s.attributes or {}).get("durable.outcome"),
+                            }
+                        )
+                        + "\n"
+                    )
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
@@ -488,8 +524,7 @@ def _hooks(durable: Durable) -> None:
         path = Path(os.environ["DURABLE_TEST_EFFECTS"]) / "hooks.sqlite3"
         with sqlite3.connect(path, timeout=30) as db:
             db.execute("CREATE TABLE IF NOT EXISTS hooks (hook, job_id, detail, pid)")
-            db.execute("INSERT INTO hooks VALUES (?, ?, ?, ?)",
-                       (hook, job_id, detail, os.getpid()))
+            db.execute("INSERT INTO hooks VALUES (?, ?, ?, ?)", (hook, job_id, detail, os.getpid()))
 
     durable.on_job_start(lambda job: write("start", job.id))
     durable.on_job_complete(lambda job, duration: write("complete", job.id))
@@ -516,6 +551,5 @@ if os.environ.get("DURABLE_TEST_BROKER"):
         max_countdown=float(os.environ.get("DURABLE_TEST_MAX_COUNTDOWN", "60")),
         priorities=bool(os.environ.get("DURABLE_TEST_PRIORITIES")),
         result_backend=os.environ.get("DURABLE_TEST_RESULT_BACKEND") or None,
-        visibility_timeout=float(os.environ.get("DURABLE_TEST_VISIBILITY_TIMEOUT") or 0)
-        or None,
+        visibility_timeout=float(os.environ.get("DURABLE_TEST_VISIBILITY_TIMEOUT") or 0) or None,
     )

@@ -39,8 +39,9 @@ def _published(queue: str) -> int:
 
 def _app(queue: str, store: str, prefix: str) -> Celery:
     app = Celery("bad", broker=BROKERS["redis"], set_as_current=False)
-    app.conf.update(task_default_queue=queue, durable_database_url=store,
-                    durable_table_prefix=prefix)
+    app.conf.update(
+        task_default_queue=queue, durable_database_url=store, durable_table_prefix=prefix
+    )
     return app
 
 
@@ -67,8 +68,11 @@ def test_non_json_arguments(queue: str, storage: SQLStorage) -> None:
     @durable.task(name="bad.t", shared=False)
     def t(*args: object, **kwargs: object) -> None: ...
 
-    with pytest.raises(SerializationError, match=r"task 'bad.t' positional arguments at \[1\]"
-                       r" is of type pathlib.PosixPath"):
+    with pytest.raises(
+        SerializationError,
+        match=r"task 'bad.t' positional arguments at \[1\]"
+        r" is of type pathlib.PosixPath",
+    ):
         t.delay(1, Path("/tmp"))
     with pytest.raises(SerializationError, match=r"keyword arguments at \['when'\]"):
         t.apply_async(kwargs={"when": object()})

@@ -23,13 +23,17 @@ def _fired(cluster: Cluster, name: str = "every-second") -> list:  # type: ignor
     return sorted(r.nominal_at for r in runs if r.outcome == "fired")
 
 
-@pytest.mark.parametrize(("broker", "store"), [
-    pytest.param("redis", "postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
-    pytest.param("redis", "mysql", marks=[pytest.mark.redis, pytest.mark.mysql]),
-    pytest.param("sqlite", "sqlite"),
-])
+@pytest.mark.parametrize(
+    ("broker", "store"),
+    [
+        pytest.param("redis", "postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
+        pytest.param("redis", "mysql", marks=[pytest.mark.redis, pytest.mark.mysql]),
+        pytest.param("sqlite", "sqlite"),
+    ],
+)
 def test_three_beats_enqueue_every_tick_exactly_once(
-        make_cluster: Callable[..., Cluster], broker: str, store: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str, store: str
+) -> None:
     cluster = make_cluster(broker, store)
     cluster.worker(concurrency=2)
     beats = [cluster.beat() for _ in range(3)]
@@ -44,9 +48,14 @@ def test_three_beats_enqueue_every_tick_exactly_once(
     assert gaps == {timedelta(seconds=1)}, f"ticks missing or doubled: {fired}"
     jobs = cluster.storage.list_jobs(JobFilter(task="proj.ticked", limit=1000))
     assert len(jobs) == len(fired)
-    wait_for(lambda: all((j := cluster.job(job.id)) is not None
-                         and j.state is JobState.SUCCEEDED for job in jobs),
-             60, "every scheduled job to run", cluster.logs_tail)
+    wait_for(
+        lambda: all(
+            (j := cluster.job(job.id)) is not None and j.state is JobState.SUCCEEDED for job in jobs
+        ),
+        60,
+        "every scheduled job to run",
+        cluster.logs_tail,
+    )
     executed = (cluster.effects / "ticked").read_text().split()
     assert sorted(executed) == sorted(job.id for job in jobs)  # each ran exactly once
 
@@ -54,24 +63,30 @@ def test_three_beats_enqueue_every_tick_exactly_once(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_api_changes_reach_a_running_beat_within_seconds(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     cluster.beat()
     wait_for(lambda: _fired(cluster), 60, "the beat to start ticking", cluster.logs_tail)
     cluster.durable.schedules.add("api-added", "proj.step", every(1), args=["api", 0])
-    wait_for(lambda: cluster.count("api") >= 2, 15, "the added schedule to run",
-             cluster.logs_tail)
+    wait_for(lambda: cluster.count("api") >= 2, 15, "the added schedule to run", cluster.logs_tail)
     cluster.durable.schedules.pause("api-added")
     # One beat pass fires every due schedule: once the other one-second schedule has
     # fired twice more, a tick of the paused one that was in flight has landed.
     ticks = len(_fired(cluster))
-    wait_for(lambda: len(_fired(cluster)) >= ticks + 2, 30, "two more beat ticks",
-             cluster.logs_tail)
+    wait_for(
+        lambda: len(_fired(cluster)) >= ticks + 2, 30, "two more beat ticks", cluster.logs_tail
+    )
     settled = len(_fired(cluster, "api-added"))
-    wait_for(lambda: len(_fired(cluster)) >= ticks + 6, 30, "four more beat ticks",
-             cluster.logs_tail)
+    wait_for(
+        lambda: len(_fired(cluster)) >= ticks + 6, 30, "four more beat ticks", cluster.logs_tail
+    )
     assert len(_fired(cluster, "api-added")) == settled  # paused: it fired in none
     cluster.durable.schedules.resume("api-added")
-    wait_for(lambda: len(_fired(cluster, "api-added")) > settled, 15,
-             "the resumed schedule to run", cluster.logs_tail)
+    wait_for(
+        lambda: len(_fired(cluster, "api-added")) > settled,
+        15,
+        "the resumed schedule to run",
+        cluster.logs_tail,
+    )

@@ -24,24 +24,31 @@ RESULTS = REDIS_URL.rsplit("/", 1)[0] + "/6"
 
 def _lease_expired(cluster: Cluster, job_id: str) -> bool:
     job = cluster.job(job_id)
-    return job is not None and job.lease_expires_at is not None and \
-        job.lease_expires_at < datetime.now(timezone.utc)
+    return (
+        job is not None
+        and job.lease_expires_at is not None
+        and job.lease_expires_at < datetime.now(timezone.utc)
+    )
 
 
-@pytest.mark.parametrize("broker", [
-    pytest.param("redis"), pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.mark.parametrize(
+    "broker", [pytest.param("redis"), pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+)
 def test_a_chain_through_a_recovered_job_runs_every_step_once(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     # Redis gives the killed worker's unacked message back after 3 s
     cluster = make_cluster(broker, "postgres", visibility_timeout=3)
     (cluster.effects / "hold-chain-a").touch()
     first = cluster.worker()
     tasks = cluster.app.tasks
-    last = chain(tasks["proj.chain_a"].s(1), tasks["proj.chain_b"].s(),
-                 tasks["proj.chain_c"].s()).delay()
+    last = chain(
+        tasks["proj.chain_a"].s(1), tasks["proj.chain_b"].s(), tasks["proj.chain_c"].s()
+    ).delay()
     a_id = last.parent.parent.id
-    wait_for(lambda: cluster.committed_calls(a_id) == 1, 60, "job a's first call",
-             cluster.logs_tail)
+    wait_for(
+        lambda: cluster.committed_calls(a_id) == 1, 60, "job a's first call", cluster.logs_tail
+    )
     first.kill()  # job a is mid-body: its message is unacked, its lease alive
     wait_for(lambda: _lease_expired(cluster, a_id), 30, "a's lease to expire")
     assert cluster.durable.recover() == [a_id]  # republished: now two messages exist
@@ -50,9 +57,15 @@ def test_a_chain_through_a_recovered_job_runs_every_step_once(
 
     assert cluster.wait_finished(last.id).state is JobState.SUCCEEDED, cluster.logs_tail()
     # both messages of job a were delivered (the first worker's counts once more)
-    wait_for(lambda: cluster.deliveries(a_id) == 3 and sum(
-        1 for n in cluster.notes("postrun") if n[2] == a_id) == 2, 60,
-        "the original message to come back and be handled", cluster.logs_tail)
+    wait_for(
+        lambda: (
+            cluster.deliveries(a_id) == 3
+            and sum(1 for n in cluster.notes("postrun") if n[2] == a_id) == 2
+        ),
+        60,
+        "the original message to come back and be handled",
+        cluster.logs_tail,
+    )
     sentinel = tasks["proj.quick"].delay(0).id  # queued after anything the duplicate sent
     assert cluster.wait_finished(sentinel).state is JobState.SUCCEEDED
     assert second.process.poll() is None
@@ -63,23 +76,27 @@ def test_a_chain_through_a_recovered_job_runs_every_step_once(
     assert cluster.job(a_id).reported_at is not None  # type: ignore[union-attr]
 
 
-def test_get_raises_our_exceptions_with_their_fields(
-        make_cluster: Callable[..., Cluster]) -> None:
+def test_get_raises_our_exceptions_with_their_fields(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.0, result_backend=RESULTS)
     cluster.worker(concurrency=2)
     failed = cluster.app.tasks["proj.no_retry_call"].delay()
     with pytest.raises(CallError) as raised:
         failed.get(timeout=60, propagate=True)
     error = raised.value
-    assert (error.job_id, error.seq, error.name, error.error_type, error.error_message,
-            error.no_retry) == (failed.id, 1, "proj.reject", "ValueError",
-                                "invalid card number", True)
-    assert str(error) == (f"call #1 'proj.reject' of job {failed.id} failed: ValueError: "
-                          f"invalid card number")
+    assert (
+        error.job_id,
+        error.seq,
+        error.name,
+        error.error_type,
+        error.error_message,
+        error.no_retry,
+    ) == (failed.id, 1, "proj.reject", "ValueError", "invalid card number", True)
+    assert str(error) == (
+        f"call #1 'proj.reject' of job {failed.id} failed: ValueError: invalid card number"
+    )
 
     running = cluster.app.tasks["proj.five_steps"].delay(0)
-    wait_for(lambda: cluster.committed_calls(running.id) >= 1, 60, "call 1",
-             cluster.logs_tail)
+    wait_for(lambda: cluster.committed_calls(running.id) >= 1, 60, "call 1", cluster.logs_tail)
     assert cluster.durable.cancel(running.id) is CancelOutcome.REQUESTED
     with pytest.raises(Cancelled) as cancelled:
         running.get(timeout=60, propagate=True)

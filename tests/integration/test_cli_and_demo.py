@@ -16,16 +16,24 @@ from tests.integration.conftest import REPO, Cluster
 def _celery(cluster_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "durable", *args],
-        cwd=REPO, env={**os.environ, **cluster_env, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=60)
+        cwd=REPO,
+        env={**os.environ, **cluster_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-def test_migrate_and_show_from_the_command_line(tmp_path: Path,
-                                                make_cluster: Callable[..., Cluster]) -> None:
+def test_migrate_and_show_from_the_command_line(
+    tmp_path: Path, make_cluster: Callable[..., Cluster]
+) -> None:
     store = f"sqlite:///{tmp_path}/cli.sqlite3"
-    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "DURABLE_TEST_STORE": store, "DURABLE_TEST_PREFIX": "cli_",
-           "DURABLE_TEST_QUEUE": "cli"}
+    env = {
+        "DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+        "DURABLE_TEST_STORE": store,
+        "DURABLE_TEST_PREFIX": "cli_",
+        "DURABLE_TEST_QUEUE": "cli",
+    }
     first = _celery(env, "migrate")
     assert first.returncode == 0, first.stderr
     assert "applied schema version(s) 1" in first.stdout
@@ -51,13 +59,17 @@ def test_migrate_and_show_from_the_command_line(tmp_path: Path,
 
 def test_the_readme_demo_runs(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "examples.orders.demo"], cwd=tmp_path,
+        [sys.executable, "-m", "examples.orders.demo"],
+        cwd=tmp_path,
         # steps of 0.3 s instead of the demo's 1 s: the same story, faster
         env={**os.environ, "PYTHONPATH": str(REPO), "ORDERS_STEP_SECONDS": "0.3"},
-        capture_output=True, text=True,
-        timeout=180)
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     effects = (tmp_path / "demo-run" / "side-effects.log").read_text().splitlines()
+
     def count(prefix: str) -> int:
         return sum(line.startswith(prefix) for line in effects)
 
@@ -71,14 +83,25 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
 
 def test_the_shipping_example_runs_on_one_worker_process(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "examples.shipping.demo"], cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=120)
+        [sys.executable, "-m", "examples.shipping.demo"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     effects = (tmp_path / "shipping-run" / "side-effects.log").read_text().splitlines()
-    assert sorted(effects) == ["cancel_order B-2", "charge_card A-1", "charge_card B-2",
-                               "charge_card C-3", "print_label box-1", "print_label box-2",
-                               "print_label box-3", "print_label crate-1"]
+    assert sorted(effects) == [
+        "cancel_order B-2",
+        "charge_card A-1",
+        "charge_card B-2",
+        "charge_card C-3",
+        "print_label box-1",
+        "print_label box-2",
+        "print_label box-3",
+        "print_label crate-1",
+    ]
     assert "waiting for child job(s)" in result.stdout
     assert "waiting for a message on 'approval'" in result.stdout
 
@@ -86,9 +109,13 @@ def test_the_shipping_example_runs_on_one_worker_process(tmp_path: Path) -> None
 def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("sqlite", "sqlite")
     cluster.worker()
-    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
-           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue,
-           "DURABLE_TEST_EFFECTS": str(cluster.effects)}
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+        "DURABLE_TEST_EFFECTS": str(cluster.effects),
+    }
     first, second = (cluster.app.tasks["proj.to_dead_letter"].delay().id for _ in range(2))
     for job_id in (first, second):
         assert cluster.wait_finished(job_id).state is JobState.DEAD
@@ -97,12 +124,12 @@ def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Clu
     assert listed.returncode == 0, listed.stderr
     assert first in listed.stdout and second in listed.stdout
     assert "CallError" in listed.stdout
-    as_json = json.loads(_celery(env, "dlq", "list", "--task", "proj.to_dead_letter",
-                                 "--json").stdout)
+    as_json = json.loads(
+        _celery(env, "dlq", "list", "--task", "proj.to_dead_letter", "--json").stdout
+    )
     assert sorted(letter["id"] for letter in as_json) == sorted([first, second])
     assert {letter["failures"] for letter in as_json} == {2}
-    assert _celery(env, "dlq", "list", "--task", "proj.other").stdout.strip() == \
-        "no dead letters"
+    assert _celery(env, "dlq", "list", "--task", "proj.other").stdout.strip() == "no dead letters"
 
     shown = _celery(env, "dlq", "show", first)
     assert shown.returncode == 0, shown.stderr
@@ -119,9 +146,24 @@ def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Clu
 
     assert _celery(env, "dlq", "purge").returncode == 2  # says what to purge
     kept = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "durable", "dlq",
-         "purge", "--all"], cwd=REPO, input="n\n", capture_output=True, text=True,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.integration.proj",
+            "durable",
+            "dlq",
+            "purge",
+            "--all",
+        ],
+        cwd=REPO,
+        input="n\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert kept.returncode == 1 and cluster.job(second) is not None
     purged = _celery(env, "dlq", "purge", "--all", "--yes")
     assert purged.returncode == 0 and "deleted 1 dead letter(s)" in purged.stdout
@@ -131,19 +173,42 @@ def test_dead_letter_queue_from_the_command_line(make_cluster: Callable[..., Clu
 def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
     """examples/legacy_project/after.py on a real worker: the durable task and the
     untouched legacy tasks run side by side."""
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "LEGACY_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "LEGACY_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
-           "LEGACY_RESULTS": f"db+sqlite:///{tmp_path}/results.sqlite3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "LEGACY_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+        "LEGACY_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+        "LEGACY_RESULTS": f"db+sqlite:///{tmp_path}/results.sqlite3",
+    }
     module = "examples.legacy_project.after"
-    migrate = subprocess.run([sys.executable, "-m", "celery", "-A", module, "durable",
-                              "migrate"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=60)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", module, "durable", "migrate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert migrate.returncode == 0, migrate.stderr
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", module, "worker", "-c", "1",
-         "--without-gossip", "--without-mingle"], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "worker",
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         script = (
             "import time\n"
@@ -157,12 +222,17 @@ def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
             "print(view.state, view.result, [c.name.rsplit('.', 1)[1] for c in view.calls])\n"
             "print(legacy.get(timeout=60), legacy.state)\n"
         )
-        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         durable_line, legacy_line = result.stdout.strip().splitlines()
-        assert durable_line == \
-            "succeeded shipped 7 (receipt-7-30) ['charge', 'reserve', 'ship']"
+        assert durable_line == "succeeded shipped 7 (receipt-7-30) ['charge', 'reserve', 'ship']"
         assert legacy_line == "report SUCCESS"  # the untouched task ran, as plain Celery
     finally:
         os.killpg(worker.pid, 9)
@@ -170,9 +240,12 @@ def test_the_legacy_project_after_moving_one_task(tmp_path: Path) -> None:
 
 
 def test_cli_masks_the_database_password(tmp_path: Path) -> None:
-    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "DURABLE_TEST_STORE": "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none",
-           "DURABLE_TEST_PREFIX": "pw_", "DURABLE_TEST_QUEUE": "pw"}
+    env = {
+        "DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+        "DURABLE_TEST_STORE": "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none",
+        "DURABLE_TEST_PREFIX": "pw_",
+        "DURABLE_TEST_QUEUE": "pw",
+    }
     for args in (("migrate",), ("migrate", "--dry-run")):
         result = _celery(env, *args)
         assert result.returncode == 1, result.stdout + result.stderr
@@ -181,26 +254,47 @@ def test_cli_masks_the_database_password(tmp_path: Path) -> None:
 
 
 def test_schedules_from_the_command_line(tmp_path: Path) -> None:
-    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
-           "DURABLE_TEST_PREFIX": "sch_", "DURABLE_TEST_QUEUE": "sch"}
+    env = {
+        "DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+        "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+        "DURABLE_TEST_PREFIX": "sch_",
+        "DURABLE_TEST_QUEUE": "sch",
+    }
     assert _celery(env, "migrate").returncode == 0
     assert _celery(env, "schedules", "list").stdout.strip() == "no schedules"
-    added = _celery(env, "schedules", "add", "nightly", "proj.step", "--cron", "30 2 * * *",
-                    "--timezone", "America/New_York", "--args", '["n", 1]', "--unique")
+    added = _celery(
+        env,
+        "schedules",
+        "add",
+        "nightly",
+        "proj.step",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "America/New_York",
+        "--args",
+        '["n", 1]',
+        "--unique",
+    )
     assert added.returncode == 0, added.stderr
     assert "added nightly" in added.stdout
-    assert _celery(env, "schedules", "add", "nightly", "proj.step", "--every", "5"
-                   ).returncode == 3  # exists
+    assert (
+        _celery(env, "schedules", "add", "nightly", "proj.step", "--every", "5").returncode == 3
+    )  # exists
     bad = _celery(env, "schedules", "add", "x", "proj.step", "--cron", "99 * * * *")
     assert bad.returncode == 2 and "invalid cron expression" in bad.stderr
     listed = json.loads(_celery(env, "schedules", "list", "--json").stdout)
     assert [(s["name"], s["timezone"], s["unique"]) for s in listed] == [
-        ("nightly", "America/New_York", True)]
+        ("nightly", "America/New_York", True)
+    ]
     assert "cron 30 2 * * * America/New_York" in _celery(env, "schedules", "list").stdout
     assert "paused nightly" in _celery(env, "schedules", "pause", "nightly").stdout
-    assert json.loads(_celery(env, "schedules", "show", "nightly", "--json").stdout)[
-        "schedule"]["next_run_at"] is None
+    assert (
+        json.loads(_celery(env, "schedules", "show", "nightly", "--json").stdout)["schedule"][
+            "next_run_at"
+        ]
+        is None
+    )
     assert _celery(env, "schedules", "resume", "nightly").returncode == 0
     triggered = _celery(env, "schedules", "trigger", "nightly")
     assert triggered.returncode == 0 and "triggered nightly (job " in triggered.stdout
@@ -211,18 +305,25 @@ def test_schedules_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_an_exit_code(tmp_path: Path) -> None:
-    env = {"DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
-           "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
-           "DURABLE_TEST_PREFIX": "bad_", "DURABLE_TEST_QUEUE": "bad"}
+    env = {
+        "DURABLE_TEST_BROKER": f"sqla+sqlite:///{tmp_path}/broker.sqlite3",
+        "DURABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+        "DURABLE_TEST_PREFIX": "bad_",
+        "DURABLE_TEST_QUEUE": "bad",
+    }
     assert _celery(env, "migrate").returncode == 0
     for args, code, message in (
-            (("events", "--since", "yesterday", "--no-follow"), 1,
-             "is neither an event's cursor nor an ISO time"),
-            (("jobs", "show", "j" * 300), 1, "job id is 300 characters long"),
-            (("jobs", "send", "j1", "t" * 256, "1"), 1, "topic is 256 characters long"),
-            (("jobs", "cancel", "x" * 200), 1, "at most 128 are allowed"),
-            (("schedules", "show", "nope"), 2, "no schedule named 'nope'"),
-            (("dlq", "show", "y" * 150), 1, "job id is 150 characters long")):
+        (
+            ("events", "--since", "yesterday", "--no-follow"),
+            1,
+            "is neither an event's cursor nor an ISO time",
+        ),
+        (("jobs", "show", "j" * 300), 1, "job id is 300 characters long"),
+        (("jobs", "send", "j1", "t" * 256, "1"), 1, "topic is 256 characters long"),
+        (("jobs", "cancel", "x" * 200), 1, "at most 128 are allowed"),
+        (("schedules", "show", "nope"), 2, "no schedule named 'nope'"),
+        (("dlq", "show", "y" * 150), 1, "job id is 150 characters long"),
+    ):
         result = _celery(env, *args)
         assert result.returncode == code, (args, result.stdout, result.stderr)
         assert message in result.stderr, (args, result.stderr)

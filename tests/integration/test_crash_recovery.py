@@ -17,24 +17,27 @@ from celery_durable import JobState
 from tests.integration.conftest import Cluster, Worker, wait_for
 
 pytestmark = pytest.mark.worker
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis),
-           pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+BROKERS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+]
 
 
-def _start_and_kill_after_call_2(cluster: Cluster, job_id: str | None = None
-                                 ) -> tuple[str, str]:
+def _start_and_kill_after_call_2(cluster: Cluster, job_id: str | None = None) -> tuple[str, str]:
     """Enqueue the five-call workflow and wait until call 2 has committed."""
     job_id = job_id or cluster.app.tasks["proj.five_steps"].delay(0).id
-    wait_for(lambda: cluster.committed_calls(job_id) >= 2, 60,
-             "call 2 to commit", cluster.logs_tail)
+    wait_for(
+        lambda: cluster.committed_calls(job_id) >= 2, 60, "call 2 to commit", cluster.logs_tail
+    )
     job = cluster.job(job_id)
     assert job is not None and job.lease_owner is not None
     assert cluster.committed_calls(job_id) == 2, "killed too late: call 3 already committed"
     return job_id, job.lease_owner
 
 
-def _kill_whole_worker_after_call_2_and_restart(cluster: Cluster, first: Worker,
-                                                job_id: str | None = None) -> str:
+def _kill_whole_worker_after_call_2_and_restart(
+    cluster: Cluster, first: Worker, job_id: str | None = None
+) -> str:
     """SIGKILL ``first`` (main process and pool) mid-job, start a fresh worker."""
     job_id, _ = _start_and_kill_after_call_2(cluster, job_id)
     first.kill()
@@ -55,13 +58,17 @@ def _assert_resumed_without_rerunning(cluster: Cluster, job_id: str) -> None:
     assert job.attempts >= 2, "the job should have been executed again after the crash"
 
 
-@pytest.mark.parametrize(("broker", "store"), [
-    pytest.param("redis", "postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
-    pytest.param("rabbitmq", "postgres", marks=[pytest.mark.rabbitmq, pytest.mark.postgres]),
-    pytest.param("redis", "mysql", marks=[pytest.mark.redis, pytest.mark.mysql]),
-])
+@pytest.mark.parametrize(
+    ("broker", "store"),
+    [
+        pytest.param("redis", "postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
+        pytest.param("rabbitmq", "postgres", marks=[pytest.mark.rabbitmq, pytest.mark.postgres]),
+        pytest.param("redis", "mysql", marks=[pytest.mark.redis, pytest.mark.mysql]),
+    ],
+)
 def test_whole_worker_sigkill_resumes_on_restart(
-        make_cluster: Callable[..., Cluster], broker: str, store: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str, store: str
+) -> None:
     cluster = make_cluster(broker, store, step_seconds=1.0)
     job_id = _kill_whole_worker_after_call_2_and_restart(cluster, cluster.worker())
     if broker == "redis":
@@ -74,7 +81,8 @@ def test_whole_worker_sigkill_resumes_on_restart(
 @pytest.mark.postgres
 @pytest.mark.parametrize("broker", BROKERS)
 def test_pool_child_sigkill_resumes_in_same_worker(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     cluster = make_cluster(broker, "postgres", step_seconds=1.0)
     cluster.worker()
     job_id, owner = _start_and_kill_after_call_2(cluster)
@@ -86,7 +94,8 @@ def test_pool_child_sigkill_resumes_in_same_worker(
 @pytest.mark.postgres
 @pytest.mark.parametrize("broker", BROKERS)
 def test_same_message_delivered_twice_runs_the_body_once(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     cluster = make_cluster(broker, "postgres", step_seconds=0.5)
     task = cluster.app.tasks["proj.five_steps"]
     job_id = task.apply_async((0,)).id
@@ -102,7 +111,8 @@ def test_same_message_delivered_twice_runs_the_body_once(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_failed_call_reaches_the_body_and_compensation_runs(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.refund_on_failure"].delay(7).id
@@ -111,14 +121,18 @@ def test_failed_call_reaches_the_body_and_compensation_runs(
     view = cluster.durable.get_job(job_id)
     assert view.result == {"refunded": 8, "error": "ValueError"}
     assert [(c.name, c.state) for c in view.calls] == [
-        ("proj.step", "succeeded"), ("proj.fail", "failed"), ("proj.step", "succeeded")]
+        ("proj.step", "succeeded"),
+        ("proj.fail", "failed"),
+        ("proj.step", "succeeded"),
+    ]
     assert view.calls[1].error is not None
     assert view.calls[1].error["message"] == "out of stock"
     assert (cluster.count("charge"), cluster.count("fail"), cluster.count("refund")) == (1, 1, 1)
 
 
 def test_embedded_default_recovers_a_killed_worker_through_the_sweeper(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     """SQLite store + the sqla+sqlite transport, which never redelivers a message."""
     cluster = make_cluster("sqlite", "sqlite", step_seconds=1.0)
     job_id = _kill_whole_worker_after_call_2_and_restart(cluster, cluster.worker())
@@ -129,20 +143,26 @@ def test_embedded_default_recovers_a_killed_worker_through_the_sweeper(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_a_chain_continues_after_the_sweeper_recovers_its_first_task(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.0)
     tasks = cluster.app.tasks
     first = cluster.worker()
     last = chain(tasks["proj.five_steps"].s(0), tasks["proj.collect"].s()).apply_async()
     _kill_whole_worker_after_call_2_and_restart(cluster, first, last.parent.id)
-    wait_for(lambda: cluster.count("collected-1-2-3-4-5") == 1, 30,
-             "the chained task to receive the recovered job's result", cluster.logs_tail)
+    wait_for(
+        lambda: cluster.count("collected-1-2-3-4-5") == 1,
+        30,
+        "the chained task to receive the recovered job's result",
+        cluster.logs_tail,
+    )
 
 
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_celery_autoretry_on_a_durable_task_replays_completed_calls(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     """Celery's own retry (autoretry_for / self.retry) hands the lease back first."""
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
@@ -158,7 +178,8 @@ def test_celery_autoretry_on_a_durable_task_replays_completed_calls(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_a_durable_task_calls_a_durable_task_in_process(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.outer"].delay(4).id
@@ -167,5 +188,8 @@ def test_a_durable_task_calls_a_durable_task_in_process(
     view = cluster.durable.get_job(job_id)
     assert view.result == [5, 5]
     assert [(c.position, c.name) for c in view.calls] == [
-        ("1", "proj.inner"), ("1.1", "proj.step"), ("2", "proj.step")]
+        ("1", "proj.inner"),
+        ("1.1", "proj.step"),
+        ("2", "proj.step"),
+    ]
     assert cluster.job(f"{job_id}.1") is None  # a child scope, not a job of its own

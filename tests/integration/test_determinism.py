@@ -19,30 +19,41 @@ pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
 CHANGES = ("order", "argument", "removed", "added")
 # what each mode makes of each change of code (the README's table)
 OUTCOMES = {
-    "explicit": {"order": "failed", "argument": "succeeded", "removed": "failed",
-                 "added": "succeeded"},
-    "strict": {"order": "failed", "argument": "failed", "removed": "failed",
-               "added": "failed"},
+    "explicit": {
+        "order": "failed",
+        "argument": "succeeded",
+        "removed": "failed",
+        "added": "succeeded",
+    },
+    "strict": {"order": "failed", "argument": "failed", "removed": "failed", "added": "failed"},
     "best_effort": {change: "succeeded" for change in CHANGES},
 }
-V2_CALLS = {"order": ["b", "a", "c"], "argument": ["a", "b", "c"], "removed": ["a", "c"],
-            "added": ["a", "x", "b", "c"]}
+V2_CALLS = {
+    "order": ["b", "a", "c"],
+    "argument": ["a", "b", "c"],
+    "removed": ["a", "c"],
+    "added": ["a", "x", "b", "c"],
+}
 
 
 def _deploy(cluster: Cluster, job_ids: list[str], mode: str) -> None:
     """Run on version 1 until every job has 2 checkpoints, kill, resume on version 2."""
     first = cluster.worker(concurrency=len(job_ids), DURABLE_TEST_DETERMINISM=mode)
-    wait_for(lambda: all(cluster.committed_calls(j) >= 2 for j in job_ids), 60,
-             "two checkpoints per job", cluster.logs_tail)
+    wait_for(
+        lambda: all(cluster.committed_calls(j) >= 2 for j in job_ids),
+        60,
+        "two checkpoints per job",
+        cluster.logs_tail,
+    )
     assert all(cluster.committed_calls(j) == 2 for j in job_ids), "killed too late"
     first.kill()
-    cluster.worker(concurrency=len(job_ids), DURABLE_TEST_DETERMINISM=mode,
-                   DURABLE_TEST_CODE_VERSION="2")
+    cluster.worker(
+        concurrency=len(job_ids), DURABLE_TEST_DETERMINISM=mode, DURABLE_TEST_CODE_VERSION="2"
+    )
 
 
 @pytest.mark.parametrize("mode", list(OUTCOMES))
-def test_each_mode_against_changed_code(make_cluster: Callable[..., Cluster],
-                                        mode: str) -> None:
+def test_each_mode_against_changed_code(make_cluster: Callable[..., Cluster], mode: str) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.5)
     jobs = {c: cluster.app.tasks["proj.versioned"].delay(c).id for c in CHANGES}
     _deploy(cluster, list(jobs.values()), mode)
@@ -52,8 +63,10 @@ def test_each_mode_against_changed_code(make_cluster: Callable[..., Cluster],
         view = cluster.durable.get_job(job_id)
         if job.state is JobState.FAILED:
             assert view.error is not None and view.error["type"] == "NonDeterministicError"
-            assert f"job {job_id} (proj.versioned) is not deterministic ({mode} mode)" \
+            assert (
+                f"job {job_id} (proj.versioned) is not deterministic ({mode} mode)"
                 in view.error["message"]
+            )
             assert (job.failures, view.error["no_retry"]) == (1, True)
         elif mode == "best_effort":  # the history now follows version 2's code
             names = [c.name.split(".")[1] for c in view.calls]
@@ -61,8 +74,7 @@ def test_each_mode_against_changed_code(make_cluster: Callable[..., Cluster],
             assert names == [expected[n] for n in V2_CALLS[change]], change
 
 
-def test_now_and_uuid4_are_identical_across_a_crash(
-        make_cluster: Callable[..., Cluster]) -> None:
+def test_now_and_uuid4_are_identical_across_a_crash(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=2.0)
     first = cluster.worker()
     job_id = cluster.app.tasks["proj.stamped"].delay().id
@@ -77,8 +89,7 @@ def test_now_and_uuid4_are_identical_across_a_crash(
     assert cluster.durable.get_job(job_id).result == stamp.split()[1:]
 
 
-def test_patched_resumes_old_jobs_on_the_old_path(
-        make_cluster: Callable[..., Cluster]) -> None:
+def test_patched_resumes_old_jobs_on_the_old_path(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.5)
     old = cluster.app.tasks["proj.patched_flow"].delay().id
     _deploy(cluster, [old], "explicit")
@@ -91,14 +102,18 @@ def test_patched_resumes_old_jobs_on_the_old_path(
 
 
 def test_replay_helper_checks_an_exported_history_against_new_code(
-        make_cluster: Callable[..., Cluster], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_cluster: Callable[..., Cluster], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.versioned"].delay("order").id
     assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
-    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
-           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue}
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+    }
     exported = _celery(env, "jobs", "export", job_id)
     assert exported.returncode == 0, exported.stderr
     path = tmp_path / "history.json"
@@ -112,7 +127,10 @@ def test_replay_helper_checks_an_exported_history_against_new_code(
     monkeypatch.setenv("DURABLE_TEST_CODE_VERSION", "2")
     report = replay(task, path)
     assert not report.ok and report.divergence is not None
-    assert (report.divergence.seq, report.divergence.expected,
-            report.divergence.recorded) == (1, "proj.echo", "proj.step")
+    assert (report.divergence.seq, report.divergence.expected, report.divergence.recorded) == (
+        1,
+        "proj.echo",
+        "proj.step",
+    )
     assert sorted(os.listdir(cluster.effects)) == before  # nothing ran
     assert {name: cluster.count(name) for name in before} == counts

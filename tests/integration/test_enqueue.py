@@ -33,13 +33,30 @@ print(Durable.of(app).enqueue("proj.outer", 1, unique="nightly-report").id)
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_unique_from_eight_processes_at_once_makes_one_job(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     start = time.time() + 3  # all of them enqueue in the same instant
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", _ENQUEUE, cluster.broker, cluster.store_url, cluster.prefix,
-         cluster.queue, str(start)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ENQUEUE,
+                cluster.broker,
+                cluster.store_url,
+                cluster.prefix,
+                cluster.queue,
+                str(start),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
     ids = {out.strip() for out, _ in outputs}
@@ -56,7 +73,8 @@ def test_unique_from_eight_processes_at_once_makes_one_job(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     # max_countdown 1 s: the 5 s delay waits in SQL; the 2 s one is an ETA message that
     # dies with the worker (the sweeper resends it after the 3 s delivery timeout)
     cluster = make_cluster("redis", "postgres", delivery_timeout=3, max_countdown=1)
@@ -64,8 +82,11 @@ def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
     queued_at = datetime.now(timezone.utc)
     in_sql = cluster.durable.enqueue("proj.outer", 1, delay=5)
     as_eta = cluster.durable.enqueue("proj.outer", 2, delay=timedelta(seconds=0.8))
-    wait_for(lambda: any(n[2] == as_eta.id for n in cluster.notes("received")), 30,
-             "the worker to hold the ETA message")
+    wait_for(
+        lambda: any(n[2] == as_eta.id for n in cluster.notes("received")),
+        30,
+        "the worker to hold the ETA message",
+    )
     assert not any(n[2] == in_sql.id for n in cluster.notes("received"))  # not sent yet
     first.kill()  # before the ETA: the message dies with the worker
     cluster.worker()
@@ -79,16 +100,26 @@ def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis),
-                                    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
-def test_higher_priority_runs_first(make_cluster: Callable[..., Cluster],
-                                   broker: str) -> None:
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ],
+)
+def test_higher_priority_runs_first(make_cluster: Callable[..., Cluster], broker: str) -> None:
     cluster = make_cluster(broker, "postgres", priorities=True)
     for priority in (1, 9, 5, 3, 7):  # all queued before any worker runs
         cluster.durable.enqueue("proj.prio", priority, priority=priority)
     cluster.worker()
-    wait_for(lambda: (cluster.effects / "prio-order").exists() and len(
-        (cluster.effects / "prio-order").read_text().split()) == 5, 60, "five jobs",
-        cluster.logs_tail)
+    wait_for(
+        lambda: (
+            (cluster.effects / "prio-order").exists()
+            and len((cluster.effects / "prio-order").read_text().split()) == 5
+        ),
+        60,
+        "five jobs",
+        cluster.logs_tail,
+    )
     order = [int(p) for p in (cluster.effects / "prio-order").read_text().split()]
     assert order == [9, 7, 5, 3, 1]

@@ -21,8 +21,7 @@ def test_a_thawed_zombie_writes_nothing(make_cluster: Callable[..., Cluster]) ->
     (cluster.effects / "hold-f-hold").touch()
     zombie = cluster.wait_ready(cluster.worker())
     job_id = cluster.app.tasks["proj.fenced"].delay().id
-    wait_for(lambda: cluster.count("f-hold-start") == 1, 60, "call 2 to start",
-             cluster.logs_tail)
+    wait_for(lambda: cluster.count("f-hold-start") == 1, 60, "call 2 to start", cluster.logs_tail)
     [zombie_pid] = {int(n[0]) for n in cluster.notes("f-hold-start")}
     os.killpg(zombie.process.pid, signal.SIGSTOP)  # main process and pool child freeze
     try:
@@ -37,19 +36,29 @@ def test_a_thawed_zombie_writes_nothing(make_cluster: Callable[..., Cluster]) ->
         os.killpg(zombie.process.pid, signal.SIGCONT)
 
     # The zombie's call returns now; its checkpoint, and everything after, is refused.
-    wait_for(lambda: any(int(n[0]) == zombie_pid and n[2] == job_id
-                         for n in cluster.notes("postrun")), 60,
-             "the zombie's execution to end", cluster.logs_tail)
+    wait_for(
+        lambda: any(int(n[0]) == zombie_pid and n[2] == job_id for n in cluster.notes("postrun")),
+        60,
+        "the zombie's execution to end",
+        cluster.logs_tail,
+    )
     assert sorted(int(n[0]) for n in cluster.notes("f-hold-done")) == sorted(
-        [zombie_pid, second_pid])  # its in-flight call did run to its end
+        [zombie_pid, second_pid]
+    )  # its in-flight call did run to its end
     after = cluster.job(job_id)
     assert after is not None
     assert (after.state, after.result, after.finished_at, after.attempts) == (
-        JobState.SUCCEEDED, done.result, done.finished_at, 2)
+        JobState.SUCCEEDED,
+        done.result,
+        done.finished_at,
+        2,
+    )
     assert after.result == f"[1, {second_pid}, 1]"  # the second execution's result
     assert cluster.storage.load_history(job_id) == calls_before  # no checkpoint landed
     assert cluster.storage.job_errors(job_id) == []
     assert cluster.count("f-c") == 1  # the zombie never went past its call
     assert zombie.process.poll() is None  # it lives on, and serves other jobs
-    assert cluster.wait_finished(cluster.app.tasks["proj.quick"].delay(0).id).state \
+    assert (
+        cluster.wait_finished(cluster.app.tasks["proj.quick"].delay(0).id).state
         is JobState.SUCCEEDED
+    )

@@ -17,17 +17,24 @@ pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
 
 
 def test_hooks_fire_once_per_event_in_the_pool_processes(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker(concurrency=2, DURABLE_TEST_HOOKS="1")
     tasks = cluster.app.tasks
-    jobs = {"ok": tasks["proj.five_steps"].delay(0).id,
-            "flaky": tasks["proj.flaky_order"].delay(2, 0.3).id,
-            "invalid": tasks["proj.no_retry_body"].delay(1).id,
-            "dead": tasks["proj.to_dead_letter"].delay().id}
+    jobs = {
+        "ok": tasks["proj.five_steps"].delay(0).id,
+        "flaky": tasks["proj.flaky_order"].delay(2, 0.3).id,
+        "invalid": tasks["proj.no_retry_body"].delay(1).id,
+        "dead": tasks["proj.to_dead_letter"].delay().id,
+    }
     states = {name: cluster.wait_finished(job_id).state for name, job_id in jobs.items()}
-    assert states == {"ok": JobState.SUCCEEDED, "flaky": JobState.SUCCEEDED,
-                      "invalid": JobState.FAILED, "dead": JobState.DEAD}
+    assert states == {
+        "ok": JobState.SUCCEEDED,
+        "flaky": JobState.SUCCEEDED,
+        "invalid": JobState.FAILED,
+        "dead": JobState.DEAD,
+    }
 
     with sqlite3.connect(cluster.effects / "hooks.sqlite3") as db:
         rows = db.execute("SELECT hook, job_id, detail, pid FROM hooks").fetchall()

@@ -23,7 +23,8 @@ def _state(cluster: Cluster, job_id: str) -> JobState | None:
 
 
 def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.0, delivery_timeout=3)
     pending = cluster.app.tasks["proj.outer"].delay(1).id  # no worker yet
     assert cluster.durable.cancel(pending) is CancelOutcome.CANCELLED
@@ -31,10 +32,18 @@ def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
     first = cluster.worker(concurrency=2)
     running = cluster.app.tasks["proj.five_steps"].delay(0).id
     retrying = cluster.app.tasks["proj.flaky_order"].delay(5, 3.0).id
-    wait_for(lambda: cluster.committed_calls(running) >= 2, 60, "call 2 of the running job",
-             cluster.logs_tail)
-    wait_for(lambda: _state(cluster, retrying) is JobState.RETRYING, 60,
-             "the retrying job to wait for its retry", cluster.logs_tail)
+    wait_for(
+        lambda: cluster.committed_calls(running) >= 2,
+        60,
+        "call 2 of the running job",
+        cluster.logs_tail,
+    )
+    wait_for(
+        lambda: _state(cluster, retrying) is JobState.RETRYING,
+        60,
+        "the retrying job to wait for its retry",
+        cluster.logs_tail,
+    )
     assert cluster.durable.cancel(running) is CancelOutcome.REQUESTED
     assert cluster.durable.cancel(retrying) is CancelOutcome.CANCELLED
     job = cluster.wait_finished(running)
@@ -47,8 +56,9 @@ def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
     # Past every deadline the jobs had (the pending job's delivery timeout, the retry's
     # due time plus the lease), then two full sweeps: whatever recovery would send
     # again, it has sent.
-    deadline = max(j.created_at for j in map(cluster.job, (pending, retrying)) if j) + \
-        timedelta(seconds=3 + 3 + 2)
+    deadline = max(j.created_at for j in map(cluster.job, (pending, retrying)) if j) + timedelta(
+        seconds=3 + 3 + 2
+    )
     wait_for(lambda: datetime.now(timezone.utc) > deadline, 30, "the deadlines to pass")
     cluster.wait_sweeps(second, 2)
     assert any(n[2] == pending for n in cluster.notes("postrun"))  # delivered, not run
@@ -62,7 +72,8 @@ def test_cancelled_pending_running_and_retrying_jobs_never_run_again(
 
 
 def test_celery_revoke_terminate_cancels_the_durable_job(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=1.0)
     worker = cluster.wait_ready(cluster.worker())
     result = cluster.app.tasks["proj.five_steps"].delay(0)
@@ -72,8 +83,11 @@ def test_celery_revoke_terminate_cancels_the_durable_job(
     assert job.state is JobState.CANCELLED, cluster.logs_tail()
     # past the killed execution's lease, then two sweeps: recovery must not bring it back
     assert job.started_at is not None
-    wait_for(lambda: datetime.now(timezone.utc) > job.started_at + timedelta(seconds=3),
-             30, "the lease to run out")
+    wait_for(
+        lambda: datetime.now(timezone.utc) > job.started_at + timedelta(seconds=3),
+        30,
+        "the lease to run out",
+    )
     cluster.wait_sweeps(worker, 2)
     assert cluster.count("s5") == 0
     assert _state(cluster, result.id) is JobState.CANCELLED
@@ -81,9 +95,13 @@ def test_celery_revoke_terminate_cancels_the_durable_job(
 
 def test_jobs_commands_against_postgres(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("redis", "postgres")
-    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
-           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue,
-           "DURABLE_TEST_EFFECTS": str(cluster.effects)}
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+        "DURABLE_TEST_EFFECTS": str(cluster.effects),
+    }
     dry = _celery(env, "migrate", "--dry-run")
     assert dry.returncode == 0 and "schema is up to date" in dry.stdout
     assert "postgres@" in dry.stdout and "password" not in dry.stdout
@@ -96,11 +114,12 @@ def test_jobs_commands_against_postgres(make_cluster: Callable[..., Cluster]) ->
         assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
     assert cluster.wait_finished(failed).state is JobState.FAILED
 
-    listed = json.loads(_celery(env, "jobs", "list", "--state", "succeeded",
-                                "--json").stdout)
+    listed = json.loads(_celery(env, "jobs", "list", "--state", "succeeded", "--json").stdout)
     assert sorted(j["id"] for j in listed) == sorted([other, done])
-    assert [j["id"] for j in json.loads(_celery(
-        env, "jobs", "list", "--state", "failed", "--json").stdout)] == [failed]
+    assert [
+        j["id"]
+        for j in json.loads(_celery(env, "jobs", "list", "--state", "failed", "--json").stdout)
+    ] == [failed]
     table = _celery(env, "jobs", "list", "--task", "proj.outer")
     assert table.returncode == 0 and done in table.stdout
     shown = _celery(env, "jobs", "show", done)

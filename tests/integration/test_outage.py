@@ -26,14 +26,16 @@ pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.redis]
 
 
 def _pg_cluster() -> list[str]:
-    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0 or \
-            "127.0.0.1" not in POSTGRES_URL:
+    if (
+        shutil.which("pg_ctlcluster") is None
+        or os.geteuid() != 0
+        or "127.0.0.1" not in POSTGRES_URL
+    ):
         reason = "stopping PostgreSQL needs pg_ctlcluster, root and the local server"
         if REQUIRE_SERVICES:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", os.listdir("/etc/postgresql")[0],
-            "main"]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", os.listdir("/etc/postgresql")[0], "main"]
 
 
 @contextlib.contextmanager
@@ -45,13 +47,17 @@ def postgres_stopped() -> Iterator[None]:
         yield
     finally:
         subprocess.run([*command, "start"], check=True, capture_output=True)
-        wait_for(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode
-                 == 0, 60, "PostgreSQL to accept connections again")
+        wait_for(
+            lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0,
+            60,
+            "PostgreSQL to accept connections again",
+        )
         require_service("postgres")
 
 
 def test_a_database_outage_during_delivery_strands_nothing_and_fails_nothing(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=0.2)
     # leases longer than the outage: a job that waited out the outage still owns itself,
     # so no job needs the sweeper (recoveries stays 0)
@@ -61,18 +67,27 @@ def test_a_database_outage_during_delivery_strands_nothing_and_fails_nothing(
     # handed to the two free slots, whose claims find no database
     due = datetime.now(timezone.utc) + timedelta(seconds=4)
     delivered_late = [five_steps.apply_async((n,), eta=due).id for n in range(20)]
-    wait_for(lambda: {n[2] for n in cluster.notes("received")} >= set(delivered_late), 60,
-             "the worker to hold every message", cluster.logs_tail)
+    wait_for(
+        lambda: {n[2] for n in cluster.notes("received")} >= set(delivered_late),
+        60,
+        "the worker to hold every message",
+        cluster.logs_tail,
+    )
     running = [five_steps.delay(100).id]  # mid-body when the database goes away
-    wait_for(lambda: cluster.committed_calls(running[0]) >= 1, 60, "a job to be running",
-             cluster.logs_tail)
+    wait_for(
+        lambda: cluster.committed_calls(running[0]) >= 1,
+        60,
+        "a job to be running",
+        cluster.logs_tail,
+    )
     ids = running + delivered_late
 
     restart = due + timedelta(seconds=2)
     with postgres_stopped():
         down_at = time.time()
-        wait_for(lambda: datetime.now(timezone.utc) > restart, 30,
-                 "the outage to span the ETA")  # deliveries arrive with no database
+        wait_for(
+            lambda: datetime.now(timezone.utc) > restart, 30, "the outage to span the ETA"
+        )  # deliveries arrive with no database
     cluster.storage.dispose()  # this test process's own pooled connections died too
 
     jobs = [cluster.wait_finished(i, timeout=90) for i in ids]
@@ -80,8 +95,9 @@ def test_a_database_outage_during_delivery_strands_nothing_and_fails_nothing(
     assert cluster.notes("celery-failures") == []  # Celery recorded no FAILURE
     assert all(j.recoveries == 0 for j in jobs)  # none waited for a deadline
     late = [j for j in jobs if j.id in delivered_late]
-    assert all(j.started_at is not None and j.started_at > restart
-               for j in late)  # claimed only once the database was back
+    assert all(
+        j.started_at is not None and j.started_at > restart for j in late
+    )  # claimed only once the database was back
     during = [n for n in cluster.notes("deliveries") if float(n[1]) >= down_at]
     assert {n[2] for n in during} >= set(delivered_late), "deliveries not during outage"
     per_job = {i: cluster.deliveries(i) for i in ids}

@@ -14,13 +14,18 @@ pytestmark = pytest.mark.worker
 
 
 def test_durable_worker_fixture_survives_a_kill(
-        make_cluster: Callable[..., Cluster],
-        durable_worker: Callable[..., DurableWorker]) -> None:
+    make_cluster: Callable[..., Cluster], durable_worker: Callable[..., DurableWorker]
+) -> None:
     cluster = make_cluster("sqlite", "sqlite", step_seconds=0.3)
-    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
-           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue,
-           "DURABLE_TEST_EFFECTS": str(cluster.effects), "DURABLE_TEST_STEP_SECONDS": "0.3",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+        "DURABLE_TEST_EFFECTS": str(cluster.effects),
+        "DURABLE_TEST_STEP_SECONDS": "0.3",
+        "PYTHONPATH": str(REPO),
+    }
     first = durable_worker(cluster.app, "tests.integration.proj", env=env, cwd=REPO)
     assert first.sweeps >= 1  # ready means its heartbeat row is there
     job_id = cluster.app.tasks["proj.five_steps"].delay(0).id

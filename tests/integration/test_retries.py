@@ -15,8 +15,10 @@ from celery_durable import JobState
 from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres]
-BROKERS = [pytest.param("redis", marks=pytest.mark.redis),
-           pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+BROKERS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+]
 
 
 def _gaps(cluster: Cluster, job_id: str, position: str) -> list[float]:
@@ -25,13 +27,16 @@ def _gaps(cluster: Cluster, job_id: str, position: str) -> list[float]:
     [record] = [c for c in cluster.durable.get_job(job_id).calls if c.position == position]
     failed = record.failed_attempts
     starts = [a["started_at"] for a in failed[1:]] + [record.started_at.isoformat()]
-    return [(datetime.fromisoformat(s) - datetime.fromisoformat(a["failed_at"])).total_seconds()
-            for a, s in zip(failed, starts, strict=True)]
+    return [
+        (datetime.fromisoformat(s) - datetime.fromisoformat(a["failed_at"])).total_seconds()
+        for a, s in zip(failed, starts, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("broker", BROKERS)
 def test_a_flaky_call_is_retried_with_backoff_and_earlier_calls_run_once(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     cluster = make_cluster(broker, "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.flaky_order"].delay(2, 0.5).id
@@ -56,7 +61,8 @@ def test_a_flaky_call_is_retried_with_backoff_and_earlier_calls_run_once(
 
 @pytest.mark.parametrize("broker", BROKERS)
 def test_exhausted_retries_dead_letter_then_requeue_resumes_from_checkpoints(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     cluster = make_cluster(broker, "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.to_dead_letter"].delay().id
@@ -84,7 +90,8 @@ def test_exhausted_retries_dead_letter_then_requeue_resumes_from_checkpoints(
 
 @pytest.mark.redis
 def test_no_retry_fails_at_once_from_a_call_and_from_the_body(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     from_call = cluster.app.tasks["proj.no_retry_call"].delay().id
@@ -92,8 +99,11 @@ def test_no_retry_fails_at_once_from_a_call_and_from_the_body(
     for job_id in (from_call, from_body):
         job = cluster.wait_finished(job_id)
         assert (job.state, job.attempts, job.failures) == (JobState.FAILED, 1, 1)
-    assert (cluster.count("nr-call-body"), cluster.count("reject"), cluster.count("nr-body")) \
-        == (1, 1, 1)
+    assert (cluster.count("nr-call-body"), cluster.count("reject"), cluster.count("nr-body")) == (
+        1,
+        1,
+        1,
+    )
     call_view = cluster.durable.get_job(from_call)
     assert call_view.error is not None and call_view.error["no_retry"] is True
     assert "ValueError: invalid card number" in call_view.error["message"]
@@ -105,8 +115,7 @@ def test_no_retry_fails_at_once_from_a_call_and_from_the_body(
 
 
 @pytest.mark.rabbitmq
-def test_retry_after_waits_at_least_the_given_delay(
-        make_cluster: Callable[..., Cluster]) -> None:
+def test_retry_after_waits_at_least_the_given_delay(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("rabbitmq", "postgres")
     cluster.worker()
     job_id = cluster.app.tasks["proj.retry_after"].delay().id
@@ -122,7 +131,8 @@ def test_retry_after_waits_at_least_the_given_delay(
 
 @pytest.mark.parametrize("broker", BROKERS)
 def test_sigkill_during_a_retry_wait_neither_loses_nor_repeats_attempts(
-        make_cluster: Callable[..., Cluster], broker: str) -> None:
+    make_cluster: Callable[..., Cluster], broker: str
+) -> None:
     # The default delivery timeout (15 min): the sweeper must resend the job whose ETA
     # message died with the worker within about lease + sweep after it is due (Redis
     # would hold the message for its 1 h visibility timeout).
@@ -133,6 +143,7 @@ def test_sigkill_during_a_retry_wait_neither_loses_nor_repeats_attempts(
     def waiting_for_retry() -> bool:
         job = cluster.job(job_id)
         return job is not None and job.state is JobState.RETRYING
+
     wait_for(waiting_for_retry, 60, "the first call retry", cluster.logs_tail)
     assert cluster.count("r-flaky") == 1
     first.kill()  # the countdown message is held, unacked, by this worker
@@ -147,7 +158,8 @@ def test_sigkill_during_a_retry_wait_neither_loses_nor_repeats_attempts(
 
 @pytest.mark.redis
 def test_time_limits_soft_is_a_call_retry_and_hard_is_a_crash(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     cluster.worker()
     soft = cluster.app.tasks["proj.soft_limited"].delay().id

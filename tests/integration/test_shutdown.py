@@ -20,7 +20,8 @@ def _after_call_1(cluster: Cluster) -> str:
 
 
 def test_a_job_that_finishes_within_the_grace_period_finishes_on_the_same_worker(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=0.5)
     worker = cluster.worker(DURABLE_TEST_SHUTDOWN_GRACE="30")
     job_id = _after_call_1(cluster)
@@ -33,7 +34,8 @@ def test_a_job_that_finishes_within_the_grace_period_finishes_on_the_same_worker
 
 
 def test_a_job_still_running_when_the_grace_period_ends_is_released_to_another_worker(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres", step_seconds=2.0)
     first = cluster.worker(DURABLE_TEST_SHUTDOWN_GRACE="1.5")
     job_id = _after_call_1(cluster)

@@ -26,18 +26,22 @@ def _state(cluster: Cluster, job_id: str) -> JobState | None:
 
 
 def _wait_state(cluster: Cluster, job_id: str, state: JobState, timeout: float = 30) -> None:
-    wait_for(lambda: _state(cluster, job_id) is state, timeout,
-             f"job {job_id} to be {state.value}", cluster.logs_tail)
+    wait_for(
+        lambda: _state(cluster, job_id) is state,
+        timeout,
+        f"job {job_id} to be {state.value}",
+        cluster.logs_tail,
+    )
 
 
 def _wait_count(cluster: Cluster, effect: str, n: int, timeout: float = 30) -> None:
-    wait_for(lambda: cluster.count(effect) >= n, timeout, f"{n} x {effect}",
-             cluster.logs_tail)
+    wait_for(lambda: cluster.count(effect) >= n, timeout, f"{n} x {effect}", cluster.logs_tail)
 
 
 @pytest.mark.redis
 def test_a_dispatched_call_frees_the_parents_worker_and_returns_the_childs_result(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     (cluster.effects / "hold-charge").touch()
     cluster.worker(concurrency=1)
@@ -65,7 +69,8 @@ def test_a_dispatched_call_frees_the_parents_worker_and_returns_the_childs_resul
     failing = tasks["proj.checkout"].delay("B", -1, cluster.payments).id
     assert cluster.wait_finished(failing).state is JobState.SUCCEEDED, cluster.logs_tail()
     assert cluster.durable.get_job(failing).result == {
-        "compensated": "ValueError: card declined for B"}
+        "compensated": "ValueError: card declined for B"
+    }
     assert cluster.count("compensate") == 1
     assert cluster.job(f"{failing}.1").state is JobState.FAILED  # type: ignore[union-attr]
 
@@ -74,12 +79,15 @@ def test_a_dispatched_call_frees_the_parents_worker_and_returns_the_childs_resul
     assert cluster.wait_finished(nested).state is JobState.SUCCEEDED, cluster.logs_tail()
     assert cluster.durable.get_job(nested).result == [2, f"{nested}.1"]
     assert [c.name for c in cluster.storage.load_history(f"{nested}.1")] == [
-        "proj.settle_order", "proj.step"]
+        "proj.settle_order",
+        "proj.step",
+    ]
 
 
 @pytest.mark.rabbitmq
 def test_sigkill_at_each_stage_of_a_dispatched_call_loses_no_workflow(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("rabbitmq", "postgres")
     default = cluster.worker(concurrency=1)
     payments = cluster.worker(concurrency=1, queue=cluster.payments)
@@ -120,11 +128,11 @@ def test_sigkill_at_each_stage_of_a_dispatched_call_loses_no_workflow(
 
     for order, job_id in (("K1", first), ("K2", second), ("K3", third)):
         amount = int(order[1])
-        assert cluster.durable.get_job(job_id).result == {
-            "receipt": f"receipt-{order}-{amount}"}
+        assert cluster.durable.get_job(job_id).result == {"receipt": f"receipt-{order}-{amount}"}
         # one child per committed dispatch, never a second one from a replay
-        assert [j.id for j in cluster.storage.get_jobs(
-            [f"{job_id}.1", f"{job_id}.1-2"])] == [f"{job_id}.1"]
+        assert [j.id for j in cluster.storage.get_jobs([f"{job_id}.1", f"{job_id}.1-2"])] == [
+            f"{job_id}.1"
+        ]
     # Every child completed once; the one killed mid-run started twice.
     assert cluster.count("charge-done") == 3
     assert cluster.count("charge-start") == 4
@@ -134,13 +142,15 @@ def test_sigkill_at_each_stage_of_a_dispatched_call_loses_no_workflow(
 @pytest.mark.redis
 @pytest.mark.mysql
 def test_gather_of_20_dispatched_calls_returns_ordered_results(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "mysql")
     cluster.worker(concurrency=1)
     cluster.worker(concurrency=2, queue=cluster.payments)
     job_id = cluster.app.tasks["proj.fan_out"].delay(20, 7, cluster.payments).id
-    assert cluster.wait_finished(job_id, timeout=90).state is JobState.SUCCEEDED, \
+    assert cluster.wait_finished(job_id, timeout=90).state is JobState.SUCCEEDED, (
         cluster.logs_tail()
+    )
     expected = [f"receipt-o{i}-{i}" for i in range(20)]
     expected[7] = "error: card declined for o7"
     assert cluster.durable.get_job(job_id).result == expected
@@ -150,7 +160,8 @@ def test_gather_of_20_dispatched_calls_returns_ordered_results(
 
 @pytest.mark.redis
 def test_durable_sleep_survives_a_worker_restart_and_holds_no_message(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("redis", "postgres")
     worker = cluster.worker()
     napper = cluster.app.tasks["proj.napper"]
@@ -186,20 +197,25 @@ def _shift_sleep_back(cluster: Cluster, job_id: str, by: timedelta) -> None:
     jobs, calls = cluster.storage.tables.jobs, cluster.storage.tables.calls
     job = cluster.job(job_id)
     assert job is not None and job.not_before is not None
-    [sleep] = [c for c in cluster.storage.load_history(job_id)
-               if c.name == "celery_durable.sleep"]
+    [sleep] = [c for c in cluster.storage.load_history(job_id) if c.name == "celery_durable.sleep"]
     until = (job.not_before - by).isoformat()
     with cluster.storage.engine.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-            not_before=job.not_before - by, lease_expires_at=job.not_before - by))
-        conn.execute(update(calls).where(calls.c.root_id == job_id,
-                                         calls.c.seq == sleep.seq).values(
-            result=json.dumps({"until": until})))
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(not_before=job.not_before - by, lease_expires_at=job.not_before - by)
+        )
+        conn.execute(
+            update(calls)
+            .where(calls.c.root_id == job_id, calls.c.seq == sleep.seq)
+            .values(result=json.dumps({"until": until}))
+        )
 
 
 @pytest.mark.rabbitmq
 def test_a_message_wakes_a_waiting_job_even_while_its_worker_is_down(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster("rabbitmq", "postgres")
     worker = cluster.worker()
     task = cluster.app.tasks["proj.await_approval"]
@@ -207,10 +223,15 @@ def test_a_message_wakes_a_waiting_job_even_while_its_worker_is_down(
     _wait_state(cluster, job_id, JobState.SUSPENDED)
     assert cluster.job(job_id).waiting_topic == "approval"  # type: ignore[union-attr]
     worker.kill()
-    env = {"DURABLE_TEST_BROKER": cluster.broker, "DURABLE_TEST_STORE": cluster.store_url,
-           "DURABLE_TEST_PREFIX": cluster.prefix, "DURABLE_TEST_QUEUE": cluster.queue}
-    sent = _celery(env, "jobs", "send", job_id, "approval", '{"by": "ada"}',
-                   "--key", "approval-A-7")
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+    }
+    sent = _celery(
+        env, "jobs", "send", job_id, "approval", '{"by": "ada"}', "--key", "approval-A-7"
+    )
     assert sent.returncode == 0 and "sent on 'approval'" in sent.stdout, sent.stderr
     assert not cluster.durable.send(job_id, "approval", {"by": "ada"}, key="approval-A-7")
     cluster.worker()

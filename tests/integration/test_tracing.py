@@ -28,8 +28,11 @@ def test_one_trace_across_a_crash_and_resume(make_cluster: Callable[..., Cluster
     cluster.worker(DURABLE_TEST_OTEL="1")
     cluster.wait_finished(job_id)
     spans_file = cluster.effects / "spans.jsonl"
-    wait_for(lambda: spans_file.exists() and '"succeeded"' in spans_file.read_text(), 30,
-             "the second execution's job span")
+    wait_for(
+        lambda: spans_file.exists() and '"succeeded"' in spans_file.read_text(),
+        30,
+        "the second execution's job span",
+    )
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
     trace_id = f"{checkout.get_span_context().trace_id:032x}"
     assert {s["trace"] for s in spans} == {trace_id}
@@ -49,7 +52,8 @@ def test_one_trace_across_a_crash_and_resume(make_cluster: Callable[..., Cluster
 
 
 def test_with_opentelemetry_instrumentation_celery_no_span_is_duplicated_or_orphaned(
-        make_cluster: Callable[..., Cluster]) -> None:
+    make_cluster: Callable[..., Cluster],
+) -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,13 +73,21 @@ def test_with_opentelemetry_instrumentation_celery_no_span_is_duplicated_or_orph
     finally:
         instrumentor.uninstrument()
     spans_file = cluster.effects / "spans.jsonl"
-    wait_for(lambda: spans_file.exists() and "run/proj.five_steps" in spans_file.read_text(),
-             30, "the instrumentation's run span")
+    wait_for(
+        lambda: spans_file.exists() and "run/proj.five_steps" in spans_file.read_text(),
+        30,
+        "the instrumentation's run span",
+    )
     worker_spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
-    local = [{"name": s.name, "trace": f"{s.context.trace_id:032x}",
-              "span": f"{s.context.span_id:016x}",
-              "parent": f"{s.parent.span_id:016x}" if s.parent else None}
-             for s in exporter.get_finished_spans()]
+    local = [
+        {
+            "name": s.name,
+            "trace": f"{s.context.trace_id:032x}",
+            "span": f"{s.context.span_id:016x}",
+            "parent": f"{s.parent.span_id:016x}" if s.parent else None,
+        }
+        for s in exporter.get_finished_spans()
+    ]
     spans = local + worker_spans
     by_name: dict[str, list[dict[str, str]]] = {}
     for span in spans:
@@ -92,5 +104,6 @@ def test_with_opentelemetry_instrumentation_celery_no_span_is_duplicated_or_orph
     assert job["parent"] == run["span"]
     assert {c["parent"] for c in by_name["durable.call proj.step"]} == {job["span"]}
     known = {s["span"] for s in spans}
-    assert [s["name"] for s in spans if s["parent"] and s["parent"] not in known] == [], \
+    assert [s["name"] for s in spans if s["parent"] and s["parent"] not in known] == [], (
         "orphaned spans"
+    )

@@ -19,6 +19,7 @@ class TestMemoryStorage(StorageConformance):
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 class TestSQLStorage(StorageConformance):
     @pytest.fixture
-    def storage(self, backend: str,
-                sql_storage_factory: Callable[[str], SQLStorage]) -> Iterator[Storage]:
+    def storage(
+        self, backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+    ) -> Iterator[Storage]:
         yield sql_storage_factory(backend)

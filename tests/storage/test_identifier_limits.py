@@ -16,7 +16,8 @@ from celery_durable.store.sql import SQLStorage
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_the_longest_values_fit_and_longer_ones_are_refused(
-        backend: str, sql_storage_factory: Callable[[str], SQLStorage]) -> None:
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
     storage = sql_storage_factory(backend)
     app = Celery("limits", broker="memory://", set_as_current=False)
     durable = Durable(app, storage=storage)
@@ -39,12 +40,13 @@ def test_the_longest_values_fit_and_longer_ones_are_refused(
     assert durable.schedules.get("s" * ID_COLUMN).task == task_name
 
     for attempt, message in (
-            (lambda: durable.get_job("j" * (JOB_ID + 1)), "at most 128"),
-            (lambda: durable.get_job("a\x00b"), "NUL byte"),
-            (lambda: durable.send(job_id, "x" * (NAME_COLUMN + 1), 1), "at most 255"),
-            (lambda: durable.send(job_id, "t", 1, key="\x00"), "NUL byte"),
-            (lambda: durable.jobs(task="n\x00"), "NUL byte"),
-            (lambda: durable.schedules.get("s" * (ID_COLUMN + 1)), "at most 191"),
-            (lambda: longest.apply_async((1,), unique="u" * (ID_COLUMN + 1)), "at most 191")):
+        (lambda: durable.get_job("j" * (JOB_ID + 1)), "at most 128"),
+        (lambda: durable.get_job("a\x00b"), "NUL byte"),
+        (lambda: durable.send(job_id, "x" * (NAME_COLUMN + 1), 1), "at most 255"),
+        (lambda: durable.send(job_id, "t", 1, key="\x00"), "NUL byte"),
+        (lambda: durable.jobs(task="n\x00"), "NUL byte"),
+        (lambda: durable.schedules.get("s" * (ID_COLUMN + 1)), "at most 191"),
+        (lambda: longest.apply_async((1,), unique="u" * (ID_COLUMN + 1)), "at most 191"),
+    ):
         with pytest.raises(ValidationError, match=message):
             attempt()

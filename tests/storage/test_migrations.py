@@ -38,23 +38,30 @@ def _create_version_1(storage: SQLStorage) -> None:
     prefix = storage.table_prefix
     metadata = MetaData()
     jobs = Table(
-        f"{prefix}jobs", metadata,
+        f"{prefix}jobs",
+        metadata,
         Column("id", String(191), primary_key=True),
         Column("task", String(255), nullable=False),
-        Column("args", _JSON, nullable=False), Column("kwargs", _JSON, nullable=False),
-        Column("queue", String(255)), Column("priority", Integer),
+        Column("args", _JSON, nullable=False),
+        Column("kwargs", _JSON, nullable=False),
+        Column("queue", String(255)),
+        Column("priority", Integer),
         Column("options", _JSON, nullable=False),
         Column("state", String(16), nullable=False),
         Column("attempts", Integer, nullable=False),
         Column("recoveries", Integer, nullable=False),
-        Column("lease_owner", String(128)), Column("lease_expires_at", _TIME),
-        Column("result", _JSON), Column("error", _JSON),
-        Column("created_at", _TIME, nullable=False), Column("started_at", _TIME),
+        Column("lease_owner", String(128)),
+        Column("lease_expires_at", _TIME),
+        Column("result", _JSON),
+        Column("error", _JSON),
+        Column("created_at", _TIME, nullable=False),
+        Column("started_at", _TIME),
         Column("finished_at", _TIME),
     )
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
     Table(
-        f"{prefix}calls", metadata,
+        f"{prefix}calls",
+        metadata,
         Column("root_id", String(191), primary_key=True),
         Column("job_id", String(191), primary_key=True),
         Column("seq", Integer, primary_key=True, autoincrement=False),
@@ -62,12 +69,14 @@ def _create_version_1(storage: SQLStorage) -> None:
         Column("args_digest", String(64), nullable=False),
         Column("state", String(16), nullable=False),
         Column("attempts", Integer, nullable=False),
-        Column("result", _JSON), Column("error", _JSON),
+        Column("result", _JSON),
+        Column("error", _JSON),
         Column("started_at", _TIME, nullable=False),
         Column("finished_at", _TIME, nullable=False),
     )
     versions = Table(
-        f"{prefix}schema_version", metadata,
+        f"{prefix}schema_version",
+        metadata,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", _TIME, nullable=False),
     )
@@ -76,15 +85,29 @@ def _create_version_1(storage: SQLStorage) -> None:
     with storage._create_engine().begin() as conn:
         metadata.create_all(conn)
         conn.execute(versions.insert().values(version=1, applied_at=naive))
-        conn.execute(jobs.insert().values(
-            id="old-job", task="tests.flow", args="[1]", kwargs="{}", queue="default",
-            options="{}", state="running", attempts=1, recoveries=0, lease_owner="w1",
-            lease_expires_at=naive + LEASE, created_at=naive, started_at=naive))
+        conn.execute(
+            jobs.insert().values(
+                id="old-job",
+                task="tests.flow",
+                args="[1]",
+                kwargs="{}",
+                queue="default",
+                options="{}",
+                state="running",
+                attempts=1,
+                recoveries=0,
+                lease_owner="w1",
+                lease_expires_at=naive + LEASE,
+                created_at=naive,
+                started_at=naive,
+            )
+        )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_a_version_1_database_is_upgraded_in_place(
-        backend: str, sql_storage_factory: Callable[[str], SQLStorage]) -> None:
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
     storage = sql_storage_factory(backend)
     _create_version_1(storage)
     storage.dispose()
@@ -97,7 +120,11 @@ def test_a_version_1_database_is_upgraded_in_place(
 
     job = storage.get_job("old-job")  # the job in flight survived, with defaults
     assert job is not None and (job.state, job.failures, job.awaiting, job.reported_at) == (
-        JobState.RUNNING, 0, 0, None)
+        JobState.RUNNING,
+        0,
+        0,
+        None,
+    )
     later = T0 + LEASE * 2
     [expired] = storage.expired_jobs(later, 10)
     assert storage.recover_job(expired, later + LEASE, later)
@@ -118,7 +145,8 @@ def _assert_declared_schema(storage: SQLStorage) -> None:
         assert set(columns) == {c.name for c in table.columns}, table.name
         for column in table.columns:
             assert columns[column.name]["nullable"] == (
-                column.nullable and not column.primary_key), (table.name, column.name)
+                column.nullable and not column.primary_key
+            ), (table.name, column.name)
         declared = {i.name for i in table.indexes}
         found = {i["name"] for i in inspector.get_indexes(table.name)}
         assert declared <= found, (table.name, declared - found)
@@ -126,12 +154,16 @@ def _assert_declared_schema(storage: SQLStorage) -> None:
         assert pk == [c.name for c in table.primary_key.columns], table.name
     if storage.engine.dialect.name in ("mysql", "mariadb"):
         with storage.engine.connect() as conn:
-            collations = dict(conn.execute(text(
-                "SELECT column_name, collation_name FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND table_name = :t"),
-                {"t": storage.tables.jobs.name}).all())
-        exact = [c.name for c in storage.tables.jobs.columns
-                 if isinstance(c.type, ExactString)]
+            collations = dict(
+                conn.execute(
+                    text(
+                        "SELECT column_name, collation_name FROM information_schema.columns "
+                        "WHERE table_schema = DATABASE() AND table_name = :t"
+                    ),
+                    {"t": storage.tables.jobs.name},
+                ).all()
+            )
+        exact = [c.name for c in storage.tables.jobs.columns if isinstance(c.type, ExactString)]
         assert {collations[name] for name in exact} == {"utf8mb4_nopad_bin"}
 
 
@@ -143,6 +175,11 @@ def test_the_version_1_fixture_is_what_migration_1_created_then(tmp_path: Path) 
     inspector = inspect(storage.engine)
     assert set(inspector.get_table_names()) == {"v1_jobs", "v1_calls", "v1_schema_version"}
     columns = {c["name"] for c in inspector.get_columns("v1_jobs")}
-    assert not columns & {"failures", "cancel_requested_at", "unique_key", "parent_id",
-                          "reported_at"}
+    assert not columns & {
+        "failures",
+        "cancel_requested_at",
+        "unique_key",
+        "parent_id",
+        "reported_at",
+    }
     storage.dispose()

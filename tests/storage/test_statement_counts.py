@@ -36,8 +36,15 @@ def counting(storage: SQLStorage) -> Iterator[list[str]]:
 
 def _deliver(durable: Durable, name: str, job_id: str, *args: Any) -> Any:
     task = durable.app.tasks[name]
-    task.push_request(id=job_id, delivery_info={"routing_key": "q"}, args=args, kwargs={},
-                      retries=0, called_directly=False, headers={})
+    task.push_request(
+        id=job_id,
+        delivery_info={"routing_key": "q"},
+        args=args,
+        kwargs={},
+        retries=0,
+        called_directly=False,
+        headers={},
+    )
     try:
         return run_job(durable, task, task.request, args, {})
     finally:
@@ -46,12 +53,19 @@ def _deliver(durable: Durable, name: str, job_id: str, *args: Any) -> Any:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_statements_per_call_per_replay_and_per_job(
-        backend: str, sql_storage_factory: Callable[[str], SQLStorage]) -> None:
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
     storage = sql_storage_factory(backend)
     app = Celery("counts", broker="memory://", set_as_current=False)
     app.conf.task_default_queue = f"counts-{uuid.uuid4().hex}"
-    durable = Durable(app, storage=storage, lease_seconds=600, cancel_check_interval=600,
-                      call_retries=0, job_retries=0)
+    durable = Durable(
+        app,
+        storage=storage,
+        lease_seconds=600,
+        cancel_check_interval=600,
+        call_retries=0,
+        job_retries=0,
+    )
     crash_at: dict[str, int | None] = {"n": None}
 
     @app.task(name="counts.step", shared=False)

@@ -38,15 +38,29 @@ class Env:
     clock: Clock
     effects: list[str]
 
-    def deliver(self, task_name: str, job_id: str, *args: Any, retries: int = 0,
-                headers: dict[str, Any] | None = None, eta: str | None = None,
-                **kwargs: Any) -> Any:
+    def deliver(
+        self,
+        task_name: str,
+        job_id: str,
+        *args: Any,
+        retries: int = 0,
+        headers: dict[str, Any] | None = None,
+        eta: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """One delivery of a job to a worker, run in this process."""
         task = self.app.tasks[task_name]
         queue = self.app.conf.task_default_queue
-        task.push_request(id=job_id, delivery_info={"routing_key": queue}, args=args,
-                          kwargs=kwargs, retries=retries, called_directly=False,
-                          headers=headers or {}, eta=eta)
+        task.push_request(
+            id=job_id,
+            delivery_info={"routing_key": queue},
+            args=args,
+            kwargs=kwargs,
+            retries=retries,
+            called_directly=False,
+            headers=headers or {},
+            eta=eta,
+        )
         request = task.request
         try:
             return run_job(self.durable, task, request, args, kwargs)

@@ -89,7 +89,8 @@ def test_explicit_mode_tolerates_changed_arguments_but_strict_does_not() -> None
 
 
 def test_best_effort_drops_the_diverged_history_and_continues_live(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     version: dict[str, Any] = {"v": 1, "mode": "best_effort"}
     env = _env(version)
     _crash_then(env, version, "order")
@@ -156,7 +157,11 @@ def test_patched_keeps_old_jobs_on_the_old_path() -> None:
     assert env.deliver("u.flow", "old") == ["a", "b-old", "c"]
     assert env.deliver("u.flow", "new") == ["a", "b-new", "c"]
     assert [c.name for c in env.durable.get_job("new").calls] == [
-        "u.step", "celery_durable.patched:new-b", "u.step", "u.step"]
+        "u.step",
+        "celery_durable.patched:new-b",
+        "u.step",
+        "u.step",
+    ]
     assert env.deliver("u.flow", "new") == ["a", "b-new", "c"]  # its replay agrees
 
 
@@ -168,8 +173,7 @@ def test_replay_helper_reports_a_divergence_without_running_anything() -> None:
     effects = list(env.effects)
 
     same = replay(env.app.tasks["u.flow"], history)
-    assert (same.ok, same.finished, same.replayed, same.result) == (
-        True, True, 3, ["1", "2", "3"])
+    assert (same.ok, same.finished, same.replayed, same.result) == (True, True, 3, ["1", "2", "3"])
     version["v"] = "order"
     changed = replay(env.app.tasks["u.flow"], history)
     assert not changed.ok and changed.divergence is not None
@@ -189,8 +193,10 @@ def test_replay_helper_reports_a_divergence_without_running_anything() -> None:
 def test_bad_determinism_options() -> None:
     env = make_env()
     with pytest.raises(ConfigurationError, match=r"determinism of task 'u\.x' must be one of"):
+
         @env.durable.task(name="u.x", shared=False, determinism="sometimes")
         def x() -> None: ...
+
     with pytest.raises(ConfigurationError, match="durable_determinism must be one of"):
         make_env(determinism="loose")
     env.durable.set_determinism("strict")

@@ -16,9 +16,19 @@ from celery_durable.retry import NoRetry, RetryAfter
 from celery_durable.store.base import CallRecord, CallState
 from celery_durable.testing import T0
 
-RECORD = CallRecord(job_id="j1", seq=2, root_id="j1", name="shop.pay", args_digest="d" * 16,
-                    state=CallState.RETRYING, attempts=1, result=None, error=None,
-                    started_at=T0, finished_at=T0)
+RECORD = CallRecord(
+    job_id="j1",
+    seq=2,
+    root_id="j1",
+    name="shop.pay",
+    args_digest="d" * 16,
+    state=CallState.RETRYING,
+    attempts=1,
+    result=None,
+    error=None,
+    started_at=T0,
+    finished_at=T0,
+)
 EXAMPLES: list[Any] = [
     errors.ConfigurationError("durable_lease_seconds must be positive"),
     errors.ValidationError("job id must not contain a NUL byte"),
@@ -29,12 +39,26 @@ EXAMPLES: list[Any] = [
     errors.JobStateError("j1", "running", "only failed jobs can be retried"),
     errors.UnknownTaskError("call() got task name 'x'"),
     errors.OutsideDurableTaskError("call() can only be used inside"),
-    errors.CallError(job_id="j1", seq=2, name="shop.pay", error_type="ValueError",
-                     error_message="declined", attempts=3, no_retry=True),
+    errors.CallError(
+        job_id="j1",
+        seq=2,
+        name="shop.pay",
+        error_type="ValueError",
+        error_message="declined",
+        attempts=3,
+        no_retry=True,
+    ),
     errors.Cancelled("j1"),
-    errors.NonDeterministicError(job_id="j1", task="shop.flow", seq=3, expected="a",
-                                 recorded="b", expected_digest="e" * 16,
-                                 recorded_digest="r" * 16, mode="strict"),
+    errors.NonDeterministicError(
+        job_id="j1",
+        task="shop.flow",
+        seq=3,
+        expected="a",
+        recorded="b",
+        expected_digest="e" * 16,
+        recorded_digest="r" * 16,
+        mode="strict",
+    ),
     errors.LeaseLost("j1"),
     errors.StorageInterrupted("j1", errors.StorageUnavailable("server closed")),
     NoRetry(KeyError("card")),
@@ -47,15 +71,23 @@ EXAMPLES: list[Any] = [
 def _fields(exc: BaseException) -> dict[str, Any]:
     # NoRetry/RetryAfter's `error` may be the wrapped exception object: after JSON only
     # its text is left, which str(exc) covers.
-    return {k: v for k, v in vars(exc).items() if not k.startswith("_") and k != "error"
-            and isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        k: v
+        for k, v in vars(exc).items()
+        if not k.startswith("_")
+        and k != "error"
+        and isinstance(v, (str, int, float, bool, type(None)))
+    }
 
 
 def test_every_error_of_ours_is_in_the_examples() -> None:
-    ours = {obj for obj in vars(errors).values()
-            if isinstance(obj, type) and issubclass(obj, BaseException)
-            and obj.__module__ == errors.__name__} - {errors.DurableError,
-                                                     errors.CallRetryPending}
+    ours = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseException)
+        and obj.__module__ == errors.__name__
+    } - {errors.DurableError, errors.CallRetryPending}
     assert ours <= {type(e) for e in EXAMPLES}, ours - {type(e) for e in EXAMPLES}
 
 

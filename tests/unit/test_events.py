@@ -10,8 +10,13 @@ from tests.unit.conftest import make_env
 
 
 def test_events_follow_a_job_and_resume_from_a_cursor() -> None:
-    env = make_env(call_retries=1, call_backoff=ConstantBackoff(1), job_retries=1,
-                   job_backoff=ConstantBackoff(1), on_exhausted="dead_letter")
+    env = make_env(
+        call_retries=1,
+        call_backoff=ConstantBackoff(1),
+        job_retries=1,
+        job_backoff=ConstantBackoff(1),
+        on_exhausted="dead_letter",
+    )
     fail = {"n": 3}
 
     @env.app.task(name="u.pay", shared=False)
@@ -30,10 +35,10 @@ def test_events_follow_a_job_and_resume_from_a_cursor() -> None:
         return [call(step), call(pay)]
 
     with pytest.raises(Retry):
-        env.deliver("u.order", "j1")           # step ok, pay fails: call retry
+        env.deliver("u.order", "j1")  # step ok, pay fails: call retry
     env.clock.advance(1)
     with pytest.raises(Retry):
-        env.deliver("u.order", "j1")           # pay fails again: job retry
+        env.deliver("u.order", "j1")  # pay fails again: job retry
     first = list(env.durable.events(follow=False))
     env.clock.advance(1)
     with pytest.raises(Retry):
@@ -43,10 +48,19 @@ def test_events_follow_a_job_and_resume_from_a_cursor() -> None:
 
     events = list(env.durable.events(follow=False))
     assert [e.kind for e in events] == [
-        "JobStarted", "CheckpointSaved", "JobRetried", "CheckpointSaved", "JobCompleted"]
+        "JobStarted",
+        "CheckpointSaved",
+        "JobRetried",
+        "CheckpointSaved",
+        "JobCompleted",
+    ]
     # the retried call is one row: read afterwards, it shows its final checkpoint
-    assert events[-2].detail == {"position": "2", "call": "u.pay", "attempt": 2,
-                                 "state": "succeeded"}
+    assert events[-2].detail == {
+        "position": "2",
+        "call": "u.pay",
+        "attempt": 2,
+        "state": "succeeded",
+    }
     assert [e.kind for e in first] == ["JobStarted", "CheckpointSaved", "JobRetried"]
     later = list(env.durable.events(since=first[-1].cursor, follow=False))
     assert [e.kind for e in later] == [e.kind for e in events if e.order > first[-1].order]
@@ -89,11 +103,16 @@ def test_failed_and_dead_letter_events_carry_the_error() -> None:
         env.deliver("u.flow", "j1")
     with pytest.raises(NoRetry):
         env.deliver("u.refuse", "j2")
-    ended = {e.job_id: e for e in env.durable.events(follow=False)
-             if e.kind in ("JobDeadLettered", "JobFailed")}
+    ended = {
+        e.job_id: e
+        for e in env.durable.events(follow=False)
+        if e.kind in ("JobDeadLettered", "JobFailed")
+    }
     assert ended["j1"].kind == "JobDeadLettered"
     assert ended["j1"].detail == {
-        "error": "CallError", "no_retry": False,
-        "message": "call #1 'u.bad' of job j1 failed: ValueError: no stock"}
+        "error": "CallError",
+        "no_retry": False,
+        "message": "call #1 'u.bad' of job j1 failed: ValueError: no stock",
+    }
     assert ended["j2"].kind == "JobFailed"
     assert ended["j2"].detail == {"error": "KeyError", "message": "'card'", "no_retry": True}

@@ -22,26 +22,71 @@ from tests.unit.conftest import Env
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(celery_durable.__all__) == sorted([
-        "CallError", "CallView", "ConfigurationError", "Durable", "DurableError",
-        "DurableTask", "JobNotFound", "JobState", "JobView", "LeaseLost", "MemoryStorage",
-        "NonDeterministicError", "OutsideDurableTaskError", "SQLStorage",
-        "SerializationError", "Storage", "StorageInterrupted", "StorageUnavailable",
-        "UnknownTaskError", "ValidationError", "call", "current_call_id", "current_job_id",
-        # the retry layer
-        "Backoff", "ConstantBackoff", "ExponentialBackoff", "ExponentialBackoffWithJitter",
-        "NoRetry", "RetryAfter", "ExecutionError", "JobSummary",
-        # operations
-        "Cancelled", "CancelOutcome", "JobStateError", "ScheduleNotFound",
-        # scheduling
-        "every", "daily", "weekly", "cron",
-        # determinism
-        "Determinism", "now", "uuid4", "random", "randint", "patched",
-        # observability
-        "CallInfo", "JobInfo", "LoggingMiddleware", "Middleware", "Outcome",
-        "PrometheusMetrics",
-        # calls that suspend
-        "gather", "sleep", "sleep_until", "receive"])
+    assert sorted(celery_durable.__all__) == sorted(
+        [
+            "CallError",
+            "CallView",
+            "ConfigurationError",
+            "Durable",
+            "DurableError",
+            "DurableTask",
+            "JobNotFound",
+            "JobState",
+            "JobView",
+            "LeaseLost",
+            "MemoryStorage",
+            "NonDeterministicError",
+            "OutsideDurableTaskError",
+            "SQLStorage",
+            "SerializationError",
+            "Storage",
+            "StorageInterrupted",
+            "StorageUnavailable",
+            "UnknownTaskError",
+            "ValidationError",
+            "call",
+            "current_call_id",
+            "current_job_id",
+            # the retry layer
+            "Backoff",
+            "ConstantBackoff",
+            "ExponentialBackoff",
+            "ExponentialBackoffWithJitter",
+            "NoRetry",
+            "RetryAfter",
+            "ExecutionError",
+            "JobSummary",
+            # operations
+            "Cancelled",
+            "CancelOutcome",
+            "JobStateError",
+            "ScheduleNotFound",
+            # scheduling
+            "every",
+            "daily",
+            "weekly",
+            "cron",
+            # determinism
+            "Determinism",
+            "now",
+            "uuid4",
+            "random",
+            "randint",
+            "patched",
+            # observability
+            "CallInfo",
+            "JobInfo",
+            "LoggingMiddleware",
+            "Middleware",
+            "Outcome",
+            "PrometheusMetrics",
+            # calls that suspend
+            "gather",
+            "sleep",
+            "sleep_until",
+            "receive",
+        ]
+    )
 
 
 def test_settings_come_from_app_conf() -> None:
@@ -54,11 +99,14 @@ def test_settings_come_from_app_conf() -> None:
     assert durable.settings.table_prefix == "durable_"
 
 
-@pytest.mark.parametrize(("setting", "value", "message"), [
-    ("durable_lease_seconds", "soon", "durable_lease_seconds must be a float"),
-    ("durable_sweep_interval", 0, "durable_sweep_interval must be positive"),
-    ("durable_table_prefix", "x; drop", "durable_table_prefix must be letters"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("durable_lease_seconds", "soon", "durable_lease_seconds must be a float"),
+        ("durable_sweep_interval", 0, "durable_sweep_interval must be positive"),
+        ("durable_table_prefix", "x; drop", "durable_table_prefix must be letters"),
+    ],
+)
 def test_bad_settings_name_the_setting(setting: str, value: Any, message: str) -> None:
     app = Celery("bad", set_as_current=False)
     app.conf[setting] = value
@@ -150,18 +198,37 @@ def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
     env.app.send_task = lambda name, **kw: sent.append({"name": name, **kw})  # type: ignore
     from celery_durable.runner import new_job
 
-    env.storage.create_job(new_job(env.durable, "u.t", "j1", [1], {"a": 2}, queue="q1",
-                                   priority=3, eta=None,
-                                   options={"root_id": "r1", "queue": "ignored"}))
+    env.storage.create_job(
+        new_job(
+            env.durable,
+            "u.t",
+            "j1",
+            [1],
+            {"a": 2},
+            queue="q1",
+            priority=3,
+            eta=None,
+            options={"root_id": "r1", "queue": "ignored"},
+        )
+    )
     now = env.clock()
     env.storage.claim_job("j1", "dead", now, now.replace(minute=1))
     assert env.durable.sweeper.sweep_once() == []  # lease still live
     env.clock.advance(120)
     assert env.durable.sweeper.sweep_once() == ["j1"]
     assert env.durable.sweeper.sweep_once() == []
-    assert sent == [{"name": "u.t", "args": [1], "kwargs": {"a": 2}, "task_id": "j1",
-                     "queue": "q1", "priority": 3, "root_id": "r1",
-                     "headers": {"durable_due": env.clock().isoformat()}}]
+    assert sent == [
+        {
+            "name": "u.t",
+            "args": [1],
+            "kwargs": {"a": 2},
+            "task_id": "j1",
+            "queue": "q1",
+            "priority": 3,
+            "root_id": "r1",
+            "headers": {"durable_due": env.clock().isoformat()},
+        }
+    ]
     job = env.storage.get_job("j1")
     assert job is not None and (job.state, job.recoveries) == (JobState.PENDING, 1)
 
@@ -170,8 +237,9 @@ def test_sweeper_fails_a_job_that_keeps_killing_workers(env: Env) -> None:
     env.app.send_task = lambda name, **kw: None  # type: ignore
     from celery_durable.runner import new_job
 
-    env.storage.create_job(new_job(env.durable, "u.t", "j1", [], {}, queue=None,
-                                   priority=None, eta=None))
+    env.storage.create_job(
+        new_job(env.durable, "u.t", "j1", [], {}, queue=None, priority=None, eta=None)
+    )
     for _ in range(env.durable.settings.max_recoveries + 1):
         now = env.clock()
         claim = env.storage.claim_job("j1", "w", now, now)
@@ -193,8 +261,9 @@ def test_sweeper_leaves_routing_to_the_task_when_none_was_given(env: Env) -> Non
     env.app.send_task = lambda name, **kw: sent.append(kw)  # type: ignore
     from celery_durable.runner import new_job
 
-    env.storage.create_job(new_job(env.durable, "u.t", "j1", [], {}, queue=None,
-                                   priority=None, eta=None))
+    env.storage.create_job(
+        new_job(env.durable, "u.t", "j1", [], {}, queue=None, priority=None, eta=None)
+    )
     env.clock.advance(env.durable.settings.delivery_timeout + 1)
     assert env.durable.sweeper.sweep_once() == ["j1"]
     assert "queue" not in sent[0] and "priority" not in sent[0]

@@ -42,8 +42,7 @@ def test_a_job_waits_for_a_message_without_a_worker_and_is_woken_by_it(menv: Env
     with pytest.raises(Ignore):
         menv.deliver("u.approval", "a1", None)
     job = menv.storage.get_job("a1")
-    assert job is not None and (job.state, job.waiting_topic) == (JobState.SUSPENDED,
-                                                                   "approval")
+    assert job is not None and (job.state, job.waiting_topic) == (JobState.SUSPENDED, "approval")
     assert menv.published() == []
     assert "waiting for a message on 'approval'" in menv.durable.get_job("a1").timeline()
     assert menv.durable.send("a1", "other", 1)  # another topic does not wake it

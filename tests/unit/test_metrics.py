@@ -15,8 +15,9 @@ from tests.unit.conftest import make_env
 
 
 def test_counters_histograms_and_gauges_follow_the_jobs() -> None:
-    env = make_env(call_retries=1, call_backoff=ConstantBackoff(1), job_retries=0,
-                   on_exhausted="dead_letter")
+    env = make_env(
+        call_retries=1, call_backoff=ConstantBackoff(1), job_retries=0, on_exhausted="dead_letter"
+    )
     registry = CollectorRegistry()
     env.durable.use(PrometheusMetrics(registry))
     state = {"fail": 0}
@@ -35,18 +36,18 @@ def test_counters_histograms_and_gauges_follow_the_jobs() -> None:
     queue = env.app.conf.task_default_queue
     for job_id in ("j1", "j2", "j3"):
         env.app.tasks["u.order"].apply_async(task_id=job_id)
-    env.deliver("u.order", "j1")                    # succeeds
+    env.deliver("u.order", "j1")  # succeeds
     state["fail"] = 1
     with pytest.raises(Retry):
-        env.deliver("u.order", "j2")                # call retry
+        env.deliver("u.order", "j2")  # call retry
     env.clock.advance(1)
-    env.deliver("u.order", "j2")                    # then succeeds
+    env.deliver("u.order", "j2")  # then succeeds
     state["fail"] = 2
     with pytest.raises(Retry):
         env.deliver("u.order", "j3")
     env.clock.advance(1)
     with pytest.raises(CallError):
-        env.deliver("u.order", "j3")                # dead letter
+        env.deliver("u.order", "j3")  # dead letter
 
     def value(name: str, **labels: Any) -> float | None:
         return registry.get_sample_value(f"durable_{name}", labels)
@@ -81,11 +82,17 @@ def test_queue_wait_runs_from_when_the_job_was_due_not_from_enqueue() -> None:
     env.deliver("u.t", "later", headers=messages["later"], eta=messages["later"]["eta"])
 
     def wait_count(le: str) -> float | None:
-        return registry.get_sample_value("durable_jobs_queue_wait_seconds_bucket", {
-            "task": "u.t", "queue": env.app.conf.task_default_queue, "le": le})
+        return registry.get_sample_value(
+            "durable_jobs_queue_wait_seconds_bucket",
+            {"task": "u.t", "queue": env.app.conf.task_default_queue, "le": le},
+        )
 
-    assert (wait_count("0.5"), wait_count("1.0"), wait_count("5.0"), wait_count("10.0")) \
-        == (0, 1, 2, 2)
+    assert (wait_count("0.5"), wait_count("1.0"), wait_count("5.0"), wait_count("10.0")) == (
+        0,
+        1,
+        2,
+        2,
+    )
 
 
 def test_queue_depth_comes_from_the_jobs_table() -> None:
@@ -99,8 +106,11 @@ def test_queue_depth_comes_from_the_jobs_table() -> None:
     env.durable.enqueue("u.t", queue="emails")
     registry = CollectorRegistry()
     registry.register(QueueDepthCollector(env.durable))
-    depth = {(s.labels["queue"], s.labels["state"]): s.value
-             for m in registry.collect() for s in m.samples}
+    depth = {
+        (s.labels["queue"], s.labels["state"]): s.value
+        for m in registry.collect()
+        for s in m.samples
+    }
     assert depth == {("reports", "pending"): 3, ("emails", "pending"): 1}
 
 
@@ -118,10 +128,20 @@ def test_no_namespace_gives_the_names_of_the_original_design(namespace: str | No
     env.app.tasks["u.quick"].apply_async(task_id="j1")
     env.deliver("u.quick", "j1")
     names = {sample.name for family in registry.collect() for sample in family.samples}
-    assert {"jobs_enqueued_total", "jobs_completed_total", "jobs_duration_seconds_sum",
-            "jobs_in_progress"} <= names
+    assert {
+        "jobs_enqueued_total",
+        "jobs_completed_total",
+        "jobs_duration_seconds_sum",
+        "jobs_in_progress",
+    } <= names
     assert "jobs_failed_total" not in names  # no labels seen yet: declared, no sample
     families = {family.name for family in registry.collect()}
-    assert {"jobs_enqueued", "jobs_completed", "jobs_failed", "jobs_duration_seconds",
-            "jobs_in_progress", "jobs_queue_depth"} <= families
+    assert {
+        "jobs_enqueued",
+        "jobs_completed",
+        "jobs_failed",
+        "jobs_duration_seconds",
+        "jobs_in_progress",
+        "jobs_queue_depth",
+    } <= families
     assert not any(name.startswith("_") for name in names | families)

@@ -68,12 +68,19 @@ def test_middleware_order_and_what_they_see() -> None:
     env.durable.use(Recorder("inner", log))
     assert env.deliver("u.flow", "j1") == ["a", "b"]
     assert log == [
-        "outer:before_job", "inner:before_job",
-        "outer:before_call:1", "inner:before_call:1", "inner:after_call:1",
+        "outer:before_job",
+        "inner:before_job",
+        "outer:before_call:1",
+        "inner:before_call:1",
+        "inner:after_call:1",
         "outer:after_call:1",
-        "outer:before_call:2", "inner:before_call:2", "inner:after_call:2",
+        "outer:before_call:2",
+        "inner:before_call:2",
+        "inner:after_call:2",
         "outer:after_call:2",
-        "inner:after_job:succeeded", "outer:after_job:succeeded"]
+        "inner:after_job:succeeded",
+        "outer:after_job:succeeded",
+    ]
 
 
 def test_hooks_fire_for_completion_retries_failures_and_checkpoints() -> None:
@@ -82,8 +89,9 @@ def test_hooks_fire_for_completion_retries_failures_and_checkpoints() -> None:
     env.durable.on_job_start(lambda job: seen.append(("start", job.id, job.execution)))
     env.durable.on_job_complete(lambda job, duration: seen.append(("complete", job.id)))
     env.durable.on_job_fail(lambda job, error: seen.append(("fail", type(error).__name__)))
-    env.durable.on_retry(lambda job, attempt, error: seen.append(
-        ("retry", attempt, type(error).__name__)))
+    env.durable.on_retry(
+        lambda job, attempt, error: seen.append(("retry", attempt, type(error).__name__))
+    )
     env.durable.on_checkpoint(lambda job, c: seen.append(("checkpoint", c.name, c.attempt)))
     state["fail"] = 1
     with pytest.raises(Retry):
@@ -91,8 +99,13 @@ def test_hooks_fire_for_completion_retries_failures_and_checkpoints() -> None:
     env.clock.advance(1)
     assert env.deliver("u.flow", "j1") == ["a", "b"]
     assert seen == [
-        ("start", "j1", 1), ("checkpoint", "u.step", 1), ("retry", 2, "TimeoutError"),
-        ("start", "j1", 2), ("checkpoint", "u.step", 2), ("complete", "j1")]  # a replayed
+        ("start", "j1", 1),
+        ("checkpoint", "u.step", 1),
+        ("retry", 2, "TimeoutError"),
+        ("start", "j1", 2),
+        ("checkpoint", "u.step", 2),
+        ("complete", "j1"),
+    ]  # a replayed
 
     seen.clear()
     state["fail"] = 5
@@ -104,8 +117,7 @@ def test_hooks_fire_for_completion_retries_failures_and_checkpoints() -> None:
     assert seen[-1] == ("fail", "CallError")
 
 
-def test_a_raising_hook_or_middleware_never_fails_the_job(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_raising_hook_or_middleware_never_fails_the_job(caplog: pytest.LogCaptureFixture) -> None:
     env, _ = _env()
 
     class Broken(Middleware):
@@ -127,8 +139,7 @@ def test_a_crashed_execution_reports_nothing_and_the_sweeper_reports_the_abandon
     env, state = _env(max_recoveries=1, on_exhausted="dead_letter")
     env.app.send_task = lambda *a, **k: None  # type: ignore[method-assign]
     outcomes: list[tuple[str, str]] = []
-    env.durable.on_job_fail(lambda job, error: outcomes.append(
-        (job.id, type(error).__name__)))
+    env.durable.on_job_fail(lambda job, error: outcomes.append((job.id, type(error).__name__)))
     log: list[str] = []
     env.durable.use(Recorder("r", log))
     state["crash"] = True
@@ -141,16 +152,22 @@ def test_a_crashed_execution_reports_nothing_and_the_sweeper_reports_the_abandon
     assert log.count("r:after_job:dead") == 1 and "r:after_job:succeeded" not in log
 
 
-def test_logging_middleware_records_structured_events(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_logging_middleware_records_structured_events(caplog: pytest.LogCaptureFixture) -> None:
     env, _ = _env()
     env.durable.use(LoggingMiddleware())
     with caplog.at_level(logging.INFO, logger="celery_durable.jobs"):
         env.deliver("u.flow", "j1")
-    events = [(r.durable_event, getattr(r, "seq", None)) for r in caplog.records  # type: ignore[attr-defined]
-              if hasattr(r, "durable_event")]
-    assert events == [("job_started", None), ("call_succeeded", "1"),
-                      ("call_succeeded", "2"), ("job_succeeded", None)]
+    events = [
+        (r.durable_event, getattr(r, "seq", None))
+        for r in caplog.records  # type: ignore[attr-defined]
+        if hasattr(r, "durable_event")
+    ]
+    assert events == [
+        ("job_started", None),
+        ("call_succeeded", "1"),
+        ("call_succeeded", "2"),
+        ("job_succeeded", None),
+    ]
     assert all(r.job_id == "j1" for r in caplog.records if hasattr(r, "job_id"))  # type: ignore[attr-defined]
 
 

@@ -51,8 +51,7 @@ def test_a_running_job_gets_cancelled_at_its_next_call_and_may_compensate() -> N
     assert (view.state, view.result) == ("cancelled", ["a", "b", "undo-b"])
 
 
-def test_a_job_cancelled_mid_run_and_retried_runs_on_from_where_it_was_cancelled(
-        ) -> None:
+def test_a_job_cancelled_mid_run_and_retried_runs_on_from_where_it_was_cancelled() -> None:
     env = make_env(job_retries=3)
     _register(env, catch=True)
     assert env.deliver("u.flow", "j1") == ["a", "b", "undo-b"]
@@ -136,7 +135,10 @@ def test_retention_deletes_old_finished_jobs_only_in_batches(monkeypatch: Any) -
     assert env.durable.apply_retention(dry_run=True)["succeeded"] == 5
     assert len(env.durable.jobs(states="succeeded")) == 6
     assert env.durable.apply_retention() == {
-        "succeeded": 5, "cancelled": 0, "dead": 0}  # failed: kept forever
+        "succeeded": 5,
+        "cancelled": 0,
+        "dead": 0,
+    }  # failed: kept forever
     left = {j.id for j in env.durable.jobs()}
     assert left == {"old-failed", "running", "recent"}
 
@@ -167,8 +169,7 @@ def test_recover_dry_run_changes_nothing() -> None:
 def _new(env: Env, job_id: str, queue: str | None = None) -> Any:
     from celery_durable.runner import new_job
 
-    return new_job(env.durable, "u.flow", job_id, [], {}, queue=queue, priority=None,
-                   eta=None)
+    return new_job(env.durable, "u.flow", job_id, [], {}, queue=queue, priority=None, eta=None)
 
 
 def _claimed(env: Env, job_id: str) -> Any:

@@ -178,8 +178,9 @@ def test_durable_task_called_in_process_has_its_own_checkpoints(env: Env) -> Non
 
 def test_a_delivery_that_finds_the_job_busy_does_not_run_it(env: Env) -> None:
     _register(env)
-    env.storage.create_job(new_job(env.durable, "u.flow", "j1", [0], {}, queue=None,
-                                   priority=None, eta=None))
+    env.storage.create_job(
+        new_job(env.durable, "u.flow", "j1", [0], {}, queue=None, priority=None, eta=None)
+    )
     claim = env.storage.claim_job("j1", "other", env.clock(), env.clock.now.replace(year=2030))
     assert claim.outcome is ClaimOutcome.CLAIMED
     with pytest.raises(Ignore):
@@ -193,9 +194,12 @@ def test_losing_the_lease_stops_at_the_next_call_without_writing(env: Env) -> No
         env.effects.append(f"leaf{n}")
         if n == 1:  # meanwhile recovery gave the job to another worker
             env.clock.advance(31)
-            assert env.storage.claim_job("j1", "usurper", env.clock(),
-                                         env.clock.now.replace(year=2030)).outcome \
+            assert (
+                env.storage.claim_job(
+                    "j1", "usurper", env.clock(), env.clock.now.replace(year=2030)
+                ).outcome
                 is ClaimOutcome.CLAIMED
+            )
         return n
 
     @env.durable.task(name="u.flow", shared=False)

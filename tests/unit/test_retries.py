@@ -58,8 +58,10 @@ def _attempt_delays(env: Env, job_id: str, position: str) -> list[float]:
     starts = [a["started_at"] for a in attempts[1:]] + [record.started_at.isoformat()]
     from datetime import datetime
 
-    return [(datetime.fromisoformat(s) - datetime.fromisoformat(a["failed_at"])).total_seconds()
-            for a, s in zip(attempts, starts, strict=True)]
+    return [
+        (datetime.fromisoformat(s) - datetime.fromisoformat(a["failed_at"])).total_seconds()
+        for a, s in zip(attempts, starts, strict=True)
+    ]
 
 
 def test_a_flaky_call_is_retried_with_backoff_without_rerunning_earlier_calls() -> None:
@@ -70,7 +72,9 @@ def test_a_flaky_call_is_retried_with_backoff_without_rerunning_earlier_calls() 
     assert first.value.when == 1.0
     job = env.storage.get_job("j1")
     assert job is not None and (job.state, job.not_before) == (
-        JobState.RETRYING, env.clock() + timedelta(seconds=1))
+        JobState.RETRYING,
+        env.clock() + timedelta(seconds=1),
+    )
     [message] = env.published()
     # a call retry is not one of Celery's retries: max_retries budgets stay untouched
     assert (message["id"], message["retries"]) == ("j1", 0)
@@ -90,15 +94,23 @@ def test_a_flaky_call_is_retried_with_backoff_without_rerunning_earlier_calls() 
     assert env.effects == ["a", "flaky", "flaky", "flaky", "c"]
     view = env.durable.get_job("j1")
     assert [(c.position, c.state, c.attempts) for c in view.calls] == [
-        ("1", "succeeded", 1), ("2", "succeeded", 3), ("3", "succeeded", 1)]
+        ("1", "succeeded", 1),
+        ("2", "succeeded", 3),
+        ("3", "succeeded", 1),
+    ]
     assert [a["type"] for a in view.calls[1].failed_attempts] == ["TimeoutError"] * 2
     assert _attempt_delays(env, "j1", "2") == [1.0, 2.0]
     assert (view.state, view.failures) == ("succeeded", 0)
 
 
 def test_exhausted_call_then_job_retries_then_dead_letter_then_requeue() -> None:
-    env = make_env(call_retries=1, call_backoff=ConstantBackoff(0.5), job_retries=1,
-                   job_backoff=ConstantBackoff(10), on_exhausted="dead_letter")
+    env = make_env(
+        call_retries=1,
+        call_backoff=ConstantBackoff(0.5),
+        job_retries=1,
+        job_backoff=ConstantBackoff(10),
+        on_exhausted="dead_letter",
+    )
     failures: dict[str, Any] = {"flaky": None}
     _register(env, failures=failures)
     with pytest.raises(Retry):  # call attempt 1
@@ -111,8 +123,7 @@ def test_exhausted_call_then_job_retries_then_dead_letter_then_requeue() -> None
     job = env.storage.get_job("j1")
     assert job is not None and (job.state, job.failures) == (JobState.RETRYING, 1)
     # the failed call went; the call before it stays and will replay
-    assert [(c.seq, c.state) for c in env.storage.load_history("j1")] == [
-        (1, CallState.SUCCEEDED)]
+    assert [(c.seq, c.state) for c in env.storage.load_history("j1")] == [(1, CallState.SUCCEEDED)]
     env.clock.advance(10)
     with pytest.raises(Retry):
         env.deliver("u.flow", "j1")
@@ -177,8 +188,7 @@ def test_no_retry_from_a_call_fails_the_job_at_once() -> None:
     view = env.durable.get_job("j1")
     assert (view.state, view.failures) == ("dead", 1)
     assert view.calls[1].error is not None
-    assert (view.calls[1].error["type"], view.calls[1].error["no_retry"]) == (
-        "ValueError", True)
+    assert (view.calls[1].error["type"], view.calls[1].error["no_retry"]) == ("ValueError", True)
     assert view.error is not None and view.error["no_retry"] is True
 
 
@@ -198,8 +208,12 @@ def test_no_retry_from_the_body_fails_the_job_at_once() -> None:
 
 
 def test_retry_after_sets_the_exact_delay_for_a_call_and_for_the_job() -> None:
-    env = make_env(call_retries=1, call_backoff=ConstantBackoff(99), job_retries=1,
-                   job_backoff=ConstantBackoff(99))
+    env = make_env(
+        call_retries=1,
+        call_backoff=ConstantBackoff(99),
+        job_retries=1,
+        job_backoff=ConstantBackoff(99),
+    )
     _register(env, failures={"flaky": None, "error": RetryAfter(7, TimeoutError("429"))})
     start = env.clock()
     with pytest.raises(Retry) as raised:
@@ -229,8 +243,9 @@ def test_per_call_and_per_task_overrides() -> None:
     failures: dict[str, Any] = {"flaky": 1}
     _register(env, failures=failures)
 
-    @env.durable.task(name="u.generous", shared=False, call_retries=2,
-                      call_backoff=timedelta(seconds=4))
+    @env.durable.task(
+        name="u.generous", shared=False, call_retries=2, call_backoff=timedelta(seconds=4)
+    )
     def generous() -> str:
         return call("u.flaky")
 
@@ -361,19 +376,20 @@ def _rec(scope: str, seq: int, state: CallState = CallState.SUCCEEDED) -> CallRe
 def test_discard_from_first_failure() -> None:
     failed, ok = CallState.FAILED, CallState.SUCCEEDED
     assert discard_from_first_failure("J", [_rec("J", 1), _rec("J", 2)]) == []
-    assert discard_from_first_failure("J", [
-        _rec("J", 1), _rec("J", 2, failed), _rec("J", 3), _rec("J.2", 1)]) == [
-        ("J", 2), ("J.2", 1), ("J", 3)]
+    assert discard_from_first_failure(
+        "J", [_rec("J", 1), _rec("J", 2, failed), _rec("J", 3), _rec("J.2", 1)]
+    ) == [("J", 2), ("J.2", 1), ("J", 3)]
     # a failure caught inside a call that succeeded belongs to that call's checkpoint
-    assert discard_from_first_failure("J", [
-        _rec("J", 1), _rec("J", 2, ok), _rec("J.2", 1, failed), _rec("J", 3, failed)]) == [
-        ("J", 3)]
+    assert discard_from_first_failure(
+        "J", [_rec("J", 1), _rec("J", 2, ok), _rec("J.2", 1, failed), _rec("J", 3, failed)]
+    ) == [("J", 3)]
     # a child's failure that escaped: the parent call failed too and goes with its calls
-    assert discard_from_first_failure("J", [
-        _rec("J", 1), _rec("J", 2, failed), _rec("J.2", 1), _rec("J.2", 2, failed)]) == [
-        ("J", 2), ("J.2", 1), ("J.2", 2)]
-    assert discard_from_first_failure("J", [
-        _rec("J", 1), _rec("J", 10, failed), _rec("J", 9)]) == [("J", 10)]
+    assert discard_from_first_failure(
+        "J", [_rec("J", 1), _rec("J", 2, failed), _rec("J.2", 1), _rec("J.2", 2, failed)]
+    ) == [("J", 2), ("J.2", 1), ("J.2", 2)]
+    assert discard_from_first_failure("J", [_rec("J", 1), _rec("J", 10, failed), _rec("J", 9)]) == [
+        ("J", 10)
+    ]
 
 
 def test_no_retry_deep_in_a_called_durable_task_stops_every_layer() -> None:
@@ -400,8 +416,12 @@ def test_no_retry_deep_in_a_called_durable_task_stops_every_layer() -> None:
 
 
 def test_a_requeued_dead_letter_gets_a_fresh_recovery_budget_too() -> None:
-    env = make_env(max_recoveries=1, call_retries=1, call_backoff=ConstantBackoff(600),
-                   on_exhausted="dead_letter")
+    env = make_env(
+        max_recoveries=1,
+        call_retries=1,
+        call_backoff=ConstantBackoff(600),
+        on_exhausted="dead_letter",
+    )
     env.app.send_task = lambda *a, **k: None  # type: ignore[method-assign]
     failures: dict[str, Any] = {"flaky": 1}
     _register(env, failures=failures)
@@ -426,8 +446,9 @@ def test_a_requeued_dead_letter_gets_a_fresh_recovery_budget_too() -> None:
 def test_autoretry_for_never_retries_no_retry_or_cancelled() -> None:
     env = make_env(job_retries=0)
 
-    @env.durable.task(name="u.auto", shared=False, autoretry_for=(Exception,),
-                      retry_backoff=False, max_retries=5)
+    @env.durable.task(
+        name="u.auto", shared=False, autoretry_for=(Exception,), retry_backoff=False, max_retries=5
+    )
     def auto() -> None:
         env.effects.append("ran")
         raise NoRetry("bad input")
@@ -451,5 +472,4 @@ def test_eager_apply_waits_for_a_call_retry_in_process() -> None:
 def _new_job(env: Env, job_id: str) -> Any:
     from celery_durable.runner import new_job
 
-    return new_job(env.durable, "u.flow", job_id, [], {}, queue=None, priority=None,
-                   eta=None)
+    return new_job(env.durable, "u.flow", job_id, [], {}, queue=None, priority=None, eta=None)

@@ -39,11 +39,17 @@ def test_sync_adds_updates_and_disables_code_schedules() -> None:
     env.durable.schedule("cleanup", "u.cleanup", every(60), kwargs={"days": 3})
     env.durable.schedule("report", env.app.tasks["u.report"], daily(9), queue="reports")
     assert env.durable.schedules.sync() == {
-        "added": ["cleanup", "report"], "updated": [], "disabled": []}
+        "added": ["cleanup", "report"],
+        "updated": [],
+        "disabled": [],
+    }
     assert env.durable.schedules.sync() == {"added": [], "updated": [], "disabled": []}
     report = env.durable.schedules.get("report")
     assert (report.task, report.timezone, report.next_run_at) == (
-        "u.report", "UTC", env.clock().replace(hour=9) + timedelta(days=1))
+        "u.report",
+        "UTC",
+        env.clock().replace(hour=9) + timedelta(days=1),
+    )
 
     # the next deploy: cleanup changed, report removed
     fresh = Schedules(env.durable)
@@ -77,7 +83,8 @@ def test_each_tick_fires_once_even_with_two_beats() -> None:
     assert [m["task_id"] for m in sent] == [run_job_id("cleanup", t) for t in ticks]
     runs = env.durable.schedules.runs("cleanup")
     assert [(r.nominal_at, r.outcome, r.published) for r in reversed(runs)] == [
-        (t, "fired", True) for t in ticks]
+        (t, "fired", True) for t in ticks
+    ]
 
 
 def test_a_durable_task_gets_its_job_row_in_the_same_transaction() -> None:
@@ -89,12 +96,14 @@ def test_a_durable_task_gets_its_job_row_in_the_same_transaction() -> None:
     [message] = sent
     job = env.storage.get_job(message["task_id"])
     assert job is not None and (job.task, job.state, job.queue) == (
-        "u.report", JobState.PENDING, "reports")
+        "u.report",
+        JobState.PENDING,
+        "reports",
+    )
     assert message["queue"] == "reports"
 
 
-@pytest.mark.parametrize("missed, fired, skipped", [
-    ("once", 1, 4), ("all", 5, 0), ("skip", 0, 5)])
+@pytest.mark.parametrize("missed, fired, skipped", [("once", 1, 4), ("all", 5, 0), ("skip", 0, 5)])
 def test_missed_ticks_follow_the_policy(missed: str, fired: int, skipped: int) -> None:
     env, sent = _env()
     env.durable.schedule("cleanup", "u.cleanup", every(60), missed=missed)
@@ -105,8 +114,7 @@ def test_missed_ticks_follow_the_policy(missed: str, fired: int, skipped: int) -
     assert [r.outcome for r in runs].count("fired") == fired == len(sent)
     assert [r.outcome for r in runs].count("skipped") == skipped
     # the next tick stays on the grid of the first one: no drift
-    assert env.durable.schedules.get("cleanup").next_run_at == \
-        env.clock() + timedelta(seconds=15)
+    assert env.durable.schedules.get("cleanup").next_run_at == env.clock() + timedelta(seconds=15)
 
 
 def test_a_long_outage_is_skipped_over_not_walked() -> None:
@@ -172,7 +180,8 @@ def test_a_run_whose_message_was_not_sent_is_published_again() -> None:
     env.clock.advance(60)
     real = env.app.send_task
     env.app.send_task = lambda *a, **k: (_ for _ in ()).throw(  # type: ignore
-        ConnectionError("broker down"))
+        ConnectionError("broker down")
+    )
     env.durable.schedules.tick()
     [run] = env.durable.schedules.runs("cleanup")
     assert (run.outcome, run.published) == ("fired", False)
@@ -185,24 +194,32 @@ def test_a_run_whose_message_was_not_sent_is_published_again() -> None:
 
 def test_beat_schedule_entries_are_taken_over() -> None:
     env, _ = _env()
-    import_beat_schedule(env.durable, {
-        "every-minute": {"task": "u.cleanup", "schedule": 60.0, "args": (1,)},
-        "weekday-mornings": {"task": "u.cleanup",
-                             "schedule": crontab(minute="30", hour="8", day_of_week="1-5"),
-                             "options": {"queue": "low", "expires": 10}},
-    })
+    import_beat_schedule(
+        env.durable,
+        {
+            "every-minute": {"task": "u.cleanup", "schedule": 60.0, "args": (1,)},
+            "weekday-mornings": {
+                "task": "u.cleanup",
+                "schedule": crontab(minute="30", hour="8", day_of_week="1-5"),
+                "options": {"queue": "low", "expires": 10},
+            },
+        },
+    )
     env.durable.schedules.sync()
     assert env.durable.schedules.get("every-minute").spec == '{"every": 60.0}'
     mornings = env.durable.schedules.get("weekday-mornings")
     assert '"cron": "30 8 * * 1-5"' in mornings.spec and mornings.options == '{"queue": "low"}'
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"missed": "sometimes"}, "missed must be one of once, skip, all"),
-    ({"timezone": "Nowhere/City"}, "unknown timezone"),
-    ({"catchup_limit": 0}, "catchup_limit must be >= 1"),
-    ({"colour": "red"}, "unknown option\\(s\\) colour"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"missed": "sometimes"}, "missed must be one of once, skip, all"),
+        ({"timezone": "Nowhere/City"}, "unknown timezone"),
+        ({"catchup_limit": 0}, "catchup_limit must be >= 1"),
+        ({"colour": "red"}, "unknown option\\(s\\) colour"),
+    ],
+)
 def test_bad_schedule_options(options: dict[str, Any], message: str) -> None:
     env, _ = _env()
     with pytest.raises(ConfigurationError, match=message):

@@ -55,24 +55,28 @@ def _ready(durable: Durable) -> None:
 
 
 def test_a_worker_without_a_database_url_warns_and_names_the_file(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     app = Celery("shop", broker="redis://127.0.0.1:6379/0", set_as_current=False)
     durable = Durable(app, recovery=False)
     with caplog.at_level(logging.WARNING, logger="celery_durable.app"):
         _ready(durable)
     path = Path(DEFAULT_DATABASE_URL.removeprefix("sqlite:///")).resolve()
-    [warning] = [r.getMessage() for r in caplog.records if "durable_database_url" in
-                 r.getMessage()]
+    [warning] = [r.getMessage() for r in caplog.records if "durable_database_url" in r.getMessage()]
     assert str(path) in warning and "CELERY_DURABLE_DATABASE_URL" in warning
 
 
-@pytest.mark.parametrize("configure", [
-    lambda app: app.conf.update(durable_database_url="sqlite:///x.sqlite3"),
-    lambda app: app.conf.update(broker_url="sqla+sqlite:///broker.sqlite3"),
-    lambda app: app.config_from_object(DjangoSettings, namespace="CELERY"),
-])
-def test_no_warning_when_the_store_is_meant(configure: object,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "configure",
+    [
+        lambda app: app.conf.update(durable_database_url="sqlite:///x.sqlite3"),
+        lambda app: app.conf.update(broker_url="sqla+sqlite:///broker.sqlite3"),
+        lambda app: app.config_from_object(DjangoSettings, namespace="CELERY"),
+    ],
+)
+def test_no_warning_when_the_store_is_meant(
+    configure: object, caplog: pytest.LogCaptureFixture
+) -> None:
     app = Celery("shop", broker="redis://127.0.0.1:6379/0", set_as_current=False)
     configure(app)  # type: ignore[operator]
     durable = Durable(app, recovery=False)
@@ -86,14 +90,24 @@ def test_passwords_never_show() -> None:
     app.config_from_object(DjangoSettings, namespace="CELERY")
     durable = Durable(app)
     storage = SQLStorage(durable.settings.database_url)
-    for text in (repr(durable.settings), str(durable.settings), repr(storage),
-                 str(storage), storage.url, storage.safe_url):
+    for text in (
+        repr(durable.settings),
+        str(durable.settings),
+        repr(storage),
+        str(storage),
+        storage.url,
+        storage.safe_url,
+    ):
         assert "s3cret" not in text
         assert "shop:***@db.internal" in text
 
 
-NAMES = [("", "must be a non-empty string"), ("a\x00b", "must not contain a NUL byte"),
-         ("x" * 300, "is 300 characters long"), ("\ud800", "not valid Unicode")]
+NAMES = [
+    ("", "must be a non-empty string"),
+    ("a\x00b", "must not contain a NUL byte"),
+    ("x" * 300, "is 300 characters long"),
+    ("\ud800", "not valid Unicode"),
+]
 
 
 @pytest.mark.parametrize("bad, message", NAMES)
@@ -103,22 +117,38 @@ def test_bad_ids_names_and_keys_are_refused_before_any_io(bad: str, message: str
     def touches(*_: object, **__: object) -> None:
         raise AssertionError("the store was used")
 
-    for name in ("get_job", "cancel_job", "send_message", "list_jobs", "requeue_job",
-                 "load_history", "get_schedule", "delete_jobs", "schedule_runs"):
+    for name in (
+        "get_job",
+        "cancel_job",
+        "send_message",
+        "list_jobs",
+        "requeue_job",
+        "load_history",
+        "get_schedule",
+        "delete_jobs",
+        "schedule_runs",
+    ):
         setattr(env.storage, name, touches)
     durable = env.durable
-    for attempt in (lambda: durable.get_job(bad), lambda: durable.cancel(bad),
-                    lambda: durable.retry(bad), lambda: durable.send(bad, "t", 1),
-                    lambda: durable.send("j1", bad, 1),
-                    lambda: durable.send("j1", "t", 1, key=bad),
-                    lambda: durable.jobs(task=bad), lambda: durable.jobs(queue=bad),
-                    lambda: durable.requeue([bad]), lambda: durable.dead_letter(bad),
-                    lambda: durable.export_history(bad),
-                    lambda: durable.purge_dead_letters([bad]),
-                    lambda: durable.dead_letters(task=bad),
-                    lambda: durable.schedules.get(bad), lambda: durable.schedules.runs(bad),
-                    lambda: durable.schedules.add(bad, "u.t", every(1)),
-                    lambda: durable.schedules.add("s", bad, every(1))):
+    for attempt in (
+        lambda: durable.get_job(bad),
+        lambda: durable.cancel(bad),
+        lambda: durable.retry(bad),
+        lambda: durable.send(bad, "t", 1),
+        lambda: durable.send("j1", bad, 1),
+        lambda: durable.send("j1", "t", 1, key=bad),
+        lambda: durable.jobs(task=bad),
+        lambda: durable.jobs(queue=bad),
+        lambda: durable.requeue([bad]),
+        lambda: durable.dead_letter(bad),
+        lambda: durable.export_history(bad),
+        lambda: durable.purge_dead_letters([bad]),
+        lambda: durable.dead_letters(task=bad),
+        lambda: durable.schedules.get(bad),
+        lambda: durable.schedules.runs(bad),
+        lambda: durable.schedules.add(bad, "u.t", every(1)),
+        lambda: durable.schedules.add("s", bad, every(1)),
+    ):
         with pytest.raises(ValidationError, match=message if bad else "."):
             attempt()
 

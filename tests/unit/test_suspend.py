@@ -67,8 +67,7 @@ def _deliver_child(env: Env, child_id: str) -> Any:
     job = env.storage.get_job(child_id)
     assert job is not None and job.task == DISPATCH_TASK
     options = json.loads(job.options)
-    return env.deliver(DISPATCH_TASK, child_id, *json.loads(job.args),
-                       headers=options["headers"])
+    return env.deliver(DISPATCH_TASK, child_id, *json.loads(job.args), headers=options["headers"])
 
 
 @pytest.fixture
@@ -196,8 +195,7 @@ def test_gather_raises_the_first_error_after_all_finished() -> None:
     assert sorted(env.effects) == ["step0", "step1", "step100", "step2"]
 
 
-def test_suspended_parent_whose_wake_message_is_lost_is_resumed_by_the_sweeper(
-        senv: Env) -> None:
+def test_suspended_parent_whose_wake_message_is_lost_is_resumed_by_the_sweeper(senv: Env) -> None:
     with pytest.raises(Ignore):
         senv.deliver("u.parent", "p4", 3)
     _deliver_child(senv, "p4.1")
@@ -241,10 +239,19 @@ def test_metrics_label_a_child_job_with_the_task_it_runs(senv: Env) -> None:
     with pytest.raises(Ignore):
         senv.deliver("u.parent", "p7", 2)
     _deliver_child(senv, "p7.1")
-    assert registry.get_sample_value("durable_jobs_enqueued_total",
-                                     {"task": "u.step", "queue": "payments"}) == 1
-    assert registry.get_sample_value("durable_jobs_completed_total", {
-        "task": "u.step", "queue": senv.app.conf.task_default_queue}) == 1
+    assert (
+        registry.get_sample_value(
+            "durable_jobs_enqueued_total", {"task": "u.step", "queue": "payments"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "durable_jobs_completed_total",
+            {"task": "u.step", "queue": senv.app.conf.task_default_queue},
+        )
+        == 1
+    )
 
 
 def test_a_job_retry_while_waiting_keeps_the_child_and_never_sends_a_second() -> None:
@@ -277,8 +284,7 @@ def test_a_job_retry_while_waiting_keeps_the_child_and_never_sends_a_second() ->
     assert env.effects == ["step5"]
 
 
-def test_a_dispatch_whose_checkpoint_was_dropped_reuses_its_child_unless_it_failed(
-        ) -> None:
+def test_a_dispatch_whose_checkpoint_was_dropped_reuses_its_child_unless_it_failed() -> None:
     env = make_env(call_retries=0, job_retries=0)
     _register(env, failing={7})
     with pytest.raises(Ignore):

@@ -48,15 +48,23 @@ def test_spans_follow_the_job_across_a_crash_in_one_trace() -> None:
     assert len(jobs) == 2
     trace_id = checkout.get_span_context().trace_id
     assert all(s.context.trace_id == trace_id for s in spans if s.name != "checkout")
-    assert all(j.parent is not None and j.parent.span_id ==
-               checkout.get_span_context().span_id for j in jobs)
+    assert all(
+        j.parent is not None and j.parent.span_id == checkout.get_span_context().span_id
+        for j in jobs
+    )
     assert [j.attributes["durable.outcome"] for j in jobs] == ["interrupted", "succeeded"]
-    calls = [(s.name, s.attributes["durable.position"], s.parent.span_id)  # type: ignore[union-attr]
-             for s in spans if s.name.startswith("durable.call")]
+    calls = [
+        (s.name, s.attributes["durable.position"], s.parent.span_id)  # type: ignore[union-attr]
+        for s in spans
+        if s.name.startswith("durable.call")
+    ]
     first, second = (j.context.span_id for j in jobs)
     # execution 1: a ran, b died with it; execution 2: a replayed (no span), b ran
-    assert calls == [("durable.call u.step", "1", first), ("durable.call u.step", "2", first),
-                     ("durable.call u.step", "2", second)]
+    assert calls == [
+        ("durable.call u.step", "1", first),
+        ("durable.call u.step", "2", first),
+        ("durable.call u.step", "2", second),
+    ]
     assert jobs[0].attributes["messaging.message.id"] == "j1"
 
     @env.durable.task(name="u.failing", shared=False)
@@ -98,10 +106,10 @@ def test_a_dispatched_childs_job_span_nests_under_its_parents_job_span() -> None
     assert child is not None
     headers = json.loads(child.options)["headers"]
     env.deliver(DISPATCH_TASK, "p1.1", *json.loads(child.args), headers=headers)
-    [parent_span] = [s for s in exporter.get_finished_spans()
-                     if s.name == "durable.job u.parent"]
-    [child_span] = [s for s in exporter.get_finished_spans()
-                    if s.name == "durable.job u.charge"]  # the task it runs
+    [parent_span] = [s for s in exporter.get_finished_spans() if s.name == "durable.job u.parent"]
+    [child_span] = [
+        s for s in exporter.get_finished_spans() if s.name == "durable.job u.charge"
+    ]  # the task it runs
     assert child_span.parent is not None
     assert child_span.parent.span_id == parent_span.context.span_id
     assert child_span.context.trace_id == parent_span.context.trace_id
