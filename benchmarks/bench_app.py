@@ -195,7 +195,7 @@ def install_observability(
         obs.logger = make_job_logger(logger_name, log)
         obs.middleware.append(durable.use(LoggingMiddleware(obs.logger)))
     if "otel" in kinds:
-        from celery_durable.tracing import OTelTracing
+        from celery_durable import OTelTracing
 
         if provider is None:
             exporter = exporter or DiscardSpanExporter()

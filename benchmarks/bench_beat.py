@@ -53,8 +53,8 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from celery_durable import Durable, every  # noqa: E402
 from celery_durable.beat import DatabaseScheduler as DurableScheduler  # noqa: E402
-from celery_durable.scheduling import Definition  # noqa: E402
-from celery_durable.store.schedule_base import ScheduleRecord  # noqa: E402
+from celery_durable.scheduling.definition import Definition  # noqa: E402
+from celery_durable.store.records import ScheduleRecord  # noqa: E402
 from celery_durable.store.sql import SQLStorage  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

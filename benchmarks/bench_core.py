@@ -60,7 +60,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, event, func, select  # 
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from celery_durable import Durable, call  # noqa: E402
-from celery_durable.store.base import (  # noqa: E402
+from celery_durable.store.records import (  # noqa: E402
     CallRecord,
     CallState,
     ClaimOutcome,

@@ -1,10 +1,20 @@
-"""celery-durable: Celery tasks whose nested calls are checkpointed in SQL."""
+"""celery-durable: Celery tasks whose nested calls are checkpointed in SQL.
+
+Everything in ``__all__`` is the public API; the subpackages are internal and may
+change: ``store`` (records, the storage protocol, SQL and memory stores) < ``engine``
+(one job's execution) < ``operations`` / ``scheduling`` / ``worker`` < ``app`` (the
+``Durable`` facade), ``beat``, ``cli``, ``testing``.
+"""
 
 from .app import Durable
-from .calls import call
-from .context import current_call_id, current_job_id
 from .determinism import Determinism
-from .dispatch import gather
+from .engine.calls import call
+from .engine.context import current_call_id, current_job_id
+from .engine.gather import gather
+from .engine.receive import receive
+from .engine.recorded_values import now, patched, randint, random, uuid4
+from .engine.sleep import sleep, sleep_until
+from .engine.task import DurableTask
 from .errors import (
     CallError,
     Cancelled,
@@ -22,11 +32,12 @@ from .errors import (
     UnknownTaskError,
     ValidationError,
 )
-from .inspection import CallView, ExecutionError, JobSummary, JobView
-from .logging_middleware import LoggingMiddleware
-from .messages import receive
-from .metrics import PrometheusMetrics
-from .observe import CallInfo, JobInfo, Middleware, Outcome
+from .observability.hooks import CallInfo, JobInfo, Middleware, Outcome
+from .observability.log import LoggingMiddleware
+from .observability.otel import OTelTracing
+from .observability.prometheus import PrometheusMetrics, QueueDepthCollector
+from .operations.events import Event
+from .operations.views import CallView, ExecutionError, JobSummary, JobView, WorkerView
 from .retry import (
     Backoff,
     ConstantBackoff,
@@ -35,12 +46,9 @@ from .retry import (
     NoRetry,
     RetryAfter,
 )
-from .schedules import cron, daily, every, weekly
-from .sleeping import sleep, sleep_until
+from .scheduling.kinds import cron, daily, every, weekly
 from .store import JobState, MemoryStorage, SQLStorage, Storage
-from .store.base import CancelOutcome
-from .task import DurableTask
-from .values import now, patched, randint, random, uuid4
+from .store.records import CancelOutcome
 
 __all__ = [
     "Backoff",
@@ -55,6 +63,7 @@ __all__ = [
     "Durable",
     "DurableError",
     "DurableTask",
+    "Event",
     "ExecutionError",
     "ExponentialBackoff",
     "ExponentialBackoffWithJitter",
@@ -70,9 +79,11 @@ __all__ = [
     "Middleware",
     "NoRetry",
     "NonDeterministicError",
+    "OTelTracing",
     "Outcome",
     "OutsideDurableTaskError",
     "PrometheusMetrics",
+    "QueueDepthCollector",
     "RetryAfter",
     "SQLStorage",
     "ScheduleNotFound",
@@ -82,6 +93,7 @@ __all__ = [
     "StorageUnavailable",
     "UnknownTaskError",
     "ValidationError",
+    "WorkerView",
     "call",
     "cron",
     "current_call_id",

@@ -1,28 +1,40 @@
-"""The Durable facade: settings, storage, the task decorator and the worker wiring."""
+"""The Durable facade: the composition root and the API users call.
+
+``Durable(app)`` builds the pieces and wires them together: the settings, the runtime
+the engine is given (store, clock, observers, lease keeper), the schedules, the recovery
+sweeper and the worker's signal handlers. Its methods are the public API; each delegates
+to the layer that does the work (``engine``, ``operations``, ``scheduling``,
+``worker``). Nothing below this module imports it.
+"""
 
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from celery import Celery, signals
-from sqlalchemy.engine import make_url
+from celery import Celery
+from celery.result import AsyncResult
 
-from . import dead_letters, operations
 from .determinism import Determinism, check_determinism
-from .dispatch import register_dispatch_task
-from .enqueue import enqueue
+from .engine import runtime as runtimes
+from .engine.child_task import register_dispatch_task
+from .engine.enqueue import broker_priority
+from .engine.leases import LeaseKeeper
+from .engine.runtime import Runtime, utcnow
+from .engine.task import DurableTask
 from .errors import ConfigurationError, JobNotFound
-from .events import Event, read_events
-from .events import follow as events_follow
 from .identifiers import check_job_id, check_job_ids, check_optional_name
-from .inspection import (
+from .observability.hooks import CallInfo, JobInfo, Observers
+from .operations import dead_letters, jobs, retention
+from .operations.events import Event, read_events
+from .operations.events import follow as events_follow
+from .operations.messages import send as send_message
+from .operations.views import (
     JobSummary,
     JobView,
     WorkerView,
@@ -30,19 +42,19 @@ from .inspection import (
     job_view,
     worker_view,
 )
-from .leases import LeaseKeeper
-from .messages import send as send_message
-from .observe import CallInfo, JobInfo, Observers
-from .recovery import RecoverySweeper
 from .retry import RetryPolicy, check_task_options
-from .schedules import Schedule
-from .scheduling import Schedules, _definition
+from .scheduling.definition import definition_from
+from .scheduling.kinds import Schedule
+from .scheduling.registry import Schedules
 from .settings import Settings, database_url_configured
-from .store.base import CancelOutcome, Storage
-from .store.sql import SQLStorage
-from .task import DurableTask
+from .store.protocol import Storage
+from .store.records import CancelOutcome
+from .worker import signals as worker_signals
+from .worker.recovery import RecoverySweeper
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
+M = Any
+"""A middleware: a ``celery_durable.Middleware`` or any object with some of its hooks."""
 _instances: weakref.WeakKeyDictionary[Celery, Durable] = weakref.WeakKeyDictionary()
 _instances_lock = threading.Lock()
 
@@ -81,7 +93,9 @@ class Durable:
     """Durable execution for one Celery app.
 
     ``Durable(app)`` reads the ``durable_*`` settings from ``app.conf``; keyword
-    arguments override them. Nothing connects to the database until it is used.
+    arguments override them. ``storage=`` runs on a store of your own (a
+    ``MemoryStorage`` in tests); ``clock=`` replaces the UTC clock. Nothing connects to
+    the database until it is used.
     """
 
     def __init__(
@@ -100,26 +114,25 @@ class Durable:
                 )
             _instances[app] = self
         self.app = app
-        self.settings = Settings.from_conf(app.conf, **settings)
-        self._names_a_database = storage is not None or database_url_configured(app.conf, settings)
-        self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
-        """Retries and backoff of call()s whose task and call site set none."""
-        self.determinism = check_determinism(self.settings.determinism, "durable_determinism")
-        """The determinism mode of tasks that set none (see ``set_determinism``)."""
-        self._storage = storage
-        self._clock = clock or _utcnow
-        self.lease_keeper = LeaseKeeper(
-            lambda: self.storage,
-            self.settings.lease_seconds,
-            self.now,
-            self.settings.cancel_check_interval,
+        self.runtime = Runtime(
+            app,
+            Settings.from_conf(app.conf, **settings),
+            clock=clock or utcnow,
+            given_storage=storage,
         )
-        self.sweeper = RecoverySweeper(self)
-        self.observers = Observers()
-        self.schedules = Schedules(self)
+        """What the engine is given: store, clock, settings, observers, lease keeper."""
+        runtimes.register(app, self.runtime)
+        self.sweeper = RecoverySweeper(self.runtime, chores=[self._apply_retention_quietly])
+        self.schedules = Schedules(self.runtime)
         """The database scheduler's management API (add, change, pause, ... runs)."""
         register_dispatch_task(app)
-        _connect_worker_signals()
+        worker_signals.install(
+            worker_signals.WorkerSide(
+                self.runtime,
+                self.sweeper,
+                names_a_database=storage is not None or database_url_configured(app.conf, settings),
+            )
+        )
 
     @classmethod
     def of(cls, app: Celery) -> Durable:
@@ -128,25 +141,50 @@ class Durable:
             existing = _instances.get(app)
         return existing if existing is not None else cls(app)
 
+    # -- what the runtime holds, for code that used to reach it here ----------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self.runtime.settings = value
+
     @property
     def storage(self) -> Storage:
-        if self._storage is None:
-            self._storage = SQLStorage(
-                self.settings.database_url, table_prefix=self.settings.table_prefix
-            )
-        return self._storage
+        return self.runtime.storage
+
+    @property
+    def observers(self) -> Observers:
+        return self.runtime.observers
+
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        return self.runtime.lease_keeper
+
+    @property
+    def call_policy(self) -> RetryPolicy:
+        """Retries and backoff of call()s whose task and call site set none."""
+        return self.runtime.call_policy
+
+    @property
+    def determinism(self) -> Determinism:
+        """The determinism mode of tasks that set none (see ``set_determinism``)."""
+        return self.runtime.determinism
 
     def now(self) -> datetime:
-        return self._clock()
+        return self.runtime.now()
 
     def deliver_by(self, eta: datetime | None) -> datetime:
-        start = max(eta, self.now()) if eta is not None else self.now()
-        return start + timedelta(seconds=self.settings.delivery_timeout)
+        return self.runtime.deliver_by(eta)
 
     def task(self, *args: Any, **options: Any) -> Any:
         """``@durable.task`` / ``@durable.task(name=..., queue=...)``: a durable Celery task.
 
-        Same as ``@app.task(base=DurableTask, ...)``, but unknown options are rejected.
+        Same as ``@app.task(base=DurableTask, ...)``, but unknown options are rejected
+        with the closest known one. Returns the task (used bare) or the decorator (used
+        with options), as ``app.task`` does.
         """
         _check_options(options)
         check_task_options(
@@ -164,16 +202,16 @@ class Durable:
 
     def enqueue(
         self,
-        task: Any,
+        task: DurableTask | str,
         *args: Any,
         kwargs: dict[str, Any] | None = None,
         queue: str | None = None,
         priority: int | None = None,
-        delay: Any = None,
+        delay: float | timedelta | None = None,
         at: datetime | None = None,
         unique: str | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> AsyncResult:
         """Enqueue a durable task (object or registered name); returns its AsyncResult.
 
         ``priority``: 0-9, higher runs first on every broker (mapped onto Redis's
@@ -183,23 +221,26 @@ class Durable:
         while a job with this key is pending, waiting, retrying or running, enqueueing
         again returns that job instead of creating one. Other options go to Celery.
         """
-        return enqueue(
-            self,
-            task,
-            args,
-            kwargs,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            at=at,
-            unique=unique,
-            **options,
+        target = self.app.tasks.get(task) if isinstance(task, str) else task
+        if not isinstance(target, DurableTask):
+            raise ConfigurationError(
+                f"enqueue() takes a durable task or its registered name, got {task!r}; "
+                f"plain Celery tasks keep apply_async()"
+            )
+        if queue is not None:
+            options["queue"] = queue
+        if priority is not None:
+            options["priority"] = broker_priority(self.app, priority)
+        result: AsyncResult = target.apply_async(
+            args, kwargs, delay=delay, at=at, unique=unique, **options
         )
+        return result
 
     # -- hooks and middleware -------------------------------------------------------------
 
-    def use(self, middleware: Any) -> Any:
-        """Add a middleware (see ``celery_durable.observe``); returns it."""
+    def use(self, middleware: M) -> M:
+        """Add a middleware (a ``Middleware`` subclass, or any object with some of its
+        hooks; see ``celery_durable.observability.hooks``); returns it."""
         self.observers.use(middleware)
         return middleware
 
@@ -247,16 +288,16 @@ class Durable:
         """What every worker did (see ``celery_durable.events``), oldest first, from
         ``since`` (an event's ``cursor`` or a time); with ``follow``, forever."""
         if follow:
-            return events_follow(self, since, poll_interval=poll_interval)
-        return iter(read_events(self, since))
+            return events_follow(self.runtime, since, poll_interval=poll_interval)
+        return iter(read_events(self.runtime, since))
 
     def set_determinism(self, mode: Determinism | str) -> None:
         """The default determinism mode: "explicit", "strict" or "best_effort"."""
-        self.determinism = check_determinism(mode, "determinism")
+        self.runtime.determinism = check_determinism(mode, "determinism")
 
     def export_history(self, job_id: str) -> dict[str, Any]:
         """A job's recorded history as JSON-able data, for ``testing.replay`` in CI."""
-        return export_history(self, check_job_id(job_id))
+        return export_history(self.runtime, check_job_id(job_id))
 
     def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
         """Register a schedule in code: ``durable.schedule("cleanup", cleanup,
@@ -267,7 +308,7 @@ class Durable:
         priority, unique (skip a tick while the previous run is active), missed ("once",
         "skip" or "all"), catchup_limit, timezone (IANA; default the app's).
         """
-        self.schedules.register(_definition(name, task, when, dict(options)))
+        self.schedules.register(definition_from(name, task, when, dict(options)))
 
     def migrate(self) -> list[int]:
         """Create or upgrade the tables (idempotent); returns the versions applied."""
@@ -275,8 +316,7 @@ class Durable:
 
     def pending_migrations(self) -> list[int]:
         """Schema versions ``migrate()`` would apply (empty when up to date)."""
-        pending = getattr(self.storage, "pending_migrations", None)
-        return list(pending()) if pending is not None else []
+        return self.storage.pending_migrations()
 
     def get_job(self, job_id: str) -> JobView:
         """The job's state, result/error, timestamps and call timeline.
@@ -308,8 +348,8 @@ class Durable:
         """Jobs, newest first; ``since``/``until`` bound when they were enqueued."""
         task = check_optional_name(task, "task")
         queue = check_optional_name(queue, "queue")
-        return operations.list_jobs(
-            self,
+        return jobs.list_jobs(
+            self.runtime,
             states=states,
             task=task,
             queue=queue,
@@ -323,7 +363,7 @@ class Durable:
         """Run a failed, dead or cancelled job again under the same id.
 
         Raises JobNotFound, or JobStateError if the job is active or succeeded."""
-        operations.retry(self, check_job_id(job_id), from_scratch=from_scratch)
+        jobs.retry(self.runtime, check_job_id(job_id), from_scratch=from_scratch)
 
     def send(self, job_id: str, topic: str, payload: Any, *, key: str | None = None) -> bool:
         """Send a message to a job; its body takes it with ``receive(topic)``.
@@ -331,11 +371,11 @@ class Durable:
         Wakes the job if it waits for this topic. ``key``: an idempotency key, so a
         sender that retries sends once (returns False for a repeat). Raises JobNotFound,
         or JobStateError for a job that has finished."""
-        return send_message(self, check_job_id(job_id), topic, payload, key=key)
+        return send_message(self.runtime, check_job_id(job_id), topic, payload, key=key)
 
     def cancel(self, job_id: str, *, revoke: bool = False) -> CancelOutcome:
         """Cancel a job for good (see the README); raises JobNotFound."""
-        return operations.cancel(self, check_job_id(job_id), revoke=revoke)
+        return jobs.cancel(self.runtime, check_job_id(job_id), revoke=revoke)
 
     def workers(self) -> list[WorkerView]:
         """The `celery worker`s that wrote a heartbeat in the last day, by name; each
@@ -345,13 +385,19 @@ class Durable:
             worker_view(w, now, self.settings.sweep_interval) for w in self.storage.list_workers()
         ]
 
+    def _apply_retention_quietly(self) -> None:
+        """The sweeper's retention chore (a worker logs what it deleted)."""
+        deleted = self.apply_retention()
+        if any(deleted.values()):
+            _logger.info("retention deleted finished jobs: %s", deleted)
+
     def recover(self, *, dry_run: bool = False) -> list[str]:
         """Run one recovery sweep now; returns the ids republished or ended."""
         return self.sweeper.sweep_once(dry_run=dry_run)
 
     def apply_retention(self, *, dry_run: bool = False) -> dict[str, int]:
         """Delete finished jobs past ``durable_retention`` now; counts per state."""
-        return operations.apply_retention(self, dry_run=dry_run)
+        return retention.apply_retention(self.runtime, dry_run=dry_run)
 
     # -- the dead-letter queue ------------------------------------------------------------
 
@@ -366,7 +412,7 @@ class Durable:
     ) -> list[JobSummary]:
         """Dead letters, newest first; ``since``/``until`` bound when they died."""
         return dead_letters.list_dead(
-            self,
+            self.runtime,
             task=check_optional_name(task, "task"),
             since=since,
             until=until,
@@ -378,14 +424,14 @@ class Durable:
         """One dead letter with every failed execution and its call timeline.
 
         Raises JobNotFound if no dead letter has this id."""
-        return dead_letters.show_dead(self, check_job_id(job_id))
+        return dead_letters.show_dead(self.runtime, check_job_id(job_id))
 
     def requeue(self, job_ids: str | Iterable[str], *, from_scratch: bool = False) -> list[str]:
         """Run dead letters again (same job id); returns the ids requeued.
 
         Completed calls before the first failure replay unless ``from_scratch``."""
         ids = check_job_ids([job_ids] if isinstance(job_ids, str) else job_ids)
-        return dead_letters.requeue(self, ids, from_scratch=from_scratch)
+        return dead_letters.requeue(self.runtime, ids, from_scratch=from_scratch)
 
     def purge_dead_letters(
         self,
@@ -396,108 +442,11 @@ class Durable:
     ) -> int:
         """Delete dead letters for good; returns how many were deleted."""
         return dead_letters.purge(
-            self,
+            self.runtime,
             None if job_ids is None else check_job_ids(job_ids),
             task=check_optional_name(task, "task"),
             before=before,
         )
-
-
-_signals_connected = False
-
-
-def _connect_worker_signals() -> None:
-    global _signals_connected
-    with _instances_lock:
-        if not _signals_connected:
-            signals.worker_ready.connect(_start_recovery, weak=False)
-            signals.worker_shutting_down.connect(_stop_recovery, weak=False)
-            signals.task_revoked.connect(_cancel_revoked, weak=False)
-            signals.worker_process_shutdown.connect(_forget_process_metrics, weak=False)
-            _signals_connected = True
-
-
-def _start_recovery(sender: Any = None, **_: Any) -> None:
-    """In the worker's main process, once the pool is up (sender: the consumer)."""
-    durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
-    if durable is None:
-        return
-    _warn_if_the_store_is_a_local_file(durable)
-    if durable.settings.recovery:
-        durable.sweeper.start(getattr(sender, "hostname", None), _consumed_queues(durable))
-    if durable.settings.metrics_port:
-        from .metrics import start_exporter
-
-        try:
-            start_exporter(durable, durable.settings.metrics_port)
-        except OSError:
-            logger.exception(
-                "durable: cannot serve metrics on port %d", durable.settings.metrics_port
-            )
-
-
-# Brokers that live on this machine anyway: a SQLite store beside them is the embedded
-# default working as meant.
-_LOCAL_BROKERS = frozenset({"", "memory", "filesystem", "sqla+sqlite", "sqlite"})
-
-
-def _warn_if_the_store_is_a_local_file(durable: Durable) -> None:
-    """A worker of a networked broker whose app names no database: every worker (and
-    every working directory) gets a SQLite file of its own, which is never what was
-    meant (the usual cause: settings under a namespace that were not read)."""
-    scheme = str(durable.app.conf.broker_url or "").split("://", 1)[0].lower()
-    if durable._names_a_database or scheme in _LOCAL_BROKERS:
-        return
-    path = os.path.abspath(make_url(durable.settings.database_url).database or "")
-    logger.warning(
-        "durable_database_url is not set: this worker keeps its durable jobs in the SQLite "
-        "file %s, which workers on other hosts or in other directories do not share. Set "
-        "app.conf.durable_database_url (CELERY_DURABLE_DATABASE_URL with Django's CELERY "
-        "namespace).",
-        path,
-    )
-
-
-def _consumed_queues(durable: Durable) -> list[str]:
-    try:
-        return sorted(durable.app.amqp.queues.consume_from or durable.app.amqp.queues)
-    except Exception:  # informational only
-        return []
-
-
-def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
-    from .metrics import mark_process_dead
-
-    mark_process_dead(pid or os.getpid())
-
-
-def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    """Celery revoked a durable task (``AsyncResult.revoke()``, ``expires``): cancel the
-    job in SQL too, or recovery would publish it again."""
-    durable = _instances.get(getattr(sender, "app", None))  # type: ignore[arg-type]
-    job_id = getattr(request, "id", None)
-    if durable is None or job_id is None or not isinstance(sender, DurableTask):
-        return
-    try:
-        durable.cancel(job_id, revoke=False)
-    except Exception:
-        logger.warning(
-            "durable job %s was revoked but could not be cancelled", job_id, exc_info=True
-        )
-
-
-def _stop_recovery(how: str = "Warm", **_: Any) -> None:
-    """Warm shutdown begins (in the main process, inside its signal handler)."""
-    from .shutdown import start_grace_period
-
-    for durable in list(_instances.values()):
-        durable.sweeper.stop()
-        if how == "Warm" and durable.sweeper.started:
-            start_grace_period(durable)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -507,3 +456,6 @@ def _check_options(options: dict[str, Any]) -> None:
             close = difflib.get_close_matches(option, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown durable task option {option!r}{hint}")
+
+
+runtimes.set_factory(lambda app: Durable.of(app).runtime)

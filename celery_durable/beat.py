@@ -13,7 +13,9 @@ from typing import Any
 from celery import Celery
 from celery.beat import Scheduler
 
+from .app import Durable
 from .errors import StorageUnavailable
+from .scheduling.beat_import import import_beat_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +24,6 @@ class DatabaseScheduler(Scheduler):
     """The ``durable`` beat scheduler (``beat_scheduler = "durable"``)."""
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
-        from .app import Durable
-
         self.durable = Durable.of(app)
         super().__init__(app, *args, **kwargs)
         # Changes made through the API must show within seconds, whatever the default.
@@ -31,9 +31,7 @@ class DatabaseScheduler(Scheduler):
         self.max_interval = min(configured, self.durable.settings.beat_max_interval)
 
     def setup_schedule(self) -> None:
-        from .beat_import import import_beat_schedule
-
-        import_beat_schedule(self.durable, self.app.conf.beat_schedule or {})
+        import_beat_schedule(self.durable.schedules, self.app.conf.beat_schedule or {})
         self._synced = False
         try:
             self._sync()
@@ -69,7 +67,7 @@ class DatabaseScheduler(Scheduler):
     @property
     def info(self) -> str:
         storage = self.durable.storage
-        return f"    . db -> {getattr(storage, 'safe_url', type(storage).__name__)}"
+        return f"    . db -> {storage.safe_url}"
 
     def sync(self) -> None:
         pass  # every change is committed as it happens

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store.base import CallRecord
+    from .store.records import CallRecord
 
 
 class DurableError(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from .determinism import check_determinism
 from .errors import ConfigurationError
 
 Seconds = float | int | timedelta
@@ -248,6 +249,4 @@ def check_task_options(options: Any, task_name: str) -> None:
     if get("on_exhausted", None) is not None:
         check_on_exhausted(get("on_exhausted"), f"on_exhausted of {where}")
     if get("determinism", None) is not None:
-        from .determinism import check_determinism
-
         check_determinism(get("determinism"), f"determinism of {where}")

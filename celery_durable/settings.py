@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .determinism import check_determinism
 from .errors import ConfigurationError
 from .retry import (
     Backoff,
@@ -107,8 +108,6 @@ class Settings:
         check_retries(self.call_retries, "durable_call_retries")
         check_retries(self.job_retries, "durable_job_retries")
         check_on_exhausted(self.on_exhausted, "durable_on_exhausted")
-        from .determinism import check_determinism
-
         check_determinism(self.determinism, "durable_determinism")
         if self.shutdown_grace is not None and self.shutdown_grace < 0:
             raise ConfigurationError(

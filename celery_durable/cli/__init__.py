@@ -8,7 +8,7 @@ import json
 import click
 
 from ..errors import DurableError
-from ..store.schema import MIGRATIONS
+from ..store.sql.migrations import MIGRATIONS
 from .common import EXIT_ERROR, durable_of, echo_json, fail
 from .dlq import dlq
 from .jobs import jobs
@@ -42,7 +42,7 @@ def durable(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool) -> None:
     d = durable_of(ctx)
-    url = getattr(d.storage, "safe_url", type(d.storage).__name__)
+    url = d.storage.safe_url
     try:
         pending = d.pending_migrations()
         for version in pending:

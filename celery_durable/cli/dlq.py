@@ -8,7 +8,7 @@ from datetime import datetime
 import click
 
 from ..errors import JobNotFound
-from ..inspection import JobSummary
+from ..operations.views import JobSummary
 from .common import EXIT_NOT_FOUND, WHEN, durable_of, echo_json, fail, utc
 
 

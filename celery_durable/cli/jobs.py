@@ -9,8 +9,8 @@ from datetime import datetime
 import click
 
 from ..errors import JobNotFound, JobStateError
-from ..inspection import JobSummary
-from ..store.base import CancelOutcome, JobState
+from ..operations.views import JobSummary
+from ..store.records import CancelOutcome, JobState
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_FOUND,

@@ -8,8 +8,8 @@ import json
 import click
 
 from ..errors import ConfigurationError, ScheduleNotFound
-from ..schedules import Schedule, cron, every
-from ..store.schedule_base import ScheduleRecord
+from ..scheduling.kinds import Schedule, cron, every
+from ..store.records import ScheduleRecord
 from .common import EXIT_NOT_FOUND, EXIT_WRONG_STATE, durable_of, echo_json, fail
 
 

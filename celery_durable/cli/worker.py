@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..errors import ConfigurationError
-from ..supervisor import Supervisor, parse_queues, worker_command
+from ..worker.supervisor import Supervisor, parse_queues, worker_command
 
 # The `celery` options a worker per queue must get again (`-A`, `-b`, ...).
 _ROOT_OPTIONS = {

@@ -1,7 +1,23 @@
-"""Storage: the protocol, its SQL and in-memory implementations."""
+"""Storage: records, the protocols, the SQL and in-memory implementations.
 
-from .base import CallRecord, CallState, JobRecord, JobState, Lease, NewJob, Storage
+``records`` (what the stores hold), ``protocol`` (``Storage`` and ``ScheduleStorage``,
+the seam the engine talks to), ``sql`` (PostgreSQL, MySQL/MariaDB, SQLite: tables,
+migrations and statements), ``memory`` (in-process, for tests).
+"""
+
 from .memory import MemoryStorage
+from .protocol import ScheduleStorage, Storage
+from .records import (
+    CallRecord,
+    CallState,
+    JobRecord,
+    JobState,
+    Lease,
+    NewJob,
+    ScheduleRecord,
+    ScheduleRun,
+    WorkerRecord,
+)
 from .sql import SQLStorage
 
 __all__ = [
@@ -13,5 +29,9 @@ __all__ = [
     "MemoryStorage",
     "NewJob",
     "SQLStorage",
+    "ScheduleRecord",
+    "ScheduleRun",
+    "ScheduleStorage",
     "Storage",
+    "WorkerRecord",
 ]

@@ -11,13 +11,13 @@ module and providing a ``storage`` fixture that yields a fresh, migrated store::
 
 from __future__ import annotations
 
+from .conformance.core import LEASE, T0, CoreConformance, call_record, claimed, new_job
+from .conformance.identity import IdentityConformance
+from .conformance.operations import OperationsConformance
+from .conformance.retries import RetryConformance
+from .conformance.schedules import ScheduleConformance
+from .conformance.suspend import SuspendConformance
 from .replay import ReplayReport, replay
-from .storage_core import LEASE, T0, CoreConformance, call_record, claimed, new_job
-from .storage_identity import IdentityConformance
-from .storage_operations import OperationsConformance
-from .storage_retries import RetryConformance
-from .storage_schedules import ScheduleConformance
-from .storage_suspend import SuspendConformance
 
 
 class StorageConformance(

@@ -44,7 +44,7 @@ import pytest
 from celery import Celery
 
 from ..app import Durable
-from ..inspection import JobView
+from ..operations.views import JobView
 
 
 @dataclass

@@ -20,11 +20,13 @@ from typing import Any
 
 from celery import Task
 
-from ..context import Execution, activate, deactivate, task_determinism
-from ..determinism import Determinism, EndOfHistory, check_determinism
-from ..errors import NonDeterministicError
-from ..leases import Watch
-from ..store.base import CallRecord, CallState, Lease
+from ..determinism import Determinism, check_determinism
+from ..engine.context import Execution, activate, deactivate, task_determinism
+from ..engine.leases import Watch
+from ..engine.replay import EndOfHistory
+from ..engine.runtime import runtime_of
+from ..errors import NonDeterministicError, ValidationError
+from ..store.records import CallRecord, CallState, Lease
 
 FORMAT = "celery-durable-history/1"
 
@@ -51,33 +53,31 @@ class ReplayReport:
 def replay(
     task: Task,
     history: dict[str, Any] | str | Path,
-    *,  # type: ignore[type-arg]
+    *,
     determinism: Determinism | str | None = None,
 ) -> ReplayReport:
     """Replay ``task``'s current code against ``history`` (a dict from
     ``durable.export_history`` or the path of its JSON file)."""
-    from ..app import Durable
-
     data = history if isinstance(history, dict) else json.loads(Path(history).read_text())
     if data.get("format") != FORMAT:
-        raise ValueError(f"not a celery-durable history (format {data.get('format')!r})")
+        raise ValidationError(f"not a celery-durable history (format {data.get('format')!r})")
     job = data["job"]
-    durable = Durable.of(task.app)
+    runtime = runtime_of(task.app)
     records = _History({(c["scope"], c["seq"]): _record(job["id"], c) for c in data["calls"]})
     mode = (
         check_determinism(determinism, "determinism")
         if determinism is not None
-        else task_determinism(task, durable.determinism)
+        else task_determinism(task, runtime.determinism)
     )
     execution = Execution(
-        durable=durable,
+        runtime=runtime,
         task_name=task.name,
         job_id=job["id"],
         root_id=job["id"],
         lease=Lease(job["id"], "replay-test"),
         history=records,
         watch=Watch(),
-        call_policy=durable.call_policy,
+        call_policy=runtime.call_policy,
         determinism=mode,
         replay_only=True,
     )

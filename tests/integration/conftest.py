@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from celery_durable import Durable
-from celery_durable.store.base import JobRecord
+from celery_durable.store.records import JobRecord
 from celery_durable.store.sql import SQLStorage
 from celery_durable.testing.pytest_plugin import wait_until as wait_for
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service, sql_url, unique_prefix

@@ -29,8 +29,8 @@ from celery_durable import (
     receive,
     sleep,
 )
-from celery_durable.schedules import every
-from celery_durable.values import now, patched, uuid4
+from celery_durable.engine.recorded_values import now, patched, uuid4
+from celery_durable.scheduling.kinds import every
 
 
 def effect(name: str) -> int:
@@ -436,7 +436,7 @@ def _tracing(durable: Durable) -> None:
         SpanExportResult,
     )
 
-    from celery_durable.tracing import OTelTracing
+    from celery_durable import OTelTracing
 
     class FileExporter(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:

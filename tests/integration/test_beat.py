@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from celery_durable import JobState
-from celery_durable.schedules import every
-from celery_durable.store.base import JobFilter
+from celery_durable.scheduling.kinds import every
+from celery_durable.store.records import JobFilter
 from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.worker

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from celery_durable import JobState
-from celery_durable.store.base import JobFilter
+from celery_durable.store.records import JobFilter
 from tests.integration.conftest import REPO, Cluster, wait_for
 
 pytestmark = pytest.mark.worker

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from celery_durable import ConfigurationError, JobState
-from celery_durable.supervisor import QueueSpec, parse_queues
+from celery_durable.worker.supervisor import QueueSpec, parse_queues
 from tests.integration.conftest import REPO, Cluster, wait_for
 from tests.integration.test_cli_and_demo import _celery
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import redis
 
-from celery_durable.store.base import CallState, JobState
+from celery_durable.store.records import CallState, JobState
 from tests.integration.conftest import Cluster, wait_for
 from tests.integration.test_cli_and_demo import _celery
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from celery_durable.tracing import OTelTracing
+from celery_durable import OTelTracing
 from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]

@@ -21,9 +21,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from celery_durable.store.base import JobState
-from celery_durable.store.schema import SCHEMA_VERSION, ExactString
+from celery_durable.store.records import JobState
 from celery_durable.store.sql import SQLStorage
+from celery_durable.store.sql.migrations import SCHEMA_VERSION
+from celery_durable.store.sql.schema import ExactString
 from celery_durable.testing import LEASE, T0
 
 _JSON = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")

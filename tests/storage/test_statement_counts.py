@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import event
 
 from celery_durable import Durable, call
-from celery_durable.runner import run_job
+from celery_durable.engine.runner import run_job
 from celery_durable.store.sql import SQLStorage
 from tests.unit.conftest import Crash
 
@@ -46,7 +46,7 @@ def _deliver(durable: Durable, name: str, job_id: str, *args: Any) -> Any:
         headers={},
     )
     try:
-        return run_job(durable, task, task.request, args, {})
+        return run_job(durable.runtime, task, task.request, args, {})
     finally:
         task.pop_request()
 

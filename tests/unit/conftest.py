@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 from celery_durable import Durable, MemoryStorage
-from celery_durable.runner import run_job
+from celery_durable.engine.runner import run_job
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Env:
         )
         request = task.request
         try:
-            return run_job(self.durable, task, request, args, kwargs)
+            return run_job(self.durable.runtime, task, request, args, kwargs)
         finally:
             task.pop_request()
 

@@ -10,7 +10,7 @@ from celery import Celery
 from celery.exceptions import Ignore
 
 from celery_durable import ConfigurationError, DurableError
-from celery_durable.enqueue import broker_priority
+from celery_durable.engine.enqueue import broker_priority
 from tests.unit.conftest import Env, make_env
 
 

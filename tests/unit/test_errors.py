@@ -13,7 +13,7 @@ from kombu.utils import json
 
 from celery_durable import errors
 from celery_durable.retry import NoRetry, RetryAfter
-from celery_durable.store.base import CallRecord, CallState
+from celery_durable.store.records import CallRecord, CallState
 from celery_durable.testing import T0
 
 RECORD = CallRecord(

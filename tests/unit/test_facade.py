@@ -17,76 +17,8 @@ from celery_durable import (
     MemoryStorage,
     SerializationError,
 )
-from celery_durable.store.base import ClaimOutcome
+from celery_durable.store.records import ClaimOutcome
 from tests.unit.conftest import Env
-
-
-def test_public_api_is_pinned() -> None:
-    assert sorted(celery_durable.__all__) == sorted(
-        [
-            "CallError",
-            "CallView",
-            "ConfigurationError",
-            "Durable",
-            "DurableError",
-            "DurableTask",
-            "JobNotFound",
-            "JobState",
-            "JobView",
-            "LeaseLost",
-            "MemoryStorage",
-            "NonDeterministicError",
-            "OutsideDurableTaskError",
-            "SQLStorage",
-            "SerializationError",
-            "Storage",
-            "StorageInterrupted",
-            "StorageUnavailable",
-            "UnknownTaskError",
-            "ValidationError",
-            "call",
-            "current_call_id",
-            "current_job_id",
-            # the retry layer
-            "Backoff",
-            "ConstantBackoff",
-            "ExponentialBackoff",
-            "ExponentialBackoffWithJitter",
-            "NoRetry",
-            "RetryAfter",
-            "ExecutionError",
-            "JobSummary",
-            # operations
-            "Cancelled",
-            "CancelOutcome",
-            "JobStateError",
-            "ScheduleNotFound",
-            # scheduling
-            "every",
-            "daily",
-            "weekly",
-            "cron",
-            # determinism
-            "Determinism",
-            "now",
-            "uuid4",
-            "random",
-            "randint",
-            "patched",
-            # observability
-            "CallInfo",
-            "JobInfo",
-            "LoggingMiddleware",
-            "Middleware",
-            "Outcome",
-            "PrometheusMetrics",
-            # calls that suspend
-            "gather",
-            "sleep",
-            "sleep_until",
-            "receive",
-        ]
-    )
 
 
 def test_settings_come_from_app_conf() -> None:
@@ -196,7 +128,7 @@ def test_a_failed_publish_removes_the_job_row(env: Env) -> None:
 def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
     sent: list[dict[str, Any]] = []
     env.app.send_task = lambda name, **kw: sent.append({"name": name, **kw})  # type: ignore
-    from celery_durable.runner import new_job
+    from celery_durable.engine.enqueue import new_job
 
     env.storage.create_job(
         new_job(
@@ -235,7 +167,7 @@ def test_sweeper_republishes_expired_jobs_once(env: Env) -> None:
 
 def test_sweeper_fails_a_job_that_keeps_killing_workers(env: Env) -> None:
     env.app.send_task = lambda name, **kw: None  # type: ignore
-    from celery_durable.runner import new_job
+    from celery_durable.engine.enqueue import new_job
 
     env.storage.create_job(
         new_job(env.durable, "u.t", "j1", [], {}, queue=None, priority=None, eta=None)
@@ -259,7 +191,7 @@ def test_memory_storage_is_a_storage() -> None:
 def test_sweeper_leaves_routing_to_the_task_when_none_was_given(env: Env) -> None:
     sent: list[dict[str, Any]] = []
     env.app.send_task = lambda name, **kw: sent.append(kw)  # type: ignore
-    from celery_durable.runner import new_job
+    from celery_durable.engine.enqueue import new_job
 
     env.storage.create_job(
         new_job(env.durable, "u.t", "j1", [], {}, queue=None, priority=None, eta=None)

@@ -11,7 +11,7 @@ import pytest
 from celery.exceptions import Ignore
 
 from celery_durable import JobNotFound, JobStateError, OutsideDurableTaskError, call, receive
-from celery_durable.store.base import JobState
+from celery_durable.store.records import JobState
 from tests.unit.conftest import Env, make_env
 
 

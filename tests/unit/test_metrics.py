@@ -10,7 +10,7 @@ from celery.exceptions import Retry
 from prometheus_client import CollectorRegistry
 
 from celery_durable import CallError, ConstantBackoff, PrometheusMetrics, call
-from celery_durable.metrics import QueueDepthCollector
+from celery_durable.observability.prometheus import QueueDepthCollector
 from tests.unit.conftest import make_env
 
 

@@ -17,7 +17,7 @@ from celery_durable import (
     call,
     current_job_id,
 )
-from celery_durable.store.base import JobState
+from celery_durable.store.records import JobState
 from tests.unit.conftest import Env, make_env
 
 
@@ -117,7 +117,7 @@ def test_retry_a_failed_job_resumes_from_its_checkpoints() -> None:
 
 
 def test_retention_deletes_old_finished_jobs_only_in_batches(monkeypatch: Any) -> None:
-    from celery_durable import operations
+    from celery_durable.operations import retention as operations
 
     monkeypatch.setattr(operations, "RETENTION_BATCH", 2)
     env = make_env(retention={"succeeded": 60, "failed": None})
@@ -167,13 +167,13 @@ def test_recover_dry_run_changes_nothing() -> None:
 
 
 def _new(env: Env, job_id: str, queue: str | None = None) -> Any:
-    from celery_durable.runner import new_job
+    from celery_durable.engine.enqueue import new_job
 
     return new_job(env.durable, "u.flow", job_id, [], {}, queue=queue, priority=None, eta=None)
 
 
 def _claimed(env: Env, job_id: str) -> Any:
-    from celery_durable.store.base import Lease
+    from celery_durable.store.records import Lease
 
     env.storage.create_job(_new(env, job_id))
     now = env.clock()

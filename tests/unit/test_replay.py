@@ -19,8 +19,8 @@ from celery_durable import (
     current_call_id,
     current_job_id,
 )
-from celery_durable.runner import new_job
-from celery_durable.store.base import ClaimOutcome
+from celery_durable.engine.enqueue import new_job
+from celery_durable.store.records import ClaimOutcome
 from tests.unit.conftest import Crash, Env, make_env
 
 
@@ -215,7 +215,7 @@ def test_losing_the_lease_stops_at_the_next_call_without_writing(env: Env) -> No
 
 
 def test_lease_keeper_marks_a_lost_lease(env: Env) -> None:
-    from celery_durable.store.base import Lease
+    from celery_durable.store.records import Lease
 
     _register(env)
     env.deliver("u.flow", "j0", 0)

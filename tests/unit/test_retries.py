@@ -22,8 +22,8 @@ from celery_durable import (
     RetryAfter,
     call,
 )
-from celery_durable.history import discard_from_first_failure
-from celery_durable.store.base import CallRecord, CallState, JobState
+from celery_durable.engine.positions import discard_from_first_failure
+from celery_durable.store.records import CallRecord, CallState, JobState
 from celery_durable.testing import call_record
 from tests.unit.conftest import Crash, Env, make_env
 
@@ -462,7 +462,7 @@ def test_autoretry_for_never_retries_no_retry_or_cancelled() -> None:
 def test_eager_apply_waits_for_a_call_retry_in_process() -> None:
     env = make_env(call_retries=2, call_backoff=ConstantBackoff(0.05), job_retries=0)
     env.clock = None  # type: ignore[assignment]
-    env.durable._clock = lambda: datetime.now(timezone.utc)
+    env.durable.runtime.clock = lambda: datetime.now(timezone.utc)
     _register(env, failures={"flaky": 1})
     result = env.app.tasks["u.flow"].apply()
     assert result.get() == ["A", "charged", "C"]
@@ -470,6 +470,6 @@ def test_eager_apply_waits_for_a_call_retry_in_process() -> None:
 
 
 def _new_job(env: Env, job_id: str) -> Any:
-    from celery_durable.runner import new_job
+    from celery_durable.engine.enqueue import new_job
 
     return new_job(env.durable, "u.flow", job_id, [], {}, queue=None, priority=None, eta=None)

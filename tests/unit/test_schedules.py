@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from celery_durable import ConfigurationError
-from celery_durable.schedules import Cron, cron, daily, every, schedule_from_dict, weekly
+from celery_durable.scheduling.kinds import Cron, cron, daily, every, schedule_from_dict, weekly
 
 UTC = timezone.utc
 

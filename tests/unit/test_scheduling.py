@@ -12,10 +12,11 @@ import pytest
 from celery.schedules import crontab
 
 from celery_durable import ConfigurationError, ScheduleNotFound, call
-from celery_durable.beat_import import import_beat_schedule
-from celery_durable.schedules import cron, daily, every
-from celery_durable.scheduling import Schedules, run_job_id
-from celery_durable.store.base import JobState
+from celery_durable.scheduling.beat_import import import_beat_schedule
+from celery_durable.scheduling.definition import run_job_id
+from celery_durable.scheduling.kinds import cron, daily, every
+from celery_durable.scheduling.registry import Schedules
+from celery_durable.store.records import JobState
 from tests.unit.conftest import Env, make_env
 
 
@@ -195,7 +196,7 @@ def test_a_run_whose_message_was_not_sent_is_published_again() -> None:
 def test_beat_schedule_entries_are_taken_over() -> None:
     env, _ = _env()
     import_beat_schedule(
-        env.durable,
+        env.durable.schedules,
         {
             "every-minute": {"task": "u.cleanup", "schedule": 60.0, "args": (1,)},
             "weekday-mornings": {

@@ -59,7 +59,7 @@ def test_a_worker_without_a_database_url_warns_and_names_the_file(
 ) -> None:
     app = Celery("shop", broker="redis://127.0.0.1:6379/0", set_as_current=False)
     durable = Durable(app, recovery=False)
-    with caplog.at_level(logging.WARNING, logger="celery_durable.app"):
+    with caplog.at_level(logging.WARNING, logger="celery_durable.worker.signals"):
         _ready(durable)
     path = Path(DEFAULT_DATABASE_URL.removeprefix("sqlite:///")).resolve()
     [warning] = [r.getMessage() for r in caplog.records if "durable_database_url" in r.getMessage()]
@@ -80,7 +80,7 @@ def test_no_warning_when_the_store_is_meant(
     app = Celery("shop", broker="redis://127.0.0.1:6379/0", set_as_current=False)
     configure(app)  # type: ignore[operator]
     durable = Durable(app, recovery=False)
-    with caplog.at_level(logging.WARNING, logger="celery_durable.app"):
+    with caplog.at_level(logging.WARNING, logger="celery_durable.worker.signals"):
         _ready(durable)
     assert not [r for r in caplog.records if "durable_database_url" in r.getMessage()]
 

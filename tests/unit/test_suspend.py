@@ -21,8 +21,8 @@ from celery_durable import (
     sleep,
     sleep_until,
 )
-from celery_durable.dispatch import DISPATCH_TASK
-from celery_durable.store.base import CallState, JobState
+from celery_durable.engine.enqueue import DISPATCH_TASK
+from celery_durable.store.records import CallState, JobState
 from tests.unit.conftest import Env, make_env
 
 

@@ -9,8 +9,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from celery_durable import CallError, call
-from celery_durable.tracing import OTelTracing
+from celery_durable import CallError, OTelTracing, call
 from tests.unit.conftest import Crash, make_env
 
 
@@ -85,7 +84,7 @@ def test_a_dispatched_childs_job_span_nests_under_its_parents_job_span() -> None
 
     from celery.exceptions import Ignore
 
-    from celery_durable.dispatch import DISPATCH_TASK
+    from celery_durable.engine.enqueue import DISPATCH_TASK
 
     env = make_env(call_retries=0, job_retries=0)
     provider, exporter = TracerProvider(), InMemorySpanExporter()

@@ -1,0 +1,52 @@
+"""Positions in a job's call history, and which checkpoints a retry must drop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .. import serialization
+from ..store.records import CallKey, CallRecord, CallState, Position, position
+
+CANCELLED_MARKER = "celery_durable.cancelled"
+"""The history entry where a cancelled job's body got Cancelled (replayed there)."""
+
+
+def dispatched_child(record: CallRecord) -> str:
+    """The child job a dispatched call's checkpoint stands for."""
+    return str(serialization.loads(record.result)["child"])
+
+
+def waited_children(history: Iterable[CallRecord]) -> list[str]:
+    """The child jobs of dispatched calls whose outcome the job has not taken in."""
+    return [dispatched_child(c) for c in history if c.state is CallState.DISPATCHED]
+
+
+def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> list[CallKey]:
+    """The checkpoints a job retry (or a requeue) drops so the body runs live again.
+
+    Every succeeded call before the first failed one is kept and replays; the failed call
+    and everything that started after it go, so the body may take a different path this
+    time. A failure inside a call that itself succeeded (the callee caught it) is part of
+    that call's checkpoint and does not count. A call dispatched as a child job whose
+    outcome the job has not taken in yet is kept, with what follows it: the same child
+    is waited for again, never dispatched twice.
+    """
+    calls = {position(root_id, c.job_id, c.seq): c for c in history}
+    succeeded = {p for p, c in calls.items() if c.state is CallState.SUCCEEDED}
+
+    def visible(p: Position) -> bool:
+        return not any(p[:n] in succeeded for n in range(1, len(p)))
+
+    # A dispatched call waiting for its child is not a failure: its child is running (or
+    # done), so it is kept and the replay takes in the child's outcome.
+    # Where Cancelled was raised counts too: a retried cancelled job runs on from there.
+    failed = [
+        p
+        for p, c in calls.items()
+        if visible(p)
+        and (c.state in (CallState.FAILED, CallState.RETRYING) or c.name == CANCELLED_MARKER)
+    ]
+    if not failed:
+        return []
+    first = min(failed)
+    return [(c.job_id, c.seq) for p, c in sorted(calls.items()) if p >= first]

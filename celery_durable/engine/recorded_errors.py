@@ -1,0 +1,59 @@
+"""Errors as the engine sees them: which ones another attempt could fix, and how one is
+stored (type, message, traceback, as JSON) with a call or a job."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from .. import serialization
+from ..errors import (
+    CallError,
+    Cancelled,
+    ConfigurationError,
+    NonDeterministicError,
+    OutsideDurableTaskError,
+    SerializationError,
+    UnknownTaskError,
+)
+from ..retry import NoRetry
+
+# Errors no retry can fix: the same code meets the same history or configuration again.
+NOT_RETRYABLE: tuple[type[BaseException], ...] = (
+    NonDeterministicError,
+    ConfigurationError,
+    UnknownTaskError,
+    OutsideDurableTaskError,
+    SerializationError,
+    Cancelled,
+)
+
+
+def call_retryable(exc: BaseException) -> bool:
+    """Whether another attempt of the call could succeed.
+
+    A CallError escaping the callee means one of *its* calls already spent its retries:
+    retrying at this level would only replay that failure, so it goes to the body."""
+    return not isinstance(exc, (NoRetry, CallError, *NOT_RETRYABLE))
+
+
+def job_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (NoRetry, *NOT_RETRYABLE)):
+        return False
+    return not (isinstance(exc, CallError) and exc.no_retry)
+
+
+def encode_error(exc: BaseException, **extra: Any) -> str:
+    return serialization.dumps(
+        {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback_text(exc),
+            **extra,
+        },
+        what="an error description",
+    )
+
+
+def traceback_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,346 @@
+"""Running one delivery of a durable job: claim the lease, load history, run, finish.
+
+Outcomes of a delivery:
+- claimed: the body runs (replaying completed calls), then the job is finished,
+  fenced on the lease;
+- another execution holds a live lease: ``Ignore`` (the message is acked, nothing is
+  stored; if that execution dies, recovery republishes the job);
+- the job already finished: a succeeded job returns its stored result, any other is
+  ignored, and the body does not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Ignore, Reject, Retry
+
+from .. import serialization
+from ..errors import (
+    CallRetryPending,
+    Cancelled,
+    LeaseLost,
+    StorageInterrupted,
+    ValidationError,
+    interrupt_on_storage_error,
+)
+from ..identifiers import ID_COLUMN, check_text
+from ..observability.hooks import JobInfo, Outcome
+from ..retry import call_policy
+from ..store.records import ClaimOutcome, JobState, Lease
+from .context import Execution, activate, deactivate, task_determinism
+from .enqueue import due_from_request, header, new_job, options_from_request, shown_name
+from .failures import fail_or_retry, retry_call
+from .finish import finish
+from .outage import patiently
+from .positions import CANCELLED_MARKER
+from .publish import publish_again
+from .recorded_errors import encode_error
+from .suspend import Suspend, suspend
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+HOSTNAME = socket.gethostname()
+
+
+def new_owner() -> str:
+    """A fresh lease token per execution; host and pid make it readable in the table."""
+    return f"{HOSTNAME}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+def run_job(
+    runtime: Runtime,
+    task: Task,
+    request: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    job_id: str = _checked_id(request)
+    claimed = patiently(
+        lambda: _claim(runtime, task, request, args, kwargs),
+        patience=runtime.settings.storage_wait,
+        job_id=job_id,
+        doing="claim the job",
+    )
+    if isinstance(claimed, _Stored):
+        return claimed.result
+    lease, attempts = claimed
+    watch = runtime.lease_keeper.hold(lease)
+    execution: Execution | None = None
+    started = time.monotonic()
+    try:
+        # A first execution has no history; stores that return the attempt count with
+        # the claim save the query.
+        with interrupt_on_storage_error(job_id):
+            history = (
+                {}
+                if attempts == 1
+                else {(c.job_id, c.seq): c for c in runtime.storage.load_history(job_id)}
+            )
+        if any(c.name == CANCELLED_MARKER for c in history.values()):
+            watch.cancel_raised = True  # resumed while compensating a cancel: it still ends so
+        execution = Execution(
+            runtime=runtime,
+            task_name=task.name,
+            job_id=job_id,
+            root_id=job_id,
+            lease=lease,
+            history=history,
+            watch=watch,
+            call_policy=call_policy(task, runtime.call_policy),
+            determinism=task_determinism(task, runtime.determinism),
+        )
+        if runtime.observers.active:
+            execution.info = _job_info(runtime, task, request, args, kwargs, attempts)
+            runtime.observers.job_started(execution.info)
+        token = activate(execution)
+        try:
+            return _run_body(runtime, task, request, execution, args, kwargs)
+        finally:
+            deactivate(token)
+    except LeaseLost:
+        logger.warning("job %s: lease lost to another execution; stopping here", job_id)
+        raise Ignore() from None
+    except StorageInterrupted as exc:
+        _ride_out(runtime, lease, exc)
+    finally:
+        runtime.lease_keeper.drop(lease)
+        if execution is not None and execution.info is not None:
+            outcome = execution.outcome or Outcome("interrupted", 0.0)
+            runtime.observers.job_ended(
+                execution.info, dataclasses.replace(outcome, duration=time.monotonic() - started)
+            )
+
+
+def _checked_id(request: Any) -> str:
+    """The delivered message's task id, if a store can hold it (a message sent by another
+    client may carry anything): else the message is rejected, with the reason."""
+    try:
+        return check_text(request.id, "the delivered message's task id", ID_COLUMN)
+    except ValidationError as exc:
+        logger.error("%s; rejecting the message", exc)
+        raise Reject(str(exc), requeue=False) from None
+
+
+def _job_info(
+    runtime: Runtime,
+    task: Task,
+    request: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    attempts: int | None,
+) -> JobInfo:
+    return JobInfo(
+        id=request.id,
+        task=shown_name(task.name, args),
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        queue=(request.delivery_info or {}).get("routing_key"),
+        execution=attempts,
+        started_at=runtime.now(),
+        trace_parent=_trace_parent(request),
+        due_at=due_from_request(request),
+    )
+
+
+def _ride_out(runtime: Runtime, lease: Lease, exc: StorageInterrupted) -> NoReturn:
+    """The store failed mid-job: wait for it, give the job back and requeue the message,
+    so the job replays within seconds of the database's return instead of after its
+    lease expires. If the database stays away, recovery resumes the job later."""
+    logger.error("%s; waiting for the database to hand the job back", exc)
+
+    def give_back() -> None:
+        runtime.storage.release_job(
+            lease, JobState.PENDING, runtime.deliver_by(None), runtime.now()
+        )
+
+    try:
+        patiently(
+            give_back,
+            patience=runtime.settings.storage_wait,
+            job_id=lease.job_id,
+            doing="give the job back",
+        )
+    except Reject:
+        logger.error("job %s: recovery resumes it when its lease expires", lease.job_id)
+        raise Ignore() from None
+    except LeaseLost:
+        pass  # finished after all (the reply was lost) or resumed elsewhere: the
+        # redelivery finds out which, and reports a finished job to Celery once
+    raise Reject(str(exc), requeue=True) from None
+
+
+def _trace_parent(request: Any) -> str | None:
+    return header(request, "durable_trace")
+
+
+class _Stored:
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def _claim(
+    runtime: Runtime,
+    task: Task,
+    request: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[Lease, int | None] | _Stored:
+    storage, job_id, owner = runtime.storage, request.id, new_owner()
+    now = runtime.now()
+    until = now + timedelta(seconds=runtime.settings.lease_seconds)
+    claim = storage.claim_job(job_id, owner, now, until)
+    if claim.outcome is ClaimOutcome.MISSING:
+        # Sent without going through DurableTask.apply_async (send_task, another app).
+        storage.create_job(
+            new_job(
+                runtime,
+                task.name,
+                job_id,
+                args,
+                kwargs,
+                queue=(request.delivery_info or {}).get("routing_key"),
+                priority=None,
+                eta=None,
+                options=options_from_request(request),
+            )
+        )
+        claim = storage.claim_job(job_id, owner, now, until)
+    if claim.outcome is ClaimOutcome.CLAIMED:
+        return Lease(job_id, owner), claim.attempts
+    job = claim.job
+    if claim.outcome is ClaimOutcome.EARLY and job is not None and job.not_before:
+        # Before its backoff ended (a duplicate message, or a clock ahead of ours): send
+        # it again for the rest of the wait, unless the wait is long enough that the
+        # sweeper publishes the job when it is due.
+        wait = (job.not_before - now).total_seconds()
+        logger.info("job %s delivered %.3gs before its retry is due", job_id, wait)
+        if wait <= runtime.settings.max_countdown:
+            publish_again(task, request, eta=job.not_before)
+        raise Ignore()
+    if claim.outcome is ClaimOutcome.FINISHED and job is not None:
+        logger.info("job %s already %s; not running it again", job_id, job.state.value)
+        if job.state is JobState.SUCCEEDED:
+            if job.reported_at is not None and has_canvas(request):
+                # The execution that finished it continued its chain, links or chord
+                # and stored its result: doing it again would run the next steps twice.
+                raise Ignore()
+            # No canvas, or its execution died before Celery continued it: Celery
+            # stores the result (again: the same value) and continues the canvas now.
+            return _Stored(serialization.loads(job.result))
+    else:
+        logger.info(
+            "job %s is being run by %s; ignoring this delivery",
+            job_id,
+            job.lease_owner if job else "?",
+        )
+    raise Ignore()
+
+
+def _run_body(
+    runtime: Runtime,
+    task: Task,
+    request: Any,
+    execution: Execution,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    lease = execution.lease
+    try:
+        result = task.run(*args, **kwargs)
+        encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
+        if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
+            finish(
+                runtime,
+                request,
+                lease,
+                JobState.CANCELLED,
+                encoded,
+                encode_error(Cancelled(execution.root_id)),
+            )
+            execution.ended("cancelled")
+            return result
+    except Retry as exc:
+        if not execution.released:  # raised without self.retry() re-sending: hand back
+            release(runtime, lease, JobState.RETRYING, runtime.deliver_by(None))
+        execution.ended("retrying", exc.exc, retry_of="celery")
+        raise
+    except Reject as exc:
+        if exc.requeue:  # the message goes back to the queue: the job stays runnable
+            release(runtime, lease, JobState.PENDING, runtime.deliver_by(None))
+            execution.ended("pending", exc)
+        else:
+            finish(runtime, request, lease, JobState.FAILED, None, encode_error(exc))
+            execution.ended("failed", exc)
+        raise
+    except Ignore as exc:  # also what self.replace() raises once the replacement is sent
+        finish(runtime, request, lease, JobState.CANCELLED, None, encode_error(exc))
+        execution.ended("cancelled", exc)
+        raise
+    except Suspend as waiting:
+        if not execution.watch.cancel_raised:  # (a compensating body may suspend)
+            _stop_if_cancelled(runtime, request, execution, None)
+        suspend(runtime, task, request, execution, waiting)
+        _end_cancelled(runtime, request, execution, None)  # cancelled just now
+    except CallRetryPending as pending:
+        _stop_if_cancelled(runtime, request, execution, pending.error)
+        retry_call(runtime, task, request, execution, pending)
+    except Exception as exc:
+        watch = execution.watch
+        if watch.cancel_raised or watch.cancelled.is_set() or isinstance(exc, Cancelled):
+            finish(runtime, request, lease, JobState.CANCELLED, None, encode_error(exc))
+            execution.ended("cancelled", exc)
+            raise
+        fail_or_retry(runtime, task, request, execution, exc)
+    finish(runtime, request, lease, JobState.SUCCEEDED, encoded, None)
+    execution.ended("succeeded")
+    return result
+
+
+def has_canvas(request: Any) -> bool:
+    """The delivery continues a canvas when it succeeds: a chain, link callbacks, or a
+    chord it is a header task of."""
+    return bool(
+        getattr(request, "callbacks", None)
+        or getattr(request, "chain", None)
+        or getattr(request, "chord", None)
+    )
+
+
+def _stop_if_cancelled(
+    runtime: Runtime, request: Any, execution: Execution, error: BaseException | None
+) -> None:
+    """A cancelled job neither retries nor suspends: it ends here."""
+    if execution.watch.cancelled.is_set():
+        _end_cancelled(runtime, request, execution, error)
+
+
+def _end_cancelled(
+    runtime: Runtime, request: Any, execution: Execution, error: BaseException | None
+) -> NoReturn:
+    finish(
+        runtime,
+        request,
+        execution.lease,
+        JobState.CANCELLED,
+        None,
+        encode_error(Cancelled(execution.root_id)),
+    )
+    execution.ended("cancelled", error)
+    raise Cancelled(execution.root_id) from error
+
+
+def release(runtime: Runtime, lease: Lease, state: JobState, deliver_by: datetime) -> None:
+    with interrupt_on_storage_error(lease.job_id):
+        runtime.storage.release_job(lease, state, deliver_by, runtime.now())

@@ -1,0 +1,158 @@
+"""DurableTask: the Celery Task base class whose body may make checkpointed calls."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils import uuid
+
+from ..identifiers import check_job_id, check_name
+from ..retry import Backoff, NoRetry, Seconds, check_task_options
+from ..store.records import JobState
+from .context import current_execution, take_inline
+from .enqueue import check_unique, due_header, due_time, new_job
+from .recorded_errors import NOT_RETRYABLE
+from .runner import has_canvas, release, run_job
+from .runtime import runtime_of
+
+logger = logging.getLogger(__name__)
+
+
+class DurableTask(Task):
+    """Use as ``@app.task(base=DurableTask)`` or through ``@runtime.task``.
+
+    Enqueueing writes the job row before the message is published (a row that cannot
+    be written means no message); executing claims the job's lease, replays completed
+    calls and records new ones.
+    """
+
+    # The message stays unacked until the job ends, and a killed pool child requeues it
+    # rather than storing a false FAILURE (recovery resumes the job either way).
+    acks_late = True
+    reject_on_worker_lost = True
+
+    # Retry policy; None means the app's ``durable_*`` default.
+    retries: int | None = None
+    """How many times the job runs again after its body failed."""
+    backoff: Backoff | Seconds | None = None
+    """Delay before each job retry."""
+    on_exhausted: str | None = None
+    """``"fail"`` or ``"dead_letter"``: what the job becomes when retries are spent."""
+    call_retries: int | None = None
+    """Default retries of the calls this task makes."""
+    call_backoff: Backoff | Seconds | None = None
+    determinism: str | None = None
+    """"explicit", "strict" or "best_effort"; None: the app's default."""
+
+    @classmethod
+    def on_bound(cls, app: Celery) -> None:
+        check_task_options(cls, cls.name or cls.__name__)
+        # Celery's autoretry wraps run() after this: errors no retry can help (NoRetry,
+        # Cancelled, a divergence, ...) must pass through it untouched.
+        extra = (NoRetry, *NOT_RETRYABLE)
+        current = tuple(getattr(cls, "dont_autoretry_for", ()) or ())
+        cls.dont_autoretry_for = (*current, *(e for e in extra if e not in current))
+        runtime_of(app)  # `@app.task(base=DurableTask)` alone wires the worker side too
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if take_inline(self) or request.called_directly or request.id is None:
+            # A plain function call (a test, a script, or call() running it in-process).
+            return super().__call__(*args, **kwargs)
+        return run_job(runtime_of(self.app), self, request, args, kwargs)
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Celery has continued the job's canvas (chain, links, chord) and stored its
+        result: a later delivery of the finished job must not do it again. Subclasses
+        that override this call ``super().on_success(...)``."""
+        if not has_canvas(self.request):
+            return  # nothing a duplicate delivery could repeat: no statement spent
+        runtime = runtime_of(self.app)
+        try:
+            runtime.storage.mark_reported(task_id, runtime.now())
+        except Exception:  # a duplicate delivery would continue the canvas once more
+            logger.warning(
+                "job %s: could not record that its canvas was continued", task_id, exc_info=True
+            )
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
+        """Celery's apply_async, plus ``delay=`` (seconds or timedelta), ``at=`` (an aware
+        datetime) and ``unique=`` (a key): see ``Durable.enqueue``."""
+        runtime = runtime_of(self.app)
+        execution = current_execution()
+        if execution is not None and execution.job_id == task_id:
+            if not execution.released:
+                # self.retry() inside the body: hand the lease back before the retry
+                # message can be delivered, or that delivery would find the job busy.
+                eta = _eta(options.get("eta"), options.get("countdown"))
+                release(runtime, execution.lease, JobState.RETRYING, runtime.deliver_by(eta))
+                execution.released = True
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        # a new job: the id (if given) and the queue must fit the store
+        task_id = uuid() if task_id is None else check_job_id(task_id, "task_id")
+        if isinstance(options.get("queue"), str):
+            check_name(options["queue"], "queue")
+        now = runtime.now()
+        headers = {**(options.get("headers") or {}), **due_header(now)}
+        if runtime.observers.middleware:
+            # e.g. the trace context, stored with the row for every resend
+            headers.update(runtime.observers.message_headers())
+        options["headers"] = headers
+        due = due_time(options.pop("delay", None), options.pop("at", None), now=now)
+        unique = check_unique(options.pop("unique", None))
+        eta = due or _eta(options.get("eta"), options.get("countdown"))
+        held = due is not None and (due - now).total_seconds() > runtime.settings.max_countdown
+        job = new_job(
+            runtime,
+            self.name,
+            task_id,
+            args,
+            kwargs,
+            queue=options.get("queue") if isinstance(options.get("queue"), str) else None,
+            priority=options.get("priority"),
+            eta=eta,
+            options=options,
+            not_before=due,
+            unique_key=unique,
+            deliver_at=due if held else None,
+        )
+        if unique is not None:
+            holder = runtime.storage.create_unique_job(job)
+            if holder != task_id:
+                return self.AsyncResult(holder)  # the key's job is still active
+            created = True
+        else:
+            created = runtime.storage.create_job(job)
+        if created and runtime.observers.active:
+            # the queue label workers will see (their delivery's routing key)
+            runtime.observers.job_enqueued(
+                self.name,
+                job.queue or getattr(self, "queue", None) or self.app.conf.task_default_queue,
+            )
+        if held:
+            # A long wait is kept in SQL, not as an ETA message in worker RAM: the
+            # recovery sweeper publishes the job when it is due.
+            return self.AsyncResult(task_id)
+        if due is not None:
+            options = {**options, "eta": due}
+        try:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        except BaseException:
+            if created:
+                runtime.storage.delete_unstarted_job(task_id)
+            raise
+
+
+def _eta(eta: datetime | str | None, countdown: float | None) -> datetime | None:
+    if countdown is not None:
+        return datetime.now(timezone.utc) + timedelta(seconds=float(countdown))
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if eta is not None and eta.tzinfo is None:
+        eta = eta.replace(tzinfo=timezone.utc)
+    return eta

@@ -1,0 +1,5 @@
+"""The in-memory store, for tests and docs."""
+
+from .storage import MemoryStorage
+
+__all__ = ["MemoryStorage"]

@@ -1,0 +1,180 @@
+"""The SQL store's connection: a lazily created engine per process, AUTOCOMMIT for the
+single-statement operations, real transactions for the few that touch several rows, and
+one mapping of driver errors (the server is away: StorageUnavailable; the tables are
+missing: a ConfigurationError that says to migrate).
+
+The engine is created lazily and re-created in a forked child (pid check), so pooled
+connections are never shared across Celery's prefork pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from ...errors import ConfigurationError, StorageUnavailable
+from ..urls import safe_url
+from .migrations import apply_migrations, pending_migrations
+from .schema import Tables, build_tables
+from .statements import JobStatements, job_statements
+
+_DRIVER_HINTS = {
+    "psycopg": "pip install 'celery-durable[postgres]'",
+    "pymysql": "pip install 'celery-durable[mysql]'",
+}
+
+
+class SQLConnection:
+    """What every part of the SQL store shares: the URL, the tables, the engine."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table_prefix: str = "durable_",
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._url = url
+        self.table_prefix = table_prefix
+        self.safe_url = safe_url(url)
+        """The URL with its password masked: what every message and repr shows."""
+        self.tables: Tables = build_tables(table_prefix)
+        self._engine_options = engine_options or {}
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _sql(self) -> JobStatements:
+        return job_statements(self.tables)
+
+    @property
+    def url(self) -> str:
+        """The database URL, password masked (the real one is never shown)."""
+        return self.safe_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.safe_url!r}, table_prefix={self.table_prefix!r})"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    if self._engine is not None:
+                        self._engine.dispose(close=False)  # inherited from the parent
+                    self._engine = self._create_engine(
+                        isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+                    )
+                    self._pid = os.getpid()
+        return self._engine
+
+    def _create_engine(self, **options: Any) -> Engine:
+        url = make_url(self._url)
+        kwargs: dict[str, Any] = {**options, **self._engine_options}
+        if url.get_backend_name() == "sqlite":
+            kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+            if url.database in (None, "", ":memory:"):
+                kwargs.setdefault("poolclass", StaticPool)
+        try:
+            engine = create_engine(url, **kwargs)
+        except (ImportError, sa_exc.NoSuchModuleError) as exc:
+            hint = next((h for d, h in _DRIVER_HINTS.items() if d in self._url), "")
+            raise ConfigurationError(
+                f"cannot load the database driver for {self.safe_url}: {exc}. {hint}"
+            ) from exc
+        if url.get_backend_name() == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa_exc.DBAPIError as exc:
+            if _missing_table(exc):
+                raise _not_migrated(self.safe_url) from exc
+            if not _unreachable(exc):
+                raise
+            raise StorageUnavailable(
+                f"cannot use the durable database {self.safe_url}: {exc.orig}. "
+                f"Check app.conf.durable_database_url and that the server is running."
+            ) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A real transaction, for the rare writes that touch more than one row."""
+        with self._connect() as conn:
+            level = "SERIALIZABLE" if conn.dialect.name == "sqlite" else "READ COMMITTED"
+            conn = conn.execution_options(isolation_level=level)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def migrate(self) -> list[int]:
+        engine = self._create_engine()
+        try:
+            with engine.begin() as conn:
+                return apply_migrations(conn, self.tables)
+        except sa_exc.OperationalError as exc:
+            raise StorageUnavailable(
+                f"cannot migrate the durable database {self.safe_url}: {exc.orig}"
+            ) from exc
+        finally:
+            engine.dispose()
+
+    def pending_migrations(self) -> list[int]:
+        with self._connect() as conn:
+            return pending_migrations(conn, self.tables)
+
+    def drop_tables(self) -> None:
+        """Drop every table this store owns (tests and teardown only)."""
+        with self._connect() as conn:
+            self.tables.metadata.drop_all(conn)
+
+    def _rowcount(self, stmt: Executable, params: dict[str, Any]) -> int:
+        with self._connect() as conn:
+            return int(conn.execute(stmt, params).rowcount)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _unreachable(exc: sa_exc.DBAPIError) -> bool:
+    """The server is down, restarting or unreachable: OperationalError on every driver,
+    InterfaceError from PyMySQL on a connection the server closed, and any error that
+    made SQLAlchemy drop the connection."""
+    return (
+        isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        or exc.connection_invalidated
+    )
+
+
+def _missing_table(exc: sa_exc.DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("no such table", "does not exist", "doesn't exist"))
+
+
+def _not_migrated(safe_url: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the celery-durable tables do not exist in {safe_url}. Create them once with "
+        f"`celery -A <your app> durable migrate` or `Durable(app).migrate()`."
+    )

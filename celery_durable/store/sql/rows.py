@@ -1,0 +1,67 @@
+"""Rows to records, and the bind parameters of fenced writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..records import CallRecord, CallState, JobRecord, JobState, Lease
+from .statements import CALL_COLUMNS
+
+
+def fence(lease: Lease, **params: Any) -> dict[str, Any]:
+    return {"p_id": lease.job_id, "p_owner": lease.owner, **params}
+
+
+def call_params(call: CallRecord, lease: Lease) -> dict[str, Any]:
+    params = fence(lease, **{f"p_{name}": getattr(call, name) for name in CALL_COLUMNS})
+    params["p_state"] = call.state.value
+    return params
+
+
+def job_record(row: Any) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        id=m["id"],
+        task=m["task"],
+        args=m["args"],
+        kwargs=m["kwargs"],
+        queue=m["queue"],
+        priority=m["priority"],
+        state=JobState(m["state"]),
+        attempts=m["attempts"],
+        recoveries=m["recoveries"],
+        lease_owner=m["lease_owner"],
+        lease_expires_at=m["lease_expires_at"],
+        result=m["result"],
+        error=m["error"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        options=m["options"],
+        failures=m["failures"],
+        requeues=m["requeues"],
+        not_before=m["not_before"],
+        cancel_requested_at=m["cancel_requested_at"],
+        unique_key=m["unique_key"],
+        parent_id=m["parent_id"],
+        awaiting=m["awaiting"],
+        waiting_topic=m["waiting_topic"],
+        reported_at=m["reported_at"],
+    )
+
+
+def call_record(row: Any) -> CallRecord:
+    m = row._mapping
+    return CallRecord(
+        job_id=m["job_id"],
+        seq=m["seq"],
+        root_id=m["root_id"],
+        name=m["name"],
+        args_digest=m["args_digest"],
+        state=CallState(m["state"]),
+        attempts=m["attempts"],
+        result=m["result"],
+        error=m["error"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+    )

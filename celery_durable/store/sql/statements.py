@@ -1,0 +1,446 @@
+"""The statements of jobs, calls and messages, built once per store with bind parameters.
+
+Building a Core statement costs more Python time than PostgreSQL spends executing a
+checkpoint INSERT; built once, SQLAlchemy's compiled cache serves it and each call only
+binds values. Parameters are named ``p_*`` (SET clauses reserve the column names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BindParameter,
+    Delete,
+    Insert,
+    Integer,
+    Select,
+    Update,
+    bindparam,
+    func,
+    or_,
+    select,
+)
+
+from ..records import ACTIVE_STATES, FINISHED_STATES, CallState, JobFilter, JobState, NewJob
+from .schema import Tables, UTCDateTime
+
+_ACTIVE = [s.value for s in ACTIVE_STATES]
+CALL_COLUMNS = (
+    "job_id",
+    "seq",
+    "root_id",
+    "name",
+    "args_digest",
+    "state",
+    "attempts",
+    "result",
+    "error",
+    "started_at",
+    "finished_at",
+)
+
+
+@dataclass(frozen=True)
+class JobStatements:
+    insert_job: Insert
+    unique_holder: Select[Any]
+    delete_unstarted: Delete
+    claim: Update
+    claim_returning: Update
+    get_job: Select[Any]
+    renew: Update
+    finish: Update
+    release: Update
+    expired: Select[Any]
+    recover: Update
+    recover_unowned: Update
+    abandon: Update
+    abandon_unowned: Update
+    history: Select[Any]
+    record_call: Insert
+    insert_call: Insert
+    update_call: Update
+    lock_job: Update
+    retry_release: Update
+    finish_failed: Update
+    insert_job_error: Insert
+    job_errors: Select[Any]
+    discard_call: Delete
+    discard_all_calls: Delete
+    requeue: Update
+    cancel_unheld: Update
+    release_abandoned: Update
+    cancel_request: Update
+    cancel_requested: Select[Any]
+    suspend: Update
+    suspend_cancel_taken: Update
+    count_unfinished: Select[Any]
+    suspend_state: Update
+    wake_decrement: Update
+    wake: Update
+    settle_call: Update
+    get_jobs: Select[Any]
+    touch_job: Update
+    insert_message: Insert
+    wake_for_message: Update
+    next_message: Select[Any]
+    take_message: Update
+    count_messages: Select[Any]
+    untake_message: Update
+    untake_all_messages: Update
+    mark_reported: Update
+    count_active: Select[Any]
+    delete_finished: Delete
+    delete_calls_of: Delete
+    delete_errors_of: Delete
+    delete_messages_of: Delete
+
+
+def job_statements(tables: Tables) -> JobStatements:
+    jobs, calls = tables.jobs, tables.calls
+    now, until = _time("p_now"), _time("p_until")
+    deliver_by = _time("p_deliver_by")
+    by_id = jobs.c.id == bindparam("p_id")
+    fenced = (by_id, jobs.c.lease_owner == bindparam("p_owner"))
+    expired = (by_id, jobs.c.state.in_(_ACTIVE), jobs.c.lease_expires_at < now)
+    recover_values = {
+        "state": JobState.PENDING.value,
+        "lease_owner": None,
+        "lease_expires_at": deliver_by,
+        "recoveries": jobs.c.recoveries + 1,
+    }
+    # A job nobody has claimed yet may just be queued behind a backlog: republishing it
+    # is not a recovery from a lost worker, so it does not count towards max_recoveries.
+    resend_values = {**recover_values, "recoveries": jobs.c.recoveries}
+    abandon_values = {
+        "state": bindparam("p_state"),
+        "lease_owner": None,
+        "unique_key": None,
+        "lease_expires_at": None,
+        "error": bindparam("p_error"),
+        "finished_at": now,
+    }
+    owner_is_null = jobs.c.lease_owner.is_(None)
+    call_values = (
+        select(
+            *[bindparam(f"p_{name}", type_=calls.c[name].type).label(name) for name in CALL_COLUMNS]
+        )
+        .where(*fenced)
+        .with_for_update(read=True)
+    )  # a concurrent recovery waits for us
+    claim = (
+        jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_(_ACTIVE),
+            or_(owner_is_null, jobs.c.lease_expires_at < now),
+            or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
+            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+            jobs.c.cancel_requested_at.is_(None),
+        )
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=jobs.c.attempts + 1,
+            lease_owner=bindparam("p_owner"),
+            lease_expires_at=until,
+            started_at=func.coalesce(jobs.c.started_at, now),
+        )
+    )
+    by_call = (
+        calls.c.root_id == bindparam("p_root_id"),
+        calls.c.job_id == bindparam("p_job_id"),
+        calls.c.seq == bindparam("p_seq"),
+    )
+    finish_values = {
+        "state": bindparam("p_state"),
+        "result": bindparam("p_result"),
+        "unique_key": None,
+        "error": bindparam("p_error"),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+    }
+    errors, messages = tables.job_errors, tables.messages
+    states: BindParameter[list[str]] = bindparam("p_states", expanding=True)
+    untaken = (
+        messages.c.job_id == bindparam("p_id"),
+        messages.c.topic == bindparam("p_topic"),
+        messages.c.taken_at.is_(None),
+    )
+    return JobStatements(
+        insert_job=jobs.insert(),
+        unique_holder=select(jobs.c.id).where(jobs.c.unique_key == bindparam("p_key")),
+        delete_unstarted=jobs.delete().where(
+            by_id, jobs.c.state == JobState.PENDING.value, jobs.c.attempts == 0
+        ),
+        claim=claim,
+        claim_returning=claim.returning(jobs.c.attempts),
+        get_job=select(jobs).where(by_id),
+        renew=jobs.update().where(*fenced).values(lease_expires_at=until),
+        finish=jobs.update().where(*fenced).values(**finish_values),
+        finish_failed=jobs.update()
+        .where(*fenced)
+        .values(**finish_values, failures=jobs.c.failures + 1),
+        release=jobs.update()
+        .where(*fenced)
+        .values(state=bindparam("p_state"), lease_owner=None, lease_expires_at=deliver_by),
+        expired=select(jobs)
+        .where(
+            jobs.c.lease_expires_at < now,
+            jobs.c.state.in_(_ACTIVE),
+        )
+        .order_by(jobs.c.lease_expires_at)
+        .limit(bindparam("p_limit")),
+        recover=jobs.update()
+        .where(*expired, jobs.c.lease_owner == bindparam("p_owner"))
+        .values(**recover_values),
+        recover_unowned=jobs.update().where(*expired, owner_is_null).values(**resend_values),
+        abandon=jobs.update()
+        .where(*expired, jobs.c.lease_owner == bindparam("p_owner"))
+        .values(**abandon_values),
+        abandon_unowned=jobs.update().where(*expired, owner_is_null).values(**abandon_values),
+        history=select(calls)
+        .where(calls.c.root_id == bindparam("p_root_id"))
+        .order_by(calls.c.job_id, calls.c.seq),
+        # INSERT ... SELECT ... FROM jobs WHERE lease_owner = :me: the fence and the write
+        # are one statement. SQLAlchemy drops INSERT rowcounts unless asked to keep them.
+        record_call=calls.insert()
+        .from_select(list(CALL_COLUMNS), call_values)
+        .execution_options(preserve_rowcount=True),
+        # The rarer writes below run inside a transaction that first locks the job row
+        # with a fenced UPDATE, so they need no fence of their own.
+        insert_call=calls.insert(),
+        update_call=calls.update()
+        .where(
+            *by_call,
+            calls.c.state == CallState.RETRYING.value,
+            calls.c.attempts == bindparam("p_previous_attempts"),
+        )
+        .values(
+            **{
+                name: bindparam(f"p_{name}", type_=calls.c[name].type)
+                for name in CALL_COLUMNS
+                if name not in ("root_id", "job_id", "seq")
+            }
+        ),
+        lock_job=jobs.update().where(*fenced).values(lease_owner=bindparam("p_owner")),
+        retry_release=jobs.update()
+        .where(*fenced)
+        .values(
+            state=JobState.RETRYING.value,
+            lease_owner=None,
+            lease_expires_at=deliver_by,
+            not_before=_time("p_not_before"),
+            failures=jobs.c.failures + bindparam("p_failed", type_=Integer()),
+            error=func.coalesce(bindparam("p_error", type_=jobs.c.error.type), jobs.c.error),
+        ),
+        insert_job_error=errors.insert().from_select(
+            ["job_id", "execution", "error", "failed_at"],
+            select(
+                jobs.c.id,
+                jobs.c.attempts,
+                bindparam("p_error", type_=errors.c.error.type),
+                now.label("failed_at"),
+            ).where(by_id),
+        ),
+        job_errors=select(errors)
+        .where(errors.c.job_id == bindparam("p_id"))
+        .order_by(errors.c.execution),
+        discard_call=calls.delete().where(*by_call),
+        discard_all_calls=calls.delete().where(calls.c.root_id == bindparam("p_root_id")),
+        requeue=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_(bindparam("p_states", expanding=True)),
+        )
+        .values(
+            state=JobState.PENDING.value,
+            failures=0,
+            recoveries=0,
+            requeues=jobs.c.requeues + 1,
+            result=None,
+            error=None,
+            finished_at=None,
+            not_before=None,
+            cancel_requested_at=None,
+            lease_owner=None,
+            lease_expires_at=deliver_by,
+            reported_at=None,
+        ),
+        release_abandoned=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state == JobState.RUNNING.value,
+            jobs.c.lease_owner.like(bindparam("p_pattern"), escape="!"),
+        )
+        .values(state=JobState.PENDING.value, lease_owner=None, lease_expires_at=deliver_by),
+        cancel_unheld=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_(_ACTIVE),
+            or_(owner_is_null, jobs.c.lease_expires_at < now),
+        )
+        .values(
+            state=JobState.CANCELLED.value,
+            error=bindparam("p_error"),
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            unique_key=None,
+            cancel_requested_at=now,
+        ),
+        cancel_request=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_(_ACTIVE),
+            jobs.c.lease_owner.is_not(None),
+            jobs.c.lease_expires_at >= now,
+        )
+        .values(cancel_requested_at=func.coalesce(jobs.c.cancel_requested_at, now)),
+        cancel_requested=select(jobs.c.id).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)),
+            jobs.c.cancel_requested_at.is_not(None),
+        ),
+        suspend=jobs.update()
+        .where(*fenced, jobs.c.cancel_requested_at.is_(None))
+        .values(lease_owner=None),
+        suspend_cancel_taken=jobs.update()
+        .where(*fenced)
+        .values(lease_owner=None, cancel_requested_at=None),
+        count_unfinished=select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state.in_(_ACTIVE)),
+        # Runs after `suspend` locked the row: no owner fence needed.
+        suspend_state=jobs.update()
+        .where(by_id)
+        .values(
+            awaiting=bindparam("p_awaiting", type_=Integer()),
+            state=bindparam("p_state"),
+            waiting_topic=bindparam("p_topic"),
+            not_before=_time("p_wake_at"),
+            lease_expires_at=deliver_by,
+        ),
+        # Two statements, not one with CASE: MySQL evaluates SET clauses left to right
+        # on the updated values, PostgreSQL on the old ones. The decrement locks the
+        # parent row whatever its state, so a parent that is suspending at this moment
+        # counts its children only after this child's finish is committed.
+        wake_decrement=jobs.update().where(by_id).values(awaiting=jobs.c.awaiting - 1),
+        wake=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state == JobState.SUSPENDED.value,
+            jobs.c.awaiting <= 0,
+            jobs.c.waiting_topic.is_(None),  # a stray child never wakes a receive()
+        )
+        .values(state=JobState.PENDING.value, lease_expires_at=deliver_by),
+        settle_call=calls.update()
+        .where(
+            *by_call,
+            calls.c.state == CallState.DISPATCHED.value,
+        )
+        .values(
+            **{
+                name: bindparam(f"p_{name}", type_=calls.c[name].type)
+                for name in ("state", "attempts", "result", "error", "finished_at")
+            }
+        ),
+        get_jobs=select(jobs).where(jobs.c.id.in_(bindparam("p_ids", expanding=True))),
+        # Locks an unfinished job's row (a send serialises with the job suspending).
+        touch_job=jobs.update()
+        .where(by_id, jobs.c.state.in_(_ACTIVE))
+        .values(awaiting=jobs.c.awaiting),
+        insert_message=messages.insert(),
+        wake_for_message=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state == JobState.SUSPENDED.value,
+            jobs.c.awaiting <= 0,
+            jobs.c.waiting_topic == bindparam("p_topic"),
+        )
+        .values(
+            state=JobState.PENDING.value, lease_expires_at=deliver_by, not_before=None
+        ),  # the receive timeout no longer holds it back
+        next_message=select(messages.c.id, messages.c.payload)
+        .where(*untaken)
+        .order_by(messages.c.id)
+        .limit(1),
+        take_message=messages.update()
+        .where(messages.c.id == bindparam("p_message"))
+        .values(taken_at=now, taken_by=bindparam("p_by")),
+        # A receive's checkpoint dropped (a job retry, a requeue): its message is back.
+        untake_message=messages.update()
+        .where(
+            messages.c.job_id == bindparam("p_root_id"), messages.c.taken_by == bindparam("p_by")
+        )
+        .values(taken_at=None, taken_by=None),
+        untake_all_messages=messages.update()
+        .where(messages.c.job_id == bindparam("p_root_id"))
+        .values(taken_at=None, taken_by=None),
+        count_messages=select(func.count()).select_from(messages).where(*untaken),
+        mark_reported=jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_([s.value for s in FINISHED_STATES]),
+        )
+        .values(reported_at=func.coalesce(jobs.c.reported_at, now)),
+        count_active=select(jobs.c.queue, jobs.c.state, func.count())
+        .where(jobs.c.state.in_(_ACTIVE))
+        .group_by(jobs.c.queue, jobs.c.state),
+        # The state check is in the DELETE itself: a job requeued meanwhile stays.
+        delete_finished=jobs.delete().where(by_id, jobs.c.state.in_(states)),
+        delete_calls_of=calls.delete().where(calls.c.root_id == bindparam("p_id")),
+        delete_errors_of=errors.delete().where(errors.c.job_id == bindparam("p_id")),
+        delete_messages_of=messages.delete().where(messages.c.job_id == bindparam("p_id")),
+    )
+
+
+def list_jobs_query(tables: Tables, where: JobFilter) -> Select[Any]:
+    """The one statement built per call: its WHERE clause is the filter's."""
+    jobs = tables.jobs
+    query = select(jobs)
+    if where.states:
+        query = query.where(jobs.c.state.in_([s.value for s in where.states]))
+    for column, value in (("task", where.task), ("queue", where.queue)):
+        if value is not None:
+            query = query.where(jobs.c[column] == value)
+    for column, after, before in (
+        ("created_at", where.created_after, where.created_before),
+        ("finished_at", where.finished_after, where.finished_before),
+    ):
+        if after is not None:
+            query = query.where(jobs.c[column] >= after)
+        if before is not None:
+            query = query.where(jobs.c[column] < before)
+    return (
+        query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        .limit(where.limit)
+        .offset(where.offset)
+    )
+
+
+def _time(name: str) -> BindParameter[datetime]:
+    return bindparam(name, type_=UTCDateTime())
+
+
+def new_job_row(job: NewJob) -> dict[str, Any]:
+    """The jobs row of a job just enqueued (``insert_job``'s parameters)."""
+    return {
+        "id": job.id,
+        "task": job.task,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "queue": job.queue,
+        "priority": job.priority,
+        "options": job.options,
+        "state": JobState.PENDING.value,
+        "attempts": 0,
+        "recoveries": 0,
+        "lease_expires_at": job.deliver_by,
+        "created_at": job.created_at,
+        "not_before": job.not_before,
+        "unique_key": job.unique_key,
+        "parent_id": job.parent_id,
+    }

@@ -1,0 +1,2 @@
+"""The storage conformance suite, in parts; ``celery_durable.testing.StorageConformance``
+puts them together."""
