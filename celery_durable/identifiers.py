@@ -47,6 +47,12 @@ def check_text(value: Any, field: str, limit: int) -> str:
 
 
 def check_job_id(value: Any, field: str = "job id") -> str:
+    """An id to look a job up by: any id a job can have (derived ones included)."""
+    return check_text(value, field, ID_COLUMN)
+
+
+def check_new_job_id(value: Any, field: str = "task_id") -> str:
+    """An id given for a new job: shorter, so the ids derived from it still fit."""
     return check_text(value, field, JOB_ID)
 
 

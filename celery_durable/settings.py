@@ -71,7 +71,7 @@ class Settings:
     """The default determinism mode: "explicit", "strict" or "best_effort"."""
     beat_max_interval: float = 5.0
     """The longest a durable beat sleeps: schedule changes show within this long."""
-    storage_wait: float = 60.0
+    storage_wait: float = 20.0
     """A delivery that cannot reach the durable database waits this long for it (trying
     again with backoff) before its message goes back to the broker."""
     max_countdown: float = 60.0

@@ -5,9 +5,9 @@ be checkpointed) nor be acked as a failure (the job would be stranded until its
 delivery deadline). It waits instead, in the process that holds the message, retrying
 with a capped exponential backoff: the job runs within a couple of seconds of the
 database coming back, and a long outage costs each worker slot one attempt every few
-seconds, not a redelivery storm. After ``durable_storage_wait`` seconds the message
-goes back to the broker (``Reject(requeue=True)``), so a warm shutdown or a time limit
-is never held up for long.
+seconds, not a redelivery storm. After ``durable_storage_wait`` seconds (20 by default,
+less than the warm shutdown's grace), or a second before the task's time limit, the
+message goes back to the broker (``Reject(requeue=True)``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from ..errors import StorageUnavailable
 
@@ -37,7 +37,26 @@ def patiently(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """``attempt()``, tried again while it raises StorageUnavailable; after ``patience``
-    seconds, Reject(requeue=True): the message goes back to the broker."""
+    seconds (or if the task's soft time limit comes first), Reject(requeue=True): the
+    message goes back to the broker, never acked as a failure."""
+    try:
+        return _retrying(attempt, patience, job_id, doing, sleep)
+    except SoftTimeLimitExceeded:
+        logger.error(
+            "job %s: the soft time limit came while waiting for the database; the "
+            "message goes back to the broker",
+            job_id,
+        )
+        raise Reject("soft time limit while waiting for the database", requeue=True) from None
+
+
+def _retrying(
+    attempt: Callable[[], T],
+    patience: float,
+    job_id: str,
+    doing: str,
+    sleep: Callable[[float], None],
+) -> T:
     deadline = time.monotonic() + patience
     pause, tries = FIRST_PAUSE, 0
     while True:
@@ -48,8 +67,8 @@ def patiently(
             left = deadline - time.monotonic()
             if left <= 0:
                 logger.error(
-                    "job %s: the durable database is still unreachable after "
-                    "%.3gs (%s); the message goes back to the broker",
+                    "job %s: the durable database is still unreachable after %.3gs "
+                    "(%s); the message goes back to the broker",
                     job_id,
                     patience,
                     exc,

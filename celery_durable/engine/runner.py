@@ -28,6 +28,7 @@ from ..errors import (
     Cancelled,
     LeaseLost,
     StorageInterrupted,
+    StorageUnavailable,
     ValidationError,
     interrupt_on_storage_error,
 )
@@ -67,9 +68,13 @@ def run_job(
     kwargs: dict[str, Any],
 ) -> Any:
     job_id: str = _checked_id(request)
+    begun = time.monotonic()
+    # Decided now: Celery before 5.7 pops the chain off the request before on_success.
+    request.durable_canvas = has_canvas(request)
+    owner = new_owner()  # one per delivery, also across claim attempts during an outage
     claimed = patiently(
-        lambda: _claim(runtime, task, request, args, kwargs),
-        patience=runtime.settings.storage_wait,
+        lambda: _claim(runtime, task, request, args, kwargs, owner),
+        patience=_patience(runtime, task, request, begun),
         job_id=job_id,
         doing="claim the job",
     )
@@ -113,7 +118,7 @@ def run_job(
         logger.warning("job %s: lease lost to another execution; stopping here", job_id)
         raise Ignore() from None
     except StorageInterrupted as exc:
-        _ride_out(runtime, lease, exc)
+        _ride_out(runtime, lease, exc, _patience(runtime, task, request, begun))
     finally:
         runtime.lease_keeper.drop(lease)
         if execution is not None and execution.info is not None:
@@ -154,11 +159,32 @@ def _job_info(
     )
 
 
-def _ride_out(runtime: Runtime, lease: Lease, exc: StorageInterrupted) -> NoReturn:
-    """The store failed mid-job: wait for it, give the job back and requeue the message,
-    so the job replays within seconds of the database's return instead of after its
-    lease expires. If the database stays away, recovery resumes the job later."""
-    logger.error("%s; waiting for the database to hand the job back", exc)
+def _patience(runtime: Runtime, task: Task, request: Any, begun: float) -> float:
+    """How long this delivery may wait for the database: ``durable_storage_wait``, but
+    always ending a second before the task's time limit (soft or hard) would."""
+    hard, soft = (getattr(request, "timelimit", None) or (None, None))[:2]
+    limits = [v for v in (hard, soft, task.time_limit, task.soft_time_limit) if v]
+    patience = runtime.settings.storage_wait
+    if limits:
+        patience = min(patience, min(limits) - (time.monotonic() - begun) - 1.0)
+    return max(0.0, patience)
+
+
+def _ride_out(runtime: Runtime, lease: Lease, exc: StorageInterrupted, patience: float) -> NoReturn:
+    """The store failed mid-job. If it is really away, wait for it, give the job back
+    and requeue the message, so the job replays within seconds of the database's return
+    instead of after its lease expires. If it answers at once, the error was the
+    statement's own (a packet too large, a timeout): leave the job to recovery, which
+    counts the round (``durable_max_recoveries``) instead of requeueing it forever."""
+    try:
+        runtime.storage.get_job(lease.job_id)
+    except StorageUnavailable:
+        logger.error("%s; waiting for the database to hand the job back", exc)
+    else:
+        logger.error(
+            "%s; the database answers, so the job is left to recovery (its lease expires)", exc
+        )
+        raise Ignore() from None
 
     def give_back() -> None:
         runtime.storage.release_job(
@@ -166,12 +192,7 @@ def _ride_out(runtime: Runtime, lease: Lease, exc: StorageInterrupted) -> NoRetu
         )
 
     try:
-        patiently(
-            give_back,
-            patience=runtime.settings.storage_wait,
-            job_id=lease.job_id,
-            doing="give the job back",
-        )
+        patiently(give_back, patience=patience, job_id=lease.job_id, doing="give the job back")
     except Reject:
         logger.error("job %s: recovery resumes it when its lease expires", lease.job_id)
         raise Ignore() from None
@@ -196,8 +217,9 @@ def _claim(
     request: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    owner: str,
 ) -> tuple[Lease, int | None] | _Stored:
-    storage, job_id, owner = runtime.storage, request.id, new_owner()
+    storage, job_id = runtime.storage, request.id
     now = runtime.now()
     until = now + timedelta(seconds=runtime.settings.lease_seconds)
     claim = storage.claim_job(job_id, owner, now, until)
@@ -220,6 +242,9 @@ def _claim(
     if claim.outcome is ClaimOutcome.CLAIMED:
         return Lease(job_id, owner), claim.attempts
     job = claim.job
+    if job is not None and job.lease_owner == owner and job.state is JobState.RUNNING:
+        # An earlier attempt of this delivery claimed it, and the reply was lost.
+        return Lease(job_id, owner), job.attempts
     if claim.outcome is ClaimOutcome.EARLY and job is not None and job.not_before:
         # Before its backoff ended (a duplicate message, or a clock ahead of ours): send
         # it again for the rest of the wait, unless the wait is long enough that the
@@ -232,7 +257,7 @@ def _claim(
     if claim.outcome is ClaimOutcome.FINISHED and job is not None:
         logger.info("job %s already %s; not running it again", job_id, job.state.value)
         if job.state is JobState.SUCCEEDED:
-            if job.reported_at is not None and has_canvas(request):
+            if job.reported_at is not None and request.durable_canvas:
                 # The execution that finished it continued its chain, links or chord
                 # and stored its result: doing it again would run the next steps twice.
                 raise Ignore()

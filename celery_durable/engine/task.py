@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils import uuid
 
-from ..identifiers import check_job_id, check_name
+from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
 from ..store.records import JobState
 from .context import current_execution, take_inline
@@ -68,7 +68,9 @@ class DurableTask(Task):
         """Celery has continued the job's canvas (chain, links, chord) and stored its
         result: a later delivery of the finished job must not do it again. Subclasses
         that override this call ``super().on_success(...)``."""
-        if not has_canvas(self.request):
+        request = self.request
+        canvas = getattr(request, "durable_canvas", None)  # decided before the body ran
+        if not (has_canvas(request) if canvas is None else canvas):
             return  # nothing a duplicate delivery could repeat: no statement spent
         runtime = runtime_of(self.app)
         try:
@@ -94,7 +96,7 @@ class DurableTask(Task):
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         # a new job: the id (if given) and the queue must fit the store
-        task_id = uuid() if task_id is None else check_job_id(task_id, "task_id")
+        task_id = uuid() if task_id is None else check_new_job_id(task_id)
         if isinstance(options.get("queue"), str):
             check_name(options["queue"], "queue")
         now = runtime.now()

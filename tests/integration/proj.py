@@ -202,6 +202,14 @@ def _canvas(app: Celery, durable: Durable) -> None:
     def fenced() -> list[int]:
         return [call(step, "f-a", 0), call(pid_of, "f-hold"), call(step, "f-c", 0)]
 
+    @durable.task(name="proj.fenced_finish", shared=False)
+    def fenced_finish() -> list[int]:
+        """Frozen after its last checkpoint: what a zombie could still write is the finish."""
+        done = [call(step, "ff-a", 0)]
+        effect("ff-hold-start")
+        _hold("hold-ff")
+        return [*done, os.getpid()]
+
 
 def _hold(name: str) -> None:
     """Wait while the test process keeps the flag file ``name`` in place."""

@@ -32,20 +32,30 @@ def _lease_expired(cluster: Cluster, job_id: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    "broker", [pytest.param("redis"), pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+    ("broker", "shape"),
+    [
+        pytest.param("redis", "three steps"),
+        pytest.param("rabbitmq", "three steps", marks=pytest.mark.rabbitmq),
+        # Celery before 5.7 pops the chain off the request before on_success: a job
+        # second to last, or with only a link, must still be recorded as continued
+        pytest.param("redis", "two steps and a link"),
+    ],
 )
 def test_a_chain_through_a_recovered_job_runs_every_step_once(
-    make_cluster: Callable[..., Cluster], broker: str
+    make_cluster: Callable[..., Cluster], broker: str, shape: str
 ) -> None:
     # Redis gives the killed worker's unacked message back after 3 s
     cluster = make_cluster(broker, "postgres", visibility_timeout=3)
     (cluster.effects / "hold-chain-a").touch()
     first = cluster.worker()
     tasks = cluster.app.tasks
-    last = chain(
-        tasks["proj.chain_a"].s(1), tasks["proj.chain_b"].s(), tasks["proj.chain_c"].s()
-    ).delay()
-    a_id = last.parent.parent.id
+    a, b, c = (tasks[f"proj.chain_{n}"] for n in "abc")
+    if shape == "three steps":
+        last = chain(a.s(1), b.s(), c.s()).delay()
+        a_id = last.parent.parent.id
+    else:
+        last = chain(a.s(1).set(link=c.s()), b.s()).delay()  # b by the chain, c by link
+        a_id = last.parent.id
     wait_for(
         lambda: cluster.committed_calls(a_id) == 1, 60, "job a's first call", cluster.logs_tail
     )
@@ -55,7 +65,12 @@ def test_a_chain_through_a_recovered_job_runs_every_step_once(
     (cluster.effects / "hold-chain-a").unlink()
     second = cluster.wait_ready(cluster.worker())
 
-    assert cluster.wait_finished(last.id).state is JobState.SUCCEEDED, cluster.logs_tail()
+    wait_for(
+        lambda: cluster.count("chain-b") >= 1 and cluster.count("chain-c") >= 1,
+        60,
+        "the rest of the canvas",
+        cluster.logs_tail,
+    )
     # both messages of job a were delivered (the first worker's counts once more)
     wait_for(
         lambda: (
@@ -71,8 +86,9 @@ def test_a_chain_through_a_recovered_job_runs_every_step_once(
     assert second.process.poll() is None
     assert cluster.count("chain-a") == 1  # checkpointed before the crash
     assert cluster.count("chain-b") == 1, "the chain continued twice"
-    assert cluster.count("chain-c") == 1
-    assert cluster.durable.get_job(last.id).result == 4
+    assert cluster.count("chain-c") == 1, "the canvas continued twice"
+    if shape == "three steps":
+        assert cluster.durable.get_job(last.id).result == 4
     assert cluster.job(a_id).reported_at is not None  # type: ignore[union-attr]
 
 

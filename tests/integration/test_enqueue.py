@@ -75,13 +75,13 @@ def test_unique_from_eight_processes_at_once_makes_one_job(
 def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    # max_countdown 1 s: the 5 s delay waits in SQL; the 2 s one is an ETA message that
+    # max_countdown 4 s: the 6 s delay waits in SQL; the 3 s one is an ETA message that
     # dies with the worker (the sweeper resends it after the 3 s delivery timeout)
-    cluster = make_cluster("redis", "postgres", delivery_timeout=3, max_countdown=1)
+    cluster = make_cluster("redis", "postgres", delivery_timeout=3, max_countdown=4)
     first = cluster.wait_ready(cluster.worker())
     queued_at = datetime.now(timezone.utc)
-    in_sql = cluster.durable.enqueue("proj.outer", 1, delay=5)
-    as_eta = cluster.durable.enqueue("proj.outer", 2, delay=timedelta(seconds=0.8))
+    in_sql = cluster.durable.enqueue("proj.outer", 1, delay=6)
+    as_eta = cluster.durable.enqueue("proj.outer", 2, delay=timedelta(seconds=3))
     wait_for(
         lambda: any(n[2] == as_eta.id for n in cluster.notes("received")),
         30,
@@ -89,8 +89,10 @@ def test_delayed_jobs_start_no_earlier_and_survive_a_worker_restart(
     )
     assert not any(n[2] == in_sql.id for n in cluster.notes("received"))  # not sent yet
     first.kill()  # before the ETA: the message dies with the worker
+    killed_at = datetime.now(timezone.utc)
+    assert killed_at < queued_at + timedelta(seconds=3), "the kill came after the ETA"
     cluster.worker()
-    for result, delay in ((in_sql, 5), (as_eta, 0.8)):
+    for result, delay in ((in_sql, 6), (as_eta, 3)):
         job = cluster.wait_finished(result.id, timeout=60)
         assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
         assert job.started_at is not None

@@ -62,3 +62,39 @@ def test_a_thawed_zombie_writes_nothing(make_cluster: Callable[..., Cluster]) ->
         cluster.wait_finished(cluster.app.tasks["proj.quick"].delay(0).id).state
         is JobState.SUCCEEDED
     )
+
+
+def test_a_thawed_zombie_cannot_finish_the_job_again(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("redis", "postgres")
+    (cluster.effects / "hold-ff").touch()
+    zombie = cluster.wait_ready(cluster.worker())
+    job_id = cluster.app.tasks["proj.fenced_finish"].delay().id
+    wait_for(
+        lambda: cluster.count("ff-hold-start") == 1, 60, "the last checkpoint", cluster.logs_tail
+    )
+    [zombie_pid] = {int(n[0]) for n in cluster.notes("ff-hold-start")}
+    os.killpg(zombie.process.pid, signal.SIGSTOP)
+    try:
+        (cluster.effects / "hold-ff").unlink()
+        cluster.wait_ready(cluster.worker())
+        done = cluster.wait_finished(job_id)
+        assert done.state is JobState.SUCCEEDED, cluster.logs_tail()
+    finally:
+        os.killpg(zombie.process.pid, signal.SIGCONT)
+
+    # The zombie returns from its body now: its finish is fenced on a lease it lost.
+    wait_for(
+        lambda: any(int(n[0]) == zombie_pid and n[2] == job_id for n in cluster.notes("postrun")),
+        60,
+        "the zombie's execution to end",
+        cluster.logs_tail,
+    )
+    after = cluster.job(job_id)
+    assert after is not None
+    assert (after.result, after.finished_at, after.state) == (
+        done.result,
+        done.finished_at,
+        JobState.SUCCEEDED,
+    )
+    assert after.result is not None and str(zombie_pid) not in after.result
+    assert cluster.count("ff-a") == 1  # replayed by the second execution, never rerun

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import mysql
 from celery_durable.store.records import JobState
 from celery_durable.store.sql import SQLStorage
 from celery_durable.store.sql.migrations import SCHEMA_VERSION
-from celery_durable.store.sql.schema import ExactString
+from celery_durable.store.sql.schema import ExactString, binary_collation
 from celery_durable.testing import LEASE, T0
 
 _JSON = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -154,18 +154,21 @@ def _assert_declared_schema(storage: SQLStorage) -> None:
         pk = inspector.get_pk_constraint(table.name)["constrained_columns"]
         assert pk == [c.name for c in table.primary_key.columns], table.name
     if storage.engine.dialect.name in ("mysql", "mariadb"):
+        expected = binary_collation(storage.engine.dialect)
         with storage.engine.connect() as conn:
-            collations = dict(
-                conn.execute(
-                    text(
-                        "SELECT column_name, collation_name FROM information_schema.columns "
-                        "WHERE table_schema = DATABASE() AND table_name = :t"
-                    ),
-                    {"t": storage.tables.jobs.name},
-                ).all()
-            )
-        exact = [c.name for c in storage.tables.jobs.columns if isinstance(c.type, ExactString)]
-        assert {collations[name] for name in exact} == {"utf8mb4_nopad_bin"}
+            for table in storage.tables.metadata.sorted_tables:
+                collations = dict(
+                    conn.execute(
+                        text(
+                            "SELECT column_name, collation_name FROM information_schema.columns "
+                            "WHERE table_schema = DATABASE() AND table_name = :t"
+                        ),
+                        {"t": table.name},
+                    ).all()
+                )
+                for column in table.columns:
+                    if isinstance(column.type, ExactString):
+                        assert collations[column.name] == expected, (table.name, column.name)
 
 
 def test_the_version_1_fixture_is_what_migration_1_created_then(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from celery_durable import (
     current_job_id,
 )
 from celery_durable.engine.enqueue import new_job
+from celery_durable.engine.runner import run_job
 from celery_durable.store.records import ClaimOutcome
 from tests.unit.conftest import Crash, Env, make_env
 
@@ -321,15 +323,53 @@ def test_a_storage_error_mid_job_is_a_crash_not_a_failure(env: Env) -> None:
         return real_record(record, lease)
 
     env.storage.record_call = flaky_record  # type: ignore[method-assign]
-    # The store answers again at once: the job is handed back and its message requeued,
-    # so it replays now rather than after its lease expires.
+    real_get, probes = env.storage.get_job, []
+
+    def get_job(job_id):  # type: ignore[no-untyped-def]
+        probes.append(job_id)
+        if len(probes) == 1:  # still away when the runner first looks
+            raise StorageUnavailable("connection refused")
+        return real_get(job_id)
+
+    env.storage.get_job = get_job  # type: ignore[method-assign]
+    # The database was away and came back: the job is handed back and its message
+    # requeued, so it replays now rather than after its lease expires.
     with pytest.raises(Reject) as rejected:
         env.deliver("u.swallower", "j1")
     assert rejected.value.requeue is True
+    env.storage.get_job = real_get  # type: ignore[method-assign]
     job = env.storage.get_job("j1")
     assert job is not None and job.state is JobState.PENDING and job.failures == 0
     assert env.deliver("u.swallower", "j1") == [1, 2]
     assert env.effects == ["s1", "s2", "s2"]
+
+
+def test_a_statement_that_fails_while_the_database_answers_is_left_to_recovery() -> None:
+    """Not an outage (a packet too large, a statement timeout): requeueing at once would
+    run the call again and again; recovery counts the rounds instead."""
+    from celery_durable import StorageUnavailable
+
+    env = make_env(call_retries=0, job_retries=0, max_recoveries=2)
+    _register(env)
+
+    @env.durable.task(name="u.big", shared=False)
+    def big() -> object:
+        return call("u.step", "huge", 0)
+
+    def record(record, lease):  # type: ignore[no-untyped-def]
+        raise StorageUnavailable("(2006, 'MySQL server has gone away')")
+
+    env.storage.record_call = record  # type: ignore[method-assign]
+    for _ in range(3):  # three rounds, each counted by recovery
+        with pytest.raises(Ignore):  # acked; the lease is left to expire
+            env.deliver("u.big", "j1")
+        job = env.storage.get_job("j1")
+        assert job is not None and job.state is JobState.RUNNING
+        env.clock.advance(31)
+        assert env.durable.recover() == ["j1"]
+    job = env.storage.get_job("j1")
+    assert job is not None and job.state is JobState.FAILED  # after max_recoveries rounds
+    assert env.effects == ["huge", "huge", "huge"]
 
 
 def test_a_store_that_stays_down_mid_job_leaves_the_job_to_recovery() -> None:
@@ -390,7 +430,11 @@ def test_a_claim_that_cannot_reach_the_store_waits_then_requeues() -> None:
     env.storage.claim_job = claim  # type: ignore[method-assign]
     assert env.deliver("u.two", "j1") == 1  # the database came back during the wait
     assert len(tries) == 4 and env.effects == ["s1"]
-    assert tries[2] - tries[1] > tries[1] - tries[0] > 0  # backing off, not spinning
+    # backing off, not spinning: at least half of 50, 100, 200 ms between the tries
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert [round(g, 3) >= low for g, low in zip(gaps, (0.025, 0.05, 0.1), strict=True)] == [
+        True
+    ] * 3
 
     down = lambda *args: (_ for _ in ()).throw(StorageUnavailable("refused"))  # noqa: E731
     env.app.tasks["u.two"].apply_async(task_id="j2")
@@ -459,3 +503,32 @@ def test_ignore_and_reject_in_a_body_do_not_fail_the_job_wrongly(env: Env) -> No
     with pytest.raises(Ignore):
         env.deliver("u.ignore", "j2")
     assert env.durable.get_job("j2").state == "cancelled"
+
+
+def test_a_canvas_is_recorded_as_continued_even_if_celery_popped_the_chain(env: Env) -> None:
+    """Celery before 5.7 pops the last chain step off the request before on_success: the
+    runner decides whether the delivery has a canvas before the body runs."""
+
+    @env.durable.task(name="u.first", shared=False)
+    def first() -> int:
+        return 1
+
+    task = env.app.tasks["u.first"]
+    task.push_request(
+        id="j1",
+        delivery_info={"routing_key": "q"},
+        args=(),
+        kwargs={},
+        retries=0,
+        called_directly=False,
+        headers={},
+        chain=[{"task": "u.next", "args": [], "kwargs": {}, "options": {}}],
+    )
+    try:
+        assert run_job(env.durable.runtime, task, task.request, (), {}) == 1
+        task.request.chain = []  # what Celery 5.4-5.6 does before on_success
+        task.on_success(1, "j1", (), {})
+    finally:
+        task.pop_request()
+    job = env.storage.get_job("j1")
+    assert job is not None and job.reported_at is not None

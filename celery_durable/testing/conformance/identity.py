@@ -99,3 +99,16 @@ class IdentityConformance:
         storage.finish_job(lease, JobState.FAILED, None, error, T0 + LEASE / 4)
         rows = [r for r in storage.changes_since(T0 - LEASE, 10) if r["kind"] == "finished"]
         assert [(r["id"], r["state"], r["error"]) for r in rows] == [("job-1", "failed", error)]
+
+    def test_queues_and_topics_are_exact(self, storage: Storage) -> None:
+        for index, (first, second) in enumerate(LOOKALIKES):
+            storage.create_job(dataclasses.replace(new_job(f"qa{index}"), queue=first))
+            storage.create_job(dataclasses.replace(new_job(f"qb{index}"), queue=second))
+            assert [j.id for j in storage.list_jobs(JobFilter(queue=second))] == [f"qb{index}"]
+        lease = claimed(storage)
+        for first, second in LOOKALIKES:
+            for topic in (first, second):
+                storage.send_message("job-1", topic, f'"{topic}"', None, T0, T0 + LEASE)
+        for n, (_, second) in enumerate(LOOKALIKES, start=1):
+            taken = storage.take_message(lease, second, call_record(seq=n, result="null"))
+            assert taken == f'"{second}"', second
