@@ -97,21 +97,23 @@ def median(values: list[float]) -> float:
 
 
 class SQLCounter:
-    """Counts what an engine sends while recording: cursor executions (statements) and
-    commit/rollback events. The listeners are attached only while recording, so timed
-    runs outside ``recording()`` carry no event overhead.
+    """Counts what a store sends while recording: every statement (on its hot path and
+    through SQLAlchemy, via ``SQLStorage.observe_statements``) and the commit/rollback
+    events of its SQLAlchemy connections. Nothing is attached outside ``recording()``,
+    so timed runs carry no listener overhead.
 
     A COMMIT/ROLLBACK event on an idle psycopg connection in autocommit mode sends
     nothing to the server (psycopg returns early); only the others count as "sent".
     """
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, storage: SQLStorage) -> None:
+        self.storage = storage
+        self.engine = storage.engine
         self.statements: list[str] = []
         self.params: list[Any] = []
         self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
 
-    def _on_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+    def _on_statement(self, statement: str, parameters: Any) -> None:
         self.statements.append(statement)
         self.params.append(parameters)
 
@@ -131,16 +133,14 @@ class SQLCounter:
     def recording(self) -> Iterator[SQLCounter]:
         self.statements, self.params = [], []
         self.commits = self.rollbacks = self.commits_sent = self.rollbacks_sent = 0
-        hooks = [
-            ("before_cursor_execute", self._on_execute),
-            ("commit", self._on_commit),
-            ("rollback", self._on_rollback),
-        ]
+        hooks = [("commit", self._on_commit), ("rollback", self._on_rollback)]
         for name, fn in hooks:
             event.listen(self.engine, name, fn)
+        stop = self.storage.observe_statements(self._on_statement)
         try:
             yield self
         finally:
+            stop()
             for name, fn in hooks:
                 event.remove(self.engine, name, fn)
 
@@ -257,7 +257,7 @@ class InProcess:
             provider=provider,
             exporter=exporter,
         )
-        self.counter = SQLCounter(storage.engine)
+        self.counter = SQLCounter(storage)
         self.loop: dict[str, Any] = {}
         loop, counter = self.loop, self.counter
 

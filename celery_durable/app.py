@@ -15,9 +15,9 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from celery import Celery
+from celery import Celery, Task
 from celery.result import AsyncResult
 
 from .determinism import Determinism, check_determinism
@@ -49,12 +49,18 @@ from .scheduling.registry import Schedules
 from .settings import Settings, database_url_configured
 from .store.protocol import Storage
 from .store.records import CancelOutcome
+from .store.sql import SQLStorage
 from .worker import signals as worker_signals
 from .worker.recovery import RecoverySweeper
 
 _logger = logging.getLogger(__name__)
-M = Any
+M = TypeVar("M")
 """A middleware: a ``celery_durable.Middleware`` or any object with some of its hooks."""
+OnStart = TypeVar("OnStart", bound=Callable[[JobInfo], Any])
+OnComplete = TypeVar("OnComplete", bound=Callable[[JobInfo, float], Any])
+OnFail = TypeVar("OnFail", bound=Callable[[JobInfo, "BaseException | None"], Any])
+OnRetry = TypeVar("OnRetry", bound=Callable[[JobInfo, int, "BaseException | None"], Any])
+OnCheckpoint = TypeVar("OnCheckpoint", bound=Callable[[JobInfo, CallInfo], Any])
 _instances: weakref.WeakKeyDictionary[Celery, Durable] = weakref.WeakKeyDictionary()
 _instances_lock = threading.Lock()
 
@@ -117,8 +123,8 @@ class Durable:
         self.runtime = Runtime(
             app,
             Settings.from_conf(app.conf, **settings),
+            open_storage=(lambda _: storage) if storage is not None else _sql_storage,
             clock=clock or utcnow,
-            given_storage=storage,
         )
         """What the engine is given: store, clock, settings, observers, lease keeper."""
         runtimes.register(app, self.runtime)
@@ -145,18 +151,23 @@ class Durable:
 
     @property
     def settings(self) -> Settings:
+        """The ``durable_*`` settings in force. Assigning new ones (``dataclasses.replace``)
+        also resets what derives from them: the call retry default, the determinism
+        default and the lease timings."""
         return self.runtime.settings
 
     @settings.setter
     def settings(self, value: Settings) -> None:
-        self.runtime.settings = value
+        self.runtime.configure(value)
 
     @property
     def storage(self) -> Storage:
+        """The durable store (opened on first use)."""
         return self.runtime.storage
 
     @property
     def observers(self) -> Observers:
+        """The hooks and middleware, in order (see ``use`` and the ``on_*`` hooks)."""
         return self.runtime.observers
 
     @property
@@ -168,10 +179,18 @@ class Durable:
         """Retries and backoff of call()s whose task and call site set none."""
         return self.runtime.call_policy
 
+    @call_policy.setter
+    def call_policy(self, value: RetryPolicy) -> None:
+        self.runtime.call_policy = value
+
     @property
     def determinism(self) -> Determinism:
         """The determinism mode of tasks that set none (see ``set_determinism``)."""
         return self.runtime.determinism
+
+    @determinism.setter
+    def determinism(self, value: Determinism | str) -> None:
+        self.runtime.determinism = check_determinism(value, "determinism")
 
     def now(self) -> datetime:
         return self.runtime.now()
@@ -244,36 +263,28 @@ class Durable:
         self.observers.use(middleware)
         return middleware
 
-    def on_job_start(self, fn: Callable[[JobInfo], Any]) -> Callable[[JobInfo], Any]:
+    def on_job_start(self, fn: OnStart) -> OnStart:
         """``@durable.on_job_start``: ``fn(job)`` when an execution starts."""
         self.observers.hooks.job_start.append(fn)
         return fn
 
-    def on_job_complete(
-        self, fn: Callable[[JobInfo, float], Any]
-    ) -> Callable[[JobInfo, float], Any]:
+    def on_job_complete(self, fn: OnComplete) -> OnComplete:
         """``fn(job, duration)`` when a job succeeds (duration of that execution)."""
         self.observers.hooks.job_complete.append(fn)
         return fn
 
-    def on_job_fail(
-        self, fn: Callable[[JobInfo, BaseException | None], Any]
-    ) -> Callable[[JobInfo, BaseException | None], Any]:
+    def on_job_fail(self, fn: OnFail) -> OnFail:
         """``fn(job, error)`` when a job fails for good (failed or dead-lettered)."""
         self.observers.hooks.job_fail.append(fn)
         return fn
 
-    def on_retry(
-        self, fn: Callable[[JobInfo, int, BaseException | None], Any]
-    ) -> Callable[[JobInfo, int, BaseException | None], Any]:
+    def on_retry(self, fn: OnRetry) -> OnRetry:
         """``fn(job, attempt, error)`` when a job is scheduled again after an error (a
         call retry or a job retry); ``attempt`` is the number of the next attempt."""
         self.observers.hooks.retry.append(fn)
         return fn
 
-    def on_checkpoint(
-        self, fn: Callable[[JobInfo, CallInfo], Any]
-    ) -> Callable[[JobInfo, CallInfo], Any]:
+    def on_checkpoint(self, fn: OnCheckpoint) -> OnCheckpoint:
         """``fn(job, call)`` after a call's checkpoint is written."""
         self.observers.hooks.checkpoint.append(fn)
         return fn
@@ -285,7 +296,7 @@ class Durable:
         follow: bool = True,
         poll_interval: float = 0.5,
     ) -> Iterator[Event]:
-        """What every worker did (see ``celery_durable.events``), oldest first, from
+        """What every worker did (see ``celery_durable.operations.events``), oldest first, from
         ``since`` (an event's ``cursor`` or a time); with ``follow``, forever."""
         if follow:
             return events_follow(self.runtime, since, poll_interval=poll_interval)
@@ -299,7 +310,7 @@ class Durable:
         """A job's recorded history as JSON-able data, for ``testing.replay`` in CI."""
         return export_history(self.runtime, check_job_id(job_id))
 
-    def schedule(self, name: str, task: Any, when: Schedule, **options: Any) -> None:
+    def schedule(self, name: str, task: Task | str, when: Schedule, **options: Any) -> None:
         """Register a schedule in code: ``durable.schedule("cleanup", cleanup,
         every(hours=1), args=..., unique=True, queue=..., timezone=...)``.
 
@@ -374,7 +385,9 @@ class Durable:
         return send_message(self.runtime, check_job_id(job_id), topic, payload, key=key)
 
     def cancel(self, job_id: str, *, revoke: bool = False) -> CancelOutcome:
-        """Cancel a job for good (see the README); raises JobNotFound."""
+        """Cancel a job for good: pending, it never starts; running, it gets ``Cancelled``
+        at its next call; never resumed by recovery; the children it waits for too.
+        ``revoke=True`` also broadcasts Celery's revoke. Raises JobNotFound."""
         return jobs.cancel(self.runtime, check_job_id(job_id), revoke=revoke)
 
     def workers(self) -> list[WorkerView]:
@@ -456,6 +469,10 @@ def _check_options(options: dict[str, Any]) -> None:
             close = difflib.get_close_matches(option, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown durable task option {option!r}{hint}")
+
+
+def _sql_storage(settings: Settings) -> Storage:
+    return SQLStorage(settings.database_url, table_prefix=settings.table_prefix)
 
 
 runtimes.set_factory(lambda app: Durable.of(app).runtime)

@@ -1,5 +1,5 @@
 """Determinism modes: how strictly replay checks that the code still takes the recorded
-path (the checking itself is ``engine.replay``).
+path (the checking itself is ``engine.matching``).
 
 Modes, per task (``@durable.task(determinism=...)``) or for the app
 (``durable_determinism`` / ``durable.set_determinism``):

@@ -16,7 +16,6 @@
 
     LeaseLost (BaseException)         this execution no longer owns its job
     StorageInterrupted (BaseException) a checkpoint could not be written mid-job
-    CallRetryPending (BaseException)  a call failed and will be retried (internal)
 
 NoRetry and RetryAfter, which user code raises to steer retries, live in ``retry``.
 
@@ -28,10 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .store.records import CallRecord
 
 
 class DurableError(Exception):
@@ -216,22 +211,6 @@ class StorageInterrupted(BaseException):
 
     def __str__(self) -> str:
         return f"durable job {self.job_id} interrupted by a storage error: {self.cause}"
-
-
-class CallRetryPending(BaseException):
-    """A call failed with retries left: the job stops here and runs again later.
-
-    Internal: raised by call() and handled by the runner, which reschedules the job.
-    """
-
-    def __init__(self, record: CallRecord, delay: float, error: BaseException) -> None:
-        super().__init__(record, delay, error)
-        self.record = record
-        self.delay = delay
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"call retry in {self.delay:g}s after {type(self.error).__name__}: {self.error}"
 
 
 @contextmanager

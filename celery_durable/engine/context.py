@@ -6,7 +6,7 @@ A contextvar, so ``call()`` finds it without being passed anything, and each thr
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -117,18 +117,18 @@ def current_call_id() -> str | None:
     return _call_id.get()
 
 
-def enter_call(call_id: str) -> object:
+def enter_call(call_id: str) -> Token[str | None]:
     return _call_id.set(call_id)
 
 
-def exit_call(token: object) -> None:
-    _call_id.reset(token)  # type: ignore[arg-type]
+def exit_call(token: Token[str | None]) -> None:
+    _call_id.reset(token)
 
 
 _inline: ContextVar[object | None] = ContextVar("celery_durable_inline_task", default=None)
 
 
-def mark_inline(task: object) -> object:
+def mark_inline(task: object) -> Token[object | None]:
     """call() is about to run ``task`` in-process, not as a job of its own."""
     return _inline.set(task)
 
@@ -141,16 +141,16 @@ def take_inline(task: object) -> bool:
     return False
 
 
-def unmark_inline(token: object) -> None:
-    _inline.reset(token)  # type: ignore[arg-type]
+def unmark_inline(token: Token[object | None]) -> None:
+    _inline.reset(token)
 
 
-def activate(execution: Execution) -> object:
+def activate(execution: Execution) -> Token[Execution | None]:
     return _current.set(execution)
 
 
-def deactivate(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+def deactivate(token: Token[Execution | None]) -> None:
+    _current.reset(token)
 
 
 def task_determinism(task: object, default: Determinism) -> Determinism:

@@ -32,8 +32,8 @@ from ..store.records import CallRecord, CallState, JobRecord, JobState, NewJob
 from .context import Execution, derived_id
 from .enqueue import DISPATCH_TASK, new_job
 from .finish import PARENT_HEADER
+from .matching import EndOfHistory, recorded_for
 from .positions import dispatched_child
-from .replay import EndOfHistory, recorded_for
 from .steps import check_may_run, replay_recorded
 from .suspend import Suspend
 

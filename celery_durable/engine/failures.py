@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery import Task
 from celery.exceptions import Retry
 
-from ..errors import CallRetryPending, interrupt_on_storage_error
+from ..errors import interrupt_on_storage_error
 from ..retry import final_reason, job_policy
 from ..store.records import JobState
 from .finish import finish
 from .positions import discard_from_first_failure
 from .publish import publish_again
-from .recorded_errors import encode_error, job_retryable
+from .recorded_errors import CallRetryPending, encode_error, job_retryable
 
 if TYPE_CHECKING:
     from datetime import datetime

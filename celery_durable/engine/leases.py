@@ -55,6 +55,11 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    def configure(self, lease_seconds: float, cancel_check_interval: float) -> None:
+        """New timings (new settings); a running thread picks them up at its next wait."""
+        self._lease = timedelta(seconds=lease_seconds)
+        self._cancel_interval = cancel_check_interval
+
     def hold(self, lease: Lease) -> Watch:
         watch = Watch()
         with self._lock:

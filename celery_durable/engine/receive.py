@@ -1,4 +1,4 @@
-"""Messages to a running job: ``runtime.send(job_id, topic, payload)`` from anywhere,
+"""Messages to a running job: ``durable.send(job_id, topic, payload)`` from anywhere,
 ``receive(topic, timeout=None)`` in the job's body (Temporal's signals, DBOS's send and
 recv).
 
@@ -21,8 +21,8 @@ from ..errors import (
 )
 from ..identifiers import check_name
 from .context import require_execution
+from .matching import EndOfHistory, recorded_for
 from .recorded_values import pseudo_call, recorded_value, write_pseudo_call
-from .replay import EndOfHistory, recorded_for
 from .suspend import Suspend
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from ..errors import (
     UnknownTaskError,
 )
 from ..retry import NoRetry
+from ..store.records import CallRecord
 
 # Errors no retry can fix: the same code meets the same history or configuration again.
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (
@@ -57,3 +58,19 @@ def encode_error(exc: BaseException, **extra: Any) -> str:
 
 def traceback_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class CallRetryPending(BaseException):
+    """A call failed with retries left: the job stops here and runs again later.
+
+    Internal: raised by call() and handled by the runner, which reschedules the job.
+    """
+
+    def __init__(self, record: CallRecord, delay: float, error: BaseException) -> None:
+        super().__init__(record, delay, error)
+        self.record = record
+        self.delay = delay
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"call retry in {self.delay:g}s after {type(self.error).__name__}: {self.error}"

@@ -18,7 +18,7 @@ from .. import serialization
 from ..errors import LeaseLost, interrupt_on_storage_error
 from ..store.records import CallRecord, CallState
 from .context import current_execution
-from .replay import EndOfHistory, recorded_for
+from .matching import EndOfHistory, recorded_for
 
 if TYPE_CHECKING:
     from .context import Execution

@@ -24,7 +24,6 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from .. import serialization
 from ..errors import (
-    CallRetryPending,
     Cancelled,
     LeaseLost,
     StorageInterrupted,
@@ -43,7 +42,7 @@ from .finish import finish
 from .outage import patiently
 from .positions import CANCELLED_MARKER
 from .publish import publish_again
-from .recorded_errors import encode_error
+from .recorded_errors import CallRetryPending, encode_error
 from .suspend import Suspend, suspend
 
 if TYPE_CHECKING:

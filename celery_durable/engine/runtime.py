@@ -6,8 +6,11 @@ app it publishes through, the settings, the store, the clock, the observers
 facade (``celery_durable.app``) builds one per app and registers it here, so that a
 ``DurableTask`` bound to the app (which Celery instantiates, not us) finds it.
 
-``runtime_of(app)`` also covers ``@app.task(base=DurableTask)`` used without a facade:
-the facade module registers a factory that builds the app's ``Durable`` on first use.
+``runtime_of(app)`` also covers ``@app.task(base=DurableTask)`` used without a facade
+(a documented way to start): the facade module registers, once, the factory that builds
+the app's ``Durable`` on first use. That callback is the one place the engine reaches
+upward, and it is handed to it from above; the registry exists because Celery gives a
+task class only its app.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from ..observability.hooks import Observers
 from ..retry import RetryPolicy
 from ..settings import Settings
 from ..store.protocol import Storage
-from ..store.sql import SQLStorage
 from .leases import LeaseKeeper
 
 Clock = Callable[[], datetime]
@@ -39,11 +41,11 @@ def utcnow() -> datetime:
 class Runtime:
     app: Celery
     settings: Settings
+    open_storage: Callable[[Settings], Storage]
+    """Opens the store on first use (the facade passes the SQL store of
+    ``durable_database_url``, or the store it was given)."""
     clock: Clock = utcnow
     observers: Observers = field(default_factory=Observers)
-    given_storage: Storage | None = None
-    """A store given explicitly (``Durable(app, storage=...)``); else the SQL store of
-    ``durable_database_url``, created on first use."""
     call_policy: RetryPolicy = field(init=False)
     """Retries and backoff of calls whose task and call site set none."""
     determinism: Determinism = field(init=False)
@@ -51,22 +53,26 @@ class Runtime:
     lease_keeper: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:
-        self._storage = self.given_storage
-        self.call_policy = RetryPolicy(self.settings.call_retries, self.settings.call_backoff)
-        self.determinism = check_determinism(self.settings.determinism, "durable_determinism")
+        self._storage: Storage | None = None
         self.lease_keeper = LeaseKeeper(
             lambda: self.storage,
             self.settings.lease_seconds,
             self.now,
             self.settings.cancel_check_interval,
         )
+        self.configure(self.settings)
+
+    def configure(self, settings: Settings) -> None:
+        """Take new settings, and what derives from them (the defaults, the lease)."""
+        self.settings = settings
+        self.call_policy = RetryPolicy(settings.call_retries, settings.call_backoff)
+        self.determinism = check_determinism(settings.determinism, "durable_determinism")
+        self.lease_keeper.configure(settings.lease_seconds, settings.cancel_check_interval)
 
     @property
     def storage(self) -> Storage:
         if self._storage is None:
-            self._storage = SQLStorage(
-                self.settings.database_url, table_prefix=self.settings.table_prefix
-            )
+            self._storage = self.open_storage(self.settings)
         return self._storage
 
     def now(self) -> datetime:

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 from .. import serialization
 from .context import current_execution
+from .matching import recorded_for
 from .recorded_values import pseudo_call, write_pseudo_call
-from .replay import recorded_for
 from .suspend import Suspend
 
 SLEEP = "celery_durable.sleep"

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class DurableTask(Task):
-    """Use as ``@app.task(base=DurableTask)`` or through ``@runtime.task``.
+    """Use as ``@app.task(base=DurableTask)`` or through ``@durable.task``.
 
     Enqueueing writes the job row before the message is published (a row that cannot
     be written means no message); executing claims the job's lease, replays completed

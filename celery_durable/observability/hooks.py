@@ -113,17 +113,46 @@ HOOKS = tuple(name for name in vars(Middleware) if not name.startswith("_"))
 
 
 class _Partial(Middleware):
-    """An object with only some of the hooks, as a Middleware: the others do nothing."""
+    """An object with only some of the hooks, as a Middleware: each hook is looked up on
+    it when it runs (so a hook added later counts), the missing ones do nothing."""
 
     def __init__(self, wrapped: object) -> None:
         self.wrapped = wrapped
-        for name in HOOKS:
-            function = getattr(wrapped, name, None)
-            if callable(function):
-                setattr(self, name, function)
 
     def __repr__(self) -> str:
         return repr(self.wrapped)
+
+    def _hook(self, name: str) -> Any:
+        function = getattr(self.wrapped, name, None)
+        return function if callable(function) else None
+
+    def message_headers(self) -> dict[str, str]:
+        function = self._hook("message_headers")
+        return dict(function() or {}) if function else {}
+
+    def on_enqueue(self, task: str, queue: str | None) -> None:
+        if function := self._hook("on_enqueue"):
+            function(task, queue)
+
+    def before_job(self, job: JobInfo) -> None:
+        if function := self._hook("before_job"):
+            function(job)
+
+    def after_job(self, job: JobInfo, outcome: Outcome) -> None:
+        if function := self._hook("after_job"):
+            function(job, outcome)
+
+    def before_call(self, job: JobInfo, call: CallInfo) -> None:
+        if function := self._hook("before_call"):
+            function(job, call)
+
+    def after_call(self, job: JobInfo, call: CallInfo) -> None:
+        if function := self._hook("after_call"):
+            function(job, call)
+
+    def on_call_error(self, job: JobInfo, call: CallInfo, error: BaseException) -> None:
+        if function := self._hook("on_call_error"):
+            function(job, call, error)
 
 
 def as_middleware(candidate: object) -> Middleware:
@@ -197,6 +226,14 @@ class Observers:
 
     def use(self, middleware: object) -> None:
         self.middleware.append(as_middleware(middleware))
+
+    def remove(self, middleware: object) -> None:
+        """Stop using a middleware given to ``use`` (the object itself, or its wrapper)."""
+        self.middleware = [
+            m
+            for m in self.middleware
+            if m is not middleware and getattr(m, "wrapped", None) is not middleware
+        ]
 
     def _forward(self) -> list[Middleware]:
         return [self.hooks, *self.middleware]

@@ -14,7 +14,7 @@ from datetime import datetime
 from ..engine.runtime import Runtime
 from ..errors import JobNotFound
 from ..store.records import JobFilter, JobState
-from . import requeue as requeueing
+from . import rerun
 from .views import JobSummary, JobView, job_summary, job_view
 
 DEAD = (JobState.DEAD,)
@@ -61,9 +61,7 @@ def requeue(
     """
     ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
     return [
-        job_id
-        for job_id in ids
-        if requeueing.requeue(runtime, job_id, DEAD, from_scratch=from_scratch)
+        job_id for job_id in ids if rerun.requeue(runtime, job_id, DEAD, from_scratch=from_scratch)
     ]
 
 

@@ -1,4 +1,4 @@
-"""The event stream: ``runtime.events()`` yields what every worker on every host did,
+"""The event stream: ``durable.events()`` yields what every worker on every host did,
 read back from the tables the jobs already write (no extra commit on the hot path).
 
 Each event has a ``cursor``; pass the last one back as ``since=`` to resume after it.
@@ -58,7 +58,7 @@ class Event:
 
     @property
     def cursor(self) -> str:
-        """Resume after this event: ``runtime.events(since=event.cursor)``."""
+        """Resume after this event: ``durable.events(since=event.cursor)``."""
         at, job_id, kind, key = self.order
         return "|".join((at.isoformat(), job_id, kind, key))
 

@@ -14,7 +14,7 @@ from ..engine.cancellation import cancel_job
 from ..engine.runtime import Runtime
 from ..errors import JobNotFound, JobStateError
 from ..store.records import CancelOutcome, JobFilter, JobState
-from .requeue import requeue
+from .rerun import requeue
 from .views import JobSummary, job_summary
 
 logger = logging.getLogger(__name__)

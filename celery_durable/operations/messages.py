@@ -1,4 +1,4 @@
-"""Sending a message to a job from anywhere: ``runtime.send`` / ``celery durable jobs
+"""Sending a message to a job from anywhere: ``durable.send`` / ``celery durable jobs
 send``. The body takes it with ``receive()`` (``celery_durable.engine.receive``)."""
 
 from __future__ import annotations

@@ -266,6 +266,19 @@ class Storage(Protocol):
         """Delete the jobs that are in one of ``states``, with their calls and errors;
         returns how many jobs went."""
 
+    def delete_finished(self, state: JobState, before: datetime, limit: int) -> int:
+        """Delete the oldest (at most ``limit``) jobs in ``state`` (a finished one) that
+        finished before ``before``, with their calls, errors and messages; returns how
+        many went. Retention calls it until it returns 0, so it must be linear: an index
+        finds the batch, and a batch costs a few statements, never one per job."""
+
+    def finished_job_ids(self, state: JobState, before: datetime, limit: int) -> list[str]:
+        """Ids of jobs in ``state`` (a finished one) that finished before ``before``,
+        oldest first, at most ``limit``."""
+
+    def count_finished(self, state: JobState, before: datetime) -> int:
+        """How many jobs in ``state`` finished before ``before``."""
+
     def mark_reported(self, job_id: str, now: datetime) -> None:
         """Record that Celery continued the finished job's canvas (``reported_at``)."""
 

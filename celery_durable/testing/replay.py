@@ -23,7 +23,7 @@ from celery import Task
 from ..determinism import Determinism, check_determinism
 from ..engine.context import Execution, activate, deactivate, task_determinism
 from ..engine.leases import Watch
-from ..engine.replay import EndOfHistory
+from ..engine.matching import EndOfHistory
 from ..engine.runtime import runtime_of
 from ..errors import NonDeterministicError, ValidationError
 from ..store.records import CallRecord, CallState, Lease
@@ -105,7 +105,7 @@ class _History(dict[tuple[str, int], CallRecord]):
         super().__init__(records)
         self.read: set[tuple[str, int]] = set()
 
-    def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: Any, default: Any = None) -> Any:
         value = super().get(key, default)
         if value is not None:
             self.read.add(key)

@@ -1,7 +1,7 @@
 """Graceful shutdown: a bounded warm shutdown for durable jobs.
 
 Celery's warm shutdown (SIGTERM, or the first Ctrl+C) stops taking messages and waits,
-without a limit, for running tasks. For runtime jobs the wait is bounded by
+without a limit, for running tasks. For durable jobs the wait is bounded by
 ``durable_shutdown_grace``: a job that reaches its end in time finishes here; one still
 running when the grace period ends is *released*: its row goes back to pending (the lease
 given up, no recovery or failure counted), its message is published again for another

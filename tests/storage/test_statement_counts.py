@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import event
 
 from celery_durable import Durable, call
 from celery_durable.engine.runner import run_job
@@ -21,17 +20,14 @@ from tests.unit.conftest import Crash
 
 @contextmanager
 def counting(storage: SQLStorage) -> Iterator[list[str]]:
-    """Every statement the store's engine sends while the block runs."""
+    """Every statement the store sends while the block runs: on the hot path and
+    through SQLAlchemy (its before_cursor_execute event)."""
     sent: list[str] = []
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(" ".join(statement.split())[:60])
-
-    event.listen(storage.engine, "before_cursor_execute", on_execute)
+    stop = storage.observe_statements(lambda sql: sent.append(" ".join(sql.split())[:60]))
     try:
         yield sent
     finally:
-        event.remove(storage.engine, "before_cursor_execute", on_execute)
+        stop()
 
 
 def _deliver(durable: Durable, name: str, job_id: str, *args: Any) -> Any:

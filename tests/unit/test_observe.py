@@ -13,6 +13,7 @@ from celery.exceptions import Retry
 from celery_durable import (
     CallError,
     ConstantBackoff,
+    JobInfo,
     LoggingMiddleware,
     Middleware,
     NoRetry,
@@ -183,3 +184,31 @@ def test_no_retry_is_reported_as_a_final_failure() -> None:
     with pytest.raises(NoRetry):
         env.deliver("u.invalid", "j1")
     assert failed == ["bad"]
+
+
+def test_an_object_with_some_hooks_is_a_middleware_and_one_with_none_is_refused() -> None:
+    env = make_env()
+    seen: list[str] = []
+
+    class Partial:
+        def before_job(self, job: JobInfo) -> None:
+            seen.append(f"start {job.id}")
+
+    partial = Partial()
+    assert env.durable.use(partial) is partial  # use() gives back what it was given
+
+    @env.durable.task(name="u.one", shared=False)
+    def one() -> int:
+        return 1
+
+    env.deliver("u.one", "j1")
+    Partial.after_job = lambda self, job, outcome: seen.append(  # type: ignore[attr-defined]
+        f"end {job.id} {outcome.state}"
+    )  # a hook added later is found when it runs
+    env.deliver("u.one", "j2")
+    assert seen == ["start j1", "start j2", "end j2 succeeded"]
+    env.durable.observers.remove(partial)
+    env.deliver("u.one", "j3")
+    assert seen[-1] == "end j2 succeeded"
+    with pytest.raises(TypeError, match="is not a middleware: it has none of the hooks"):
+        env.durable.use(object())

@@ -319,13 +319,34 @@ class MemoryJobs(MemoryState):
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
         with self._lock:
-            gone = [i for i in job_ids if i in self._jobs and self._jobs[i].state in states]
+            gone = {i for i in job_ids if i in self._jobs and self._jobs[i].state in states}
             for job_id in gone:
                 del self._jobs[job_id]
                 self._errors.pop(job_id, None)
             self._calls = {k: c for k, c in self._calls.items() if k[0] not in gone}
             self._messages = [m for m in self._messages if m["job_id"] not in gone]
             return len(gone)
+
+    def _finished_before(self, state: JobState, before: datetime) -> list[JobRecord]:
+        return sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.state is state and j.finished_at and j.finished_at < before
+            ),
+            key=lambda j: (j.finished_at, j.id),
+        )
+
+    def delete_finished(self, state: JobState, before: datetime, limit: int) -> int:
+        return self.delete_jobs(self.finished_job_ids(state, before, limit), (state,))
+
+    def finished_job_ids(self, state: JobState, before: datetime, limit: int) -> list[str]:
+        with self._lock:
+            return [j.id for j in self._finished_before(state, before)[:limit]]
+
+    def count_finished(self, state: JobState, before: datetime) -> int:
+        with self._lock:
+            return len(self._finished_before(state, before))
 
     def mark_reported(self, job_id: str, now: datetime) -> None:
         with self._lock:

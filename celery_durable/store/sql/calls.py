@@ -29,10 +29,7 @@ from .statements import CALL_COLUMNS, new_job_row
 
 class CallsSQL(JobsSQL):
     def load_history(self, root_id: str) -> list[CallRecord]:
-        with self._connect() as conn:
-            return [
-                call_record(row) for row in conn.execute(self._sql.history, {"p_root_id": root_id})
-            ]
+        return [call_record(row) for row in self._run("history", {"p_root_id": root_id}).rows]
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
         params = call_params(call, lease)
@@ -43,7 +40,7 @@ class CallsSQL(JobsSQL):
                 self._write_call(conn, call, lease, params)
             return
         try:
-            inserted = self._rowcount(self._sql.record_call, params)
+            inserted = self._run("record_call", params).rowcount
         except sa_exc.IntegrityError:
             inserted = 0  # another execution recorded this seq: we are not the owner
         if inserted != 1:

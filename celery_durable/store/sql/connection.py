@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
@@ -23,9 +23,10 @@ from sqlalchemy.pool import StaticPool
 
 from ...errors import ConfigurationError, StorageUnavailable
 from ..urls import safe_url
+from .hot import HotPath, Result
 from .migrations import apply_migrations, pending_migrations
 from .schema import Tables, build_tables
-from .statements import JobStatements, job_statements
+from .statements import HOT, JobStatements, job_statements
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-durable[postgres]'",
@@ -42,6 +43,7 @@ class SQLConnection:
         *,
         table_prefix: str = "durable_",
         engine_options: dict[str, Any] | None = None,
+        hot_path: bool = True,
     ) -> None:
         self._url = url
         self.table_prefix = table_prefix
@@ -49,6 +51,7 @@ class SQLConnection:
         """The URL with its password masked: what every message and repr shows."""
         self.tables: Tables = build_tables(table_prefix)
         self._engine_options = engine_options or {}
+        self._hot_path = hot_path
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -98,9 +101,15 @@ class SQLConnection:
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
+        with self._mapped_errors(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        """The driver's errors as ours: the server is away (StorageUnavailable), the
+        tables are missing (a ConfigurationError that says to migrate); others pass."""
         try:
-            with self.engine.connect() as conn:
-                yield conn
+            yield
         except sa_exc.DBAPIError as exc:
             if _missing_table(exc):
                 raise _not_migrated(self.safe_url) from exc
@@ -110,6 +119,54 @@ class SQLConnection:
                 f"cannot use the durable database {self.safe_url}: {exc.orig}. "
                 f"Check app.conf.durable_database_url and that the server is running."
             ) from exc
+
+    @cached_property
+    def _hot(self) -> HotPath | None:
+        """The hot path, on the drivers it knows (not an in-memory SQLite: each
+        connection would be a database of its own)."""
+        engine = self.engine
+        url = make_url(self._url)
+        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        if not self._hot_path or in_memory or not HotPath.supports(engine):
+            return None
+        connect_args = dict(self._engine_options.get("connect_args") or {})
+        on_connect = None
+        if url.get_backend_name() == "sqlite":
+            connect_args = {"timeout": 30, "check_same_thread": False, **connect_args}
+            on_connect = _sqlite_pragmas_on
+        return HotPath(
+            engine, {name: getattr(self._sql, name) for name in HOT}, connect_args, on_connect
+        )
+
+    def _run(self, name: str, params: dict[str, Any]) -> Result:
+        """One of the hot statements (``HOT``): on the hot path where there is one."""
+        hot = self._hot
+        with self._mapped_errors():
+            if hot is not None:
+                return hot.run(name, params)
+        with self._connect() as conn:
+            result = conn.execute(getattr(self._sql, name), params)
+            rows = [dict(row._mapping) for row in result] if result.returns_rows else []
+            return Result(result.rowcount, rows)
+
+    def observe_statements(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(sql)`` before every statement this store sends (on the hot
+        path and through SQLAlchemy); returns a function that stops it."""
+        hot = self._hot
+
+        def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            listener(statement)
+
+        event.listen(self.engine, "before_cursor_execute", on_execute)
+        if hot is not None:
+            hot.listeners.append(listener)
+
+        def stop() -> None:
+            event.remove(self.engine, "before_cursor_execute", on_execute)
+            if hot is not None:
+                hot.listeners.remove(listener)
+
+        return stop
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -121,6 +178,9 @@ class SQLConnection:
                 yield conn
 
     def dispose(self) -> None:
+        hot = self.__dict__.get("_hot")
+        if hot is not None:
+            hot.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -149,6 +209,10 @@ class SQLConnection:
     def _rowcount(self, stmt: Executable, params: dict[str, Any]) -> int:
         with self._connect() as conn:
             return int(conn.execute(stmt, params).rowcount)
+
+
+def _sqlite_pragmas_on(dbapi_conn: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, None)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -28,14 +28,16 @@ from .connection import SQLConnection
 from .rows import fence, job_record
 from .statements import list_jobs_query, new_job_row
 
+DELETE_BATCH = 1000
+"""Jobs deleted per transaction (each id list is one IN clause)."""
+
 
 class JobsSQL(SQLConnection):
     def create_job(self, job: NewJob) -> bool:
-        with self._connect() as conn:
-            try:
-                conn.execute(self._sql.insert_job, new_job_row(job))
-            except sa_exc.IntegrityError:
-                return False
+        try:
+            self._run("insert_job", new_job_row(job))
+        except sa_exc.IntegrityError:
+            return False
         return True
 
     def create_unique_job(self, job: NewJob) -> str:
@@ -58,14 +60,13 @@ class JobsSQL(SQLConnection):
 
     def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
         params = {"p_id": job_id, "p_owner": owner, "p_now": now, "p_until": lease_until}
-        with self._connect() as conn:
-            if conn.dialect.update_returning:  # the attempt count comes back for free
-                claimed = conn.execute(self._sql.claim_returning, params).first()
-                if claimed is not None:
-                    return Claim(ClaimOutcome.CLAIMED, attempts=claimed.attempts)
-            elif conn.execute(self._sql.claim, params).rowcount == 1:
-                return Claim(ClaimOutcome.CLAIMED)
-            row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
+        if self.engine.dialect.update_returning:  # the attempt count comes back for free
+            claimed = self._run("claim_returning", params).first()
+            if claimed is not None:
+                return Claim(ClaimOutcome.CLAIMED, attempts=claimed["attempts"])
+        elif self._run("claim", params).rowcount == 1:
+            return Claim(ClaimOutcome.CLAIMED)
+        row = self._run("get_job", {"p_id": job_id}).first()
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         job = job_record(row)
@@ -81,7 +82,7 @@ class JobsSQL(SQLConnection):
         return Claim(ClaimOutcome.BUSY, job)
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:
-        return self._rowcount(self._sql.renew, fence(lease, p_until=until)) == 1
+        return self._run("renew", fence(lease, p_until=until)).rowcount == 1
 
     def finish_job(
         self,
@@ -95,7 +96,7 @@ class JobsSQL(SQLConnection):
         params = fence(lease, p_state=state.value, p_result=result, p_error=error, p_now=now)
         failed = error is not None and state in (JobState.FAILED, JobState.DEAD)
         if not failed and wake is None:  # the hot path: one autocommit statement
-            if self._rowcount(self._sql.finish, params) != 1:
+            if self._run("finish", params).rowcount != 1:
                 raise LeaseLost(lease.job_id)
             return False
         with self._transaction() as conn:
@@ -113,8 +114,7 @@ class JobsSQL(SQLConnection):
         return bool(conn.execute(self._sql.wake, params).rowcount == 1)
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        with self._connect() as conn:
-            row = conn.execute(self._sql.get_job, {"p_id": job_id}).first()
+        row = self._run("get_job", {"p_id": job_id}).first()
         return None if row is None else job_record(row)
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
@@ -280,20 +280,44 @@ class JobsSQL(SQLConnection):
         )
 
     def delete_jobs(self, job_ids: Sequence[str], states: Sequence[JobState]) -> int:
-        wanted = [s.value for s in states]
+        wanted, ids = [s.value for s in states], list(dict.fromkeys(job_ids))
         deleted = 0
-        with self._transaction() as conn:
-            for job_id in job_ids:
-                params = {"p_id": job_id, "p_states": wanted}
-                if conn.execute(self._sql.delete_finished, params).rowcount == 1:
-                    for statement in (
-                        self._sql.delete_calls_of,
-                        self._sql.delete_errors_of,
-                        self._sql.delete_messages_of,
-                    ):
-                        conn.execute(statement, params)
-                    deleted += 1
+        for start in range(0, len(ids), DELETE_BATCH):
+            chunk = ids[start : start + DELETE_BATCH]
+            with self._transaction() as conn:
+                gone = conn.execute(
+                    self._sql.delete_finished, {"p_ids": chunk, "p_states": wanted}
+                ).rowcount
+                if not gone:
+                    continue
+                remaining = set(conn.scalars(self._sql.remaining_ids, {"p_ids": chunk}))
+                dropped = {"p_ids": [i for i in chunk if i not in remaining]}
+                for statement in (
+                    self._sql.delete_calls_of,
+                    self._sql.delete_errors_of,
+                    self._sql.delete_messages_of,
+                ):
+                    conn.execute(statement, dropped)
+                deleted += gone
         return deleted
+
+    def delete_finished(self, state: JobState, before: datetime, limit: int) -> int:
+        if self.engine.dialect.name == "postgresql":  # one statement per batch
+            params = {"p_state": state.value, "p_before": before, "p_limit": limit}
+            with self._transaction() as conn:
+                return int(conn.scalar(self._sql.delete_finished_batch, params) or 0)
+        # elsewhere: the batch's ids, then a transaction of IN-list deletes
+        return self.delete_jobs(self.finished_job_ids(state, before, limit), (state,))
+
+    def finished_job_ids(self, state: JobState, before: datetime, limit: int) -> list[str]:
+        params = {"p_state": state.value, "p_before": before, "p_limit": limit}
+        with self._connect() as conn:
+            return [str(i) for i in conn.scalars(self._sql.finished_ids, params)]
+
+    def count_finished(self, state: JobState, before: datetime) -> int:
+        params = {"p_state": state.value, "p_before": before}
+        with self._connect() as conn:
+            return int(conn.scalar(self._sql.count_finished, params) or 0)
 
     def mark_reported(self, job_id: str, now: datetime) -> None:
         self._rowcount(self._sql.mark_reported, {"p_id": job_id, "p_now": now})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..records import CallRecord, CallState, JobRecord, JobState, Lease
@@ -18,8 +19,13 @@ def call_params(call: CallRecord, lease: Lease) -> dict[str, Any]:
     return params
 
 
+def _mapping(row: Any) -> Mapping[str, Any]:
+    """A SQLAlchemy Row's mapping, or the hot path's dict as it is."""
+    return row if isinstance(row, dict) else row._mapping
+
+
 def job_record(row: Any) -> JobRecord:
-    m = row._mapping
+    m = _mapping(row)
     return JobRecord(
         id=m["id"],
         task=m["task"],
@@ -51,7 +57,7 @@ def job_record(row: Any) -> JobRecord:
 
 
 def call_record(row: Any) -> CallRecord:
-    m = row._mapping
+    m = _mapping(row)
     return CallRecord(
         job_id=m["job_id"],
         seq=m["seq"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Delete,
     Insert,
     Integer,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     func,
+    literal_column,
     or_,
     select,
 )
@@ -27,7 +29,14 @@ from sqlalchemy import (
 from ..records import ACTIVE_STATES, FINISHED_STATES, CallState, JobFilter, JobState, NewJob
 from .schema import Tables, UTCDateTime
 
-_ACTIVE = [s.value for s in ACTIVE_STATES]
+
+def _inline(states: frozenset[JobState]) -> list[ColumnElement[str]]:
+    """The states as literals in the SQL text: no bind parameters to expand, so a
+    statement compiles once to a fixed text the hot path can prepare."""
+    return [literal_column(f"'{state.value}'") for state in sorted(states)]
+
+
+_ACTIVE = _inline(ACTIVE_STATES)
 CALL_COLUMNS = (
     "job_id",
     "seq",
@@ -41,6 +50,19 @@ CALL_COLUMNS = (
     "started_at",
     "finished_at",
 )
+
+
+HOT = (
+    "insert_job",
+    "claim",
+    "claim_returning",
+    "get_job",
+    "renew",
+    "finish",
+    "history",
+    "record_call",
+)
+"""The statements every job sends: the store sends them on the hot path (``hot``)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,11 @@ class JobStatements:
     untake_all_messages: Update
     mark_reported: Update
     count_active: Select[Any]
+    finished_ids: Select[Any]
+    delete_finished_batch: Select[Any]
+    count_finished: Select[Any]
     delete_finished: Delete
+    remaining_ids: Select[Any]
     delete_calls_of: Delete
     delete_errors_of: Delete
     delete_messages_of: Delete
@@ -165,13 +191,16 @@ def job_statements(tables: Tables) -> JobStatements:
     }
     errors, messages = tables.job_errors, tables.messages
     states: BindParameter[list[str]] = bindparam("p_states", expanding=True)
+    ids: BindParameter[list[str]] = bindparam("p_ids", expanding=True)
+    among_ids = jobs.c.id.in_(ids)
+    finished_before = (jobs.c.state == bindparam("p_state"), jobs.c.finished_at < _time("p_before"))
     untaken = (
         messages.c.job_id == bindparam("p_id"),
         messages.c.topic == bindparam("p_topic"),
         messages.c.taken_at.is_(None),
     )
     return JobStatements(
-        insert_job=jobs.insert(),
+        insert_job=jobs.insert().values({c: bindparam(c) for c in NEW_JOB_COLUMNS}),
         unique_holder=select(jobs.c.id).where(jobs.c.unique_key == bindparam("p_key")),
         delete_unstarted=jobs.delete().where(
             by_id, jobs.c.state == JobState.PENDING.value, jobs.c.attempts == 0
@@ -383,18 +412,59 @@ def job_statements(tables: Tables) -> JobStatements:
         mark_reported=jobs.update()
         .where(
             by_id,
-            jobs.c.state.in_([s.value for s in FINISHED_STATES]),
+            jobs.c.state.in_(_inline(FINISHED_STATES)),
         )
         .values(reported_at=func.coalesce(jobs.c.reported_at, now)),
         count_active=select(jobs.c.queue, jobs.c.state, func.count())
         .where(jobs.c.state.in_(_ACTIVE))
         .group_by(jobs.c.queue, jobs.c.state),
-        # The state check is in the DELETE itself: a job requeued meanwhile stays.
-        delete_finished=jobs.delete().where(by_id, jobs.c.state.in_(states)),
-        delete_calls_of=calls.delete().where(calls.c.root_id == bindparam("p_id")),
-        delete_errors_of=errors.delete().where(errors.c.job_id == bindparam("p_id")),
-        delete_messages_of=messages.delete().where(messages.c.job_id == bindparam("p_id")),
+        # Retention reads one state's oldest finished jobs through (state, finished_at).
+        finished_ids=select(jobs.c.id)
+        .where(*finished_before)
+        .order_by(jobs.c.finished_at)
+        .limit(bindparam("p_limit")),
+        count_finished=select(func.count()).select_from(jobs).where(*finished_before),
+        delete_finished_batch=_delete_finished_batch(tables, finished_before),
+        # A batch at a time. The state check is in the DELETE itself (a write: the
+        # transaction holds the rows from here), so a job requeued meanwhile stays; the
+        # ids still there afterwards tell whose calls, errors and messages go.
+        delete_finished=jobs.delete().where(among_ids, jobs.c.state.in_(states)),
+        remaining_ids=select(jobs.c.id).where(among_ids),
+        delete_calls_of=calls.delete().where(calls.c.root_id.in_(ids)),
+        delete_errors_of=errors.delete().where(errors.c.job_id.in_(ids)),
+        delete_messages_of=messages.delete().where(messages.c.job_id.in_(ids)),
     )
+
+
+def _delete_finished_batch(tables: Tables, finished_before: tuple[Any, ...]) -> Select[Any]:
+    """PostgreSQL: one statement deletes a batch of the oldest finished jobs with their
+    calls, errors and messages (data-modifying CTEs); returns how many jobs went. The
+    DELETE repeats the state check, so a job requeued while it runs is re-checked
+    (read committed re-evaluates a concurrently updated row) and stays."""
+    jobs = tables.jobs
+    batch = (
+        select(jobs.c.id)
+        .where(*finished_before)
+        .order_by(jobs.c.finished_at)
+        .limit(bindparam("p_limit"))
+        .scalar_subquery()
+    )
+    gone = (
+        jobs.delete()
+        .where(jobs.c.id.in_(batch), finished_before[0])
+        .returning(jobs.c.id)
+        .cte("gone")
+    )
+    statement = select(func.count()).select_from(gone)
+    for table, column in (
+        (tables.calls, tables.calls.c.root_id),
+        (tables.job_errors, tables.job_errors.c.job_id),
+        (tables.messages, tables.messages.c.job_id),
+    ):
+        statement = statement.add_cte(
+            table.delete().where(column.in_(select(gone.c.id))).cte(f"gone_{table.name}")
+        )
+    return statement
 
 
 def list_jobs_query(tables: Tables, where: JobFilter) -> Select[Any]:
@@ -443,4 +513,31 @@ def new_job_row(job: NewJob) -> dict[str, Any]:
         "not_before": job.not_before,
         "unique_key": job.unique_key,
         "parent_id": job.parent_id,
+        # every column a fresh job sets, so the INSERT's text is one fixed statement
+        "failures": 0,
+        "requeues": 0,
+        "awaiting": 0,
     }
+
+
+NEW_JOB_COLUMNS = (
+    "id",
+    "task",
+    "args",
+    "kwargs",
+    "queue",
+    "priority",
+    "options",
+    "state",
+    "attempts",
+    "recoveries",
+    "lease_expires_at",
+    "created_at",
+    "not_before",
+    "unique_key",
+    "parent_id",
+    "failures",
+    "requeues",
+    "awaiting",
+)
+"""The columns ``new_job_row`` sets (the hot path's INSERT names exactly these)."""

@@ -92,3 +92,64 @@ class OperationsConformance:
         assert storage.release_abandoned("job-2", "host-a/123/", T0) is None
         assert storage.release_abandoned("job-3", "host-a/123/", T0) is None
         assert storage.claim_job("job-1", "w2", T0, T0 + LEASE).outcome is ClaimOutcome.CLAIMED
+
+    def test_finished_jobs_oldest_first_for_retention(self, storage: Storage) -> None:
+        for n in range(5):
+            lease = claimed(storage, f"r{n}")
+            state = JobState.SUCCEEDED if n != 2 else JobState.FAILED
+            storage.finish_job(lease, state, "1", None, T0 + timedelta(minutes=n))
+        cutoff = T0 + timedelta(minutes=3, seconds=30)
+        assert storage.finished_job_ids(JobState.SUCCEEDED, cutoff, 10) == ["r0", "r1", "r3"]
+        assert storage.finished_job_ids(JobState.SUCCEEDED, cutoff, 2) == ["r0", "r1"]
+        assert storage.count_finished(JobState.SUCCEEDED, cutoff) == 3
+        assert storage.count_finished(JobState.FAILED, cutoff) == 1
+        assert storage.count_finished(JobState.DEAD, cutoff) == 0
+
+    def test_delete_jobs_takes_their_calls_errors_and_messages_and_spares_the_rest(
+        self, storage: Storage
+    ) -> None:
+        from .core import call_record
+
+        for job_id in ("gone", "kept", "requeued"):
+            lease = claimed(storage, job_id)
+            storage.record_call(call_record(job_id, 1), lease)
+            storage.send_message(job_id, "t", '"m"', None, T0, T0 + LEASE)
+            storage.finish_job(lease, JobState.FAILED, None, '{"type": "E"}', T0)
+        storage.requeue_job("requeued", [JobState.FAILED], [], T0 + LEASE, T0)
+        deleted = storage.delete_jobs(["gone", "requeued", "nope", "gone"], [JobState.FAILED])
+        assert deleted == 1
+        assert storage.get_job("gone") is None
+        assert (storage.load_history("gone"), storage.job_errors("gone")) == ([], [])
+        for job_id in ("kept", "requeued"):  # a requeued job is active again: it stays
+            assert storage.get_job(job_id) is not None
+            assert len(storage.load_history(job_id)) == 1
+            assert len(storage.job_errors(job_id)) == 1
+
+    def test_delete_finished_takes_the_oldest_batch_with_its_calls(self, storage: Storage) -> None:
+        from .core import call_record
+
+        for n in range(5):
+            lease = claimed(storage, f"d{n}")
+            storage.record_call(call_record(f"d{n}", 1), lease)
+            storage.finish_job(lease, JobState.SUCCEEDED, "1", None, T0 + timedelta(minutes=n))
+        claimed(storage, "active")
+        cutoff = T0 + timedelta(minutes=3, seconds=30)
+        assert storage.delete_finished(JobState.SUCCEEDED, cutoff, 2) == 2
+        assert [storage.get_job(f"d{n}") is None for n in range(5)] == [
+            True,
+            True,
+            False,
+            False,
+            False,
+        ]
+        assert storage.load_history("d0") == [] and len(storage.load_history("d2")) == 1
+        assert storage.delete_finished(JobState.SUCCEEDED, cutoff, 10) == 2  # d2, d3
+        assert storage.delete_finished(JobState.SUCCEEDED, cutoff, 10) == 0
+        assert storage.get_job("d4") is not None and storage.get_job("active") is not None
+        assert storage.delete_finished(JobState.FAILED, cutoff, 10) == 0
+
+    def test_a_store_says_where_it_is_and_what_migrations_are_pending(
+        self, storage: Storage
+    ) -> None:
+        assert isinstance(storage.safe_url, str) and storage.safe_url
+        assert storage.pending_migrations() == []  # the fixture's store is migrated

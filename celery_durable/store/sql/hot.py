@@ -1,0 +1,229 @@
+"""The hot path: the statements every job sends, compiled once per store and sent on a
+DBAPI connection the calling thread holds, prepared where the driver can (psycopg 3).
+
+A durable job's life is a handful of single-row statements (enqueue, claim, one per
+call, finish). Through SQLAlchemy each also pays a pool checkout and checkin and the
+``Connection.execute`` machinery, which together cost more than PostgreSQL's commit
+itself; here each is one ``cursor.execute`` on a connection this thread already has.
+The statements are the same Core statements the rest of the store uses, compiled by
+SQLAlchemy for the engine's dialect; their bind and result processing is SQLAlchemy's
+too (the UTC datetimes). SQLAlchemy keeps the schema, the migrations and every statement
+that is not hot.
+
+Connections: one per thread, opened on first use, in autocommit mode (each statement is
+its own commit, as on the SQLAlchemy path), and opened again in a forked child (the
+parent's is left alone: psycopg does not close a connection from another process).
+A connection that failed is dropped; the next statement opens a new one. Driver errors
+come out as SQLAlchemy's exception classes, so the store maps them once.
+
+The drivers it knows (psycopg 3, PyMySQL, sqlite3) are in ``DRIVERS``; for any other the
+store uses the SQLAlchemy path for everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.expression import ClauseElement
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class Driver:
+    """What the hot path needs to know about one DBAPI driver."""
+
+    autocommit: Callable[[Any], None]
+    prepare: bool
+    """Pass ``prepare=True`` to ``cursor.execute`` (a server-side prepared statement)."""
+
+
+def _psycopg_autocommit(conn: Any) -> None:
+    conn.autocommit = True
+
+
+def _pymysql_autocommit(conn: Any) -> None:
+    conn.autocommit(True)
+
+
+def _sqlite_autocommit(conn: Any) -> None:
+    conn.isolation_level = None
+
+
+DRIVERS = {
+    "psycopg": Driver(_psycopg_autocommit, prepare=True),
+    "pymysql": Driver(_pymysql_autocommit, prepare=False),
+    "pysqlite": Driver(_sqlite_autocommit, prepare=False),
+}
+
+
+@dataclass(frozen=True)
+class HotStatement:
+    """One statement, compiled: its SQL text, how to bind its parameters, how to read
+    its rows."""
+
+    name: str
+    sql: str
+    positional: tuple[str, ...] | None
+    """Parameter names in order, for drivers with positional placeholders (sqlite3)."""
+    fixed: dict[str, Any]
+    """Values of the statement's own literal binds (``state='running'``, ...)."""
+    binders: dict[str, Processor]
+    columns: tuple[str, ...]
+    readers: tuple[Processor, ...]
+
+    def parameters(self, params: Mapping[str, Any]) -> Any:
+        values = {**self.fixed, **params}
+        for name, bind in self.binders.items():
+            if bind is not None:
+                values[name] = bind(values.get(name))
+        if self.positional is None:
+            return values
+        return tuple(values.get(name) for name in self.positional)
+
+    def rows(self, raw: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for row in raw:
+            out.append(
+                {
+                    column: value if read is None else read(value)
+                    for column, read, value in zip(self.columns, self.readers, row, strict=True)
+                }
+            )
+        return out
+
+
+def compile_statement(name: str, statement: ClauseElement, dialect: Dialect) -> HotStatement:
+    compiled: Any = statement.compile(dialect=dialect)  # a SQLCompiler
+    rendered = {bind: name for bind, name in compiled.bind_names.items()}
+    # the statement's own values (`state='running'`, `lease_owner=NULL`, ...): every
+    # bind that is not one of our `p_*` parameters (or a column an INSERT names)
+    fixed = {
+        name: bind.effective_value
+        for bind, name in rendered.items()
+        if not bind.required and not name.startswith("p_")
+    }
+    # SQLAlchemy's own per-dialect processors (as its execution would apply them)
+    binders = {name: bind.type._cached_bind_processor(dialect) for bind, name in rendered.items()}
+    columns: tuple[str, ...] = ()
+    readers: tuple[Processor, ...] = ()
+    selected = getattr(statement, "selected_columns", None)
+    returned = getattr(statement, "_returning", ())
+    result_columns = list(selected) if selected is not None else list(returned)
+    if result_columns:
+        columns = tuple(c.key for c in result_columns)
+        readers = tuple(c.type._cached_result_processor(dialect, None) for c in result_columns)
+    positional = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return HotStatement(
+        name,
+        compiled.string,
+        positional,
+        fixed,
+        {k: v for k, v in binders.items() if v is not None},
+        columns,
+        readers,
+    )
+
+
+@dataclass
+class Result:
+    rowcount: int
+    rows: list[dict[str, Any]]
+
+    def first(self) -> dict[str, Any] | None:
+        return self.rows[0] if self.rows else None
+
+
+class HotPath:
+    def __init__(
+        self,
+        engine: Engine,
+        statements: dict[str, ClauseElement],
+        connect_args: dict[str, Any],
+        on_connect: Callable[[Any], None] | None = None,
+    ) -> None:
+        dialect = engine.dialect
+        self.driver = DRIVERS[dialect.driver]
+        self._engine_url = engine.url
+        self._dialect = dialect
+        self._connect_args = connect_args
+        self._on_connect = on_connect
+        self._statements = {
+            name: compile_statement(name, stmt, dialect) for name, stmt in statements.items()
+        }
+        self._local = threading.local()
+        self.listeners: list[Callable[[str], None]] = []
+        """Called with each statement's SQL before it is sent (statement counters)."""
+
+    @classmethod
+    def supports(cls, engine: Engine) -> bool:
+        return engine.dialect.driver in DRIVERS
+
+    def _open(self) -> tuple[Any, Any]:
+        args, kwargs = self._dialect.create_connect_args(self._engine_url)
+        conn = self._dialect.connect(*args, **{**kwargs, **self._connect_args})
+        self.driver.autocommit(conn)
+        if self._on_connect is not None:
+            self._on_connect(conn)
+        return conn, conn.cursor()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():
+            # none yet in this thread, or inherited from the parent across a fork: the
+            # parent's stays untouched (psycopg only closes its own process's)
+            conn, cursor = self._open()
+            held = self._local.held = (os.getpid(), conn, cursor)
+        try:
+            yield held[2]
+        except BaseException:
+            self._drop(held)
+            raise
+
+    def _drop(self, held: tuple[int, Any, Any]) -> None:
+        self._local.held = None
+        with contextlib.suppress(Exception):  # already broken: nothing to save
+            held[1].close()
+
+    def run(self, name: str, params: Mapping[str, Any]) -> Result:
+        """Send the statement; driver errors become SQLAlchemy's DBAPIError subclasses."""
+        statement = self._statements[name]
+        values = statement.parameters(params)
+        for listener in self.listeners:
+            listener(statement.sql)
+        dbapi = self._dialect.loaded_dbapi
+        try:
+            with self._cursor() as cursor:
+                if self.driver.prepare:
+                    cursor.execute(statement.sql, values, prepare=True)
+                else:
+                    cursor.execute(statement.sql, values)
+                rows = statement.rows(cursor.fetchall()) if statement.columns else []
+                return Result(cursor.rowcount, rows)
+        except dbapi.Error as exc:
+            raise sa_exc.DBAPIError.instance(
+                statement.sql,
+                values,
+                exc,
+                dbapi.Error,
+                connection_invalidated=isinstance(
+                    exc, (dbapi.OperationalError, dbapi.InterfaceError)
+                ),
+                dialect=self._dialect,
+            ) from exc
+
+    def close(self) -> None:
+        """Close this thread's connection (tests and teardown)."""
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid():
+            self._drop(held)

@@ -1,0 +1,118 @@
+"""The hot path's connections: one per thread, a new one after a fork, and the parent's
+left working; its statements prepared on PostgreSQL; its errors mapped like the
+SQLAlchemy path's."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from celery_durable import StorageUnavailable
+from celery_durable.store.records import ClaimOutcome
+from celery_durable.store.sql import SQLStorage
+from celery_durable.testing import LEASE, T0, call_record, claimed, new_job
+from tests.conftest import POSTGRES_URL
+
+
+def _held(storage: SQLStorage) -> object:
+    hot = storage._hot
+    assert hot is not None, "the hot path is off for this store"
+    held = getattr(hot._local, "held", None)
+    assert held is not None
+    return held[1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_each_thread_holds_one_connection(
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
+    storage = sql_storage_factory(backend)
+    storage.create_job(new_job("main"))
+    mine = _held(storage)
+    storage.get_job("main")
+    assert _held(storage) is mine  # the same one for the next statement
+    theirs: list[object] = []
+
+    def other() -> None:
+        storage.create_job(new_job("other"))
+        theirs.append(_held(storage))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert theirs and theirs[0] is not mine
+    assert storage.get_job("other") is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_prefork_children_open_their_own_and_the_parent_keeps_its(
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
+    storage = sql_storage_factory(backend)
+    lease = claimed(storage, "parent")  # the parent's connection is open and prepared
+    for seq in range(1, 7):  # psycopg prepares after the 5th execution
+        storage.record_call(call_record("parent", seq), lease)
+    parent_connection = _held(storage)
+    children = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:  # a prefork pool child: the same statements, its own connection
+            try:
+                ok = storage.create_job(new_job(f"child-{n}"))
+                child_lease = storage.claim_job(f"child-{n}", "c", T0, T0 + LEASE)
+                ok = ok and child_lease.outcome is ClaimOutcome.CLAIMED
+                ok = ok and _held(storage) is not parent_connection
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's connection survived its children (nothing closed it under it)
+    storage.record_call(call_record("parent", 7), lease)
+    assert _held(storage) is parent_connection
+    assert [c.seq for c in storage.load_history("parent")] == list(range(1, 8))
+    assert all(storage.get_job(f"child-{n}") is not None for n in range(3))
+
+
+@pytest.mark.postgres
+def test_hot_statements_are_prepared_on_postgres(
+    sql_storage_factory: Callable[[str], SQLStorage],
+) -> None:
+    storage = sql_storage_factory("postgres")
+    lease = claimed(storage, "j1")
+    for seq in range(1, 8):
+        storage.record_call(call_record("j1", seq), lease)
+    connection = _held(storage)
+    with connection.cursor() as cursor:  # type: ignore[attr-defined]
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any(storage.tables.calls.name in sql and "INSERT" in sql for sql in prepared)
+
+
+@pytest.mark.postgres
+def test_an_unreachable_server_is_storage_unavailable_and_the_next_call_reconnects(
+    sql_storage_factory: Callable[[str], SQLStorage],
+) -> None:
+    storage = sql_storage_factory("postgres")
+    storage.create_job(new_job("j1"))
+    connection = _held(storage)
+    backend = connection.info.backend_pid  # type: ignore[attr-defined]
+    with psycopg.connect(psycopg_dsn(POSTGRES_URL), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))  # what a restart does
+    with pytest.raises(StorageUnavailable, match="cannot use the durable database"):
+        storage.get_job("j1")
+    job = storage.get_job("j1")  # a fresh connection
+    assert job is not None and _held(storage) is not connection
+    assert job.created_at == T0 and job.lease_expires_at == T0 + timedelta(minutes=15)
+
+
+def psycopg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
