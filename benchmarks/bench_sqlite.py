@@ -27,11 +27,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from celery import Celery  # noqa: E402
+from celery import Celery
 
-from celery_durable import Durable, call  # noqa: E402
-from celery_durable.store.records import CallRecord, CallState, Lease, NewJob  # noqa: E402
-from celery_durable.store.sql import SQLStorage  # noqa: E402
+from celery_durable import Durable, call
+from celery_durable.store.records import CallRecord, CallState, Lease, NewJob
+from celery_durable.store.sql import SQLStorage
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ def counting(storage: SQLStorage) -> Iterator[list[str]]:
     """Every statement the store sends while the block runs: on the hot path and
     through SQLAlchemy (its before_cursor_execute event)."""
     sent: list[str] = []
-    stop = storage.observe_statements(lambda sql: sent.append(" ".join(sql.split())[:60]))
+    stop = storage.observe_statements(lambda sql, _: sent.append(" ".join(sql.split())[:60]))
     try:
         yield sent
     finally:

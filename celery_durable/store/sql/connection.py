@@ -149,13 +149,14 @@ class SQLConnection:
             rows = [dict(row._mapping) for row in result] if result.returns_rows else []
             return Result(result.rowcount, rows)
 
-    def observe_statements(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``listener(sql)`` before every statement this store sends (on the hot
-        path and through SQLAlchemy); returns a function that stops it."""
+    def observe_statements(self, listener: Callable[[str, Any], None]) -> Callable[[], None]:
+        """Call ``listener(sql, parameters)`` before every statement this store sends (on
+        the hot path and through SQLAlchemy, with the parameters as the driver gets
+        them); returns a function that stops it."""
         hot = self._hot
 
-        def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-            listener(statement)
+        def on_execute(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            listener(statement, parameters)
 
         event.listen(self.engine, "before_cursor_execute", on_execute)
         if hot is not None:

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 
 from sqlalchemy import Engine
@@ -73,65 +74,78 @@ class HotStatement:
 
     name: str
     sql: str
-    positional: tuple[str, ...] | None
-    """Parameter names in order, for drivers with positional placeholders (sqlite3)."""
-    fixed: dict[str, Any]
-    """Values of the statement's own literal binds (``state='running'``, ...)."""
-    binders: dict[str, Processor]
+    plan: tuple[tuple[str, Any, Processor], ...]
+    """Each parameter in the order the driver takes them: its name, its value if the
+    caller gives none (the statement's own literals), its bind processor."""
+    positional: bool
+    """The driver takes a sequence (sqlite3's ``?``), not a mapping."""
     columns: tuple[str, ...]
     readers: tuple[Processor, ...]
 
     def parameters(self, params: Mapping[str, Any]) -> Any:
-        values = {**self.fixed, **params}
-        for name, bind in self.binders.items():
-            if bind is not None:
-                values[name] = bind(values.get(name))
-        if self.positional is None:
-            return values
-        return tuple(values.get(name) for name in self.positional)
+        get = params.get
+        if self.positional:
+            return tuple(
+                get(name, default) if bind is None else bind(get(name, default))
+                for name, default, bind in self.plan
+            )
+        return {
+            name: get(name, default) if bind is None else bind(get(name, default))
+            for name, default, bind in self.plan
+        }
 
     def rows(self, raw: list[Any]) -> list[dict[str, Any]]:
-        out = []
-        for row in raw:
-            out.append(
-                {
-                    column: value if read is None else read(value)
-                    for column, read, value in zip(self.columns, self.readers, row, strict=True)
-                }
-            )
-        return out
+        columns, readers = self.columns, self.readers
+        return [
+            {
+                column: value if read is None else read(value)
+                for column, read, value in zip(columns, readers, row, strict=True)
+            }
+            for row in raw
+        ]
 
 
 def compile_statement(name: str, statement: ClauseElement, dialect: Dialect) -> HotStatement:
     compiled: Any = statement.compile(dialect=dialect)  # a SQLCompiler
-    rendered = {bind: name for bind, name in compiled.bind_names.items()}
-    # the statement's own values (`state='running'`, `lease_owner=NULL`, ...): every
-    # bind that is not one of our `p_*` parameters (or a column an INSERT names)
-    fixed = {
-        name: bind.effective_value
-        for bind, name in rendered.items()
-        if not bind.required and not name.startswith("p_")
-    }
-    # SQLAlchemy's own per-dialect processors (as its execution would apply them)
-    binders = {name: bind.type._cached_bind_processor(dialect) for bind, name in rendered.items()}
-    columns: tuple[str, ...] = ()
-    readers: tuple[Processor, ...] = ()
+    rendered = {name: bind for bind, name in compiled.bind_names.items()}
+    order = list(compiled.positiontup or ()) if compiled.positional else list(rendered)
+    plan = []
+    for key in order:
+        bind = rendered[key]
+        # the statement's own values (`state='running'`, `lease_owner=NULL`, ...) stand
+        # unless the caller names them; our parameters (`p_*`) and INSERT columns have none
+        default = None if bind.required or key.startswith("p_") else bind.effective_value
+        plan.append((key, default, _binder(bind.type, dialect)))
     selected = getattr(statement, "selected_columns", None)
-    returned = getattr(statement, "_returning", ())
-    result_columns = list(selected) if selected is not None else list(returned)
-    if result_columns:
-        columns = tuple(c.key for c in result_columns)
-        readers = tuple(c.type._cached_result_processor(dialect, None) for c in result_columns)
-    positional = tuple(compiled.positiontup or ()) if compiled.positional else None
+    result_columns = (
+        list(selected) if selected is not None else list(getattr(statement, "_returning", ()))
+    )
     return HotStatement(
         name,
         compiled.string,
-        positional,
-        fixed,
-        {k: v for k, v in binders.items() if v is not None},
-        columns,
-        readers,
+        tuple(plan),
+        bool(compiled.positional),
+        tuple(c.key for c in result_columns),
+        tuple(c.type._cached_result_processor(dialect, None) for c in result_columns),
     )
+
+
+def _binder(type_: Any, dialect: Dialect) -> Processor:
+    """SQLAlchemy's own bind processing for this type and dialect (what its execution
+    would apply), with one shortcut: our UTC datetimes on SQLite, formatted as
+    SQLAlchemy's SQLite dialect stores them, in one step instead of two."""
+    if dialect.name == "sqlite" and type(type_).__name__ == "UTCDateTime":
+        return _sqlite_utc
+    processor: Processor = type_._cached_bind_processor(dialect)
+    return processor
+
+
+def _sqlite_utc(value: Any) -> Any:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("celery-durable stores aware datetimes only")
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 @dataclass
@@ -161,8 +175,8 @@ class HotPath:
             name: compile_statement(name, stmt, dialect) for name, stmt in statements.items()
         }
         self._local = threading.local()
-        self.listeners: list[Callable[[str], None]] = []
-        """Called with each statement's SQL before it is sent (statement counters)."""
+        self.listeners: list[Callable[[str, Any], None]] = []
+        """Called with each statement's SQL and parameters before it is sent."""
 
     @classmethod
     def supports(cls, engine: Engine) -> bool:
@@ -200,7 +214,7 @@ class HotPath:
         statement = self._statements[name]
         values = statement.parameters(params)
         for listener in self.listeners:
-            listener(statement.sql)
+            listener(statement.sql, values)
         dbapi = self._dialect.loaded_dbapi
         try:
             with self._cursor() as cursor:
