@@ -73,9 +73,10 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
 
 # Budgets the numbers are checked against (reported, never enforced with an exit code).
-BUDGET_OVERHEAD_VS_FLOOR = 2.0  # per-call overhead within 2x of the raw commit floor
-BUDGET_VS_DBOS = 5.0  # per fresh call at least 5x faster than a DBOS step
-BUDGET_THROUGHPUT = 0.7  # durable jobs/s >= 0.7x plain tasks/s
+BUDGET_CALL_VS_FLOOR = 1.5  # a fresh call() within 1.5x of the logged-table commit floor
+BUDGET_VS_DBOS = 8.0  # per fresh call at least 8x faster than a DBOS step
+BUDGET_THROUGHPUT = 0.6  # durable jobs/s >= 0.6x plain tasks/s (0.7x is the aim)
+AIM_THROUGHPUT = 0.7
 
 
 def log(message: str) -> None:
@@ -367,6 +368,14 @@ class RecordCallProbe:
         self.conn = psycopg.connect(psycopg_dsn(storage._url), autocommit=True)
         for _ in range(200):  # warm-up (psycopg prepares the statement after 5 runs)
             self.raw()
+        # The commit floor again, interleaved with the fresh jobs: the ratio of the two
+        # is then taken under the same machine conditions.
+        self.floor_table = f"{storage.tables.jobs.name}_floor_probe"
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.floor_table}")
+        self.conn.execute(f"CREATE TABLE {self.floor_table} (id serial PRIMARY KEY, v integer)")
+        self.floor_sql = f"INSERT INTO {self.floor_table} (v) VALUES (%s)"
+        for _ in range(200):
+            self.floor()
 
     def record(self) -> None:
         self.seq += 1
@@ -393,6 +402,9 @@ class RecordCallProbe:
         if self.conn.execute(self.statement, self.params).rowcount != 1:
             raise RuntimeError("the raw fenced INSERT inserted nothing")
 
+    def floor(self) -> None:
+        self.conn.execute(self.floor_sql, (self.seq,))
+
     def time_us(self, fn: Callable[[], None], n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -400,6 +412,7 @@ class RecordCallProbe:
         return (time.perf_counter() - t0) / n * 1e6
 
     def close(self) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.floor_table}")
         self.conn.close()
 
 
@@ -409,9 +422,10 @@ def bench_fresh_calls(ip: InProcess, run: str, n: int, reps: int) -> dict[str, A
     probe = RecordCallProbe(ip, run)
     # Interleaved so that the breakdown rows see the same machine conditions as the
     # fresh calls: each rep = one fresh job, n record_call(), n raw statements.
-    totals, loops, record_us, raw_us = [], [], [], []
+    totals, loops, record_us, raw_us, floor_us = [], [], [], [], []
     try:
         for r in range(reps):
+            floor_us.append(probe.time_us(probe.floor, n))
             total, loop_s, _, _ = ip.run_flow(n, f"{run}-fresh-{r}")
             totals.append(total)
             loops.append(loop_s)
@@ -441,6 +455,8 @@ def bench_fresh_calls(ip: InProcess, run: str, n: int, reps: int) -> dict[str, A
         "reps": reps,
         "fresh_call_us": fresh_us,
         "fresh_call_us_min": min(fresh),
+        "floor_interleaved_us": median(floor_us),
+        "fresh_vs_floor": median(f / fl for f, fl in zip(fresh, floor_us, strict=True)),
         "plain_run_us": plain_us,
         "plain_task_call_us": median(call_s) / n * 1e6,
         "overhead_us": fresh_us - plain_us,
@@ -1213,8 +1229,12 @@ def print_report(res: dict[str, Any]) -> None:
     )
     f = res["floor"]
     print(f"\n1. Commit floor (single-row INSERT + COMMIT, mean of {f['n']})")
-    line("psycopg autocommit, TEMP table (the floor)", f"{f['psycopg_temp_us']:.1f} us")
-    line("psycopg autocommit, regular (WAL-logged) table", f"{f['psycopg_logged_us']:.1f} us")
+    line(
+        "psycopg autocommit, regular (WAL-logged) table",
+        f"{f['psycopg_logged_us']:.1f} us",
+        "(the floor)",
+    )
+    line("psycopg autocommit, TEMP table (no WAL flush)", f"{f['psycopg_temp_us']:.1f} us")
     line(
         "SQLAlchemy Core, same engine setup as SQLStorage",
         f"{f['sqlalchemy_logged_us']:.1f} us",
@@ -1222,7 +1242,7 @@ def print_report(res: dict[str, Any]) -> None:
     )
 
     c = res["fresh"]
-    floor, floor_logged = f["psycopg_temp_us"], f["psycopg_logged_us"]
+    floor = f["psycopg_temp_us"]
     print(
         f"\n2. Fresh call() inside a durable task (apply(), {c['n']} calls/job, "
         f"median of {c['reps']} jobs)"
@@ -1235,16 +1255,21 @@ def print_report(res: dict[str, Any]) -> None:
     line("per plain call  plain_task.run(i)", f"{c['plain_run_us']:.2f} us")
     line("per plain call  plain_task(i)  (Task.__call__)", f"{c['plain_task_call_us']:.2f} us")
     line("overhead per call (fresh - plain .run)", f"{c['overhead_us']:.1f} us")
-    ratio = c["overhead_us"] / floor
     line(
-        "overhead / commit floor (temp table)",
+        "logged-table commit, interleaved with the jobs",
+        f"{c['floor_interleaved_us']:.1f} us",
+        "(the floor this ratio uses)",
+    )
+    ratio = c["fresh_vs_floor"]
+    line(
+        "fresh call / logged-table commit (median per job)",
         f"{ratio:.2f}x",
-        f"budget <= {BUDGET_OVERHEAD_VS_FLOOR:.0f}x: {verdict(ratio <= BUDGET_OVERHEAD_VS_FLOOR)}",
+        f"budget <= {BUDGET_CALL_VS_FLOOR}x: {verdict(ratio <= BUDGET_CALL_VS_FLOOR)}",
     )
     line(
-        "overhead / logged-table commit",
-        f"{c['overhead_us'] / floor_logged:.2f}x",
-        "(same WAL flush our INSERT pays)",
+        "overhead / temp-table commit",
+        f"{c['overhead_us'] / floor:.2f}x",
+        "(no WAL flush: noise as a yardstick)",
     )
     line("statements per fresh call", f"{c['statements_per_fresh_call']:g}", "(expect 1)")
     k = c["breakdown"]
@@ -1256,7 +1281,7 @@ def print_report(res: dict[str, Any]) -> None:
         "(server + wire)",
     )
     line(
-        "    SQLAlchemy statement build + execute overhead",
+        "    the store's own Python (hot path)",
         f"{k['sqlalchemy_us']:.1f} us",
         "(record_call - raw)",
     )
@@ -1367,7 +1392,8 @@ def print_report(res: dict[str, Any]) -> None:
         line(
             "durable / plain",
             f"{t['ratio']:.2f}x",
-            f"budget >= {BUDGET_THROUGHPUT}x: {verdict(t['ratio'] >= BUDGET_THROUGHPUT)}",
+            f"budget >= {BUDGET_THROUGHPUT}x (aim {AIM_THROUGHPUT}x): "
+            f"{verdict(t['ratio'] >= BUDGET_THROUGHPUT)}",
         )
     elif t.get("skipped"):
         print("  skipped (--skip-throughput)")
@@ -1542,7 +1568,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "budgets": {
-            "overhead_vs_commit_floor_max": BUDGET_OVERHEAD_VS_FLOOR,
+            "fresh_call_vs_logged_floor_max": BUDGET_CALL_VS_FLOOR,
             "speedup_vs_dbos_min": BUDGET_VS_DBOS,
             "throughput_ratio_min": BUDGET_THROUGHPUT,
         },

@@ -13,11 +13,16 @@ from kombu.utils import json as kombu_json
 
 from .errors import SerializationError
 
+# kombu's encoder, built once: the same text kombu_json.dumps() gives, without building
+# an encoder per value (every call() encodes twice).
+_encode = kombu_json.JSONEncoder().encode
+_encode_sorted = kombu_json.JSONEncoder(sort_keys=True).encode
+
 
 def dumps(value: Any, *, what: str) -> str:
     """Encode ``value``; ``what`` names it in the error ("task 'x' argument", ...)."""
     try:
-        return str(kombu_json.dumps(value))
+        return _encode(value)
     except (TypeError, ValueError, OverflowError):
         path, bad = _first_unserializable(value, "")
         where = f" at {path}" if path else ""
@@ -35,7 +40,7 @@ def loads(text: str | None) -> Any:
 def digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short, stable fingerprint of call arguments (for history inspection)."""
     try:
-        text = kombu_json.dumps([list(args), kwargs], sort_keys=True)
+        text = _encode_sorted([list(args), kwargs])
     except (TypeError, ValueError):
         text = repr((args, sorted(kwargs.items())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -58,7 +63,7 @@ def _first_unserializable(value: Any, path: str) -> tuple[str, Any]:
 
 def encodes(value: Any) -> bool:
     try:
-        kombu_json.dumps(value)
+        _encode(value)
     except (TypeError, ValueError, OverflowError):
         return False
     return True

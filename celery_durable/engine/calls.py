@@ -102,12 +102,10 @@ def call(
         )
     task, args, kwargs = _resolve(execution.runtime.app, target, args, kwargs)
     seq = execution.next_seq()
-    digest = (
-        None
-        if execution.determinism is Determinism.EXPLICIT
-        else serialization.digest(args, kwargs)
+    digest = serialization.digest(args, kwargs)
+    recorded = recorded_for(
+        execution, seq, task.name, None if execution.determinism is Determinism.EXPLICIT else digest
     )
-    recorded = recorded_for(execution, seq, task.name, digest)
     if recorded is not None and recorded.state is CallState.DISPATCHED:
         return resume_dispatched(execution, seq, recorded)
     if recorded is not None and recorded.state is not CallState.RETRYING:
@@ -115,7 +113,16 @@ def call(
     if execution.replay_only:
         raise EndOfHistory(seq, task.name)
     check_may_run(execution, seq, recorded)
-    return _run(execution, seq, task, args, kwargs, policy, recorded)
+    return _run(execution, _Step(seq, task.name, digest), task, args, kwargs, policy, recorded)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """The call being run: its position, task name and argument digest."""
+
+    seq: int
+    name: str
+    digest: str
 
 
 def _resolve(
@@ -152,14 +159,14 @@ def _lookup(app: Celery, name: str) -> Task:
 
 def _run(
     execution: Execution,
-    seq: int,
+    step: _Step,
     task: Task,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     policy: RetryPolicy,
     previous: CallRecord | None,
 ) -> Any:
-    runtime = execution.runtime
+    runtime, seq = execution.runtime, step.seq
     attempt = previous.attempts + 1 if previous is not None else 1
     earlier = (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
     started = runtime.now()
@@ -183,10 +190,7 @@ def _run(
         if call_retryable(exc) and attempt <= policy.retries:
             record = _record_of(
                 execution,
-                seq,
-                task.name,
-                args,
-                kwargs,
+                step,
                 started,
                 CallState.RETRYING,
                 attempt,
@@ -202,10 +206,7 @@ def _run(
             execution,
             _record_of(
                 execution,
-                seq,
-                task.name,
-                args,
-                kwargs,
+                step,
                 started,
                 CallState.FAILED,
                 attempt,
@@ -229,10 +230,7 @@ def _run(
         execution,
         _record_of(
             execution,
-            seq,
-            task.name,
-            args,
-            kwargs,
+            step,
             started,
             CallState.SUCCEEDED,
             attempt,
@@ -241,8 +239,12 @@ def _run(
         ),
     )
     watched.succeeded()
-    # The body sees exactly what a replay would return (tuples become lists, ...).
-    return serialization.loads(encoded)
+    # The body sees exactly what a replay would return (tuples become lists, ...);
+    # a scalar comes back from JSON as itself.
+    return result if type(result) in _SCALARS else serialization.loads(encoded)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class _Watched:
@@ -319,10 +321,7 @@ _PLAIN: dict[type, bool] = {}
 
 def _record_of(
     execution: Execution,
-    seq: int,
-    name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    step: _Step,
     started: datetime,
     state: CallState,
     attempts: int,
@@ -331,10 +330,10 @@ def _record_of(
 ) -> CallRecord:
     return CallRecord(
         job_id=execution.job_id,
-        seq=seq,
+        seq=step.seq,
         root_id=execution.root_id,
-        name=name,
-        args_digest=serialization.digest(args, kwargs),
+        name=step.name,
+        args_digest=step.digest,
         state=state,
         attempts=attempts,
         result=result,

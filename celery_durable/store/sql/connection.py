@@ -111,14 +111,17 @@ class SQLConnection:
         try:
             yield
         except sa_exc.DBAPIError as exc:
-            if _missing_table(exc):
-                raise _not_migrated(self.safe_url) from exc
-            if not _unreachable(exc):
-                raise
-            raise StorageUnavailable(
-                f"cannot use the durable database {self.safe_url}: {exc.orig}. "
-                f"Check app.conf.durable_database_url and that the server is running."
-            ) from exc
+            raise self._mapped(exc) from exc
+
+    def _mapped(self, exc: sa_exc.DBAPIError) -> Exception:
+        if _missing_table(exc):
+            return _not_migrated(self.safe_url)
+        if not _unreachable(exc):
+            return exc
+        return StorageUnavailable(
+            f"cannot use the durable database {self.safe_url}: {exc.orig}. "
+            f"Check app.conf.durable_database_url and that the server is running."
+        )
 
     @cached_property
     def _hot(self) -> HotPath | None:
@@ -141,9 +144,14 @@ class SQLConnection:
     def _run(self, name: str, params: dict[str, Any]) -> Result:
         """One of the hot statements (``HOT``): on the hot path where there is one."""
         hot = self._hot
-        with self._mapped_errors():
-            if hot is not None:
+        if hot is not None:
+            try:
                 return hot.run(name, params)
+            except sa_exc.DBAPIError as exc:
+                mapped = self._mapped(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
         with self._connect() as conn:
             result = conn.execute(getattr(self._sql, name), params)
             rows = [dict(row._mapping) for row in result] if result.returns_rows else []

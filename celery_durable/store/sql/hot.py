@@ -25,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -190,19 +189,14 @@ class HotPath:
             self._on_connect(conn)
         return conn, conn.cursor()
 
-    @contextmanager
-    def _cursor(self) -> Iterator[Any]:
-        held = getattr(self._local, "held", None)
+    def _held(self) -> tuple[int, Any, Any]:
+        held: tuple[int, Any, Any] | None = getattr(self._local, "held", None)
         if held is None or held[0] != os.getpid():
             # none yet in this thread, or inherited from the parent across a fork: the
             # parent's stays untouched (psycopg only closes its own process's)
             conn, cursor = self._open()
             held = self._local.held = (os.getpid(), conn, cursor)
-        try:
-            yield held[2]
-        except BaseException:
-            self._drop(held)
-            raise
+        return held
 
     def _drop(self, held: tuple[int, Any, Any]) -> None:
         self._local.held = None
@@ -215,16 +209,22 @@ class HotPath:
         values = statement.parameters(params)
         for listener in self.listeners:
             listener(statement.sql, values)
-        dbapi = self._dialect.loaded_dbapi
+        held = None
         try:
-            with self._cursor() as cursor:
-                if self.driver.prepare:
-                    cursor.execute(statement.sql, values, prepare=True)
-                else:
-                    cursor.execute(statement.sql, values)
-                rows = statement.rows(cursor.fetchall()) if statement.columns else []
-                return Result(cursor.rowcount, rows)
-        except dbapi.Error as exc:
+            held = self._held()
+            cursor = held[2]
+            if self.driver.prepare:
+                cursor.execute(statement.sql, values, prepare=True)
+            else:
+                cursor.execute(statement.sql, values)
+            rows = statement.rows(cursor.fetchall()) if statement.columns else []
+            return Result(cursor.rowcount, rows)
+        except BaseException as exc:
+            if held is not None:
+                self._drop(held)
+            dbapi = self._dialect.loaded_dbapi
+            if not isinstance(exc, dbapi.Error):
+                raise
             raise sa_exc.DBAPIError.instance(
                 statement.sql,
                 values,

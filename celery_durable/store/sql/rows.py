@@ -14,9 +14,13 @@ def fence(lease: Lease, **params: Any) -> dict[str, Any]:
 
 
 def call_params(call: CallRecord, lease: Lease) -> dict[str, Any]:
-    params = fence(lease, **{f"p_{name}": getattr(call, name) for name in CALL_COLUMNS})
+    params = {key: getattr(call, name) for key, name in _CALL_KEYS}
+    params["p_id"], params["p_owner"] = lease.job_id, lease.owner
     params["p_state"] = call.state.value
     return params
+
+
+_CALL_KEYS = tuple((f"p_{name}", name) for name in CALL_COLUMNS)
 
 
 def _mapping(row: Any) -> Mapping[str, Any]:
