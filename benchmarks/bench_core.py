@@ -363,8 +363,11 @@ class RecordCallProbe:
             self.record()
         with ip.counter.recording() as rec:
             self.record()
-        self.statement, self.params = rec.statements[0], dict(rec.params[0])
-        self.seq_key = next(k for k, v in self.params.items() if v == self.seq)
+        self.statement, sent = rec.statements[0], rec.params[0]
+        # as the driver got them: a mapping (named paramstyle) or a sequence (positional)
+        self.params: Any = dict(sent) if isinstance(sent, dict) else list(sent)
+        keys = self.params.keys() if isinstance(self.params, dict) else range(len(self.params))
+        self.seq_key = next(k for k in keys if self.params[k] == self.seq)
         self.conn = psycopg.connect(psycopg_dsn(storage._url), autocommit=True)
         for _ in range(200):  # warm-up (psycopg prepares the statement after 5 runs)
             self.raw()
@@ -914,6 +917,22 @@ class Workers:
         self._log.close()
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL server process on this machine (from /proc)."""
+    ticks = 0
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if (pid_dir / "comm").read_text().strip() != "postgres":
+                continue
+            fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(
     done: Callable[[], int],
     target: int,
@@ -950,6 +969,7 @@ class WorkerSetup:
         counter_key: str,
         span_key: str,
         log: str,
+        synchronous_commit: str | None = None,
     ) -> None:
         self.label, self.kinds, self.log = label, tuple(kinds), log
         self.queue = f"bench_{run}" if label == "bare" else f"bench_{run}_{label}"
@@ -964,6 +984,7 @@ class WorkerSetup:
             "BENCH_MIDDLEWARE": ",".join(kinds),
             "BENCH_MIDDLEWARE_LOG": log,
             "BENCH_SPAN_COUNTER_KEY": span_key if "otel" in kinds else "",
+            "BENCH_SYNCHRONOUS_COMMIT": synchronous_commit or "",
             "PYTHONPATH": os.pathsep.join(
                 [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
             ),
@@ -1035,7 +1056,7 @@ def _rounds(
             key = "" if setup.label == "bare" else f"{setup.label}_"
             assert setup.workers is not None
             cpu = setup.workers.cpu_seconds
-            base, w0 = plain_done(), cpu()
+            base, w0, p0 = plain_done(), cpu(), postgres_cpu_seconds()
             t0, c0 = time.perf_counter(), time.process_time()
             for i in range(n):
                 setup.plain.delay(i)
@@ -1047,9 +1068,10 @@ def _rounds(
                     f"{key}plain_enqueue_per_s": n / (t_enq - t0),
                     f"{key}plain_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
                     f"{key}plain_worker_cpu_ms": (cpu() - w0) / n * 1e3,
+                    f"{key}plain_postgres_cpu_ms": (postgres_cpu_seconds() - p0) / n * 1e3,
                 }
             )
-            base, w0 = durable_done(), cpu()
+            base, w0, p0 = durable_done(), cpu(), postgres_cpu_seconds()
             t0, c0 = time.perf_counter(), time.process_time()
             with setup.enqueue_span():
                 for i in range(n):
@@ -1064,6 +1086,7 @@ def _rounds(
                     f"{key}durable_enqueue_per_s": n / (t_enq - t0),
                     f"{key}durable_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
                     f"{key}durable_worker_cpu_ms": (cpu() - w0) / n * 1e3,
+                    f"{key}durable_postgres_cpu_ms": (postgres_cpu_seconds() - p0) / n * 1e3,
                 }
             )
             log(
@@ -1123,6 +1146,35 @@ def _middleware_throughput(
     return mw
 
 
+def _setups(
+    args: argparse.Namespace,
+    kinds: Sequence[str],
+    run: str,
+    prefix: str,
+    counter_key: str,
+    span_key: str,
+    log: str,
+) -> list[WorkerSetup]:
+    """The bare worker; the middleware one (unless --skip-middleware); the one with the
+    opt-in commit policy, durable_synchronous_commit='off' (unless --skip-commit-policy)."""
+    setups = [WorkerSetup("bare", (), args, run, prefix, counter_key, span_key, log)]
+    if kinds:
+        setups.append(WorkerSetup("mw", kinds, args, run, prefix, counter_key, span_key, log))
+    if not args.skip_commit_policy:
+        setups.append(
+            WorkerSetup("async", (), args, run, prefix, counter_key, span_key, "null", "off")
+        )
+    return setups
+
+
+def _ratios(result: dict[str, Any]) -> dict[str, float]:
+    ratios = {"ratio": result["durable_per_s"] / result["plain_per_s"]}
+    if "async_durable_per_s" in result:
+        ratios["async_ratio"] = result["async_durable_per_s"] / result["async_plain_per_s"]
+        ratios["async_vs_bare"] = result["async_durable_per_s"] / result["durable_per_s"]
+    return ratios
+
+
 def bench_throughput(
     args: argparse.Namespace, run: str, storage: SQLStorage, prefix: str
 ) -> dict[str, Any]:
@@ -1135,38 +1187,23 @@ def bench_throughput(
     counter_key = f"bench:{run}:plain_done"
     span_key = f"bench:{run}:spans"
     r = redis.Redis.from_url(args.broker_url)
-    jobs = storage.tables.jobs
     kinds = () if args.skip_middleware else args.middleware_kinds
     log_file = (
         tempfile.mkstemp(prefix="bench_worker_jobs_", suffix=".log")[1]
         if "logging" in kinds and args.middleware_log == "file"
         else None
     )
-    setups = [
-        WorkerSetup(label, ks, args, run, prefix, counter_key, span_key, log_file or "null")
-        for label, ks in [("bare", ()), ("mw", kinds)]
-        if label == "bare" or ks
-    ]
+    setups = _setups(args, kinds, run, prefix, counter_key, span_key, log_file or "null")
     Durable.of(setups[0].app).migrate()  # already migrated by this run; idempotent
 
     def plain_done() -> int:
         return int(r.get(counter_key) or 0)
 
-    def count_state(state: str) -> int:
-        with storage.engine.connect() as conn:
-            return int(
-                conn.scalar(
-                    select(func.count())
-                    .select_from(jobs)
-                    .where(jobs.c.state == state, jobs.c.task == "bench.one_call")
-                )
-            )
-
     def durable_done() -> int:
-        return count_state("succeeded")
+        return int(r.get(f"{counter_key}:durable") or 0)
 
     def durable_failed() -> int:
-        return count_state("failed")
+        return int(r.get(f"{counter_key}:failed") or 0)
 
     result: dict[str, Any] = {
         "n": args.throughput_n,
@@ -1190,7 +1227,7 @@ def bench_throughput(
         result["rounds_detail"] = rounds
         for key in rounds[0]:
             result[key] = statistics.mean(row[key] for row in rounds)
-        result["ratio"] = result["durable_per_s"] / result["plain_per_s"]
+        result.update(_ratios(result))
         if kinds:
             result["middleware"] = _middleware_throughput(
                 args, kinds, result, rounds, warm, lambda: int(r.get(span_key) or 0), log_file
@@ -1206,7 +1243,13 @@ def bench_throughput(
         with suppress(Exception):
             # the queues, their priority sub-queues and kombu's binding keys: all carry
             # the run's unique queue name
-            keys = [counter_key, span_key, *r.scan_iter(match=f"*bench_{run}*", count=1000)]
+            keys = [
+                counter_key,
+                f"{counter_key}:durable",
+                f"{counter_key}:failed",
+                span_key,
+                *r.scan_iter(match=f"*bench_{run}*", count=1000),
+            ]
             r.delete(*keys)
     return result
 
@@ -1395,6 +1438,19 @@ def print_report(res: dict[str, Any]) -> None:
             f"budget >= {BUDGET_THROUGHPUT}x (aim {AIM_THROUGHPUT}x): "
             f"{verdict(t['ratio'] >= BUDGET_THROUGHPUT)}",
         )
+        line(
+            "CPU per job: producer / worker (main + pool) / PostgreSQL",
+            f"{t['durable_enqueue_cpu_us'] / 1e3:.2f} / {t['durable_worker_cpu_ms']:.2f} / "
+            f"{t['durable_postgres_cpu_ms']:.2f} ms",
+            f"(plain task: {t['plain_enqueue_cpu_us'] / 1e3:.2f} / "
+            f"{t['plain_worker_cpu_ms']:.2f} / {t['plain_postgres_cpu_ms']:.2f} ms)",
+        )
+        if "async_ratio" in t:
+            line(
+                "durable, durable_synchronous_commit='off' (opt-in)",
+                f"{t['async_durable_per_s']:.0f} /s",
+                f"{t['async_ratio']:.2f}x its plain control; {t['async_vs_bare']:.2f}x default",
+            )
     elif t.get("skipped"):
         print("  skipped (--skip-throughput)")
     else:
@@ -1527,6 +1583,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-middleware",
         action="store_true",
         help="no section 7 (and only the bare worker in 6)",
+    )
+    p.add_argument(
+        "--skip-commit-policy",
+        action="store_true",
+        help="no third worker with durable_synchronous_commit='off' in 6",
     )
     p.add_argument(
         "--middleware",

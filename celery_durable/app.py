@@ -472,7 +472,12 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def _sql_storage(settings: Settings) -> Storage:
-    return SQLStorage(settings.database_url, table_prefix=settings.table_prefix)
+    return SQLStorage(
+        settings.database_url,
+        table_prefix=settings.table_prefix,
+        synchronous_commit=settings.synchronous_commit,
+        relaxed_checkpoints=settings.relaxed_checkpoints,
+    )
 
 
 runtimes.set_factory(lambda app: Durable.of(app).runtime)

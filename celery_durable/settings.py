@@ -17,6 +17,7 @@ from .retry import (
     check_on_exhausted,
     check_retries,
 )
+from .store.sql.commit_policy import commit_policy
 from .store.urls import safe_url
 
 DEFAULT_DATABASE_URL = "sqlite:///celery-durable.sqlite3"
@@ -77,6 +78,15 @@ class Settings:
     max_countdown: float = 60.0
     """Retries due within this many seconds wait as Celery countdown messages; later ones
     are stored in SQL and published by the recovery sweeper when due."""
+
+    synchronous_commit: str | None = None
+    """PostgreSQL only, off by default: the synchronous_commit ("off", "local", ...) the
+    claim and finish statements are sent with; a replay repairs their loss in a server
+    crash. None: every statement waits for its WAL flush."""
+    relaxed_checkpoints: bool = False
+    """With durable_synchronous_commit: send the call checkpoints with it too. A server
+    crash may then lose the last 3 x wal_writer_delay of checkpoints (those calls run
+    again)."""
 
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -140,6 +150,7 @@ class Settings:
                 raise ConfigurationError(
                     f"durable_{name} must be positive, got {getattr(self, name)!r}"
                 )
+        commit_policy(self.database_url, self.synchronous_commit, self.relaxed_checkpoints)
         if not self.table_prefix.replace("_", "").isalnum():
             raise ConfigurationError(
                 f"durable_table_prefix must be letters, digits and underscores, "
@@ -164,6 +175,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         return {**RETENTION, **{k: _seconds_or_none(v) for k, v in value.items()}}
     if str(kind) == "float | None":
         kind = float
+    if str(kind) == "str | None":
+        kind = str
     kind = {"str": str, "float": float, "int": int, "bool": bool}.get(str(kind), kind)
     if kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")

@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -89,8 +90,8 @@ def sql_storage_factory(tmp_path: os.PathLike[str]) -> Iterator[object]:
     """Makes migrated SQLStorages with a unique table prefix, dropped at teardown."""
     made: list[SQLStorage] = []
 
-    def make(backend: str) -> SQLStorage:
-        store = SQLStorage(sql_url(backend, tmp_path), table_prefix=unique_prefix())
+    def make(backend: str, **options: Any) -> SQLStorage:
+        store = SQLStorage(sql_url(backend, tmp_path), table_prefix=unique_prefix(), **options)
         store.migrate()
         made.append(store)
         return store

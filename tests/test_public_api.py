@@ -133,6 +133,8 @@ def test_settings_are_pinned() -> None:
         "retention",
         "retention_interval",
         "shutdown_grace",
+        "synchronous_commit",
+        "relaxed_checkpoints",
         "metrics_port",
         "determinism",
         "beat_max_interval",

@@ -92,6 +92,21 @@ def test_pool_child_sigkill_resumes_in_same_worker(
 
 
 @pytest.mark.postgres
+@pytest.mark.redis
+def test_relaxed_claim_and_finish_commits_still_resume_without_rerunning(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """durable_synchronous_commit="off" relaxes only what a replay repairs: a killed
+    worker's job still resumes with every committed call kept."""
+    cluster = make_cluster("redis", "postgres", step_seconds=1.0)
+    first = cluster.worker(DURABLE_TEST_SYNCHRONOUS_COMMIT="off")
+    job_id, _ = _start_and_kill_after_call_2(cluster)
+    first.kill()
+    cluster.worker(DURABLE_TEST_SYNCHRONOUS_COMMIT="off")
+    _assert_resumed_without_rerunning(cluster, job_id)
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("broker", BROKERS)
 def test_same_message_delivered_twice_runs_the_body_once(
     make_cluster: Callable[..., Cluster], broker: str

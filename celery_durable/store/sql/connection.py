@@ -23,6 +23,7 @@ from sqlalchemy.pool import StaticPool
 
 from ...errors import ConfigurationError, StorageUnavailable
 from ..urls import safe_url
+from .commit_policy import commit_policy
 from .hot import HotPath, Result
 from .migrations import apply_migrations, pending_migrations
 from .schema import Tables, build_tables
@@ -44,6 +45,8 @@ class SQLConnection:
         table_prefix: str = "durable_",
         engine_options: dict[str, Any] | None = None,
         hot_path: bool = True,
+        synchronous_commit: str | None = None,
+        relaxed_checkpoints: bool = False,
     ) -> None:
         self._url = url
         self.table_prefix = table_prefix
@@ -52,6 +55,7 @@ class SQLConnection:
         self.tables: Tables = build_tables(table_prefix)
         self._engine_options = engine_options or {}
         self._hot_path = hot_path
+        self._relaxed = commit_policy(url, synchronous_commit, relaxed_checkpoints)
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -138,7 +142,11 @@ class SQLConnection:
             connect_args = {"timeout": 30, "check_same_thread": False, **connect_args}
             on_connect = _sqlite_pragmas_on
         return HotPath(
-            engine, {name: getattr(self._sql, name) for name in HOT}, connect_args, on_connect
+            engine,
+            {name: getattr(self._sql, name) for name in HOT},
+            connect_args,
+            on_connect,
+            relaxed=self._relaxed,
         )
 
     def _run(self, name: str, params: dict[str, Any]) -> Result:
@@ -153,7 +161,13 @@ class SQLConnection:
                     raise
                 raise mapped from exc
         with self._connect() as conn:
-            result = conn.execute(getattr(self._sql, name), params)
+            if name in self._relaxed.statements:
+                conn = conn.execution_options(isolation_level="READ COMMITTED")
+                with conn.begin():
+                    conn.exec_driver_sql(self._relaxed.local_setting)
+                    result = conn.execute(getattr(self._sql, name), params)
+            else:
+                result = conn.execute(getattr(self._sql, name), params)
             rows = [dict(row._mapping) for row in result] if result.returns_rows else []
             return Result(result.rowcount, rows)
 

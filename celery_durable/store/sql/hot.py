@@ -23,6 +23,7 @@ store uses the SQLAlchemy path for everything.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -34,6 +35,8 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql.expression import ClauseElement
+
+from .commit_policy import SYNCHRONOUS, CommitPolicy
 
 Processor = Callable[[Any], Any] | None
 
@@ -105,7 +108,7 @@ class HotStatement:
 
 
 def compile_statement(name: str, statement: ClauseElement, dialect: Dialect) -> HotStatement:
-    compiled: Any = statement.compile(dialect=dialect)  # a SQLCompiler
+    compiled: Any = statement.compile(dialect=_positional(dialect))  # a SQLCompiler
     rendered = {name: bind for bind, name in compiled.bind_names.items()}
     order = list(compiled.positiontup or ()) if compiled.positional else list(rendered)
     plan = []
@@ -127,6 +130,18 @@ def compile_statement(name: str, statement: ClauseElement, dialect: Dialect) -> 
         tuple(c.key for c in result_columns),
         tuple(c.type._cached_result_processor(dialect, None) for c in result_columns),
     )
+
+
+def _positional(dialect: Dialect) -> Dialect:
+    """The dialect rendering ``%s`` instead of ``%(name)s`` where it is not positional
+    already: the driver then takes a tuple, and skips a mapping-to-sequence step per
+    statement. A copy, so the engine's own statements are untouched."""
+    if dialect.positional:
+        return dialect
+    positional = copy.copy(dialect)
+    positional.paramstyle = "format"
+    positional.positional = True
+    return positional
 
 
 def _binder(type_: Any, dialect: Dialect) -> Processor:
@@ -163,6 +178,7 @@ class HotPath:
         statements: dict[str, ClauseElement],
         connect_args: dict[str, Any],
         on_connect: Callable[[Any], None] | None = None,
+        relaxed: CommitPolicy = SYNCHRONOUS,
     ) -> None:
         dialect = engine.dialect
         self.driver = DRIVERS[dialect.driver]
@@ -173,6 +189,7 @@ class HotPath:
         self._statements = {
             name: compile_statement(name, stmt, dialect) for name, stmt in statements.items()
         }
+        self._relaxed = relaxed
         self._local = threading.local()
         self.listeners: list[Callable[[str, Any], None]] = []
         """Called with each statement's SQL and parameters before it is sent."""
@@ -181,25 +198,31 @@ class HotPath:
     def supports(cls, engine: Engine) -> bool:
         return engine.dialect.driver in DRIVERS
 
-    def _open(self) -> tuple[Any, Any]:
+    def _open(self, relaxed: bool) -> tuple[Any, Any]:
         args, kwargs = self._dialect.create_connect_args(self._engine_url)
         conn = self._dialect.connect(*args, **{**kwargs, **self._connect_args})
         self.driver.autocommit(conn)
         if self._on_connect is not None:
             self._on_connect(conn)
-        return conn, conn.cursor()
+        cursor = conn.cursor()
+        if relaxed:
+            cursor.execute(self._relaxed.session_setting)
+        return conn, cursor
 
-    def _held(self) -> tuple[int, Any, Any]:
-        held: tuple[int, Any, Any] | None = getattr(self._local, "held", None)
+    def _held(self, kind: str) -> tuple[int, Any, Any]:
+        """This thread's connection of ``kind`` ("held", or "relaxed" for the statements
+        the commit policy relaxes: a connection of their own, set once)."""
+        held: tuple[int, Any, Any] | None = getattr(self._local, kind, None)
         if held is None or held[0] != os.getpid():
             # none yet in this thread, or inherited from the parent across a fork: the
             # parent's stays untouched (psycopg only closes its own process's)
-            conn, cursor = self._open()
-            held = self._local.held = (os.getpid(), conn, cursor)
+            conn, cursor = self._open(relaxed=kind == "relaxed")
+            held = (os.getpid(), conn, cursor)
+            setattr(self._local, kind, held)
         return held
 
-    def _drop(self, held: tuple[int, Any, Any]) -> None:
-        self._local.held = None
+    def _drop(self, kind: str, held: tuple[int, Any, Any]) -> None:
+        setattr(self._local, kind, None)
         with contextlib.suppress(Exception):  # already broken: nothing to save
             held[1].close()
 
@@ -209,9 +232,10 @@ class HotPath:
         values = statement.parameters(params)
         for listener in self.listeners:
             listener(statement.sql, values)
+        kind = "relaxed" if name in self._relaxed.statements else "held"
         held = None
         try:
-            held = self._held()
+            held = self._held(kind)
             cursor = held[2]
             if self.driver.prepare:
                 cursor.execute(statement.sql, values, prepare=True)
@@ -221,7 +245,7 @@ class HotPath:
             return Result(cursor.rowcount, rows)
         except BaseException as exc:
             if held is not None:
-                self._drop(held)
+                self._drop(kind, held)
             dbapi = self._dialect.loaded_dbapi
             if not isinstance(exc, dbapi.Error):
                 raise
@@ -237,7 +261,8 @@ class HotPath:
             ) from exc
 
     def close(self) -> None:
-        """Close this thread's connection (tests and teardown)."""
-        held = getattr(self._local, "held", None)
-        if held is not None and held[0] == os.getpid():
-            self._drop(held)
+        """Close this thread's connections (tests and teardown)."""
+        for kind in ("held", "relaxed"):
+            held = getattr(self._local, kind, None)
+            if held is not None and held[0] == os.getpid():
+                self._drop(kind, held)

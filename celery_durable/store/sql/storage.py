@@ -18,5 +18,9 @@ from .schedules import ScheduleSQL
 
 
 class SQLStorage(CallsSQL, ScheduleSQL, ObservingSQL):
-    """``SQLStorage(url, table_prefix="durable_", engine_options=None)``: the durable
-    store on any database SQLAlchemy reaches through psycopg 3, PyMySQL or sqlite3."""
+    """``SQLStorage(url, table_prefix="durable_", engine_options=None, hot_path=True,
+    synchronous_commit=None, relaxed_checkpoints=False)``: the durable store on any
+    database SQLAlchemy reaches through psycopg 3, PyMySQL or sqlite3.
+
+    ``synchronous_commit`` (PostgreSQL only) relaxes the claim and finish statements,
+    ``relaxed_checkpoints`` the call checkpoints too; see ``commit_policy``."""
