@@ -1167,6 +1167,24 @@ def _setups(
     return setups
 
 
+def _batched(
+    args: argparse.Namespace,
+    setup: WorkerSetup,
+    workers: list[Workers],
+    durable_done: Callable[[], int],
+    durable_failed: Callable[[], int],
+) -> dict[str, float]:
+    """The same N one-call jobs enqueued with one durable.enqueue_many() on the bare
+    worker: enqueue rate and end-to-end rate."""
+    n, durable = args.throughput_n, Durable.of(setup.app)
+    base = durable_done()
+    t0 = time.perf_counter()
+    durable.enqueue_many([setup.one_call.s(i) for i in range(n)])
+    t_enq = time.perf_counter()
+    t1 = wait_until(durable_done, base + n, args.throughput_timeout, workers, durable_failed)
+    return {"batch_enqueue_per_s": n / (t_enq - t0), "batch_per_s": n / (t1 - t0)}
+
+
 def _ratios(result: dict[str, Any]) -> dict[str, float]:
     ratios = {"ratio": result["durable_per_s"] / result["plain_per_s"]}
     if "async_durable_per_s" in result:
@@ -1228,6 +1246,7 @@ def bench_throughput(
         for key in rounds[0]:
             result[key] = statistics.mean(row[key] for row in rounds)
         result.update(_ratios(result))
+        result.update(_batched(args, setups[0], workers, durable_done, durable_failed))
         if kinds:
             result["middleware"] = _middleware_throughput(
                 args, kinds, result, rounds, warm, lambda: int(r.get(span_key) or 0), log_file
@@ -1444,6 +1463,11 @@ def print_report(res: dict[str, Any]) -> None:
             f"{t['durable_postgres_cpu_ms']:.2f} ms",
             f"(plain task: {t['plain_enqueue_cpu_us'] / 1e3:.2f} / "
             f"{t['plain_worker_cpu_ms']:.2f} / {t['plain_postgres_cpu_ms']:.2f} ms)",
+        )
+        line(
+            "durable, enqueued with one enqueue_many()",
+            f"{t['batch_per_s']:.0f} /s",
+            f"(enqueue alone {t['batch_enqueue_per_s']:.0f}/s)",
         )
         if "async_ratio" in t:
             line(

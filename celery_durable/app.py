@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from celery import Celery, Task
-from celery.result import AsyncResult
+from celery import Celery, Task, group
+from celery.canvas import Signature
+from celery.result import AsyncResult, GroupResult
 
 from .determinism import Determinism, check_determinism
 from .engine import runtime as runtimes
 from .engine.child_task import register_dispatch_task
 from .engine.enqueue import broker_priority
+from .engine.enqueue_many import enqueue_many
 from .engine.leases import LeaseKeeper
 from .engine.runtime import Runtime, utcnow
 from .engine.task import DurableTask
@@ -254,6 +256,22 @@ class Durable:
             args, kwargs, delay=delay, at=at, unique=unique, **options
         )
         return result
+
+    def enqueue_many(
+        self, batch: group | Iterable[Signature[Any]]
+    ) -> GroupResult | list[AsyncResult[Any]]:
+        """Enqueue many durable jobs with one write: ``batch`` is signatures of durable
+        tasks (``[charge.s(order) for order in orders]``, options with ``.set(queue=...,
+        delay=...)``) or a ``group`` of them.
+
+        Every signature is checked first; then all the rows are written in one
+        transaction (multi-row INSERTs), then the messages are published: a list gives
+        a list of AsyncResults, a group goes through Celery's group machinery and gives
+        its GroupResult. A signature that does not validate, or an id that exists
+        already, fails the whole batch with nothing written or sent. ``unique=`` is
+        not taken here (keys are settled one job at a time: ``enqueue``).
+        """
+        return enqueue_many(self.runtime, batch)
 
     # -- hooks and middleware -------------------------------------------------------------
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -11,7 +15,7 @@ from celery.utils import uuid
 
 from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
-from ..store.records import JobState
+from ..store.records import JobState, NewJob
 from .context import current_execution, take_inline
 from .enqueue import check_unique, due_header, due_time, new_job
 from .recorded_errors import NOT_RETRYABLE
@@ -95,7 +99,49 @@ class DurableTask(Task):
                 release(runtime, execution.lease, JobState.RETRYING, runtime.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
-        # a new job: the id (if given) and the queue must fit the store
+        planned = self.plan_job(args, kwargs, task_id, options)
+        job = planned.job
+        if job.id in already_stored():
+            created = True  # enqueue_many wrote the row with the whole batch
+        elif job.unique_key is not None:
+            holder = runtime.storage.create_unique_job(job)
+            if holder != job.id:
+                return self.AsyncResult(holder)  # the key's job is still active
+            created = True
+        else:
+            created = runtime.storage.create_job(job)
+        try:
+            return self.send_planned(planned, args, kwargs, created=created)
+        except BaseException:
+            if created:
+                runtime.storage.delete_unstarted_job(job.id)
+            raise
+
+    def send_planned(
+        self, planned: PlannedJob, args: Any, kwargs: Any, *, created: bool, **extra: Any
+    ) -> Any:
+        """Publish the message of a job whose row is written (unless it is held: the
+        sweeper publishes it when due)."""
+        runtime, job = runtime_of(self.app), planned.job
+        if created and runtime.observers.active:
+            # the queue label workers will see (their delivery's routing key)
+            runtime.observers.job_enqueued(
+                self.name,
+                job.queue or getattr(self, "queue", None) or self.app.conf.task_default_queue,
+            )
+        if planned.held:
+            # A long wait is kept in SQL, not as an ETA message in worker RAM: the
+            # recovery sweeper publishes the job when it is due.
+            return self.AsyncResult(job.id)
+        return super().apply_async(args, kwargs, task_id=job.id, **planned.options, **extra)
+
+    def plan_job(
+        self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
+    ) -> PlannedJob:
+        """The row a new job of this task gets, and the options its message is sent
+        with; every option checked (ValidationError) before anything is written."""
+        runtime = runtime_of(self.app)
+        # the id (if given) and the queue must fit the store
         task_id = uuid() if task_id is None else check_new_job_id(task_id)
         if isinstance(options.get("queue"), str):
             check_name(options["queue"], "queue")
@@ -123,31 +169,36 @@ class DurableTask(Task):
             unique_key=unique,
             deliver_at=due if held else None,
         )
-        if unique is not None:
-            holder = runtime.storage.create_unique_job(job)
-            if holder != task_id:
-                return self.AsyncResult(holder)  # the key's job is still active
-            created = True
-        else:
-            created = runtime.storage.create_job(job)
-        if created and runtime.observers.active:
-            # the queue label workers will see (their delivery's routing key)
-            runtime.observers.job_enqueued(
-                self.name,
-                job.queue or getattr(self, "queue", None) or self.app.conf.task_default_queue,
-            )
-        if held:
-            # A long wait is kept in SQL, not as an ETA message in worker RAM: the
-            # recovery sweeper publishes the job when it is due.
-            return self.AsyncResult(task_id)
-        if due is not None:
-            options = {**options, "eta": due}
-        try:
-            return super().apply_async(args, kwargs, task_id=task_id, **options)
-        except BaseException:
-            if created:
-                runtime.storage.delete_unstarted_job(task_id)
-            raise
+        return PlannedJob(job, held, {**options, "eta": due} if due is not None else options)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    job: NewJob
+    held: bool
+    """Due later than ``durable_max_countdown``: no message now, the sweeper sends it."""
+    options: dict[str, Any]
+    """What Celery's apply_async is given."""
+
+
+_already_stored: ContextVar[frozenset[str]] = ContextVar(
+    "celery_durable_already_stored", default=frozenset()
+)
+
+
+def already_stored() -> frozenset[str]:
+    """Ids of jobs whose rows ``enqueue_many`` has just written: publishing them (through
+    Celery's own group or chain machinery) must not write them again."""
+    return _already_stored.get()
+
+
+@contextmanager
+def stored(ids: frozenset[str]) -> Iterator[None]:
+    token = _already_stored.set(already_stored() | ids)
+    try:
+        yield
+    finally:
+        _already_stored.reset(token)
 
 
 def _eta(eta: datetime | str | None, countdown: float | None) -> datetime | None:

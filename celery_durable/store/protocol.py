@@ -91,6 +91,11 @@ class Storage(Protocol):
     def create_job(self, job: NewJob) -> bool:
         """Insert a pending job; False (and no change) if the id already exists."""
 
+    def create_jobs(self, jobs: Sequence[NewJob]) -> None:
+        """Insert pending jobs all at once (one transaction, one executemany in SQL):
+        all or none. If an id exists already, or twice in ``jobs``, nothing is written
+        and ValidationError names the ids. No ``unique_key`` here (one at a time)."""
+
     def create_unique_job(self, job: NewJob) -> str:
         """Insert a job whose ``unique_key`` no active job holds; if one does, insert
         nothing and return that job's id. Race-free: the database enforces the key."""

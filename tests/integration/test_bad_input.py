@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,6 +18,7 @@ from celery_durable import (
     SerializationError,
     StorageUnavailable,
     UnknownTaskError,
+    ValidationError,
     call,
 )
 from celery_durable.store.sql import SQLStorage
@@ -81,6 +83,46 @@ def test_non_json_arguments(queue: str, storage: SQLStorage) -> None:
     t.delay(1, "/tmp")  # the same task with good input is written and published
     assert _rows(storage) == (1, 0)
     assert _published(queue) == 1
+
+
+def test_a_bad_item_fails_the_whole_batch(queue: str, storage: SQLStorage) -> None:
+    app = _app(queue, POSTGRES_URL, storage.tables.jobs.name.removesuffix("jobs"))
+    durable = Durable(app)
+
+    @durable.task(name="bad.t", shared=False)
+    def t(*args: object) -> None: ...
+
+    @app.task(name="bad.plain", shared=False)
+    def plain() -> None: ...
+
+    good = [t.s(n) for n in range(5)]
+    bad_batches: list[tuple[list[Any], type[Exception], str]] = [
+        ([*good, t.s(Path("/tmp"))], SerializationError, "is of type pathlib.PosixPath"),
+        ([*good, t.s(1).set(task_id="x" * 129)], ValidationError, "at most 128"),
+        ([*good, t.s(1).set(unique="k")], ValidationError, "one at a time"),
+        (
+            [*good, t.s(1).set(task_id="same"), t.s(2).set(task_id="same")],
+            ValidationError,
+            "more than once",
+        ),
+        ([*good, plain.s()], ConfigurationError, "'bad.plain', which is not a durable task"),
+        ([*good, t.chunks([(1,), (2,)], 1)], ValidationError, "one signature per item"),
+        ([*good, "bad.t"], ValidationError, "not a signature"),
+    ]
+    for batch, error, message in bad_batches:
+        with pytest.raises(error, match=message):
+            durable.enqueue_many(batch)
+        assert _rows(storage) == (0, 0), message
+        assert _published(queue) == 0, message
+    t.apply_async((1,), task_id="exists")
+    with pytest.raises(ValidationError, match="'exists' exist already"):
+        durable.enqueue_many([t.s(2), t.s(3).set(task_id="exists")])
+    assert _rows(storage) == (1, 0)
+    assert _published(queue) == 1
+    results = durable.enqueue_many([t.s(n) for n in range(5)])  # good input goes through
+    assert _rows(storage) == (6, 0)
+    assert _published(queue) == 6
+    assert all(storage.get_job(r.id) is not None for r in results)
 
 
 def test_unreachable_database(queue: str) -> None:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from celery import group
 
 from celery_durable import JobState
 from celery_durable.store.records import JobFilter
-from tests.integration.conftest import REPO, Cluster, wait_for
+from tests.integration.conftest import BROKERS, REPO, Cluster, wait_for
 
 pytestmark = pytest.mark.worker
+RESULTS = BROKERS["redis"].rsplit("/", 1)[0] + "/6"
 
 _ENQUEUE = """
 import sys, time
@@ -125,3 +127,30 @@ def test_higher_priority_runs_first(make_cluster: Callable[..., Cluster], broker
     )
     order = [int(p) for p in (cluster.effects / "prio-order").read_text().split()]
     assert order == [9, 7, 5, 3, 1]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_enqueue_many_writes_one_batch_and_every_job_runs_once(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("redis", "postgres", result_backend=RESULTS)
+    quick = cluster.app.tasks["proj.quick"]
+    jobs_table = cluster.storage.tables.jobs.name
+    sent: list[str] = []
+    stop = cluster.storage.observe_statements(lambda sql, params: sent.append(sql))
+    try:
+        listed = cluster.durable.enqueue_many([quick.s(n) for n in range(40)])
+        grouped = cluster.durable.enqueue_many(group(quick.s(n) for n in range(100, 110)))
+    finally:
+        stop()
+    inserts = [sql for sql in sent if sql.lstrip().startswith(f"INSERT INTO {jobs_table}")]
+    assert len(inserts) == 2, "one multi-row INSERT per batch"
+    assert all(cluster.job(r.id) is not None for r in [*listed, *grouped.results])
+    cluster.worker(concurrency=2)
+    assert [r.get(timeout=60) for r in listed] == [n + 1 for n in range(40)]
+    assert grouped.get(timeout=60) == [n + 1 for n in range(100, 110)]
+    assert all(r.parent is None for r in listed)
+    assert cluster.count("quick") == 50, "each job's call ran exactly once"
+    finished = cluster.durable.jobs(states="succeeded", task="proj.quick", limit=100)
+    assert {j.id for j in finished} == {r.id for r in [*listed, *grouped.results]}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from ..batch import check_batch, duplicate_ids
 from ..records import (
     ACTIVE_STATES,
     CallKey,
@@ -30,6 +31,15 @@ class MemoryJobs(MemoryState):
                 return False
             self._jobs[job.id] = job.as_record()
             return True
+
+    def create_jobs(self, jobs: Sequence[NewJob]) -> None:
+        check_batch(jobs)
+        with self._lock:
+            taken = [job.id for job in jobs if job.id in self._jobs]
+            if taken:
+                raise duplicate_ids(taken)
+            for job in jobs:
+                self._jobs[job.id] = job.as_record()
 
     def create_unique_job(self, job: NewJob) -> str:
         with self._lock:

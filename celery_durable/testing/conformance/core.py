@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ...errors import LeaseLost
+from ...errors import LeaseLost, ValidationError
 from ...store.protocol import Storage
 from ...store.records import (
     CallRecord,
@@ -95,6 +96,29 @@ class CoreConformance:
             '{"root_id": "r"}',
         )
         assert job.created_at == T0  # aware UTC, microseconds kept
+
+    def test_create_jobs_writes_the_whole_batch(self, storage: Storage) -> None:
+        batch = [new_job(f"batch-{n}", args=f"[{n}]") for n in range(1203)]  # > 2 INSERTs
+        storage.create_jobs(batch)
+        for n in (0, 500, 1202):
+            job = storage.get_job(f"batch-{n}")
+            assert job is not None
+            assert (job.state, job.args, job.created_at) == (JobState.PENDING, f"[{n}]", T0)
+        assert storage.claim_job("batch-7", "w1", T0, T0 + LEASE).outcome is ClaimOutcome.CLAIMED
+
+    def test_create_jobs_is_all_or_nothing(self, storage: Storage) -> None:
+        assert storage.create_job(new_job("taken"))
+        batch = [new_job("fresh-1"), new_job("taken"), new_job("fresh-2")]
+        with pytest.raises(ValidationError, match="'taken' exist already"):
+            storage.create_jobs(batch)
+        assert storage.get_job("fresh-1") is None and storage.get_job("fresh-2") is None
+        with pytest.raises(ValidationError, match="'twice' more than once"):
+            storage.create_jobs([new_job("twice"), new_job("fresh-3"), new_job("twice")])
+        assert storage.get_job("fresh-3") is None and storage.get_job("twice") is None
+        keyed = replace(new_job("keyed"), unique_key="k")
+        with pytest.raises(ValidationError, match="one at a time"):
+            storage.create_jobs([new_job("fresh-4"), keyed])
+        assert storage.get_job("fresh-4") is None
 
     def test_unknown_job(self, storage: Storage) -> None:
         assert storage.get_job("nope") is None
