@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from celery import Celery, Task
 from celery.canvas import Signature
+from celery.local import Proxy
 
 from .. import serialization
 from ..determinism import Determinism
@@ -128,16 +129,18 @@ class _Step:
 def _resolve(
     app: Celery, target: CallTarget, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Task, tuple[Any, ...], dict[str, Any]]:
+    if isinstance(target, Proxy):
+        # `@app.task` returns a lazy proxy before the app is finalized; call() needs the
+        # task object itself (it marks that object as running in-process). Unwrapped
+        # first: every isinstance() on a proxy resolves it again.
+        target = target._get_current_object()
+    if isinstance(target, Task):
+        return target, args, kwargs
     if isinstance(target, Signature):
         task = _lookup(app, target.task)
         return task, (*target.args, *args), {**target.kwargs, **kwargs}
     if isinstance(target, str):
         return _lookup(app, target), args, kwargs
-    if isinstance(target, Task):
-        # `@app.task` returns a lazy proxy before the app is finalized; call() needs the
-        # task object itself (it marks that object as running in-process).
-        unwrap = getattr(target, "_get_current_object", None)
-        return (unwrap() if unwrap is not None else target), args, kwargs
     raise TypeError(
         f"call() takes a Celery task, a signature or a registered task name, "
         f"not {type(target).__name__}"

@@ -87,10 +87,10 @@ class HotStatement:
     def parameters(self, params: Mapping[str, Any]) -> Any:
         get = params.get
         if self.positional:
-            return tuple(
+            return [
                 get(name, default) if bind is None else bind(get(name, default))
                 for name, default, bind in self.plan
-            )
+            ]
         return {
             name: get(name, default) if bind is None else bind(get(name, default))
             for name, default, bind in self.plan
@@ -159,7 +159,9 @@ def _sqlite_utc(value: Any) -> Any:
         return None
     if value.tzinfo is None:
         raise ValueError("celery-durable stores aware datetimes only")
-    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
 
 
 @dataclass
