@@ -23,13 +23,14 @@ from ..records import (
     call_id,
 )
 from .jobs import JobsSQL
-from .rows import call_params, call_record, fence
+from .rows import call_params, call_record_of, fence
 from .statements import CALL_COLUMNS, new_job_row
 
 
 class CallsSQL(JobsSQL):
     def load_history(self, root_id: str) -> list[CallRecord]:
-        return [call_record(row) for row in self._run("history", {"p_root_id": root_id}).rows]
+        rows = self._run("history", {"p_root_id": root_id}, tuples=True).tuples
+        return [call_record_of(row) for row in rows]
 
     def record_call(self, call: CallRecord, lease: Lease) -> None:
         params = call_params(call, lease)

@@ -149,12 +149,13 @@ class SQLConnection:
             relaxed=self._relaxed,
         )
 
-    def _run(self, name: str, params: dict[str, Any]) -> Result:
-        """One of the hot statements (``HOT``): on the hot path where there is one."""
+    def _run(self, name: str, params: dict[str, Any], *, tuples: bool = False) -> Result:
+        """One of the hot statements (``HOT``): on the hot path where there is one.
+        ``tuples``: the rows as tuples in column order (``Result.tuples``)."""
         hot = self._hot
         if hot is not None:
             try:
-                return hot.run(name, params)
+                return hot.run(name, params, tuples=tuples)
             except sa_exc.DBAPIError as exc:
                 mapped = self._mapped(exc)
                 if mapped is exc:
@@ -168,8 +169,11 @@ class SQLConnection:
                     result = conn.execute(getattr(self._sql, name), params)
             else:
                 result = conn.execute(getattr(self._sql, name), params)
-            rows = [dict(row._mapping) for row in result] if result.returns_rows else []
-            return Result(result.rowcount, rows)
+            if not result.returns_rows:
+                return Result(result.rowcount, [])
+            if tuples:
+                return Result(result.rowcount, [], [tuple(row) for row in result])
+            return Result(result.rowcount, [dict(row._mapping) for row in result])
 
     def observe_statements(self, listener: Callable[[str, Any], None]) -> Callable[[], None]:
         """Call ``listener(sql, parameters)`` before every statement this store sends (on

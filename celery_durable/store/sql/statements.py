@@ -231,7 +231,8 @@ def job_statements(tables: Tables) -> JobStatements:
         .where(*expired, jobs.c.lease_owner == bindparam("p_owner"))
         .values(**abandon_values),
         abandon_unowned=jobs.update().where(*expired, owner_is_null).values(**abandon_values),
-        history=select(calls)
+        # the columns in CallRecord's field order: its rows become records positionally
+        history=select(*[calls.c[name] for name in CALL_COLUMNS])
         .where(calls.c.root_id == bindparam("p_root_id"))
         .order_by(calls.c.job_id, calls.c.seq),
         # INSERT ... SELECT ... FROM jobs WHERE lease_owner = :me: the fence and the write
