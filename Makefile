@@ -28,7 +28,7 @@ docs: $(STAMP)  ## the documentation site in site/; a broken link or reference f
 
 bench: $(STAMP)  ## needs PostgreSQL and Redis on localhost
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_summary.py
 	$(PY) benchmarks/bench_beat.py
 
 clean:

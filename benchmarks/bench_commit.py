@@ -49,6 +49,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def postgres_cpu_seconds() -> float:
+    """CPU time of PostgreSQL's processes, from /proc: each live one's own, plus what
+    the postmaster has collected from the backends that exited (its cutime, cstime)."""
     ticks = 0
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
@@ -59,7 +61,7 @@ def postgres_cpu_seconds() -> float:
             fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
+        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -55,6 +55,7 @@ from bench_app import (  # noqa: E402
     make_tracer_provider,
     parse_kinds,
 )
+from bench_commit import postgres_cpu_seconds  # noqa: E402
 from celery import Celery  # noqa: E402
 from sqlalchemy import Column, Integer, MetaData, Table, event, func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
@@ -915,22 +916,6 @@ class Workers:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU time of every PostgreSQL server process on this machine (from /proc)."""
-    ticks = 0
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            if (pid_dir / "comm").read_text().strip() != "postgres":
-                continue
-            fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(

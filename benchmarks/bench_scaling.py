@@ -60,6 +60,8 @@ def histories(url: str, repeat: int) -> list[dict[str, float]]:
     jobs = storage.tables.jobs
     rows = []
     try:
+        for w in range(3):  # warm-up: tracer, connections, prepared statements
+            flow.apply(args=(10,), task_id=f"warm-{w}")
         for n in HISTORIES:
             job_id = f"history-{n}"
             flow.apply(args=(n,), task_id=job_id)  # the fresh run writes n checkpoints
@@ -103,6 +105,7 @@ def sweeps(url: str, repeat: int) -> list[dict[str, float]]:
             storage.migrate()
             if size:
                 fill(storage, size, 0, 0)
+            durable.recover()  # warm-up: the connection, the plan
             tick = median_ms(durable.recover, repeat)
             rows.append({"finished_jobs": size, "sweep_ms": tick})
             print(f"[bench] sweeper tick with {size} finished: {tick:.2f} ms", file=sys.stderr)
