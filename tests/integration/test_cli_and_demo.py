@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -79,6 +80,38 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     assert count("send_confirmation grace@example.com") == 5  # 2 + 2 attempts, then 1
     assert count("refund") == 1
     assert "Completed calls were not re-run" in result.stdout
+
+
+def test_the_batch_enqueue_example_runs_its_orders_once(tmp_path: Path) -> None:
+    """examples/orders/enqueue.py (the compose example's producer): three orders in one
+    enqueue_many, run by a real worker on the embedded default."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ORDERS_DIR": str(tmp_path)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "examples.orders.app", "worker", "-c", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=(tmp_path / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "examples.orders.enqueue", "3"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    log = (tmp_path / "worker.log").read_text()
+    assert result.returncode == 0, result.stdout + result.stderr + log
+    assert "enqueued 3 order(s) in one batch" in result.stdout
+    effects = (tmp_path / "side-effects.log").read_text().splitlines()
+    assert sum(line.startswith("charge_card 4242424242424242") for line in effects) == 1
+    assert sum(line.startswith("charge_card 5555555555554444") for line in effects) == 1
 
 
 def test_the_shipping_example_runs_on_one_worker_process(tmp_path: Path) -> None:
