@@ -21,9 +21,9 @@ _encode_sorted = kombu_json.JSONEncoder(sort_keys=True).encode
 
 def dumps(value: Any, *, what: str) -> str:
     """Encode ``value``; ``what`` names it in the error ("task 'x' argument", ...)."""
-    if type(value) is int:  # the commonest result, in the encoder's own text
-        return int.__repr__(value)
     try:
+        if type(value) is int:  # the commonest result, in the encoder's own text
+            return int.__repr__(value)
         return _encode(value)
     except (TypeError, ValueError, OverflowError):
         path, bad = _first_unserializable(value, "")

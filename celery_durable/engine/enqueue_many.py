@@ -31,6 +31,7 @@ def enqueue_many(
     runtime: Runtime, batch: group | Iterable[Signature[Any]]
 ) -> GroupResult | list[AsyncResult[Any]]:
     if isinstance(batch, group):
+        _check_group_options(batch)
         batch.freeze()  # the group id, and each member's task id
     members = list(batch.tasks) if isinstance(batch, group) else list(batch)
     planned = [_plan(runtime.app, index, sig) for index, sig in enumerate(members)]
@@ -39,7 +40,7 @@ def enqueue_many(
     ids = frozenset(job.id for job in jobs)
     published: set[str] = set()
     try:
-        with stored(ids):
+        with stored({p.job.id: p.held for p in planned}):
             if isinstance(batch, group):
                 return batch.apply_async()
             results: list[AsyncResult[Any]] = []
@@ -63,6 +64,21 @@ def enqueue_many(
             len(ids),
         )
         raise
+
+
+# What group.freeze() itself sets on a group; any other group-level option would reach
+# the members' messages (Celery merges it in) but not the rows planned from the members.
+GROUP_FREEZE_OPTIONS = frozenset({"task_id", "group_id", "root_id", "parent_id", "chord"})
+
+
+def _check_group_options(batch: group) -> None:
+    extra = sorted(set(batch.options) - GROUP_FREEZE_OPTIONS)
+    if extra:
+        raise ValidationError(
+            f"enqueue_many() got a group with options {', '.join(extra)}: set them on each "
+            f"member instead (task.s(...).set({extra[0]}=...)), so the rows and the "
+            f"messages agree"
+        )
 
 
 def _plan(app: Celery, index: int, sig: Any) -> PlannedJob:

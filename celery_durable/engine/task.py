@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -101,8 +101,12 @@ class DurableTask(Task):
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         planned = self.plan_job(args, kwargs, task_id, options)
         job = planned.job
-        if job.id in already_stored():
-            created = True  # enqueue_many wrote the row with the whole batch
+        held_when_stored = already_stored().get(job.id)
+        if held_when_stored is not None:
+            # enqueue_many wrote the row with the whole batch; whether it waits in SQL
+            # was decided then (a due time near the limit must not flip in between)
+            planned = replace(planned, held=held_when_stored)
+            created = True
         elif job.unique_key is not None:
             holder = runtime.storage.create_unique_job(job)
             if holder != job.id:
@@ -181,20 +185,18 @@ class PlannedJob:
     """What Celery's apply_async is given."""
 
 
-_already_stored: ContextVar[frozenset[str]] = ContextVar(
-    "celery_durable_already_stored", default=frozenset()
-)
+_already_stored: ContextVar[dict[str, bool]] = ContextVar("celery_durable_already_stored")
 
 
-def already_stored() -> frozenset[str]:
-    """Ids of jobs whose rows ``enqueue_many`` has just written: publishing them (through
-    Celery's own group or chain machinery) must not write them again."""
-    return _already_stored.get()
+def already_stored() -> dict[str, bool]:
+    """Jobs whose rows ``enqueue_many`` has just written (id: held in SQL): publishing
+    them (through Celery's own group machinery) must not write them again."""
+    return _already_stored.get({})
 
 
 @contextmanager
-def stored(ids: frozenset[str]) -> Iterator[None]:
-    token = _already_stored.set(already_stored() | ids)
+def stored(held: dict[str, bool]) -> Iterator[None]:
+    token = _already_stored.set({**already_stored(), **held})
     try:
         yield
     finally:

@@ -77,7 +77,7 @@ def create_app(
         durable_determinism=os.environ.get("DURABLE_TEST_DETERMINISM", "explicit"),
         durable_shutdown_grace=float(os.environ.get("DURABLE_TEST_SHUTDOWN_GRACE", "25")),
         durable_synchronous_commit=os.environ.get("DURABLE_TEST_SYNCHRONOUS_COMMIT") or None,
-        durable_relaxed_checkpoints=bool(os.environ.get("DURABLE_TEST_RELAXED_CHECKPOINTS")),
+        durable_relaxed_checkpoints=os.environ.get("DURABLE_TEST_RELAXED_CHECKPOINTS") == "1",
         # The core tests expect a failed call to reach the body at once; the retry tests
         # set their policies on the tasks below.
         durable_call_retries=0,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, group
 from sqlalchemy import func, select
 
 from celery_durable import (
@@ -96,7 +96,7 @@ def test_a_bad_item_fails_the_whole_batch(queue: str, storage: SQLStorage) -> No
     def plain() -> None: ...
 
     good = [t.s(n) for n in range(5)]
-    bad_batches: list[tuple[list[Any], type[Exception], str]] = [
+    bad_batches: list[tuple[Any, type[Exception], str]] = [
         ([*good, t.s(Path("/tmp"))], SerializationError, "is of type pathlib.PosixPath"),
         ([*good, t.s(1).set(task_id="x" * 129)], ValidationError, "at most 128"),
         ([*good, t.s(1).set(unique="k")], ValidationError, "one at a time"),
@@ -108,6 +108,8 @@ def test_a_bad_item_fails_the_whole_batch(queue: str, storage: SQLStorage) -> No
         ([*good, plain.s()], ConfigurationError, "'bad.plain', which is not a durable task"),
         ([*good, t.chunks([(1,), (2,)], 1)], ValidationError, "one signature per item"),
         ([*good, "bad.t"], ValidationError, "not a signature"),
+        (group(good).set(queue="elsewhere"), ValidationError, "set them on each member"),
+        (group([*good, t.s(Path("/tmp"))]), SerializationError, "pathlib.PosixPath"),
     ]
     for batch, error, message in bad_batches:
         with pytest.raises(error, match=message):

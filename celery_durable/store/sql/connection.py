@@ -115,7 +115,10 @@ class SQLConnection:
         try:
             yield
         except sa_exc.DBAPIError as exc:
-            raise self._mapped(exc) from exc
+            mapped = self._mapped(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def _mapped(self, exc: sa_exc.DBAPIError) -> Exception:
         if _missing_table(exc):

@@ -237,9 +237,14 @@ class HotPath:
         self.driver.autocommit(conn)
         if self._on_connect is not None:
             self._on_connect(conn)
-        cursor = conn.cursor()
-        if relaxed:
-            cursor.execute(self._relaxed.session_setting)
+        try:
+            cursor = conn.cursor()
+            if relaxed:
+                cursor.execute(self._relaxed.session_setting)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
         return conn, cursor
 
     def _held(self, kind: str) -> tuple[int, Any, Any]:

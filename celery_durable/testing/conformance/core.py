@@ -98,7 +98,7 @@ class CoreConformance:
         assert job.created_at == T0  # aware UTC, microseconds kept
 
     def test_create_jobs_writes_the_whole_batch(self, storage: Storage) -> None:
-        batch = [new_job(f"batch-{n}", args=f"[{n}]") for n in range(1203)]  # > 2 INSERTs
+        batch = [new_job(f"batch-{n}", args=f"[{n}]") for n in range(1203)]
         storage.create_jobs(batch)
         for n in (0, 500, 1202):
             job = storage.get_job(f"batch-{n}")
@@ -112,6 +112,10 @@ class CoreConformance:
         with pytest.raises(ValidationError, match="'taken' exist already"):
             storage.create_jobs(batch)
         assert storage.get_job("fresh-1") is None and storage.get_job("fresh-2") is None
+        many = [new_job(f"many-{n}") for n in range(1500)] + [new_job("taken")]
+        with pytest.raises(ValidationError, match="'taken' exist already"):
+            storage.create_jobs(many)  # the taken id found among more ids than one query
+        assert storage.get_job("many-0") is None and storage.get_job("many-1499") is None
         with pytest.raises(ValidationError, match="'twice' more than once"):
             storage.create_jobs([new_job("twice"), new_job("fresh-3"), new_job("twice")])
         assert storage.get_job("fresh-3") is None and storage.get_job("twice") is None
