@@ -26,13 +26,14 @@ from .engine import runtime as runtimes
 from .engine.child_task import register_dispatch_task
 from .engine.enqueue import broker_priority
 from .engine.enqueue_many import enqueue_many
+from .engine.flow import check_limits
 from .engine.leases import LeaseKeeper
 from .engine.runtime import Runtime, utcnow
 from .engine.task import DurableTask
 from .errors import ConfigurationError, JobNotFound
 from .identifiers import check_job_id, check_job_ids, check_optional_name
 from .observability.hooks import CallInfo, JobInfo, Observers
-from .operations import dead_letters, jobs, retention
+from .operations import dead_letters, jobs, pauses, retention
 from .operations.events import Event, read_events
 from .operations.events import follow as events_follow
 from .operations.messages import send as send_message
@@ -216,6 +217,14 @@ class Durable:
                 else options.get("name", "?")
             ),
         )
+        check_limits(
+            _FlowOptions(options),
+            str(
+                options.get("name") or getattr(args[0], "__name__", "?")
+                if args
+                else options.get("name", "?")
+            ),
+        )
         options.setdefault("base", DurableTask)
         if len(args) == 1 and callable(args[0]):
             return self.app.task(**options)(args[0])
@@ -231,6 +240,8 @@ class Durable:
         delay: float | timedelta | None = None,
         at: datetime | None = None,
         unique: str | None = None,
+        debounce: tuple[str, float | timedelta] | None = None,
+        debounce_keep: str | None = None,
         **options: Any,
     ) -> AsyncResult:
         """Enqueue a durable task (object or registered name); returns its AsyncResult.
@@ -240,7 +251,10 @@ class Durable:
         datetime): the job starts no earlier; waits longer than
         ``durable_max_countdown`` are kept in SQL and published when due. ``unique``:
         while a job with this key is pending, waiting, retrying or running, enqueueing
-        again returns that job instead of creating one. Other options go to Celery.
+        again returns that job instead of creating one. ``debounce=(key, window)``:
+        enqueues with this key while its job has not started collapse into that one
+        job, which starts ``window`` after the last of them, with the latest arguments
+        (``debounce_keep="first"``: the first). Other options go to Celery.
         """
         target = self.app.tasks.get(task) if isinstance(task, str) else task
         if not isinstance(target, DurableTask):
@@ -252,6 +266,8 @@ class Durable:
             options["queue"] = queue
         if priority is not None:
             options["priority"] = broker_priority(self.app, priority)
+        if debounce is not None or debounce_keep is not None:
+            options.update(debounce=debounce, debounce_keep=debounce_keep)
         result: AsyncResult = target.apply_async(
             args, kwargs, delay=delay, at=at, unique=unique, **options
         )
@@ -430,6 +446,27 @@ class Durable:
         """Delete finished jobs past ``durable_retention`` now; counts per state."""
         return retention.apply_retention(self.runtime, dry_run=dry_run)
 
+    # -- paused queues and tasks ---------------------------------------------------------
+
+    def pause(self, *, queue: str | None = None, task: str | None = None) -> bool:
+        """Pause a queue or a task (give one): its jobs are not started, on any
+        worker, until ``resume``; they wait in SQL, holding no worker slot. Running jobs
+        finish. False if it was paused already."""
+        return pauses.pause(self.runtime, queue=queue, task=task)
+
+    def resume(self, *, queue: str | None = None, task: str | None = None) -> int | None:
+        """Resume a paused queue or task: the jobs it held are published, oldest
+        first. Returns how many, or None if it was not paused."""
+        return pauses.resume(self.runtime, queue=queue, task=task)
+
+    def paused(self) -> list[pauses.PauseView]:
+        """Every paused queue and task."""
+        return pauses.paused(self.runtime)
+
+    def queues(self) -> list[pauses.QueueView]:
+        """Queues with unfinished jobs or a pause: jobs by state, from SQL."""
+        return pauses.queues(self.runtime)
+
     # -- the dead-letter queue ------------------------------------------------------------
 
     def dead_letters(
@@ -478,6 +515,17 @@ class Durable:
             task=check_optional_name(task, "task"),
             before=before,
         )
+
+
+class _FlowOptions:
+    """Decorator options read like a task class's flow attributes (rate_limit= is
+    ours on a durable task)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.concurrency = options.get("concurrency")
+        self.concurrency_key = options.get("concurrency_key")
+        self.rate_limit_key = options.get("rate_limit_key")
+        self.durable_rate_limit = options.get("rate_limit", options.get("durable_rate_limit"))
 
 
 def _check_options(options: dict[str, Any]) -> None:

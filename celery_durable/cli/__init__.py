@@ -13,6 +13,7 @@ from .common import EXIT_ERROR, durable_of, echo_json, fail
 from .dlq import dlq
 from .jobs import jobs
 from .jobs import show as show_job
+from .queues import queues
 from .schedules import schedules
 from .worker import worker
 
@@ -30,7 +31,9 @@ class _Group(click.Group):
 @click.group(
     name="durable",
     cls=_Group,
-    help="celery-durable: migrations, jobs, the dead-letter queue, recovery and retention.",
+    help=(
+        "celery-durable: migrations, jobs, queues, the dead-letter queue, recovery and retention."
+    ),
 )
 @click.pass_context
 def durable(ctx: click.Context) -> None:
@@ -149,3 +152,4 @@ durable.add_command(show_job, name="show")  # the short form of `jobs show`
 durable.add_command(schedules)
 durable.add_command(worker)
 durable.add_command(dlq)
+durable.add_command(queues)

@@ -128,6 +128,7 @@ def new_job(
     not_before: datetime | None = None,
     unique_key: str | None = None,
     deliver_at: datetime | None = None,
+    debounce_key: str | None = None,
 ) -> NewJob:
     """``deliver_at``: the sweeper publishes the job then (nothing is published now)."""
     what = f"task {task_name!r}"
@@ -143,6 +144,7 @@ def new_job(
         options=_resent_options(options or {}),
         not_before=not_before,
         unique_key=unique_key,
+        debounce_key=debounce_key,
     )
 
 

@@ -104,6 +104,11 @@ def _plan(app: Celery, index: int, sig: Any) -> PlannedJob:
             f"enqueue_many() item {index} has unique={sig.options['unique']!r}: jobs with "
             f"a unique key are enqueued one at a time, with enqueue(..., unique=...)"
         )
+    if sig.options.get("debounce") is not None:
+        raise ValidationError(
+            f"enqueue_many() item {index} has debounce={sig.options['debounce']!r}: "
+            f"debounced jobs are enqueued one at a time, with enqueue(..., debounce=...)"
+        )
     task_id = sig.freeze().id  # kept in the signature: its message carries the same id
     # planning consumes options (delay=, at=): the signature keeps its own for publishing
     options = copy.deepcopy({k: v for k, v in sig.options.items() if k != "task_id"})

@@ -8,6 +8,7 @@ deadline makes the recovery sweeper publish it later.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from celery import Task
@@ -20,7 +21,7 @@ from .runtime import Runtime
 logger = logging.getLogger(__name__)
 
 
-def publish(runtime: Runtime, job: JobRecord) -> None:
+def publish(runtime: Runtime, job: JobRecord, *, eta: datetime | None = None) -> None:
     """Send a job's message from its row: same id, arguments, routing and canvas."""
     options = serialization.loads(job.options)
     # None would override the task's own routing (send_task merges options over it).
@@ -30,6 +31,8 @@ def publish(runtime: Runtime, job: JobRecord) -> None:
     now = runtime.now()
     due = job.not_before if job.not_before is not None and job.not_before > now else now
     options["headers"] = {**(options.get("headers") or {}), **due_header(due)}
+    if eta is not None:
+        options["eta"] = eta
     runtime.app.send_task(
         job.task,
         args=serialization.loads(job.args),
@@ -39,11 +42,13 @@ def publish(runtime: Runtime, job: JobRecord) -> None:
     )
 
 
-def publish_or_leave(runtime: Runtime, job: JobRecord, what: str) -> None:
+def publish_or_leave(
+    runtime: Runtime, job: JobRecord, what: str, *, eta: datetime | None = None
+) -> None:
     """Publish a job whose row was just written; on a broker error leave it to the
     sweeper (the row has a deadline)."""
     try:
-        publish(runtime, job)
+        publish(runtime, job, eta=eta)
     except Exception:
         logger.exception(
             "job %s %s but not published; the recovery sweeper will publish it", job.id, what

@@ -34,14 +34,15 @@ from ..errors import (
 from ..identifiers import ID_COLUMN, check_text
 from ..observability.hooks import JobInfo, Outcome
 from ..retry import call_policy
-from ..store.records import ClaimOutcome, JobState, Lease
+from ..store.records import Claim, ClaimOutcome, Held, JobState, Lease
 from .context import Execution, activate, deactivate, task_determinism
 from .enqueue import due_from_request, header, new_job, options_from_request, shown_name
 from .failures import fail_or_retry, retry_call
 from .finish import finish
+from .flow import free_slots, gate_for, limits_of
 from .outage import patiently
 from .positions import CANCELLED_MARKER
-from .publish import publish_again
+from .publish import publish_again, publish_or_leave
 from .recorded_errors import CallRetryPending, encode_error
 from .suspend import Suspend, suspend
 
@@ -79,7 +80,7 @@ def run_job(
     )
     if isinstance(claimed, _Stored):
         return claimed.result
-    lease, attempts = claimed
+    lease, attempts, slot_key = claimed
     watch = runtime.lease_keeper.hold(lease)
     execution: Execution | None = None
     started = time.monotonic()
@@ -120,6 +121,8 @@ def run_job(
         _ride_out(runtime, lease, exc, _patience(runtime, task, request, begun))
     finally:
         runtime.lease_keeper.drop(lease)
+        if slot_key is not None:  # whatever the outcome, the slot is free: pass it on
+            free_slots(runtime, task, slot_key)
         if execution is not None and execution.info is not None:
             outcome = execution.outcome or Outcome("interrupted", 0.0)
             runtime.observers.job_ended(
@@ -217,11 +220,22 @@ def _claim(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     owner: str,
-) -> tuple[Lease, int | None] | _Stored:
+) -> tuple[Lease, int | None, str | None] | _Stored:
+    """The lease, the attempt count (if the store told), and the concurrency key whose
+    slot the execution holds (None: no limit)."""
     storage, job_id = runtime.storage, request.id
     now = runtime.now()
     until = now + timedelta(seconds=runtime.settings.lease_seconds)
-    claim = storage.claim_job(job_id, owner, now, until)
+    queue = (request.delivery_info or {}).get("routing_key")
+    limits = limits_of(task)
+    gate = gate_for(runtime, task, limits, args, kwargs, queue) if limits.active else None
+
+    def take() -> Claim:
+        if gate is not None:
+            return storage.claim_gated(job_id, owner, now, until, gate)
+        return storage.claim_job(job_id, owner, now, until, queue)
+
+    claim = take()
     if claim.outcome is ClaimOutcome.MISSING:
         # Sent without going through DurableTask.apply_async (send_task, another app).
         storage.create_job(
@@ -231,27 +245,25 @@ def _claim(
                 job_id,
                 args,
                 kwargs,
-                queue=(request.delivery_info or {}).get("routing_key"),
+                queue=queue,
                 priority=None,
                 eta=None,
                 options=options_from_request(request),
             )
         )
-        claim = storage.claim_job(job_id, owner, now, until)
+        claim = take()
     if claim.outcome is ClaimOutcome.CLAIMED:
-        return Lease(job_id, owner), claim.attempts
+        return Lease(job_id, owner), claim.attempts, claim.flow_key
     job = claim.job
     if job is not None and job.lease_owner == owner and job.state is JobState.RUNNING:
         # An earlier attempt of this delivery claimed it, and the reply was lost.
-        return Lease(job_id, owner), job.attempts
+        slot = job.flow_key if limits.concurrency is not None else None
+        return Lease(job_id, owner), job.attempts, slot
+    if claim.outcome is ClaimOutcome.HELD:
+        _leave_held(runtime, task, request, claim, now)
+        raise Ignore()
     if claim.outcome is ClaimOutcome.EARLY and job is not None and job.not_before:
-        # Before its backoff ended (a duplicate message, or a clock ahead of ours): send
-        # it again for the rest of the wait, unless the wait is long enough that the
-        # sweeper publishes the job when it is due.
-        wait = (job.not_before - now).total_seconds()
-        logger.info("job %s delivered %.3gs before its retry is due", job_id, wait)
-        if wait <= runtime.settings.max_countdown:
-            publish_again(task, request, eta=job.not_before)
+        _resend_early(runtime, task, request, job, now)
         raise Ignore()
     if claim.outcome is ClaimOutcome.FINISHED and job is not None:
         logger.info("job %s already %s; not running it again", job_id, job.state.value)
@@ -270,6 +282,36 @@ def _claim(
             job.lease_owner if job else "?",
         )
     raise Ignore()
+
+
+def _resend_early(runtime: Runtime, task: Task, request: Any, job: Any, now: Any) -> None:
+    """Delivered before it is due (a retry's backoff, a debounce window moved on, a
+    duplicate message, a clock ahead of ours): send it again for the rest of the wait,
+    unless the wait is long enough that the sweeper publishes the job when it is due."""
+    wait = (job.not_before - now).total_seconds()
+    logger.info("job %s delivered %.3gs before it is due", job.id, wait)
+    if wait > runtime.settings.max_countdown:
+        return
+    if job.debounce_key is not None:  # from the row: the latest arguments
+        publish_or_leave(runtime, job, "debounced", eta=job.not_before)
+    else:
+        publish_again(task, request, eta=job.not_before)
+
+
+def _leave_held(runtime: Runtime, task: Task, request: Any, claim: Claim, now: Any) -> None:
+    """The job waits in SQL and this delivery's message is acked: send what brings it
+    back (the older jobs a free slot goes to; the job itself when its rate turn is due,
+    unless that is far enough off for recovery to publish it then)."""
+    logger.info("job %s held: %s", request.id, claim.held.value if claim.held else "?")
+    for waiter in claim.waiters:
+        publish_or_leave(runtime, waiter, "next in line for a slot")
+    due = claim.due_at
+    if (
+        claim.held is Held.RATE
+        and due
+        and (due - now).total_seconds() <= runtime.settings.max_countdown
+    ):
+        publish_again(task, request, eta=due)
 
 
 def _run_body(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -17,7 +17,9 @@ from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
 from ..store.records import JobState, NewJob
 from .context import current_execution, take_inline
+from .debounce import Debounce, check_debounce
 from .enqueue import check_unique, due_header, due_time, new_job
+from .flow import FlowLimits, check_keys, check_limits
 from .recorded_errors import NOT_RETRYABLE
 from .runner import has_canvas, release, run_job
 from .runtime import runtime_of
@@ -37,6 +39,7 @@ class DurableTask(Task):
     # rather than storing a false FAILURE (recovery resumes the job either way).
     acks_late = True
     reject_on_worker_lost = True
+    _durable_limits: FlowLimits | None = None
 
     # Retry policy; None means the app's ``durable_*`` default.
     retries: int | None = None
@@ -51,9 +54,24 @@ class DurableTask(Task):
     determinism: str | None = None
     """"explicit", "strict" or "best_effort"; None: the app's default."""
 
+    # Flow control, enforced in the database across every worker (``engine.flow``).
+    concurrency: int | None = None
+    """At most this many jobs of the task (of one ``concurrency_key``) run at once."""
+    concurrency_key: Callable[..., Any] | None = None
+    """A function of the job's arguments: the key ``concurrency`` counts per."""
+    rate_limit_key: Callable[..., Any] | None = None
+    """A function of the job's arguments: the key ``rate_limit`` counts per."""
+    durable_rate_limit: str | float | None = None
+    """``rate_limit=`` as given: on a durable task it holds for the whole deployment
+    (Celery's own ``rate_limit`` is per worker, and stays None here)."""
+
     @classmethod
     def on_bound(cls, app: Celery) -> None:
-        check_task_options(cls, cls.name or cls.__name__)
+        name = cls.name or cls.__name__
+        check_task_options(cls, name)
+        if cls.rate_limit is not None:  # ours, for every worker at once, not Celery's
+            cls.durable_rate_limit, cls.rate_limit = cls.rate_limit, None
+        cls._durable_limits = check_limits(cls, name)
         # Celery's autoretry wraps run() after this: errors no retry can help (NoRetry,
         # Cancelled, a divergence, ...) must pass through it untouched.
         extra = (NoRetry, *NOT_RETRYABLE)
@@ -107,6 +125,12 @@ class DurableTask(Task):
             # was decided then (a due time near the limit must not flip in between)
             planned = replace(planned, held=held_when_stored)
             created = True
+        elif planned.debounce is not None:
+            holder, created = runtime.storage.create_debounced_job(
+                job, keep_first=planned.debounce.keep == "first"
+            )
+            if not created:
+                return self.AsyncResult(holder)  # the key's pending job, moved later
         elif job.unique_key is not None:
             holder = runtime.storage.create_unique_job(job)
             if holder != job.id:
@@ -155,8 +179,15 @@ class DurableTask(Task):
             # e.g. the trace context, stored with the row for every resend
             headers.update(runtime.observers.message_headers())
         options["headers"] = headers
+        debounce = check_debounce(
+            self.name, options.pop("debounce", None), options.pop("debounce_keep", None), options
+        )
         due = due_time(options.pop("delay", None), options.pop("at", None), now=now)
+        if debounce is not None:
+            due = now + debounce.window
         unique = check_unique(options.pop("unique", None))
+        if self._durable_limits is not None and self._durable_limits.active:
+            check_keys(self, args, kwargs)
         eta = due or _eta(options.get("eta"), options.get("countdown"))
         held = due is not None and (due - now).total_seconds() > runtime.settings.max_countdown
         job = new_job(
@@ -172,8 +203,11 @@ class DurableTask(Task):
             not_before=due,
             unique_key=unique,
             deliver_at=due if held else None,
+            debounce_key=None if debounce is None else debounce.key,
         )
-        return PlannedJob(job, held, {**options, "eta": due} if due is not None else options)
+        return PlannedJob(
+            job, held, {**options, "eta": due} if due is not None else options, debounce
+        )
 
 
 @dataclass(frozen=True)
@@ -183,6 +217,7 @@ class PlannedJob:
     """Due later than ``durable_max_countdown``: no message now, the sweeper sends it."""
     options: dict[str, Any]
     """What Celery's apply_async is given."""
+    debounce: Debounce | None = None
 
 
 _already_stored: ContextVar[dict[str, bool]] = ContextVar("celery_durable_already_stored")

@@ -23,12 +23,14 @@ from .records import (
     CallRecord,
     CancelOutcome,
     Claim,
+    Gate,
     JobError,
     JobFilter,
     JobRecord,
     JobState,
     Lease,
     NewJob,
+    Pause,
     ScheduleRecord,
     ScheduleRun,
     SendOutcome,
@@ -103,8 +105,53 @@ class Storage(Protocol):
     def delete_unstarted_job(self, job_id: str) -> None:
         """Undo ``create_job`` when publishing failed: only a never-claimed job goes."""
 
-    def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        """Take the lease if the job is active and unleased (or its lease expired)."""
+    def claim_job(
+        self,
+        job_id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        queue: str | None = None,
+    ) -> Claim:
+        """Take the lease if the job is active and unleased (or its lease expired), and
+        neither its task nor ``queue`` (the one it was delivered from) is paused. A
+        paused job is held (HELD, ``Held.PAUSED``): it waits with no deadline until
+        ``resume`` releases it."""
+
+    def claim_gated(
+        self, job_id: str, owner: str, now: datetime, lease_until: datetime, gate: Gate
+    ) -> Claim:
+        """``claim_job`` for a task with limits, atomically with their checks: at most
+        ``gate.concurrency`` running jobs of the task with its concurrency key (a job
+        whose lease expired does not count), older jobs held for a slot first; a token
+        of ``gate.rate`` per second. A job that does not pass is held (HELD), without
+        the lease: for a slot (``waiters``: the older held jobs a free slot goes to,
+        to publish now), or for its rate (``due_at``: its turn)."""
+
+    def next_waiters(self, task: str, key: str, limit: int, now: datetime) -> list[JobRecord]:
+        """The oldest jobs held for a slot of ``key`` that fit in the free slots of a
+        limit of ``limit`` (publish them: a slot was freed)."""
+
+    def pause(self, kind: str, name: str, now: datetime) -> bool:
+        """Pause a queue or a task (``kind`` "queue" or "task"); False if it was."""
+
+    def resume(self, kind: str, name: str, deliver_by: datetime) -> list[JobRecord] | None:
+        """Lift a pause; the jobs it held (and no other pause holds), oldest first, are
+        released with the deadline ``deliver_by`` (publish them). None: it was not
+        paused."""
+
+    def resumed_holds(self, limit: int | None, deliver_by: datetime) -> list[JobRecord]:
+        """Release jobs held by a pause that no longer exists (a resume raced their
+        hold), oldest first; recovery publishes them."""
+
+    def pauses(self) -> list[Pause]:
+        """Every pause, by kind and name."""
+
+    def create_debounced_job(self, job: NewJob, keep_first: bool) -> tuple[str, bool]:
+        """Insert a job with ``job.debounce_key``, unless an unstarted pending job holds
+        that key: then move its ``not_before`` and deadline to ``job``'s (and its
+        arguments too, unless ``keep_first``) and return its id. Returns (id, created).
+        Race-free: the database enforces one pending job per key."""
 
     def load_history(self, root_id: str) -> list[CallRecord]:
         """Every call recorded under the root job, in one query."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class JobState(str, enum.Enum):
@@ -95,6 +95,9 @@ class NewJob:
     """While the job is active no other job may hold this key."""
     parent_id: str | None = None
     """A dispatched call's child job: finishing it wakes this suspended parent."""
+    debounce_key: str | None = None
+    """Enqueueing again with this key, while the job has not started, updates this job
+    instead of creating one (``debounce=``)."""
 
     def as_record(self) -> JobRecord:
         """The job as its row reads right after enqueue (pending, never claimed)."""
@@ -119,6 +122,7 @@ class NewJob:
             not_before=self.not_before,
             unique_key=self.unique_key,
             parent_id=self.parent_id,
+            debounce_key=self.debounce_key,
         )
 
 
@@ -164,6 +168,55 @@ class JobRecord:
     """When the execution that finished the job saw Celery continue its canvas (chain,
     link callbacks, chord) and store its result. Set only for jobs that have a canvas; a
     later delivery of the finished job must not continue it again."""
+    held: str | None = None
+    """Why the job waits in SQL without having started: ``Held`` (a pause, its key's
+    concurrency limit, its rate limit); None otherwise."""
+    flow_key: str | None = None
+    """The concurrency key it was claimed or held under (a limited task's)."""
+    debounce_key: str | None = None
+    """Set until the job starts: a debounced enqueue with this key updates this job."""
+
+
+class Held(str, enum.Enum):
+    """Why a job that was delivered waits in SQL instead of starting."""
+
+    PAUSED = "paused"
+    """Its queue or task is paused: resume publishes it."""
+    CONCURRENCY = "concurrency"
+    """Its key had every slot taken: the job that frees one publishes it."""
+    RATE = "rate"
+    """Its rate limit had no token: it comes back when its turn is due."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The flow rules a delivery of a limited task must pass to claim its job."""
+
+    task: str
+    queue: str | None
+    """The queue the job was delivered from (a pause of it holds the job)."""
+    concurrency: int | None = None
+    """At most this many jobs of the task with ``concurrency_key`` run at once."""
+    concurrency_key: str = ""
+    rate: float | None = None
+    """At most this many jobs of the task with ``rate_key`` start per second."""
+    rate_key: str = ""
+    recheck: timedelta = timedelta(minutes=15)
+    """How long a held job waits before recovery publishes it again, should nothing
+    else: a job held for a slot is published by the execution that frees one, a job
+    held for its rate by the claimer (an ETA message, for waits up to
+    ``countdown_limit``)."""
+    countdown_limit: float = 60.0
+    """Rate waits longer than this get no ETA message: recovery publishes the job when
+    its turn is due."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    kind: str
+    """``"queue"`` or ``"task"``."""
+    name: str
+    paused_at: datetime
 
 
 @dataclass(frozen=True)
@@ -252,6 +305,8 @@ class ClaimOutcome(enum.Enum):
     MISSING = "missing"
     EARLY = "early"
     """The job is waiting for a retry's backoff to pass (``not_before`` is later)."""
+    HELD = "held"
+    """A flow rule keeps the job waiting in SQL (``Claim.held`` says which)."""
 
 
 class SuspendOutcome(enum.Enum):
@@ -290,6 +345,15 @@ class Claim:
     attempts: int | None = None
     """After a successful claim, the job's attempt count if the store can tell in the same
     round trip. 1 means no execution ran before, so there is no history to load."""
+    held: Held | None = None
+    """HELD: the rule that holds the job."""
+    due_at: datetime | None = None
+    """HELD by a rate limit: when the job's turn comes (its message is due then)."""
+    waiters: tuple[JobRecord, ...] = ()
+    """HELD by a concurrency limit while a slot is free: the older held jobs that get
+    it (publish them now)."""
+    flow_key: str | None = None
+    """CLAIMED under a concurrency limit: the key whose slot the execution holds."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ module and providing a ``storage`` fixture that yields a fresh, migrated store::
 from __future__ import annotations
 
 from .conformance.core import LEASE, T0, CoreConformance, call_record, claimed, new_job
+from .conformance.flow import FlowConformance
 from .conformance.identity import IdentityConformance
 from .conformance.operations import OperationsConformance
 from .conformance.retries import RetryConformance
@@ -27,6 +28,7 @@ class StorageConformance(
     ScheduleConformance,
     SuspendConformance,
     IdentityConformance,
+    FlowConformance,
 ):
     """The behaviour every Storage must have. Needs a ``storage`` fixture."""
 
@@ -35,6 +37,7 @@ __all__ = [
     "LEASE",
     "T0",
     "CoreConformance",
+    "FlowConformance",
     "IdentityConformance",
     "OperationsConformance",
     "ReplayReport",

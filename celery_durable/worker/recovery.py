@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from .. import serialization
-from ..engine.publish import publish
+from ..engine.publish import publish, publish_or_leave
 from ..engine.runtime import Runtime
 from ..errors import StorageUnavailable
 from ..observability.hooks import JobInfo, Outcome
@@ -72,6 +72,10 @@ class RecoverySweeper:
                 if job.lease_owner is not None:
                     logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
                 publish(runtime, job)
+                acted.append(job.id)
+        if not dry_run:  # holds that raced a resume (their pause is gone)
+            for job in storage.resumed_holds(BATCH, runtime.deliver_by(None)):
+                publish_or_leave(runtime, job, "resumed")
                 acted.append(job.id)
         return acted
 

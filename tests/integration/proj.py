@@ -153,6 +153,7 @@ def create_app(
     _canvas(app, durable)
     _scheduled(app, durable)
     _suspending(app, durable)
+    _flow_controlled(app, durable)
     return app
 
 
@@ -211,6 +212,39 @@ def _canvas(app: Celery, durable: Durable) -> None:
         effect("ff-hold-start")
         _hold("hold-ff")
         return [*done, os.getpid()]
+
+
+def _flow_controlled(app: Celery, durable: Durable) -> None:
+    """Tasks under flow control: per-key concurrency, a rate limit, pauses, debounce."""
+
+    @durable.task(
+        name="proj.one_per_customer",
+        shared=False,
+        concurrency=1,
+        concurrency_key=lambda order: order["customer"],
+    )
+    def one_per_customer(order: dict[str, Any]) -> int:
+        note("slots", f"{order['customer']} start {current_job_id()}")
+        if order.get("hang"):
+            _hold("hold-slot")  # the test kills the worker here
+        time.sleep(order.get("seconds", 0.2))
+        note("slots", f"{order['customer']} end {current_job_id()}")
+        return int(order["n"])
+
+    @durable.task(name="proj.ten_per_second", shared=False, rate_limit="10/s")
+    def ten_per_second(n: int) -> int:
+        note("rated", str(n))
+        return n
+
+    @durable.task(name="proj.pausable", shared=False)
+    def pausable(n: int) -> int:
+        note("pausable", str(n))
+        return n
+
+    @durable.task(name="proj.debounced", shared=False)
+    def debounced(value: int) -> int:
+        note("debounced", str(value))
+        return value
 
 
 def _hold(name: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +180,78 @@ def test_bad_call_results_and_names_write_no_call(queue: str, storage: SQLStorag
     assert _rows(storage) == (2, 0)
     assert durable.get_job("j-result").state == "failed"
     assert durable.get_job("j-typo").state == "failed"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": 0}, r"task 'bad.limited': concurrency=0 must be a whole number"),
+        ({"concurrency": -2}, r"task 'bad.limited': concurrency=-2 must be a whole number"),
+        ({"concurrency": "2"}, r"task 'bad.limited': concurrency='2' must be a whole number"),
+        ({"rate_limit": "ten per second"}, r"task 'bad.limited': rate_limit='ten per second'"),
+        ({"rate_limit": "0/s"}, r"task 'bad.limited': rate_limit='0/s' must allow"),
+        ({"concurrency": 1, "concurrency_key": "customer"}, r"concurrency_key must be a function"),
+        ({"concurrency_key": lambda order: order}, r"concurrency_key without concurrency="),
+        ({"rate_limit_key": lambda order: order}, r"rate_limit_key without rate_limit="),
+    ],
+)
+def test_bad_flow_limits_are_refused_when_the_task_is_defined(
+    queue: str, options: dict[str, Any], message: str
+) -> None:
+    durable = Durable(_app(queue, "sqlite://", "bad_"))
+    with pytest.raises(ConfigurationError, match=message):
+        durable.task(name="bad.limited", shared=False, **options)(lambda order: None)
+
+
+def test_bad_debounce_and_failing_keys_write_and_send_nothing(
+    queue: str, storage: SQLStorage
+) -> None:
+    app = _app(queue, POSTGRES_URL, storage.tables.jobs.name.removesuffix("jobs"))
+    durable = Durable(app)
+
+    @durable.task(name="bad.t", shared=False)
+    def t(order: Any) -> None: ...
+
+    @durable.task(
+        name="bad.keyed", shared=False, concurrency=1, concurrency_key=lambda o: o["customer"]
+    )
+    def keyed(order: Any) -> None: ...
+
+    cases: list[tuple[Callable[[], object], str]] = [
+        (
+            lambda: durable.enqueue(t, {}, debounce=("profile-1", None)),
+            r"task 'bad.t': debounce=\('profile-1', None\) needs a key and a window",
+        ),
+        (
+            lambda: durable.enqueue(t, {}, debounce="profile-1"),
+            r"task 'bad.t': debounce='profile-1' needs a key and a window",
+        ),
+        (
+            lambda: durable.enqueue(t, {}, debounce=("profile-1", 0)),
+            r"task 'bad.t': the debounce window must be longer than 0",
+        ),
+        (
+            lambda: durable.enqueue(t, {}, debounce=("profile-1", 5), delay=3),
+            r"cannot be combined with delay=",
+        ),
+        (
+            lambda: durable.enqueue(t, {}, debounce=("profile-1", 5), debounce_keep="middle"),
+            r"debounce_keep='middle' must be 'last'",
+        ),
+        (
+            lambda: durable.enqueue(keyed, {"no customer": 1}),
+            r"task 'bad.keyed': its concurrency_key raised KeyError",
+        ),
+        (lambda: durable.pause(), r"queue='name' or task='name'"),
+        (lambda: durable.pause(queue="a", task="b"), r"queue='name' or task='name'"),
+    ]
+    for attempt, message in cases:
+        with pytest.raises(ConfigurationError, match=message):
+            attempt()
+    with pytest.raises(ValidationError, match=r"item 0 has debounce="):
+        durable.enqueue_many([t.s({}).set(debounce=("k", 5))])
+    assert _rows(storage) == (0, 0)
+    assert _published(queue) == 0
+    durable.enqueue(keyed, {"customer": "c1"})  # good input is written and published
+    assert _rows(storage) == (1, 0)
+    assert _published(queue) == 1

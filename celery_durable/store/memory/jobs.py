@@ -7,12 +7,14 @@ from dataclasses import replace
 from datetime import datetime
 
 from ..batch import check_batch, duplicate_ids
+from ..claims import unclaimable
 from ..records import (
     ACTIVE_STATES,
     CallKey,
     CancelOutcome,
     Claim,
     ClaimOutcome,
+    Held,
     JobError,
     JobFilter,
     JobRecord,
@@ -64,30 +66,56 @@ class MemoryJobs(MemoryState):
             if job and job.state is JobState.PENDING and job.attempts == 0:
                 del self._jobs[job_id]
 
-    def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+    def claim_job(
+        self,
+        job_id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        queue: str | None = None,
+    ) -> Claim:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return Claim(ClaimOutcome.MISSING)
-            if job.state not in ACTIVE_STATES:
-                return Claim(ClaimOutcome.FINISHED, job)
-            if (
-                (job.lease_owner is not None and _live(job, now))
-                or job.cancel_requested_at
-                or (job.state is JobState.SUSPENDED and job.awaiting > 0)
-            ):
-                return Claim(ClaimOutcome.BUSY, job)
-            if job.not_before is not None and job.not_before > now:
-                return Claim(ClaimOutcome.EARLY, job)
-            self._jobs[job_id] = replace(
-                job,
-                state=JobState.RUNNING,
-                attempts=job.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=lease_until,
-                started_at=job.started_at or now,
-            )
-            return Claim(ClaimOutcome.CLAIMED, attempts=job.attempts + 1)
+            refused = unclaimable(job, now)
+            if refused is not None:
+                return refused
+            if self._paused(job.task, queue):
+                if job.lease_owner is not None:
+                    return Claim(ClaimOutcome.BUSY, job)
+                self._hold_paused(job, queue)
+                return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
+            return self._claim(job, owner, now, lease_until, None)
+
+    def _claim(
+        self,
+        job: JobRecord,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        flow_key: str | None,
+    ) -> Claim:
+        self._jobs[job.id] = replace(
+            job,
+            state=JobState.RUNNING,
+            attempts=job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=lease_until,
+            started_at=job.started_at or now,
+            held=None,
+            debounce_key=None,
+            flow_key=flow_key if flow_key is not None else job.flow_key,
+        )
+        return Claim(ClaimOutcome.CLAIMED, attempts=job.attempts + 1, flow_key=flow_key)
+
+    def _paused(self, task: str, queue: str | None) -> bool:
+        return ("task", task) in self._pauses or ("queue", queue) in self._pauses
+
+    def _hold_paused(self, job: JobRecord, queue: str | None) -> None:
+        self._jobs[job.id] = replace(
+            job, held=Held.PAUSED.value, lease_expires_at=None, queue=job.queue or queue
+        )
 
     def retry_job(
         self,

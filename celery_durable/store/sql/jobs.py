@@ -10,12 +10,14 @@ from sqlalchemy import exc as sa_exc
 
 from ...errors import LeaseLost, StorageUnavailable
 from ..batch import check_batch, duplicate_ids
+from ..claims import unclaimable
 from ..records import (
     FINISHED_STATES,
     CallKey,
     CancelOutcome,
     Claim,
     ClaimOutcome,
+    Held,
     JobError,
     JobFilter,
     JobRecord,
@@ -30,6 +32,7 @@ from .rows import fence, job_record
 from .statements import list_jobs_query, new_job_row
 
 DELETE_BATCH = 1000
+
 """Jobs deleted per transaction (each id list is one IN clause)."""
 
 
@@ -81,8 +84,21 @@ class JobsSQL(SQLConnection):
         with self._connect() as conn:
             conn.execute(self._sql.delete_unstarted, {"p_id": job_id})
 
-    def claim_job(self, job_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        params = {"p_id": job_id, "p_owner": owner, "p_now": now, "p_until": lease_until}
+    def claim_job(
+        self,
+        job_id: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        queue: str | None = None,
+    ) -> Claim:
+        params = {
+            "p_id": job_id,
+            "p_owner": owner,
+            "p_now": now,
+            "p_until": lease_until,
+            "p_queue": queue,
+        }
         if self.engine.dialect.update_returning:  # the attempt count comes back for free
             claimed = self._run("claim_returning", params).first()
             if claimed is not None:
@@ -93,15 +109,12 @@ class JobsSQL(SQLConnection):
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         job = job_record(row)
-        if job.state in FINISHED_STATES:
-            return Claim(ClaimOutcome.FINISHED, job)
-        leased = (
-            job.lease_owner is not None
-            and job.lease_expires_at is not None
-            and (job.lease_expires_at >= now)
-        )
-        if not leased and job.not_before is not None and job.not_before > now:
-            return Claim(ClaimOutcome.EARLY, job)
+        refused = unclaimable(job, now)
+        if refused is not None:
+            return refused
+        # nothing else stops it: a pause (or a claim that raced ours)
+        if self._rowcount(self._sql.hold_paused, {"p_id": job_id, "p_queue": queue}) == 1:
+            return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
         return Claim(ClaimOutcome.BUSY, job)
 
     def renew_lease(self, lease: Lease, until: datetime) -> bool:

@@ -19,6 +19,7 @@ from .schema import (
     ExactString,
     Tables,
     cancellation_columns,
+    flow_columns,
     reporting_columns,
     retry_layer_columns,
     scheduling_columns,
@@ -99,14 +100,25 @@ def _add_exact_identifiers(conn: Connection, tables: Tables) -> None:
     for table in tables.metadata.sorted_tables:
         if not conn.dialect.has_table(conn, table.name):
             continue
+        # only the columns there by now: a later step adds its own already exact
+        existing = {c["name"] for c in inspect(conn).get_columns(table.name)}
         changes = [
             f"MODIFY {conn.dialect.identifier_preparer.quote(c.name)} "
             f"{c.type.compile(conn.dialect)}{'' if c.nullable else ' NOT NULL'}"
             for c in table.columns
-            if isinstance(c.type, ExactString)
+            if isinstance(c.type, ExactString) and c.name in existing
         ]
         if changes:
             conn.exec_driver_sql(f"ALTER TABLE {table.name} {', '.join(changes)}")
+
+
+def _add_flow_control(conn: Connection, tables: Tables) -> None:
+    """held, flow_key, debounce_key (with their indexes); the pauses and flow_gates
+    tables: paused queues and tasks, concurrency and rate limits, debounce."""
+    _add_missing_columns(conn, tables, flow_columns())
+    for suffix in ("flow", "held", "debounce_key"):
+        _add_missing_index(conn, tables.jobs, suffix)
+    tables.metadata.create_all(conn, tables=[tables.pauses, tables.flow_gates], checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
@@ -117,6 +129,7 @@ MIGRATIONS: list[Migration] = [
     _add_event_indexes,
     _add_suspension,
     _add_exact_identifiers,
+    _add_flow_control,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -62,6 +62,9 @@ def job_record(row: Any) -> JobRecord:
         awaiting=m["awaiting"],
         waiting_topic=m["waiting_topic"],
         reported_at=m["reported_at"],
+        held=m["held"],
+        flow_key=m["flow_key"],
+        debounce_key=m["debounce_key"],
     )
 
 

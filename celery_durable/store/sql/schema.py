@@ -97,6 +97,8 @@ class Tables:
     schema_version: Table
     messages: Table
     workers: Table
+    pauses: Table
+    flow_gates: Table
 
 
 def build_tables(prefix: str) -> Tables:
@@ -126,6 +128,7 @@ def build_tables(prefix: str) -> Tables:
         *scheduling_columns(),
         *suspension_columns(),
         *reporting_columns(),
+        *flow_columns(),
     )
     # Recovery scans only active rows past their deadline; finished rows hold NULL here.
     Index(f"{prefix}jobs_lease_expires_at", jobs.c.lease_expires_at)
@@ -136,6 +139,12 @@ def build_tables(prefix: str) -> Tables:
     Index(f"{prefix}jobs_finished_at", jobs.c.finished_at)
     # Dead-letter listings and retention read finished jobs of one state by age.
     Index(f"{prefix}jobs_state_finished_at", jobs.c.state, jobs.c.finished_at)
+    # A limited task's claim counts the running jobs of its key, and finds the oldest
+    # held ones; resume and the sweeper find the jobs a pause holds.
+    Index(f"{prefix}jobs_flow", jobs.c.task, jobs.c.flow_key, jobs.c.state)
+    Index(f"{prefix}jobs_held", jobs.c.held)
+    # One pending job per debounce key; the claim sets it back to NULL.
+    Index(f"{prefix}jobs_debounce_key", jobs.c.debounce_key, unique=True)
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
@@ -236,6 +245,25 @@ def build_tables(prefix: str) -> Tables:
         Column("sweeps", Integer, nullable=False),
     )
     Index(f"{prefix}workers_last_seen_at", workers.c.last_seen_at)
+    # A paused queue or task: its jobs are not started until it is resumed.
+    pauses = Table(
+        f"{prefix}pauses",
+        metadata,
+        Column("kind", String(8), primary_key=True),  # "queue" or "task"
+        Column("name", NAME, primary_key=True),
+        Column("paused_at", UTCDateTime(), nullable=False),
+    )
+    # One row per limited task and key: the row a claim locks (so two claims of one key
+    # take turns), and the token bucket of a rate limit.
+    flow_gates = Table(
+        f"{prefix}flow_gates",
+        metadata,
+        Column("task", NAME, primary_key=True),
+        Column("key", ID, primary_key=True),
+        Column("tokens", Float, nullable=False),
+        Column("refilled_at", UTCDateTime(), nullable=False),
+        Column("next_at", UTCDateTime(), nullable=False),  # a rate's next free turn
+    )
     schema_version = Table(
         f"{prefix}schema_version",
         metadata,
@@ -252,6 +280,8 @@ def build_tables(prefix: str) -> Tables:
         schema_version,
         messages,
         workers,
+        pauses,
+        flow_gates,
     )
 
 
@@ -286,3 +316,12 @@ def suspension_columns() -> list[Column[Any]]:
 def reporting_columns() -> list[Column[Any]]:
     """Job columns added by migration 7."""
     return [Column("reported_at", UTCDateTime())]
+
+
+def flow_columns() -> list[Column[Any]]:
+    """Job columns added by migration 8 (flow control)."""
+    return [
+        Column("held", String(16)),  # why an unstarted job waits: paused, concurrency, rate
+        Column("flow_key", ID),  # the concurrency key it was claimed or held under
+        Column("debounce_key", ID),
+    ]

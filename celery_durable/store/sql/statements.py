@@ -19,7 +19,9 @@ from sqlalchemy import (
     Integer,
     Select,
     Update,
+    and_,
     bindparam,
+    exists,
     func,
     literal_column,
     or_,
@@ -37,6 +39,25 @@ def _inline(states: frozenset[JobState]) -> list[ColumnElement[str]]:
 
 
 _ACTIVE = _inline(ACTIVE_STATES)
+_UNSTARTED = frozenset({JobState.PENDING, JobState.RETRYING, JobState.SUSPENDED})
+HELD_PAUSED, HELD_CONCURRENCY, HELD_RATE = "paused", "concurrency", "rate"
+
+
+def pause_of(tables: Tables, task: Any, queue: Any) -> ColumnElement[bool]:
+    """A pause row of the task ``task`` or the queue ``queue`` (the one a job is
+    delivered from); both are column or bind expressions."""
+    pauses = tables.pauses
+    return or_(
+        and_(pauses.c.kind == literal_column("'task'"), pauses.c.name == task),
+        and_(pauses.c.kind == literal_column("'queue'"), pauses.c.name == queue),
+    )
+
+
+def paused_clause(tables: Tables, queue: Any) -> ColumnElement[bool]:
+    """A pause holds the job (its task's, or its queue's)."""
+    return exists().where(pause_of(tables, tables.jobs.c.task, queue))
+
+
 CALL_COLUMNS = (
     "job_id",
     "seq",
@@ -72,6 +93,7 @@ class JobStatements:
     delete_unstarted: Delete
     claim: Update
     claim_returning: Update
+    hold_paused: Update
     get_job: Select[Any]
     renew: Update
     finish: Update
@@ -150,6 +172,7 @@ def job_statements(tables: Tables) -> JobStatements:
         "finished_at": now,
     }
     owner_is_null = jobs.c.lease_owner.is_(None)
+    paused = paused_clause(tables, bindparam("p_queue"))
     call_values = (
         select(
             *[bindparam(f"p_{name}", type_=calls.c[name].type).label(name) for name in CALL_COLUMNS]
@@ -166,6 +189,7 @@ def job_statements(tables: Tables) -> JobStatements:
             or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
             or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
             jobs.c.cancel_requested_at.is_(None),
+            ~paused,
         )
         .values(
             state=JobState.RUNNING.value,
@@ -173,6 +197,25 @@ def job_statements(tables: Tables) -> JobStatements:
             lease_owner=bindparam("p_owner"),
             lease_expires_at=until,
             started_at=func.coalesce(jobs.c.started_at, now),
+            held=None,
+            debounce_key=None,
+        )
+    )
+    # A delivery found its queue or task paused: the job waits in SQL (no deadline:
+    # resume publishes it) without a redelivery loop.
+    hold_paused = (
+        jobs.update()
+        .where(
+            by_id,
+            jobs.c.state.in_(_inline(_UNSTARTED)),
+            owner_is_null,
+            or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
+            paused,
+        )
+        .values(
+            held=HELD_PAUSED,
+            lease_expires_at=None,
+            queue=func.coalesce(jobs.c.queue, bindparam("p_queue")),
         )
     )
     by_call = (
@@ -207,6 +250,7 @@ def job_statements(tables: Tables) -> JobStatements:
         ),
         claim=claim,
         claim_returning=claim.returning(jobs.c.attempts),
+        hold_paused=hold_paused,
         get_job=select(jobs).where(by_id),
         renew=jobs.update().where(*fenced).values(lease_expires_at=until),
         finish=jobs.update().where(*fenced).values(**finish_values),

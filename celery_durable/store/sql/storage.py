@@ -13,11 +13,12 @@ stream's rows, heartbeats); their statements are built once per store.
 from __future__ import annotations
 
 from .calls import CallsSQL
+from .flow import FlowSQL
 from .observing import ObservingSQL
 from .schedules import ScheduleSQL
 
 
-class SQLStorage(CallsSQL, ScheduleSQL, ObservingSQL):
+class SQLStorage(CallsSQL, FlowSQL, ScheduleSQL, ObservingSQL):
     """``SQLStorage(url, table_prefix="durable_", engine_options=None, hot_path=True,
     synchronous_commit=None, relaxed_checkpoints=False)``: the durable store on any
     database SQLAlchemy reaches through psycopg 3, PyMySQL or sqlite3.

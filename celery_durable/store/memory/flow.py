@@ -1,0 +1,158 @@
+"""The in-memory store's flow control: the SQL store's rules (``store.sql.flow``), under
+the store's one lock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from ..claims import unclaimable
+from ..flow_rules import BURST, RATE_GATE, rate_deadline, rate_turn
+from ..records import Claim, ClaimOutcome, Gate, Held, JobRecord, JobState, NewJob, Pause
+from .jobs import MemoryJobs
+from .state import _live
+
+
+class MemoryFlow(MemoryJobs):
+    def claim_gated(
+        self, job_id: str, owner: str, now: datetime, lease_until: datetime, gate: Gate
+    ) -> Claim:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return Claim(ClaimOutcome.MISSING)
+            refused = unclaimable(job, now)
+            if refused is not None:
+                return refused
+            if job.lease_owner is not None:
+                return Claim(ClaimOutcome.BUSY, job)
+            if self._paused(job.task, gate.queue):
+                self._hold_paused(job, gate.queue)
+                return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
+            flow_key = None
+            if gate.concurrency is not None:
+                flow_key = gate.concurrency_key
+                running = self._running(gate.task, flow_key, now, job_id)
+                older = [
+                    w
+                    for w in self._waiting(gate.task, flow_key)
+                    if (w.created_at, w.id) < (job.created_at, job.id)
+                ]
+                if running + len(older) >= gate.concurrency:
+                    self._jobs[job_id] = replace(
+                        job,
+                        held=Held.CONCURRENCY.value,
+                        flow_key=flow_key,
+                        lease_expires_at=now + gate.recheck,
+                    )
+                    free = max(0, gate.concurrency - running)
+                    return Claim(
+                        ClaimOutcome.HELD,
+                        job,
+                        held=Held.CONCURRENCY,
+                        waiters=tuple(older[:free]),
+                    )
+            if gate.rate is not None:
+                key = (gate.task, RATE_GATE + gate.rate_key)
+                tokens, refilled_at, next_at = self._gates.get(key, (BURST, now, now))
+                turn = rate_turn(
+                    gate.rate, tokens, refilled_at, next_at, now, queued=job.held == Held.RATE
+                )
+                self._gates[key] = (turn.tokens, now, turn.next_at)
+                if turn.due_at is not None:
+                    self._jobs[job_id] = replace(
+                        job,
+                        held=Held.RATE.value,
+                        not_before=turn.due_at,
+                        lease_expires_at=rate_deadline(gate, turn.due_at, now),
+                    )
+                    return Claim(ClaimOutcome.HELD, job, held=Held.RATE, due_at=turn.due_at)
+            return self._claim(job, owner, now, lease_until, flow_key)
+
+    def _running(self, task: str, key: str, now: datetime, but: str) -> int:
+        return sum(
+            1
+            for j in self._jobs.values()
+            if j.task == task
+            and j.flow_key == key
+            and j.state is JobState.RUNNING
+            and _live(j, now)
+            and j.id != but
+        )
+
+    def _waiting(self, task: str, key: str) -> list[JobRecord]:
+        return sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.task == task
+                and j.flow_key == key
+                and j.state is JobState.PENDING
+                and j.held == Held.CONCURRENCY.value
+            ),
+            key=lambda j: (j.created_at, j.id),
+        )
+
+    def next_waiters(self, task: str, key: str, limit: int, now: datetime) -> list[JobRecord]:
+        with self._lock:
+            free = limit - self._running(task, key, now, "")
+            return self._waiting(task, key)[: max(0, free)]
+
+    def pause(self, kind: str, name: str, now: datetime) -> bool:
+        with self._lock:
+            if (kind, name) in self._pauses:
+                return False
+            self._pauses[(kind, name)] = now
+            return True
+
+    def resume(self, kind: str, name: str, deliver_by: datetime) -> list[JobRecord] | None:
+        with self._lock:
+            if self._pauses.pop((kind, name), None) is None:
+                return None
+        return self.resumed_holds(None, deliver_by)
+
+    def resumed_holds(self, limit: int | None, deliver_by: datetime) -> list[JobRecord]:
+        with self._lock:
+            found = sorted(
+                (
+                    j
+                    for j in self._jobs.values()
+                    if j.held == Held.PAUSED.value and not self._paused(j.task, j.queue)
+                ),
+                key=lambda j: (j.created_at, j.id),
+            )[:limit]
+            for job in found:
+                self._jobs[job.id] = replace(job, held=None, lease_expires_at=deliver_by)
+            return found
+
+    def pauses(self) -> list[Pause]:
+        with self._lock:
+            return [
+                Pause(kind, name or "", at) for (kind, name), at in sorted(self._pauses.items())
+            ]
+
+    def create_debounced_job(self, job: NewJob, keep_first: bool) -> tuple[str, bool]:
+        with self._lock:
+            holder = next(
+                (
+                    j
+                    for j in self._jobs.values()
+                    if j.debounce_key == job.debounce_key
+                    and j.state is JobState.PENDING
+                    and j.attempts == 0
+                ),
+                None,
+            )
+            if holder is not None:
+                self._jobs[holder.id] = replace(
+                    holder,
+                    not_before=job.not_before,
+                    lease_expires_at=job.deliver_by,
+                    args=holder.args if keep_first else job.args,
+                    kwargs=holder.kwargs if keep_first else job.kwargs,
+                )
+                return holder.id, False
+            if job.id in self._jobs:
+                return job.id, False
+            self._jobs[job.id] = job.as_record()
+            return job.id, True
