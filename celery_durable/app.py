@@ -242,6 +242,7 @@ class Durable:
         unique: str | None = None,
         debounce: tuple[str, float | timedelta] | None = None,
         debounce_keep: str | None = None,
+        connection: Any = None,
         **options: Any,
     ) -> AsyncResult:
         """Enqueue a durable task (object or registered name); returns its AsyncResult.
@@ -254,7 +255,10 @@ class Durable:
         again returns that job instead of creating one. ``debounce=(key, window)``:
         enqueues with this key while its job has not started collapse into that one
         job, which starts ``window`` after the last of them, with the latest arguments
-        (``debounce_keep="first"``: the first). Other options go to Celery.
+        (``debounce_keep="first"``: the first). ``connection``: a SQLAlchemy Session or
+        Connection in an open transaction on the store's database: the job's row is
+        written in that transaction and its message sent only after it commits (never
+        for one that rolls back). Other options go to Celery.
         """
         target = self.app.tasks.get(task) if isinstance(task, str) else task
         if not isinstance(target, DurableTask):
@@ -266,6 +270,8 @@ class Durable:
             options["queue"] = queue
         if priority is not None:
             options["priority"] = broker_priority(self.app, priority)
+        if connection is not None:
+            options["connection"] = connection
         if debounce is not None or debounce_keep is not None:
             options.update(debounce=debounce, debounce_keep=debounce_keep)
         result: AsyncResult = target.apply_async(

@@ -83,6 +83,10 @@ class Settings:
     """PostgreSQL only, off by default: the synchronous_commit ("off", "local", ...) the
     claim and finish statements are sent with; a replay repairs their loss in a server
     crash. None: every statement waits for its WAL flush."""
+    outbox_relay_after: float = 5.0
+    """A job enqueued in the caller's transaction (``connection=``) whose message was not
+    sent after the commit (the process died) is published by the recovery sweeper this
+    long after it was written (plus up to one ``durable_sweep_interval``)."""
     relaxed_checkpoints: bool = False
     """With durable_synchronous_commit: send the call checkpoints with it too. A server
     crash may then lose the last 3 x wal_writer_delay of checkpoints (those calls run
@@ -145,6 +149,7 @@ class Settings:
             "retention_interval",
             "beat_max_interval",
             "storage_wait",
+            "outbox_relay_after",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(

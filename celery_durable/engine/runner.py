@@ -41,6 +41,7 @@ from .failures import fail_or_retry, retry_call
 from .finish import finish
 from .flow import free_slots, gate_for, limits_of
 from .outage import patiently
+from .outbox import OUTBOX_HEADER
 from .positions import CANCELLED_MARKER
 from .publish import publish_again, publish_or_leave
 from .recorded_errors import CallRetryPending, encode_error
@@ -237,6 +238,10 @@ def _claim(
 
     claim = take()
     if claim.outcome is ClaimOutcome.MISSING:
+        if header(request, OUTBOX_HEADER):
+            # enqueued in a transaction whose row was rolled back after all (a savepoint)
+            logger.warning("job %s: its enqueue was rolled back; dropping the message", job_id)
+            raise Ignore()
         # Sent without going through DurableTask.apply_async (send_task, another app).
         storage.create_job(
             new_job(

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils import uuid
 
+from ..errors import ConfigurationError
 from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
 from ..store.records import JobState, NewJob
@@ -20,6 +21,14 @@ from .context import current_execution, take_inline
 from .debounce import Debounce, check_debounce
 from .enqueue import check_unique, due_header, due_time, new_job
 from .flow import FlowLimits, check_keys, check_limits
+from .outbox import (
+    OUTBOX_HEADER,
+    Transaction,
+    check_same_database,
+    store_of,
+    transaction_of,
+    wait_until_visible,
+)
 from .recorded_errors import NOT_RETRYABLE
 from .runner import has_canvas, release, run_job
 from .runtime import runtime_of
@@ -118,6 +127,8 @@ class DurableTask(Task):
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         planned = self.plan_job(args, kwargs, task_id, options)
+        if planned.transaction is not None:
+            return self._enqueue_in_transaction(planned, args, kwargs)
         job = planned.job
         held_when_stored = already_stored().get(job.id)
         if held_when_stored is not None:
@@ -144,6 +155,34 @@ class DurableTask(Task):
             if created:
                 runtime.storage.delete_unstarted_job(job.id)
             raise
+
+    def _enqueue_in_transaction(self, planned: PlannedJob, args: Any, kwargs: Any) -> Any:
+        """The outbox (``engine.outbox``): the row joins the caller's transaction; the
+        message goes after it commits."""
+        runtime, job, transaction = runtime_of(self.app), planned.job, planned.transaction
+        assert transaction is not None
+        storage = store_of(runtime, self.name)
+        check_same_database(storage, transaction.database_url(), self.name)
+        transaction.write(storage, job)
+        if planned.held:
+            return self.AsyncResult(job.id)  # due later: the sweeper publishes it then
+
+        def send() -> None:
+            try:
+                if getattr(transaction, "sends_before_commit", False) and not (
+                    wait_until_visible(runtime, job.id)
+                ):
+                    return  # the commit did not land: there is no job to send
+                self.send_planned(planned, args, kwargs, created=True)
+                storage.outbox_sent(job.id, runtime.deliver_by(planned.options.get("eta")))
+            except Exception:
+                logger.exception(
+                    "job %s committed but not published; the recovery sweeper's relay publishes it",
+                    job.id,
+                )
+
+        transaction.after_commit(send)
+        return self.AsyncResult(job.id)
 
     def send_planned(
         self, planned: PlannedJob, args: Any, kwargs: Any, *, created: bool, **extra: Any
@@ -179,6 +218,16 @@ class DurableTask(Task):
             # e.g. the trace context, stored with the row for every resend
             headers.update(runtime.observers.message_headers())
         options["headers"] = headers
+        transaction = options.pop("connection", None)
+        if transaction is not None:
+            transaction = transaction_of(transaction, self.name)
+            refused = [o for o in ("unique", "debounce") if options.get(o) is not None]
+            if refused:
+                raise ConfigurationError(
+                    f"task {self.name!r}: {refused[0]}= is settled in the store's own "
+                    f"transactions, so it cannot be combined with connection="
+                )
+            headers[OUTBOX_HEADER] = "1"
         debounce = check_debounce(
             self.name, options.pop("debounce", None), options.pop("debounce_keep", None), options
         )
@@ -190,6 +239,9 @@ class DurableTask(Task):
             check_keys(self, args, kwargs)
         eta = due or _eta(options.get("eta"), options.get("countdown"))
         held = due is not None and (due - now).total_seconds() > runtime.settings.max_countdown
+        deliver_at = due if held else None
+        if transaction is not None and not held:  # the relay's deadline
+            deliver_at = now + timedelta(seconds=runtime.settings.outbox_relay_after)
         job = new_job(
             runtime,
             self.name,
@@ -202,11 +254,15 @@ class DurableTask(Task):
             options=options,
             not_before=due,
             unique_key=unique,
-            deliver_at=due if held else None,
+            deliver_at=deliver_at,
             debounce_key=None if debounce is None else debounce.key,
         )
         return PlannedJob(
-            job, held, {**options, "eta": due} if due is not None else options, debounce
+            job,
+            held,
+            {**options, "eta": due} if due is not None else options,
+            debounce,
+            transaction,
         )
 
 
@@ -218,6 +274,8 @@ class PlannedJob:
     options: dict[str, Any]
     """What Celery's apply_async is given."""
     debounce: Debounce | None = None
+    transaction: Transaction | None = None
+    """``connection=``: the caller's transaction the row is written in."""
 
 
 _already_stored: ContextVar[dict[str, bool]] = ContextVar("celery_durable_already_stored")

@@ -147,6 +147,11 @@ class Storage(Protocol):
     def pauses(self) -> list[Pause]:
         """Every pause, by kind and name."""
 
+    def outbox_sent(self, job_id: str, deliver_by: datetime) -> bool:
+        """The message of a job written in the caller's transaction was sent after the
+        commit: it is no longer the relay's (``Held.OUTBOX`` cleared, the deadline
+        ``deliver_by``). False if the relay or a worker got to it first."""
+
     def create_debounced_job(self, job: NewJob, keep_first: bool) -> tuple[str, bool]:
         """Insert a job with ``job.debounce_key``, unless an unstarted pending job holds
         that key: then move its ``not_before`` and deadline to ``job``'s (and its

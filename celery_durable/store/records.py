@@ -186,6 +186,9 @@ class Held(str, enum.Enum):
     """Its key had every slot taken: the job that frees one publishes it."""
     RATE = "rate"
     """Its rate limit had no token: it comes back when its turn is due."""
+    OUTBOX = "outbox"
+    """Written in the caller's transaction; its message is sent after that commits (or
+    by the recovery sweeper, soon after its deadline, if the sender died first)."""
 
 
 @dataclass(frozen=True)

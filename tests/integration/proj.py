@@ -78,6 +78,7 @@ def create_app(
         durable_shutdown_grace=float(os.environ.get("DURABLE_TEST_SHUTDOWN_GRACE", "25")),
         durable_synchronous_commit=os.environ.get("DURABLE_TEST_SYNCHRONOUS_COMMIT") or None,
         durable_relaxed_checkpoints=os.environ.get("DURABLE_TEST_RELAXED_CHECKPOINTS") == "1",
+        durable_outbox_relay_after=1.0,
         # The core tests expect a failed call to reach the body at once; the retry tests
         # set their policies on the tasks below.
         durable_call_retries=0,
@@ -240,6 +241,11 @@ def _flow_controlled(app: Celery, durable: Durable) -> None:
     def pausable(n: int) -> int:
         note("pausable", str(n))
         return n
+
+    @durable.task(name="proj.ordered", shared=False)
+    def ordered(order: str) -> str:
+        note("ordered", order)
+        return order
 
     @durable.task(name="proj.debounced", shared=False)
     def debounced(value: int) -> int:

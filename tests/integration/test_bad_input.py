@@ -255,3 +255,33 @@ def test_bad_debounce_and_failing_keys_write_and_send_nothing(
     durable.enqueue(keyed, {"customer": "c1"})  # good input is written and published
     assert _rows(storage) == (1, 0)
     assert _published(queue) == 1
+
+
+def test_an_enqueue_in_a_transaction_on_another_database_is_refused(
+    queue: str, storage: SQLStorage, tmp_path: Path
+) -> None:
+    app = _app(queue, POSTGRES_URL, storage.tables.jobs.name.removesuffix("jobs"))
+    durable = Durable(app)
+
+    @durable.task(name="bad.t", shared=False)
+    def t(order: Any) -> None: ...
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    other = create_engine(f"sqlite:///{tmp_path}/app.sqlite3")
+    with Session(other) as session, session.begin():
+        session.execute(text("CREATE TABLE orders (id INTEGER)"))
+        with pytest.raises(
+            ConfigurationError,
+            match=r"task 'bad.t': connection= is on sqlite:///.*app.sqlite3, but the durable "
+            r"store is postgresql\+psycopg://.*; the job.s row must be written",
+        ):
+            durable.enqueue(t, {}, connection=session)
+        with pytest.raises(ConfigurationError, match=r"unique= is settled in the store's own"):
+            durable.enqueue(t, {}, connection=session, unique="k")
+    with pytest.raises(ConfigurationError, match=r"connection= takes a SQLAlchemy Session"):
+        durable.enqueue(t, {}, connection="postgresql://elsewhere")
+    other.dispose()
+    assert _rows(storage) == (0, 0)
+    assert _published(queue) == 0

@@ -131,6 +131,14 @@ class MemoryFlow(MemoryJobs):
                 Pause(kind, name or "", at) for (kind, name), at in sorted(self._pauses.items())
             ]
 
+    def outbox_sent(self, job_id: str, deliver_by: datetime) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.held != Held.OUTBOX.value or job.lease_owner is not None:
+                return False
+            self._jobs[job_id] = replace(job, held=None, lease_expires_at=deliver_by)
+            return True
+
     def create_debounced_job(self, job: NewJob, keep_first: bool) -> tuple[str, bool]:
         with self._lock:
             holder = next(

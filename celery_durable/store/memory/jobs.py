@@ -228,6 +228,7 @@ class MemoryJobs(MemoryState):
                 lease_owner=None,
                 lease_expires_at=deliver_by,
                 recoveries=seen.recoveries + crashed,
+                held=None,
             )
             return True
 

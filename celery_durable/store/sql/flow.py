@@ -46,6 +46,7 @@ from ..records import (
     NewJob,
     Pause,
 )
+from .hot import compile_statement
 from .jobs import JobsSQL
 from .rows import job_record
 from .schema import Tables
@@ -76,6 +77,8 @@ class FlowStatements:
     debounce_update_keep_args: Update
     debounce_holder: Select[Any]
     insert_debounced: Insert
+    outbox_sent: Update
+    insert_outbox: Insert
 
 
 def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
@@ -175,6 +178,16 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         .values(**debounce_values, args=bindparam("p_args"), kwargs=bindparam("p_kwargs")),
         debounce_update_keep_args=jobs.update().where(*pending_debounced).values(**debounce_values),
         debounce_holder=select(jobs.c.id).where(*pending_debounced),
+        insert_outbox=jobs.insert().values(
+            {**{c: bindparam(c) for c in NEW_JOB_COLUMNS}, "held": Held.OUTBOX.value}
+        ),
+        outbox_sent=jobs.update()
+        .where(
+            jobs.c.id == bindparam("p_id"),
+            jobs.c.held == Held.OUTBOX.value,
+            jobs.c.lease_owner.is_(None),
+        )
+        .values(held=None, lease_expires_at=bindparam("p_deliver_by")),
         insert_debounced=jobs.insert().values(
             {
                 **{c: bindparam(c) for c in NEW_JOB_COLUMNS},
@@ -356,6 +369,31 @@ class FlowSQL(JobsSQL):
     def pauses(self) -> list[Pause]:
         with self._connect() as conn:
             return [Pause(r.kind, r.name, r.paused_at) for r in conn.execute(self._flow.pauses)]
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    def outbox_insert(self, job: NewJob) -> tuple[Insert, dict[str, Any]]:
+        """The INSERT of a job written in the caller's transaction (marked
+        ``Held.OUTBOX``), and its parameters, to run on the caller's connection."""
+        return self._flow.insert_outbox, new_job_row(job)
+
+    def outbox_insert_sql(self, job: NewJob) -> tuple[str, Any]:
+        """The same as SQL text with ``%s`` (or ``?`` on SQLite) parameters and their
+        values bound for this store's dialect: for a connection SQLAlchemy does not
+        own (Django's)."""
+        statement = self.__dict__.get("_outbox_compiled")
+        if statement is None:
+            statement = compile_statement(
+                "insert_outbox", self._flow.insert_outbox, self.engine.dialect
+            )
+            self.__dict__["_outbox_compiled"] = statement
+        return statement.sql, statement.parameters(new_job_row(job))
+
+    def outbox_sent(self, job_id: str, deliver_by: datetime) -> bool:
+        return (
+            self._rowcount(self._flow.outbox_sent, {"p_id": job_id, "p_deliver_by": deliver_by})
+            == 1
+        )
 
     # -- debounce ---------------------------------------------------------------------------
 

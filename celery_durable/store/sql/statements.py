@@ -159,6 +159,7 @@ def job_statements(tables: Tables) -> JobStatements:
         "lease_owner": None,
         "lease_expires_at": deliver_by,
         "recoveries": jobs.c.recoveries + 1,
+        "held": None,  # republished: whatever held it is looked at again on delivery
     }
     # A job nobody has claimed yet may just be queued behind a backlog: republishing it
     # is not a recovery from a lost worker, so it does not count towards max_recoveries.

@@ -1,0 +1,219 @@
+"""Transactional enqueue, an outbox: ``durable.enqueue(..., connection=conn)``.
+
+The job's row is written on the caller's connection, inside the caller's transaction,
+so it commits or rolls back with the caller's own rows. Its message is sent only after
+that transaction commits; a transaction that rolls back leaves no row and sends
+nothing. The row is written marked ``Held.OUTBOX`` with a short deadline
+(``durable_outbox_relay_after``): if the process dies between the commit and the
+publish, the recovery sweeper of any worker publishes it once that deadline passes
+(compare-and-set: exactly one sweeper does). A publish that happened clears the mark, so
+the relay never sends it twice; and a claim makes any double publish harmless anyway.
+
+Joined transactions: a SQLAlchemy ``Session`` (published in its ``after_commit``), a
+``Connection`` (its ``commit`` event fires just before the database commits, so a
+publisher thread sends the message once the row is visible to the store), or any
+``Transaction`` adapter (``celery_durable.contrib.django`` has Django's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session
+
+from ..errors import ConfigurationError
+from ..store.records import NewJob
+from ..store.sql import SQLStorage
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+OUTBOX_HEADER = "durable_outbox"
+"""Set on the messages of jobs enqueued in a transaction: a delivery that finds no row
+(a savepoint the row was in rolled back) drops the message instead of creating the job."""
+_PENDING = "celery_durable_outbox"
+_VISIBLE_WITHIN = 30.0
+
+
+@runtime_checkable
+class Transaction(Protocol):
+    """The caller's open transaction an enqueue joins."""
+
+    def database_url(self) -> URL:
+        """Where it runs: it must be the store's database."""
+
+    def write(self, storage: SQLStorage, job: NewJob) -> None:
+        """Insert the job's row (``storage.outbox_insert``) in this transaction."""
+
+    def after_commit(self, send: Callable[[], None]) -> None:
+        """Call ``send`` once this transaction has committed; never if it rolls back."""
+
+
+class SessionTransaction:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def database_url(self) -> URL:
+        return self.session.get_bind().engine.url
+
+    def write(self, storage: SQLStorage, job: NewJob) -> None:
+        statement, params = storage.outbox_insert(job)
+        self.session.execute(statement, params)
+
+    def after_commit(self, send: Callable[[], None]) -> None:
+        session = self.session
+        pending = session.info.get(_PENDING)
+        if pending is None:  # one pair of listeners per session, for every enqueue in it
+            pending = session.info[_PENDING] = []
+            event.listen(session, "after_commit", _send_all)
+            event.listen(session, "after_rollback", _forget_all)
+        pending.append(send)
+
+
+def _send_all(session: Session) -> None:
+    sends, session.info[_PENDING] = session.info.get(_PENDING) or [], []
+    for send in sends:
+        send()
+
+
+def _forget_all(session: Session) -> None:
+    session.info[_PENDING] = []
+
+
+class ConnectionTransaction:
+    sends_before_commit = True
+    """Its commit event fires before the database commits: wait for the row."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def database_url(self) -> URL:
+        return self.connection.engine.url
+
+    def write(self, storage: SQLStorage, job: NewJob) -> None:
+        statement, params = storage.outbox_insert(job)
+        self.connection.execute(statement, params)
+
+    def after_commit(self, send: Callable[[], None]) -> None:
+        conn = self.connection
+        pending = conn.info.get(_PENDING)
+        if pending is None:
+            pending = conn.info[_PENDING] = []
+            event.listen(conn, "commit", _send_when_visible)
+            event.listen(conn, "rollback", _forget_for_connection)
+        pending.append(send)
+
+
+def _send_when_visible(conn: Connection) -> None:
+    # Fired just before the database commits: the sends wait (in another thread) until
+    # the store can see the row, and give up if it never appears (the commit failed).
+    sends, conn.info[_PENDING] = conn.info.get(_PENDING) or [], []
+    for send in sends:
+        _publisher().put(send)
+
+
+def _forget_for_connection(conn: Connection) -> None:
+    conn.info[_PENDING] = []
+
+
+class _Publisher:
+    """One daemon thread per process that sends messages once their row is visible."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.queue: queue.Queue[Callable[[], None]] = queue.Queue()
+        threading.Thread(target=self._run, name="celery-durable-outbox", daemon=True).start()
+
+    def put(self, send: Callable[[], None]) -> None:
+        self.queue.put(send)
+
+    def _run(self) -> None:
+        while True:
+            send = self.queue.get()
+            try:
+                send()
+            except Exception:
+                logger.exception("outbox: a message was not sent; the relay sends it")
+
+
+_publisher_lock = threading.Lock()
+_publisher_instance: _Publisher | None = None
+
+
+def _publisher() -> _Publisher:
+    global _publisher_instance
+    with _publisher_lock:
+        if _publisher_instance is None or _publisher_instance.pid != os.getpid():
+            _publisher_instance = _Publisher()
+        return _publisher_instance
+
+
+def transaction_of(value: Any, task: str) -> Transaction:
+    if isinstance(value, Session):
+        return SessionTransaction(value)
+    if isinstance(value, Connection):
+        return ConnectionTransaction(value)
+    if isinstance(value, Transaction):
+        return value
+    raise ConfigurationError(
+        f"task {task!r}: connection= takes a SQLAlchemy Session or Connection in an open "
+        f"transaction on the store's database (or a celery_durable Transaction adapter), "
+        f"got {type(value).__name__}"
+    )
+
+
+def store_of(runtime: Runtime, task: str) -> SQLStorage:
+    storage = runtime.storage
+    if not isinstance(storage, SQLStorage):
+        raise ConfigurationError(
+            f"task {task!r}: connection= needs the SQL store (the job's row joins your "
+            f"transaction); this app's store is {type(storage).__name__}"
+        )
+    return storage
+
+
+def check_same_database(storage: SQLStorage, theirs: URL, task: str) -> None:
+    """The caller's transaction must be on the store's database, or the row would be
+    committed somewhere no worker looks."""
+    ours = make_url(storage.engine.url)
+    if _where(ours) != _where(theirs):
+        raise ConfigurationError(
+            f"task {task!r}: connection= is on {theirs.render_as_string(hide_password=True)}, "
+            f"but the durable store is {storage.safe_url}; the job's row must be written "
+            f"in a transaction on the store's own database (durable_database_url)"
+        )
+
+
+def _where(url: URL) -> tuple[Any, ...]:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:"):
+            return (backend, id(url))  # an in-memory database is nobody else's
+        return (backend, os.path.realpath(database))
+    host = url.host or "localhost"
+    if host in ("127.0.0.1", "::1", "localhost", ""):
+        host = "localhost"
+    return ("mysql" if backend == "mariadb" else backend, host, url.port, url.database)
+
+
+def wait_until_visible(runtime: Runtime, job_id: str) -> bool:
+    """Until the store sees the row (the caller's commit has landed): False if it never
+    does within 30 s (that commit failed; nothing must be sent)."""
+    deadline = time.monotonic() + _VISIBLE_WITHIN
+    pause = 0.002
+    while time.monotonic() < deadline:
+        if runtime.storage.get_job(job_id) is not None:
+            return True
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+    return False
