@@ -200,10 +200,14 @@ def _where(url: URL) -> tuple[Any, ...]:
         if database in ("", ":memory:"):
             return (backend, id(url))  # an in-memory database is nobody else's
         return (backend, os.path.realpath(database))
+    backend = "mysql" if backend == "mariadb" else backend
     host = url.host or "localhost"
     if host in ("127.0.0.1", "::1", "localhost", ""):
         host = "localhost"
-    return ("mysql" if backend == "mariadb" else backend, host, url.port, url.database)
+    return (backend, host, url.port or _DEFAULT_PORTS.get(backend), url.database)
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 def wait_until_visible(runtime: Runtime, job_id: str) -> bool:

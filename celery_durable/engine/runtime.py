@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from celery import Celery
 
@@ -51,6 +52,9 @@ class Runtime:
     determinism: Determinism = field(init=False)
     """The determinism mode of tasks that set none."""
     lease_keeper: LeaseKeeper = field(init=False)
+    ambient_transaction: Callable[[], Any] | None = None
+    """The transaction an enqueue that names none joins, if there is one open (set by
+    ``celery_durable.contrib.django.join_transactions``): returns it, or None."""
 
     def __post_init__(self) -> None:
         self._storage: Storage | None = None

@@ -126,10 +126,14 @@ class DurableTask(Task):
                 release(runtime, execution.lease, JobState.RETRYING, runtime.deliver_by(eta))
                 execution.released = True
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        _join_ambient(runtime, task_id, options)
         planned = self.plan_job(args, kwargs, task_id, options)
         if planned.transaction is not None:
             return self._enqueue_in_transaction(planned, args, kwargs)
-        job = planned.job
+        return self._store_and_send(planned, args, kwargs)
+
+    def _store_and_send(self, planned: PlannedJob, args: Any, kwargs: Any) -> Any:
+        runtime, job = runtime_of(self.app), planned.job
         held_when_stored = already_stored().get(job.id)
         if held_when_stored is not None:
             # enqueue_many wrote the row with the whole batch; whether it waits in SQL
@@ -264,6 +268,20 @@ class DurableTask(Task):
             debounce,
             transaction,
         )
+
+
+def _join_ambient(runtime: Any, task_id: str | None, options: dict[str, Any]) -> None:
+    """An enqueue that names no transaction joins the one open around it, if the app
+    has a hook for that (Django's atomic blocks), unless its own options settle it in
+    the store's transactions or enqueue_many has written its row."""
+    ambient = runtime.ambient_transaction
+    if ambient is None or options.get("connection") is not None:
+        return
+    if any(options.get(o) is not None for o in ("unique", "debounce")):
+        return
+    if task_id is not None and task_id in already_stored():
+        return
+    options["connection"] = ambient()
 
 
 @dataclass(frozen=True)
