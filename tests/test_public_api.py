@@ -87,6 +87,8 @@ DOCUMENTED_PATHS = {
     "celery_durable.store.sql": ["SQLStorage"],
     "celery_durable.beat": ["DatabaseScheduler"],
     "celery_durable.cli": ["durable"],
+    "celery_durable.contrib.django": ["DjangoTransaction", "join_transactions"],
+    "celery_durable.engine.outbox": ["Transaction"],
 }
 
 
@@ -140,4 +142,5 @@ def test_settings_are_pinned() -> None:
         "beat_max_interval",
         "storage_wait",
         "max_countdown",
+        "outbox_relay_after",
     }

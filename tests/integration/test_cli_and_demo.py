@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from celery_durable import JobState
-from tests.integration.conftest import REPO, Cluster
+from tests.integration.conftest import REPO, Cluster, wait_for
 
 
 def _celery(cluster_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -362,3 +362,41 @@ def test_bad_input_on_the_command_line_is_one_line_and_an_exit_code(tmp_path: Pa
         assert result.returncode == code, (args, result.stdout, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no traceback
+
+
+def test_pause_and_resume_a_queue_from_the_command_line(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("sqlite", "sqlite")
+    env = {
+        "DURABLE_TEST_BROKER": cluster.broker,
+        "DURABLE_TEST_STORE": cluster.store_url,
+        "DURABLE_TEST_PREFIX": cluster.prefix,
+        "DURABLE_TEST_QUEUE": cluster.queue,
+        "DURABLE_TEST_EFFECTS": str(cluster.effects),
+    }
+    paused = _celery(env, "queues", "pause", cluster.queue)
+    assert paused.returncode == 0, paused.stderr
+    assert f"queue {cluster.queue} paused" in paused.stdout
+    again = _celery(env, "queues", "pause", cluster.queue)
+    assert again.returncode == 3 and "paused already" in again.stderr
+    assert _celery(env, "queues", "pause", "proj.pausable", "--task").returncode == 0
+
+    cluster.wait_ready(cluster.worker())
+    job_id = cluster.durable.enqueue(cluster.app.tasks["proj.pausable"], 7).id
+    wait_for(lambda: (j := cluster.job(job_id)) is not None and j.held == "paused", 30, "hold")
+    listed = _celery(env, "queues", "list")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith(cluster.queue)]
+    assert row[:3] == [cluster.queue, "paused", "1"]  # one pending job
+    assert "task proj.pausable paused since" in listed.stdout
+    as_json = json.loads(_celery(env, "queues", "list", "--json").stdout)
+    assert [t["name"] for t in as_json["paused_tasks"]] == ["proj.pausable"]
+
+    resumed = _celery(env, "queues", "resume", cluster.queue)
+    assert resumed.returncode == 0 and "0 held job(s) published" in resumed.stdout  # task
+    resumed = _celery(env, "queues", "resume", "proj.pausable", "--task")
+    assert resumed.returncode == 0 and "1 held job(s) published" in resumed.stdout
+    assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
+    not_paused = _celery(env, "queues", "resume", cluster.queue)
+    assert not_paused.returncode == 3 and "is not paused" in not_paused.stderr
