@@ -4,19 +4,26 @@ job, which starts once the window has passed since the last of them.
 The job's row holds the key until the job starts; an enqueue that finds it pending
 moves its start (``not_before``) to the end of the new window and, by default, gives it
 the latest arguments. Its message, sent once with the first enqueue, arrives early and
-is sent again for the rest of the wait (from the row, so with the latest arguments).
+is sent again for the rest of the wait. The body runs with the row's arguments, not the
+message's: a message delivered late (after the window) still carries the first ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import serialization
 from ..errors import ConfigurationError
 from ..identifiers import check_key
 from ..retry import seconds
 
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+DEBOUNCED_HEADER = "durable_debounced"
+"""Set on a debounced job's messages: its execution reads its arguments from the row."""
 KEEP = ("last", "first")
 """Which enqueue's arguments the job runs with."""
 
@@ -64,3 +71,14 @@ def check_debounce(task: str, value: Any, keep: Any, options: dict[str, Any]) ->
         timedelta(seconds=window_seconds),
         keep,
     )
+
+
+def latest_arguments(
+    runtime: Runtime, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments the claimed job's row holds (the latest enqueue's, unless it kept
+    the first)."""
+    job = runtime.storage.get_job(job_id)
+    if job is None:
+        return args, kwargs
+    return tuple(serialization.loads(job.args)), dict(serialization.loads(job.kwargs))

@@ -129,6 +129,7 @@ def new_job(
     unique_key: str | None = None,
     deliver_at: datetime | None = None,
     debounce_key: str | None = None,
+    flow_key: str | None = None,
 ) -> NewJob:
     """``deliver_at``: the sweeper publishes the job then (nothing is published now)."""
     what = f"task {task_name!r}"
@@ -145,6 +146,7 @@ def new_job(
         not_before=not_before,
         unique_key=unique_key,
         debounce_key=debounce_key,
+        flow_key=flow_key,
     )
 
 

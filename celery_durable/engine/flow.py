@@ -157,12 +157,15 @@ def gate_for(
     )
 
 
-def check_keys(task: Task, args: Any, kwargs: Any) -> None:
+def check_keys(task: Task, args: Any, kwargs: Any) -> str | None:
     """At enqueue: a key function that fails on these arguments fails the enqueue,
-    before anything is written, not the delivery."""
+    before anything is written, not the delivery. Returns the concurrency key (the row
+    keeps it: an older job of the key goes first), None without a limit."""
     limits = limits_of(task)
-    key_of(limits.concurrency_key, args, kwargs, task.name, "concurrency_key")
     key_of(limits.rate_key, args, kwargs, task.name, "rate_limit_key")
+    if limits.concurrency is None:
+        return None
+    return key_of(limits.concurrency_key, args, kwargs, task.name, "concurrency_key")
 
 
 def free_slots(runtime: Runtime, task: Task, key: str) -> None:

@@ -36,6 +36,7 @@ from ..observability.hooks import JobInfo, Outcome
 from ..retry import call_policy
 from ..store.records import Claim, ClaimOutcome, Held, JobState, Lease
 from .context import Execution, activate, deactivate, task_determinism
+from .debounce import DEBOUNCED_HEADER, latest_arguments
 from .enqueue import due_from_request, header, new_job, options_from_request, shown_name
 from .failures import fail_or_retry, retry_call
 from .finish import finish
@@ -89,6 +90,8 @@ def run_job(
         # A first execution has no history; stores that return the attempt count with
         # the claim save the query.
         with interrupt_on_storage_error(job_id):
+            if header(request, DEBOUNCED_HEADER):
+                args, kwargs = latest_arguments(runtime, job_id, args, kwargs)
             history = (
                 {}
                 if attempts == 1
@@ -254,6 +257,7 @@ def _claim(
                 priority=None,
                 eta=None,
                 options=options_from_request(request),
+                flow_key=gate.concurrency_key if gate and gate.concurrency else None,
             )
         )
         claim = take()

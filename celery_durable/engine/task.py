@@ -18,7 +18,7 @@ from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
 from ..store.records import JobState, NewJob
 from .context import current_execution, take_inline
-from .debounce import Debounce, check_debounce
+from .debounce import DEBOUNCED_HEADER, Debounce, check_debounce
 from .enqueue import check_unique, due_header, due_time, new_job
 from .flow import FlowLimits, check_keys, check_limits
 from .outbox import (
@@ -238,9 +238,11 @@ class DurableTask(Task):
         due = due_time(options.pop("delay", None), options.pop("at", None), now=now)
         if debounce is not None:
             due = now + debounce.window
+            headers[DEBOUNCED_HEADER] = "1"
         unique = check_unique(options.pop("unique", None))
+        flow_key = None
         if self._durable_limits is not None and self._durable_limits.active:
-            check_keys(self, args, kwargs)
+            flow_key = check_keys(self, args, kwargs)
         eta = due or _eta(options.get("eta"), options.get("countdown"))
         held = due is not None and (due - now).total_seconds() > runtime.settings.max_countdown
         deliver_at = due if held else None
@@ -260,6 +262,7 @@ class DurableTask(Task):
             unique_key=unique,
             deliver_at=deliver_at,
             debounce_key=None if debounce is None else debounce.key,
+            flow_key=flow_key,
         )
         return PlannedJob(
             job,

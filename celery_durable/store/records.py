@@ -98,6 +98,8 @@ class NewJob:
     debounce_key: str | None = None
     """Enqueueing again with this key, while the job has not started, updates this job
     instead of creating one (``debounce=``)."""
+    flow_key: str | None = None
+    """A limited task's concurrency key: an older job of the key goes first."""
 
     def as_record(self) -> JobRecord:
         """The job as its row reads right after enqueue (pending, never claimed)."""
@@ -123,6 +125,7 @@ class NewJob:
             unique_key=self.unique_key,
             parent_id=self.parent_id,
             debounce_key=self.debounce_key,
+            flow_key=self.flow_key,
         )
 
 

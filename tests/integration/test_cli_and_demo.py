@@ -400,3 +400,44 @@ def test_pause_and_resume_a_queue_from_the_command_line(
     assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
     not_paused = _celery(env, "queues", "resume", cluster.queue)
     assert not_paused.returncode == 3 and "is not paused" in not_paused.stderr
+
+
+def test_the_flow_control_example_runs(tmp_path: Path) -> None:
+    """examples/flow on the embedded default: per-customer syncs one at a time and in
+    order, a paused task's jobs sent after resume, twenty debounced edits run once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FLOW_DIR": str(tmp_path / "run")}
+    (tmp_path / "run").mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "examples.flow.app", "worker", "-c", "4"],
+        cwd=tmp_path,
+        env=env,
+        stdout=(tmp_path / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "examples.flow.run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=170,
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "17 jobs for 36 enqueues" in result.stdout
+    timeline = [
+        line.split() for line in (tmp_path / "run" / "timeline.log").read_text().splitlines()
+    ]
+    assert [line[1:] for line in timeline if line[1] == "reindex"] == [
+        ["reindex", "profile", "7", "at", "version", "19"]
+    ]
+    assert sorted(line[2] for line in timeline if line[1] == "sms") == [
+        f"+4420700900{n:02d}" for n in range(10)
+    ]
+    for customer in "ab":
+        events = [(line[3], line[4]) for line in timeline if line[1:3] == ["sync", customer]]
+        assert events == [(f"#{n}", phase) for n in range(3) for phase in ("start", "end")]

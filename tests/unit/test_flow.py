@@ -123,3 +123,18 @@ def test_debounced_enqueues_make_one_job_whose_message_carries_the_latest_argume
     )
     job = env.storage.get_job(kept.id)
     assert job is not None and job.args == "[3]"
+
+
+def test_a_debounced_message_delivered_late_runs_with_the_rows_latest_arguments(
+    env: Env,
+) -> None:
+    @env.durable.task(name="t.late", shared=False)
+    def late(value: int) -> int:
+        return value
+
+    first = env.durable.enqueue(late, 1, debounce=("k", 10))
+    [message] = env.published()
+    env.clock.advance(5)
+    env.durable.enqueue(late, 2, debounce=("k", 10))
+    env.clock.advance(60)  # a busy worker takes the first message long after the window
+    assert env.deliver("t.late", first.id, 1, headers=message) == 2

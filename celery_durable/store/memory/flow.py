@@ -33,11 +33,7 @@ class MemoryFlow(MemoryJobs):
             if gate.concurrency is not None:
                 flow_key = gate.concurrency_key
                 running = self._running(gate.task, flow_key, now, job_id)
-                older = [
-                    w
-                    for w in self._waiting(gate.task, flow_key)
-                    if (w.created_at, w.id) < (job.created_at, job.id)
-                ]
+                older = self._ahead(job, gate.task, flow_key, now)
                 if running + len(older) >= gate.concurrency:
                     self._jobs[job_id] = replace(
                         job,
@@ -78,6 +74,23 @@ class MemoryFlow(MemoryJobs):
             and j.state is JobState.RUNNING
             and _live(j, now)
             and j.id != but
+        )
+
+    def _ahead(self, job: JobRecord, task: str, key: str, now: datetime) -> list[JobRecord]:
+        """Jobs of the key enqueued before ``job`` that may start now (held for a slot,
+        or not delivered yet), oldest first."""
+        return sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.task == task
+                and j.flow_key == key
+                and j.state is JobState.PENDING
+                and j.held != Held.PAUSED.value
+                and (j.not_before is None or j.not_before <= now)
+                and (j.created_at, j.id) < (job.created_at, job.id)
+            ),
+            key=lambda j: (j.created_at, j.id),
         )
 
     def _waiting(self, task: str, key: str) -> list[JobRecord]:

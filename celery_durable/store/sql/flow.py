@@ -132,9 +132,14 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
             jobs.c.lease_expires_at >= bindparam("p_now"),
             jobs.c.id != bindparam("p_id"),
         ),
+        # every job of the key that may start now and was enqueued before this one:
+        # held for a slot, or not delivered yet (its key was written at enqueue)
         older_waiters=select(jobs)
         .where(
-            *held_for_slot,
+            *of_key,
+            jobs.c.state == JobState.PENDING.value,
+            or_(jobs.c.held.is_(None), jobs.c.held != Held.PAUSED.value),
+            or_(jobs.c.not_before.is_(None), jobs.c.not_before <= bindparam("p_now")),
             jobs.c.id != bindparam("p_id"),
             or_(
                 jobs.c.created_at < bindparam("p_created_at"),
@@ -265,7 +270,12 @@ class FlowSQL(JobsSQL):
                 job_record(r)
                 for r in conn.execute(
                     flow.older_waiters,
-                    {**key, "p_created_at": job.created_at, "p_limit": gate.concurrency},
+                    {
+                        **key,
+                        "p_now": now,
+                        "p_created_at": job.created_at,
+                        "p_limit": gate.concurrency,
+                    },
                 )
             ]
             if running + len(older) >= gate.concurrency:

@@ -559,6 +559,7 @@ def new_job_row(job: NewJob) -> dict[str, Any]:
         "not_before": job.not_before,
         "unique_key": job.unique_key,
         "parent_id": job.parent_id,
+        "flow_key": job.flow_key,
         # every column a fresh job sets, so the INSERT's text is one fixed statement
         "failures": 0,
         "requeues": 0,
@@ -582,6 +583,7 @@ NEW_JOB_COLUMNS = (
     "not_before",
     "unique_key",
     "parent_id",
+    "flow_key",
     "failures",
     "requeues",
     "awaiting",

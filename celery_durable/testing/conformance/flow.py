@@ -96,6 +96,18 @@ class FlowConformance:
             ClaimOutcome.CLAIMED
         )
 
+    def test_an_older_job_not_delivered_yet_goes_first(self, storage: Storage) -> None:
+        for i in (1, 2):  # the key is written at enqueue
+            storage.create_job(
+                replace(new_job(f"job-{i}", at=T0 + timedelta(seconds=i)), flow_key="k1")
+            )
+        # job-2's message arrives first: it waits, and job-1 is sent (again) for the slot
+        claim = storage.claim_gated("job-2", "w1", T0, T0 + LEASE, ONE_AT_A_TIME)
+        assert (claim.outcome, [w.id for w in claim.waiters]) == (ClaimOutcome.HELD, ["job-1"])
+        assert storage.claim_gated("job-1", "w1", T0, T0 + LEASE, ONE_AT_A_TIME).outcome is (
+            ClaimOutcome.CLAIMED
+        )
+
     def test_a_lost_worker_frees_its_slot_when_its_lease_expires(self, storage: Storage) -> None:
         storage.create_job(new_job("job-1"))
         storage.create_job(new_job("job-2", at=T0 + timedelta(seconds=1)))
