@@ -67,7 +67,15 @@ class DjangoTransaction:
         with connections[self.using].cursor() as cursor:
             cursor.execute(sql, params)
 
+    def exists(self, storage: SQLStorage, job_id: str) -> bool:
+        table = connections[self.using].ops.quote_name(storage.tables.jobs.name)
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(f"SELECT 1 FROM {table} WHERE id = %s", [job_id])
+            return cursor.fetchone() is not None
+
     def after_commit(self, send: Callable[[], None]) -> None:
+        # Django runs it after the outermost atomic block commits, and drops it when
+        # the savepoint it was registered in rolls back
         transaction.on_commit(send, using=self.using)
 
 

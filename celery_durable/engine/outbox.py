@@ -22,9 +22,11 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from kombu.connection import Connection as BrokerConnection
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
@@ -40,8 +42,7 @@ logger = logging.getLogger(__name__)
 OUTBOX_HEADER = "durable_outbox"
 """Set on the messages of jobs enqueued in a transaction: a delivery that finds no row
 (a savepoint the row was in rolled back) drops the message instead of creating the job."""
-_PENDING = "celery_durable_outbox"
-_VISIBLE_WITHIN = 30.0
+_VISIBLE_WITHIN = 10.0
 
 
 @runtime_checkable
@@ -54,11 +55,18 @@ class Transaction(Protocol):
     def write(self, storage: SQLStorage, job: NewJob) -> None:
         """Insert the job's row (``storage.outbox_insert``) in this transaction."""
 
+    def exists(self, storage: SQLStorage, job_id: str) -> bool:
+        """Whether the job's row exists, as this transaction sees it."""
+
     def after_commit(self, send: Callable[[], None]) -> None:
-        """Call ``send`` once this transaction has committed; never if it rolls back."""
+        """Call ``send`` once this transaction has committed (it may also be called
+        when a savepoint is released: ``send`` checks that the row is there)."""
 
 
 class SessionTransaction:
+    """A ``Session``: its messages go when its outermost transaction commits (a
+    savepoint's release fires ``after_commit`` too, and is not a commit)."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -69,29 +77,43 @@ class SessionTransaction:
         statement, params = storage.outbox_insert(job)
         self.session.execute(statement, params)
 
+    def exists(self, storage: SQLStorage, job_id: str) -> bool:
+        return self.session.execute(storage.outbox_exists(), {"p_id": job_id}).first() is not None
+
     def after_commit(self, send: Callable[[], None]) -> None:
         session = self.session
-        pending = session.info.get(_PENDING)
+        pending = _session_sends.get(session)
         if pending is None:  # one pair of listeners per session, for every enqueue in it
-            pending = session.info[_PENDING] = []
+            pending = _session_sends[session] = []
             event.listen(session, "after_commit", _send_all)
-            event.listen(session, "after_rollback", _forget_all)
+            event.listen(session, "after_transaction_end", _forget_after_rollback)
         pending.append(send)
 
 
+_session_sends: weakref.WeakKeyDictionary[Session, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _send_all(session: Session) -> None:
-    sends, session.info[_PENDING] = session.info.get(_PENDING) or [], []
+    if session.in_nested_transaction():
+        return  # a savepoint released: the outer transaction may still roll back
+    sends = _session_sends.get(session) or []
+    _session_sends[session] = []
     for send in sends:
-        send()
+        send()  # each looks for its row first: one in a savepoint rolled back is gone
 
 
-def _forget_all(session: Session) -> None:
-    session.info[_PENDING] = []
+def _forget_after_rollback(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost ended; after a commit it is empty
+        _session_sends[session] = []
 
 
 class ConnectionTransaction:
+    """A Core ``Connection``: its ``commit`` event fires just before the database
+    commits, so its messages go from a publisher thread once the store sees the row."""
+
     sends_before_commit = True
-    """Its commit event fires before the database commits: wait for the row."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -103,30 +125,40 @@ class ConnectionTransaction:
         statement, params = storage.outbox_insert(job)
         self.connection.execute(statement, params)
 
+    def exists(self, storage: SQLStorage, job_id: str) -> bool:
+        found = self.connection.execute(storage.outbox_exists(), {"p_id": job_id}).first()
+        return found is not None
+
     def after_commit(self, send: Callable[[], None]) -> None:
         conn = self.connection
-        pending = conn.info.get(_PENDING)
+        # per Connection object: its .info belongs to the pooled DBAPI connection and
+        # outlives it, but listeners on a Connection do not
+        pending = _connection_sends.get(conn)
         if pending is None:
-            pending = conn.info[_PENDING] = []
+            pending = _connection_sends[conn] = []
             event.listen(conn, "commit", _send_when_visible)
             event.listen(conn, "rollback", _forget_for_connection)
         pending.append(send)
 
 
+_connection_sends: weakref.WeakKeyDictionary[Connection, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _send_when_visible(conn: Connection) -> None:
-    # Fired just before the database commits: the sends wait (in another thread) until
-    # the store can see the row, and give up if it never appears (the commit failed).
-    sends, conn.info[_PENDING] = conn.info.get(_PENDING) or [], []
+    sends = _connection_sends.get(conn) or []
+    _connection_sends[conn] = []
     for send in sends:
         _publisher().put(send)
 
 
 def _forget_for_connection(conn: Connection) -> None:
-    conn.info[_PENDING] = []
+    _connection_sends[conn] = []
 
 
 class _Publisher:
-    """One daemon thread per process that sends messages once their row is visible."""
+    """One daemon thread per process running sends that wait for their row."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -157,7 +189,11 @@ def _publisher() -> _Publisher:
         return _publisher_instance
 
 
-def transaction_of(value: Any, task: str) -> Transaction:
+def transaction_of(value: Any, task: str) -> Transaction | None:
+    """The transaction ``connection=`` names; None for none, or for a kombu Connection
+    (Celery's own ``apply_async(connection=...)``: a broker connection to reuse)."""
+    if value is None or isinstance(value, BrokerConnection):
+        return None
     if isinstance(value, Session):
         return SessionTransaction(value)
     if isinstance(value, Connection):
@@ -166,7 +202,8 @@ def transaction_of(value: Any, task: str) -> Transaction:
         return value
     raise ConfigurationError(
         f"task {task!r}: connection= takes a SQLAlchemy Session or Connection in an open "
-        f"transaction on the store's database (or a celery_durable Transaction adapter), "
+        f"transaction on the store's database (or a celery_durable Transaction adapter; "
+        f"a kombu Connection goes to Celery as its broker connection), "
         f"got {type(value).__name__}"
     )
 
@@ -210,10 +247,13 @@ def _where(url: URL) -> tuple[Any, ...]:
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
-def wait_until_visible(runtime: Runtime, job_id: str) -> bool:
+def wait_until_visible(runtime: Runtime, job_id: str, within: float = _VISIBLE_WITHIN) -> bool:
     """Until the store sees the row (the caller's commit has landed): False if it never
-    does within 30 s (that commit failed; nothing must be sent)."""
-    deadline = time.monotonic() + _VISIBLE_WITHIN
+    does within ``within`` seconds (the commit failed, or the row's savepoint rolled
+    back: nothing must be sent)."""
+    if runtime.storage.get_job(job_id) is not None:
+        return True
+    deadline = time.monotonic() + within
     pause = 0.002
     while time.monotonic() < deadline:
         if runtime.storage.get_job(job_id) is not None:

@@ -25,6 +25,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from .. import serialization
 from ..errors import (
     Cancelled,
+    ConfigurationError,
     LeaseLost,
     StorageInterrupted,
     StorageUnavailable,
@@ -34,7 +35,7 @@ from ..errors import (
 from ..identifiers import ID_COLUMN, check_text
 from ..observability.hooks import JobInfo, Outcome
 from ..retry import call_policy
-from ..store.records import Claim, ClaimOutcome, Held, JobState, Lease
+from ..store.records import Claim, ClaimOutcome, Gate, Held, JobState, Lease
 from .context import Execution, activate, deactivate, task_determinism
 from .debounce import DEBOUNCED_HEADER, latest_arguments
 from .enqueue import due_from_request, header, new_job, options_from_request, shown_name
@@ -232,7 +233,7 @@ def _claim(
     until = now + timedelta(seconds=runtime.settings.lease_seconds)
     queue = (request.delivery_info or {}).get("routing_key")
     limits = limits_of(task)
-    gate = gate_for(runtime, task, limits, args, kwargs, queue) if limits.active else None
+    gate = _gate(runtime, task, request, args, kwargs, (owner, now, until, queue))
 
     def take() -> Claim:
         if gate is not None:
@@ -291,6 +292,43 @@ def _claim(
             job.lease_owner if job else "?",
         )
     raise Ignore()
+
+
+def _gate(
+    runtime: Runtime,
+    task: Task,
+    request: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    claim: tuple[str, datetime, datetime, str | None],
+) -> Gate | None:
+    """The limits this delivery's claim must pass (None: the task has none)."""
+    limits = limits_of(task)
+    if not limits.active:
+        return None
+    try:
+        return gate_for(runtime, task, limits, args, kwargs, claim[3])
+    except ConfigurationError as exc:  # a key function that fails on these arguments
+        _fail_unkeyed(runtime, request, *claim, exc)
+
+
+def _fail_unkeyed(
+    runtime: Runtime,
+    request: Any,
+    owner: str,
+    now: datetime,
+    until: datetime,
+    queue: str | None,
+    exc: ConfigurationError,
+) -> NoReturn:
+    """The job's limit key cannot be computed (its function raised at delivery, though
+    it did not at enqueue): the job fails with that error, instead of coming back
+    forever."""
+    claim = runtime.storage.claim_job(request.id, owner, now, until, queue)
+    if claim.outcome is ClaimOutcome.CLAIMED:
+        logger.error("job %s: %s; failing it", request.id, exc)
+        finish(runtime, request, Lease(request.id, owner), JobState.FAILED, None, encode_error(exc))
+    raise Reject(str(exc), requeue=False)
 
 
 def _resend_early(runtime: Runtime, task: Task, request: Any, job: Any, now: Any) -> None:

@@ -49,6 +49,7 @@ class DurableTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     _durable_limits: FlowLimits | None = None
+    _durable_rate_taken = False
 
     # Retry policy; None means the app's ``durable_*`` default.
     retries: int | None = None
@@ -75,11 +76,20 @@ class DurableTask(Task):
     (Celery's own ``rate_limit`` is per worker, and stays None here)."""
 
     @classmethod
+    def bind(cls, app: Celery) -> Any:
+        # A rate_limit the task itself declares is ours, for every worker at once; one
+        # Celery fills in (task_default_rate_limit, task_annotations) keeps its meaning.
+        if not cls.__dict__.get("_durable_rate_taken"):
+            declared = cls.__dict__.get("rate_limit")
+            if declared is not None:
+                cls.durable_rate_limit, cls.rate_limit = declared, None
+            cls._durable_rate_taken = True
+        return super().bind(app)
+
+    @classmethod
     def on_bound(cls, app: Celery) -> None:
         name = cls.name or cls.__name__
         check_task_options(cls, name)
-        if cls.rate_limit is not None:  # ours, for every worker at once, not Celery's
-            cls.durable_rate_limit, cls.rate_limit = cls.rate_limit, None
         cls._durable_limits = check_limits(cls, name)
         # Celery's autoretry wraps run() after this: errors no retry can help (NoRetry,
         # Cancelled, a divergence, ...) must pass through it untouched.
@@ -167,16 +177,16 @@ class DurableTask(Task):
         assert transaction is not None
         storage = store_of(runtime, self.name)
         check_same_database(storage, transaction.database_url(), self.name)
-        transaction.write(storage, job)
+        if not (planned.id_given and transaction.exists(storage, job.id)):
+            transaction.write(storage, job)  # (an id enqueued again is sent again)
         if planned.held:
             return self.AsyncResult(job.id)  # due later: the sweeper publishes it then
+        patience = 10.0 if getattr(transaction, "sends_before_commit", False) else 0.0
 
         def send() -> None:
             try:
-                if getattr(transaction, "sends_before_commit", False) and not (
-                    wait_until_visible(runtime, job.id)
-                ):
-                    return  # the commit did not land: there is no job to send
+                if not wait_until_visible(runtime, job.id, patience):
+                    return  # the commit did not land (or the row's savepoint rolled back)
                 self.send_planned(planned, args, kwargs, created=True)
                 storage.outbox_sent(job.id, runtime.deliver_by(planned.options.get("eta")))
             except Exception:
@@ -213,6 +223,7 @@ class DurableTask(Task):
         with; every option checked (ValidationError) before anything is written."""
         runtime = runtime_of(self.app)
         # the id (if given) and the queue must fit the store
+        id_given = task_id is not None
         task_id = uuid() if task_id is None else check_new_job_id(task_id)
         if isinstance(options.get("queue"), str):
             check_name(options["queue"], "queue")
@@ -222,9 +233,9 @@ class DurableTask(Task):
             # e.g. the trace context, stored with the row for every resend
             headers.update(runtime.observers.message_headers())
         options["headers"] = headers
-        transaction = options.pop("connection", None)
-        if transaction is not None:
-            transaction = transaction_of(transaction, self.name)
+        transaction = transaction_of(options.get("connection"), self.name)
+        if transaction is not None:  # (a kombu Connection is Celery's own option)
+            options.pop("connection")
             refused = [o for o in ("unique", "debounce") if options.get(o) is not None]
             if refused:
                 raise ConfigurationError(
@@ -270,6 +281,7 @@ class DurableTask(Task):
             {**options, "eta": due} if due is not None else options,
             debounce,
             transaction,
+            id_given,
         )
 
 
@@ -296,6 +308,8 @@ class PlannedJob:
     """What Celery's apply_async is given."""
     debounce: Debounce | None = None
     transaction: Transaction | None = None
+    id_given: bool = False
+    """The caller chose the id (it may exist already)."""
     """``connection=``: the caller's transaction the row is written in."""
 
 

@@ -64,7 +64,7 @@ def resume(runtime: Runtime, *, queue: str | None = None, task: str | None = Non
     """Resume a queue or a task and publish the jobs it held, oldest first; returns how
     many (None if it was not paused)."""
     kind, name = _target(queue, task)
-    released = runtime.storage.resume(kind, name, runtime.deliver_by(None))
+    released = runtime.storage.resume(kind, name, runtime.now(), runtime.deliver_by(None))
     if released is None:
         return None
     for job in released:

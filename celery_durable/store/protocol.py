@@ -135,14 +135,18 @@ class Storage(Protocol):
     def pause(self, kind: str, name: str, now: datetime) -> bool:
         """Pause a queue or a task (``kind`` "queue" or "task"); False if it was."""
 
-    def resume(self, kind: str, name: str, deliver_by: datetime) -> list[JobRecord] | None:
-        """Lift a pause; the jobs it held (and no other pause holds), oldest first, are
-        released with the deadline ``deliver_by`` (publish them). None: it was not
-        paused."""
+    def resume(
+        self, kind: str, name: str, now: datetime, deliver_by: datetime
+    ) -> list[JobRecord] | None:
+        """Lift a pause (recorded as resumed at ``now``); the jobs it held (and no other
+        pause holds), oldest first, are released with the deadline ``deliver_by``
+        (publish them). None: it was not paused."""
 
-    def resumed_holds(self, limit: int | None, deliver_by: datetime) -> list[JobRecord]:
-        """Release jobs held by a pause that no longer exists (a resume raced their
-        hold), oldest first; recovery publishes them."""
+    def resumed_holds(
+        self, since: datetime, limit: int | None, deliver_by: datetime
+    ) -> list[JobRecord]:
+        """Release jobs held by a pause lifted since ``since`` that no pause holds now
+        (a hold that raced the resume), oldest first; recovery publishes them."""
 
     def pauses(self) -> list[Pause]:
         """Every pause, by kind and name."""

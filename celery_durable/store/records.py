@@ -178,6 +178,8 @@ class JobRecord:
     """The concurrency key it was claimed or held under (a limited task's)."""
     debounce_key: str | None = None
     """Set until the job starts: a debounced enqueue with this key updates this job."""
+    held_on: str | None = None
+    """Held by a pause: the queue it was delivered from."""
 
 
 class Held(str, enum.Enum):

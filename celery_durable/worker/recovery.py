@@ -28,6 +28,9 @@ from ..store.records import JobRecord, JobState, WorkerRecord
 
 logger = logging.getLogger(__name__)
 BATCH = 100
+RESUME_RACE_WINDOW = timedelta(minutes=5)
+"""A hold that raced a resume committed within milliseconds of it: each sweep looks at
+the pauses lifted this recently."""
 WORKER_MEMORY = timedelta(days=1)
 """Workers not seen for this long are forgotten (their rows deleted by retention)."""
 
@@ -73,8 +76,9 @@ class RecoverySweeper:
                     logger.warning("job %s (%s): lease expired; republishing it", job.id, job.task)
                 publish(runtime, job)
                 acted.append(job.id)
-        if not dry_run:  # holds that raced a resume (their pause is gone)
-            for job in storage.resumed_holds(BATCH, runtime.deliver_by(None)):
+        if not dry_run:  # holds that raced a resume in the last few minutes
+            since = now - RESUME_RACE_WINDOW
+            for job in storage.resumed_holds(since, BATCH, runtime.deliver_by(None)):
                 publish_or_leave(runtime, job, "resumed")
                 acted.append(job.id)
         return acted

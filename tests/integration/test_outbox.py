@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from celery_durable import JobState
-from tests.integration.conftest import REPO, Cluster
+from tests.integration.conftest import REPO, Cluster, wait_for
 
 
 @pytest.mark.parametrize("store", ["postgres", "mysql", "sqlite"])
@@ -81,3 +84,66 @@ def test_a_producer_killed_between_commit_and_publish_has_its_job_relayed(
     # not before the relay's deadline (durable_outbox_relay_after, 1 s here)
     assert finished.started_at is not None
     assert finished.started_at >= job.created_at + timedelta(seconds=1)
+
+
+def _memory_app(tmp_path: Path) -> tuple[Any, Any]:
+    from celery import Celery
+
+    from celery_durable import Durable
+
+    app = Celery("outbox", broker="memory://", set_as_current=False)
+    app.conf.update(
+        task_default_queue=f"outbox-{uuid.uuid4().hex[:8]}",
+        durable_database_url=f"sqlite:///{tmp_path}/store.sqlite3",
+    )
+    durable = Durable(app)
+    durable.migrate()
+
+    @durable.task(name="outbox.t", shared=False)
+    def t(n: int) -> int:
+        return n
+
+    return app, durable
+
+
+def _sent(app: Any) -> list[str]:
+    ids = []
+    with app.connection_for_write() as conn:
+        queue = conn.SimpleQueue(app.conf.task_default_queue)
+        while queue.qsize():
+            message = queue.get(timeout=1)
+            ids.append(message.headers["id"])
+            message.ack()
+        queue.close()
+    return ids
+
+
+def test_each_transaction_on_a_pooled_connection_sends_its_own_messages(tmp_path: Path) -> None:
+    app, durable = _memory_app(tmp_path)
+    engine = create_engine(f"sqlite:///{tmp_path}/store.sqlite3")
+    sent: list[str] = []
+    for n in range(3):  # the pool hands the same DBAPI connection back each time
+        with engine.begin() as conn:
+            job_id = durable.enqueue(app.tasks["outbox.t"], n, connection=conn).id
+        wait_for(lambda j=job_id: bool(sent.extend(_sent(app)) or j in sent), 10, "the publish")
+        assert durable.storage.get_job(job_id).held is None  # sent: not the relay's
+    assert len(sent) == 3
+    engine.dispose()
+
+
+def test_a_savepoint_neither_sends_early_nor_keeps_a_rolled_back_job(tmp_path: Path) -> None:
+    app, durable = _memory_app(tmp_path)
+    task = app.tasks["outbox.t"]
+    engine = create_engine(f"sqlite:///{tmp_path}/store.sqlite3")
+    with Session(engine) as session:
+        with session.begin():
+            with session.begin_nested():
+                kept = durable.enqueue(task, 1, connection=session).id
+            assert _sent(app) == []  # a released savepoint is not a commit
+            savepoint = session.begin_nested()
+            dropped = durable.enqueue(task, 2, connection=session).id
+            savepoint.rollback()
+        assert _sent(app) == [kept]
+    assert durable.storage.get_job(dropped) is None
+    assert durable.storage.get_job(kept) is not None
+    engine.dispose()

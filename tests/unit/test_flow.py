@@ -138,3 +138,46 @@ def test_a_debounced_message_delivered_late_runs_with_the_rows_latest_arguments(
     env.durable.enqueue(late, 2, debounce=("k", 10))
     env.clock.advance(60)  # a busy worker takes the first message long after the window
     assert env.deliver("t.late", first.id, 1, headers=message) == 2
+
+
+def test_a_default_rate_limit_from_celerys_settings_keeps_celerys_meaning() -> None:
+    from celery import Celery
+
+    from celery_durable import Durable, MemoryStorage
+
+    app = Celery("defaults", set_as_current=False, broker="memory://")
+    app.conf.task_default_rate_limit = "7/s"
+    durable = Durable(app, storage=MemoryStorage())
+
+    @durable.task(name="t.unlimited", shared=False)
+    def unlimited() -> None: ...
+
+    @durable.task(name="t.limited", shared=False, rate_limit="3/m")
+    def limited() -> None: ...
+
+    app.finalize()
+    # the default is Celery's per-worker limit; only a declared one is deployment-wide
+    assert (unlimited.rate_limit, unlimited.durable_rate_limit) == ("7/s", None)
+    assert (limited.rate_limit, limited.durable_rate_limit) == ("7/s", "3/m")
+
+
+def test_a_key_that_fails_at_delivery_fails_the_job_instead_of_looping(env: Env) -> None:
+    from celery.exceptions import Reject
+
+    broken = {"now": False}
+
+    def customer(order: dict[str, Any]) -> str:
+        if broken["now"]:  # e.g. a deploy changed the key function meanwhile
+            raise KeyError("customer")
+        return str(order["customer"])
+
+    @env.durable.task(name="t.keyed", shared=False, concurrency=1, concurrency_key=customer)
+    def keyed(order: dict[str, Any]) -> None: ...
+
+    job_id = env.durable.enqueue(keyed, {"customer": "c"}).id
+    broken["now"] = True
+    with pytest.raises(Reject):
+        env.deliver("t.keyed", job_id, {"customer": "c"})
+    job = env.storage.get_job(job_id)
+    assert job is not None and job.state is JobState.FAILED
+    assert "concurrency_key raised KeyError" in (job.error or "")

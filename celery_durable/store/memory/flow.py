@@ -10,7 +10,6 @@ from ..claims import unclaimable
 from ..flow_rules import BURST, RATE_GATE, rate_deadline, rate_turn
 from ..records import Claim, ClaimOutcome, Gate, Held, JobRecord, JobState, NewJob, Pause
 from .jobs import MemoryJobs
-from .state import _live
 
 
 class MemoryFlow(MemoryJobs):
@@ -69,11 +68,7 @@ class MemoryFlow(MemoryJobs):
         return sum(
             1
             for j in self._jobs.values()
-            if j.task == task
-            and j.flow_key == key
-            and j.state is JobState.RUNNING
-            and _live(j, now)
-            and j.id != but
+            if j.task == task and j.flow_key == key and j.state is JobState.RUNNING and j.id != but
         )
 
     def _ahead(self, job: JobRecord, task: str, key: str, now: datetime) -> list[JobRecord]:
@@ -113,24 +108,36 @@ class MemoryFlow(MemoryJobs):
 
     def pause(self, kind: str, name: str, now: datetime) -> bool:
         with self._lock:
-            if (kind, name) in self._pauses:
+            current = self._pauses.get((kind, name))
+            if current is not None and current[1] is None:
                 return False
-            self._pauses[(kind, name)] = now
+            self._pauses[(kind, name)] = (now, None)
             return True
 
-    def resume(self, kind: str, name: str, deliver_by: datetime) -> list[JobRecord] | None:
+    def resume(
+        self, kind: str, name: str, now: datetime, deliver_by: datetime
+    ) -> list[JobRecord] | None:
         with self._lock:
-            if self._pauses.pop((kind, name), None) is None:
+            current = self._pauses.get((kind, name))
+            if current is None or current[1] is not None:
                 return None
-        return self.resumed_holds(None, deliver_by)
+            self._pauses[(kind, name)] = (current[0], now)
+        return self.resumed_holds(now, None, deliver_by)
 
-    def resumed_holds(self, limit: int | None, deliver_by: datetime) -> list[JobRecord]:
+    def resumed_holds(
+        self, since: datetime, limit: int | None, deliver_by: datetime
+    ) -> list[JobRecord]:
         with self._lock:
+            lifted = {
+                key for key, (_, resumed) in self._pauses.items() if resumed and resumed >= since
+            }
             found = sorted(
                 (
                     j
                     for j in self._jobs.values()
-                    if j.held == Held.PAUSED.value and not self._paused(j.task, j.queue)
+                    if j.held == Held.PAUSED.value
+                    and (("task", j.task) in lifted or ("queue", j.held_on or j.queue) in lifted)
+                    and not self._paused(j.task, j.held_on or j.queue)
                 ),
                 key=lambda j: (j.created_at, j.id),
             )[:limit]
@@ -141,7 +148,9 @@ class MemoryFlow(MemoryJobs):
     def pauses(self) -> list[Pause]:
         with self._lock:
             return [
-                Pause(kind, name or "", at) for (kind, name), at in sorted(self._pauses.items())
+                Pause(kind, name or "", paused_at)
+                for (kind, name), (paused_at, resumed) in sorted(self._pauses.items())
+                if resumed is None
             ]
 
     def outbox_sent(self, job_id: str, deliver_by: datetime) -> bool:
@@ -159,6 +168,7 @@ class MemoryFlow(MemoryJobs):
                     j
                     for j in self._jobs.values()
                     if j.debounce_key == job.debounce_key
+                    and j.task == job.task
                     and j.state is JobState.PENDING
                     and j.attempts == 0
                 ),
@@ -171,6 +181,7 @@ class MemoryFlow(MemoryJobs):
                     lease_expires_at=job.deliver_by,
                     args=holder.args if keep_first else job.args,
                     kwargs=holder.kwargs if keep_first else job.kwargs,
+                    flow_key=holder.flow_key if keep_first else job.flow_key,
                 )
                 return holder.id, False
             if job.id in self._jobs:

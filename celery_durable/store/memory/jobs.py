@@ -110,11 +110,14 @@ class MemoryJobs(MemoryState):
         return Claim(ClaimOutcome.CLAIMED, attempts=job.attempts + 1, flow_key=flow_key)
 
     def _paused(self, task: str, queue: str | None) -> bool:
-        return ("task", task) in self._pauses or ("queue", queue) in self._pauses
+        return any(
+            key in self._pauses and self._pauses[key][1] is None
+            for key in (("task", task), ("queue", queue))
+        )
 
     def _hold_paused(self, job: JobRecord, queue: str | None) -> None:
         self._jobs[job.id] = replace(
-            job, held=Held.PAUSED.value, lease_expires_at=None, queue=job.queue or queue
+            job, held=Held.PAUSED.value, lease_expires_at=None, held_on=queue
         )
 
     def retry_job(
@@ -175,6 +178,7 @@ class MemoryJobs(MemoryState):
                 finished_at=now,
                 failures=job.failures + failed,
                 unique_key=None,
+                debounce_key=None,
             )
             return wake is not None and self._wake(wake.parent_id, wake.deliver_by)
 
@@ -228,7 +232,7 @@ class MemoryJobs(MemoryState):
                 lease_owner=None,
                 lease_expires_at=deliver_by,
                 recoveries=seen.recoveries + crashed,
-                held=None,
+                held=None if seen.held == Held.OUTBOX.value else seen.held,
             )
             return True
 
@@ -246,6 +250,7 @@ class MemoryJobs(MemoryState):
                 error=error,
                 finished_at=now,
                 unique_key=None,
+                debounce_key=None,
             )
             if state in (JobState.FAILED, JobState.DEAD):
                 self._add_error(seen, error, now)
@@ -294,6 +299,7 @@ class MemoryJobs(MemoryState):
                 lease_expires_at=None,
                 cancel_requested_at=now,
                 unique_key=None,
+                debounce_key=None,
             )
             if job.parent_id is not None:
                 self._wake(job.parent_id, now)

@@ -32,7 +32,8 @@ class MemoryState:
         self._workers: dict[str, WorkerRecord] = {}
         self._schedules: dict[str, ScheduleRecord] = {}
         self._runs: dict[tuple[str, datetime], ScheduleRun] = {}
-        self._pauses: dict[tuple[str, str | None], datetime] = {}
+        self._pauses: dict[tuple[str, str | None], tuple[datetime, datetime | None]] = {}
+        """(kind, name): (paused_at, resumed_at)."""
         self._gates: dict[tuple[str, str], tuple[float, datetime, datetime]] = {}
 
     safe_url = "memory://"

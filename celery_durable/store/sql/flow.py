@@ -21,12 +21,12 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Delete,
     Insert,
     Select,
     Update,
     and_,
     bindparam,
+    exists,
     func,
     not_,
     or_,
@@ -69,8 +69,10 @@ class FlowStatements:
     hold: Update
     claim: Update
     insert_pause: Insert
-    delete_pause: Delete
+    repause: Update
+    resume_pause: Update
     pauses: Select[Any]
+    lock_gate: Select[Any]
     resumed_holds: Select[Any]
     release_holds: Update
     debounce_update: Update
@@ -79,11 +81,13 @@ class FlowStatements:
     insert_debounced: Insert
     outbox_sent: Update
     insert_outbox: Insert
+    job_exists: Select[Any]
 
 
 def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
     jobs, gates, pauses = tables.jobs, tables.flow_gates, tables.pauses
     by_gate = (gates.c.task == bindparam("p_task"), gates.c.key == bindparam("p_key"))
+    by_pause = (pauses.c.kind == bindparam("p_kind"), pauses.c.name == bindparam("p_name"))
     of_key = (jobs.c.task == bindparam("p_task"), jobs.c.flow_key == bindparam("p_key"))
     held_for_slot = (
         *of_key,
@@ -91,13 +95,25 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         jobs.c.held == Held.CONCURRENCY.value,
     )
     pending_debounced = (
+        jobs.c.task == bindparam("p_task"),
         jobs.c.debounce_key == bindparam("p_key"),
         jobs.c.state == JobState.PENDING.value,
         jobs.c.attempts == 0,
     )
     held_by_pause = jobs.c.held == Held.PAUSED.value
     # a job a pause holds: its task's, or its queue's (recorded when it was held)
-    still_paused = paused_clause(tables, jobs.c.queue)
+    still_paused = paused_clause(tables, func.coalesce(jobs.c.held_on, jobs.c.queue))
+    # a pause lifted since p_since that held this job
+    recently_resumed = exists().where(
+        pauses.c.resumed_at >= bindparam("p_since"),
+        or_(
+            and_(pauses.c.kind == "task", pauses.c.name == jobs.c.task),
+            and_(
+                pauses.c.kind == "queue",
+                pauses.c.name == func.coalesce(jobs.c.held_on, jobs.c.queue),
+            ),
+        ),
+    )
     debounce_values: dict[str, Any] = {
         "not_before": bindparam("p_not_before"),
         "lease_expires_at": bindparam("p_deliver_by"),
@@ -124,14 +140,11 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         is_paused=select(pauses.c.kind)
         .where(pause_of(tables, bindparam("p_task"), bindparam("p_queue")))
         .limit(1),
+        # every running job holds its slot until recovery takes it back (a lease that
+        # lapsed may still be renewed by a slow but live execution)
         running=select(func.count())
         .select_from(jobs)
-        .where(
-            *of_key,
-            jobs.c.state == JobState.RUNNING.value,
-            jobs.c.lease_expires_at >= bindparam("p_now"),
-            jobs.c.id != bindparam("p_id"),
-        ),
+        .where(*of_key, jobs.c.state == JobState.RUNNING.value, jobs.c.id != bindparam("p_id")),
         # every job of the key that may start now and was enqueued before this one:
         # held for a slot, or not delivered yet (its key was written at enqueue)
         older_waiters=select(jobs)
@@ -167,12 +180,18 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         insert_pause=pauses.insert().values(
             kind=bindparam("p_kind"), name=bindparam("p_name"), paused_at=bindparam("p_now")
         ),
-        delete_pause=pauses.delete().where(
-            pauses.c.kind == bindparam("p_kind"), pauses.c.name == bindparam("p_name")
-        ),
-        pauses=select(pauses).order_by(pauses.c.kind, pauses.c.name),
+        repause=pauses.update()
+        .where(*by_pause, pauses.c.resumed_at.is_not(None))
+        .values(paused_at=bindparam("p_now"), resumed_at=None),
+        resume_pause=pauses.update()
+        .where(*by_pause, pauses.c.resumed_at.is_(None))
+        .values(resumed_at=bindparam("p_now")),
+        pauses=select(pauses)
+        .where(pauses.c.resumed_at.is_(None))
+        .order_by(pauses.c.kind, pauses.c.name),
+        lock_gate=select(gates.c.key).where(*by_gate).with_for_update(),
         resumed_holds=select(jobs)
-        .where(held_by_pause, not_(still_paused))
+        .where(held_by_pause, recently_resumed, not_(still_paused))
         .order_by(jobs.c.created_at, jobs.c.id)
         .limit(bindparam("p_limit")),
         release_holds=jobs.update()
@@ -180,9 +199,15 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         .values(held=None, lease_expires_at=bindparam("p_deliver_by")),
         debounce_update=jobs.update()
         .where(*pending_debounced)
-        .values(**debounce_values, args=bindparam("p_args"), kwargs=bindparam("p_kwargs")),
+        .values(
+            **debounce_values,
+            args=bindparam("p_args"),
+            kwargs=bindparam("p_kwargs"),
+            flow_key=bindparam("p_flow_key"),  # the latest arguments' key
+        ),
         debounce_update_keep_args=jobs.update().where(*pending_debounced).values(**debounce_values),
         debounce_holder=select(jobs.c.id).where(*pending_debounced),
+        job_exists=select(jobs.c.id).where(jobs.c.id == bindparam("p_id")),
         insert_outbox=jobs.insert().values(
             {**{c: bindparam(c) for c in NEW_JOB_COLUMNS}, "held": Held.OUTBOX.value}
         ),
@@ -220,14 +245,19 @@ class FlowSQL(JobsSQL):
         for _ in range(3):
             self._ensure_gates(gate.task, keys, now)
             with self._transaction() as conn:
-                if all(
-                    conn.execute(self._flow.touch_gate, {"p_task": gate.task, "p_key": k}).rowcount
-                    == 1
-                    for k in keys
-                ):
+                if all(self._lock_gate(conn, gate.task, k) for k in keys):
                     return self._claim_locked(conn, job_id, owner, now, lease_until, gate)
             self._gates_seen.clear()  # a gate row went missing: write it again
         raise RuntimeError(f"could not lock the flow gates of task {gate.task!r}")
+
+    def _lock_gate(self, conn: Connection, task: str, key: str) -> bool:
+        """Take the gate row's lock for the rest of the transaction; False if the row is
+        missing. SQLite locks the database on its first write, so there the lock is a
+        write; elsewhere the row is locked by reading it FOR UPDATE."""
+        params = {"p_task": task, "p_key": key}
+        if conn.dialect.name == "sqlite":
+            return bool(conn.execute(self._flow.touch_gate, params).rowcount == 1)
+        return conn.execute(self._flow.lock_gate, params).first() is not None
 
     def _ensure_gates(self, task: str, keys: Sequence[str], now: datetime) -> None:
         for key in keys:
@@ -265,7 +295,7 @@ class FlowSQL(JobsSQL):
         if gate.concurrency is not None:
             flow_key = gate.concurrency_key
             key = {"p_task": gate.task, "p_key": flow_key, "p_id": job_id}
-            running = int(conn.execute(flow.running, {**key, "p_now": now}).scalar_one())
+            running = int(conn.execute(flow.running, key).scalar_one())
             older = [
                 job_record(r)
                 for r in conn.execute(
@@ -326,13 +356,13 @@ class FlowSQL(JobsSQL):
         return Claim(ClaimOutcome.CLAIMED, attempts=job.attempts + 1, flow_key=flow_key)
 
     def next_waiters(self, task: str, key: str, limit: int, now: datetime) -> list[JobRecord]:
-        flow, gate = self._flow, {"p_task": task, "p_key": CONCURRENCY_GATE + key}
+        flow = self._flow
         self._ensure_gates(task, [CONCURRENCY_GATE + key], now)
         with self._transaction() as conn:
             # under the gate's lock: a claim that is holding a job of this key right now
             # has committed before we look, so the job it holds is among the waiters
-            conn.execute(flow.touch_gate, gate)
-            params = {"p_task": task, "p_key": key, "p_id": "", "p_now": now}
+            self._lock_gate(conn, task, CONCURRENCY_GATE + key)
+            params = {"p_task": task, "p_key": key, "p_id": ""}
             free = limit - int(conn.execute(flow.running, params).scalar_one())
             if free <= 0:
                 return []
@@ -341,29 +371,35 @@ class FlowSQL(JobsSQL):
     # -- pauses -----------------------------------------------------------------------------
 
     def pause(self, kind: str, name: str, now: datetime) -> bool:
+        params = {"p_kind": kind, "p_name": name, "p_now": now}
+        if self._rowcount(self._flow.repause, params) == 1:
+            return True  # paused again after a resume
         try:
-            self._rowcount(self._flow.insert_pause, {"p_kind": kind, "p_name": name, "p_now": now})
+            self._rowcount(self._flow.insert_pause, params)
         except sa_exc.IntegrityError:
             return False
         return True
 
-    def resume(self, kind: str, name: str, deliver_by: datetime) -> list[JobRecord] | None:
-        with self._transaction() as conn:
-            if (
-                conn.execute(self._flow.delete_pause, {"p_kind": kind, "p_name": name}).rowcount
-                != 1
-            ):
-                return None
-        return self.resumed_holds(None, deliver_by)
+    def resume(
+        self, kind: str, name: str, now: datetime, deliver_by: datetime
+    ) -> list[JobRecord] | None:
+        params = {"p_kind": kind, "p_name": name, "p_now": now}
+        if self._rowcount(self._flow.resume_pause, params) != 1:
+            return None
+        return self.resumed_holds(now, None, deliver_by)
 
-    def resumed_holds(self, limit: int | None, deliver_by: datetime) -> list[JobRecord]:
-        """Release jobs held by a pause that no longer holds them, oldest first."""
+    def resumed_holds(
+        self, since: datetime, limit: int | None, deliver_by: datetime
+    ) -> list[JobRecord]:
+        """Release jobs held by a pause lifted since ``since`` that no pause holds now,
+        oldest first."""
         flow, released = self._flow, list[JobRecord]()
         while limit is None or len(released) < limit:
             batch = RESUME_BATCH if limit is None else min(RESUME_BATCH, limit - len(released))
             with self._transaction() as conn:
                 found = [
-                    job_record(r) for r in conn.execute(flow.resumed_holds, {"p_limit": batch})
+                    job_record(r)
+                    for r in conn.execute(flow.resumed_holds, {"p_limit": batch, "p_since": since})
                 ]
                 if not found:
                     break
@@ -399,6 +435,10 @@ class FlowSQL(JobsSQL):
             self.__dict__["_outbox_compiled"] = statement
         return statement.sql, statement.parameters(new_job_row(job))
 
+    def outbox_exists(self) -> Select[Any]:
+        """Whether a job id exists (``p_id``), to run on the caller's connection."""
+        return self._flow.job_exists
+
     def outbox_sent(self, job_id: str, deliver_by: datetime) -> bool:
         return (
             self._rowcount(self._flow.outbox_sent, {"p_id": job_id, "p_deliver_by": deliver_by})
@@ -410,17 +450,21 @@ class FlowSQL(JobsSQL):
     def create_debounced_job(self, job: NewJob, keep_first: bool) -> tuple[str, bool]:
         flow = self._flow
         params = {
+            "p_task": job.task,
             "p_key": job.debounce_key,
             "p_not_before": job.not_before,
             "p_deliver_by": job.deliver_by,
             "p_args": job.args,
             "p_kwargs": job.kwargs,
+            "p_flow_key": job.flow_key,
         }
         update = flow.debounce_update_keep_args if keep_first else flow.debounce_update
         for _ in range(5):  # the pending job may start between our UPDATE and INSERT
             with self._transaction() as conn:
                 if conn.execute(update, params).rowcount == 1:
-                    holder = conn.scalar(flow.debounce_holder, {"p_key": job.debounce_key})
+                    holder = conn.scalar(
+                        flow.debounce_holder, {"p_task": job.task, "p_key": job.debounce_key}
+                    )
                     return str(holder), False
             try:
                 self._rowcount(

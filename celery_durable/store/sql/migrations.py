@@ -113,7 +113,7 @@ def _add_exact_identifiers(conn: Connection, tables: Tables) -> None:
 
 
 def _add_flow_control(conn: Connection, tables: Tables) -> None:
-    """held, flow_key, debounce_key (with their indexes); the pauses and flow_gates
+    """held, flow_key, debounce_key, held_on (with their indexes); the pauses and flow_gates
     tables: paused queues and tasks, concurrency and rate limits, debounce."""
     _add_missing_columns(conn, tables, flow_columns())
     for suffix in ("flow", "held", "debounce_key"):

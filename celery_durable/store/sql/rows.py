@@ -65,6 +65,7 @@ def job_record(row: Any) -> JobRecord:
         held=m["held"],
         flow_key=m["flow_key"],
         debounce_key=m["debounce_key"],
+        held_on=m["held_on"],
     )
 
 

@@ -143,8 +143,8 @@ def build_tables(prefix: str) -> Tables:
     # held ones; resume and the sweeper find the jobs a pause holds.
     Index(f"{prefix}jobs_flow", jobs.c.task, jobs.c.flow_key, jobs.c.state)
     Index(f"{prefix}jobs_held", jobs.c.held)
-    # One pending job per debounce key; the claim sets it back to NULL.
-    Index(f"{prefix}jobs_debounce_key", jobs.c.debounce_key, unique=True)
+    # One pending job per task and debounce key; the claim sets the key back to NULL.
+    Index(f"{prefix}jobs_debounce_key", jobs.c.task, jobs.c.debounce_key, unique=True)
     # Keyed by root first: one index range serves a whole tree's history, and a child
     # scope "<job>.<seq>" can never collide with a real job whose id has that shape.
     calls = Table(
@@ -252,6 +252,8 @@ def build_tables(prefix: str) -> Tables:
         Column("kind", String(8), primary_key=True),  # "queue" or "task"
         Column("name", NAME, primary_key=True),
         Column("paused_at", UTCDateTime(), nullable=False),
+        # set by resume (the row stays a while: recovery releases holds that raced it)
+        Column("resumed_at", UTCDateTime()),
     )
     # One row per limited task and key: the row a claim locks (so two claims of one key
     # take turns), and the token bucket of a rate limit.
@@ -324,4 +326,5 @@ def flow_columns() -> list[Column[Any]]:
         Column("held", String(16)),  # why an unstarted job waits: paused, concurrency, rate
         Column("flow_key", ID),  # the concurrency key it was claimed or held under
         Column("debounce_key", ID),
+        Column("held_on", NAME),  # the queue a pause held it on (its delivery's)
     ]

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     exists,
     func,
     literal_column,
@@ -28,7 +29,15 @@ from sqlalchemy import (
     select,
 )
 
-from ..records import ACTIVE_STATES, FINISHED_STATES, CallState, JobFilter, JobState, NewJob
+from ..records import (
+    ACTIVE_STATES,
+    FINISHED_STATES,
+    CallState,
+    Held,
+    JobFilter,
+    JobState,
+    NewJob,
+)
 from .schema import Tables, UTCDateTime
 
 
@@ -47,9 +56,12 @@ def pause_of(tables: Tables, task: Any, queue: Any) -> ColumnElement[bool]:
     """A pause row of the task ``task`` or the queue ``queue`` (the one a job is
     delivered from); both are column or bind expressions."""
     pauses = tables.pauses
-    return or_(
-        and_(pauses.c.kind == literal_column("'task'"), pauses.c.name == task),
-        and_(pauses.c.kind == literal_column("'queue'"), pauses.c.name == queue),
+    return and_(
+        pauses.c.resumed_at.is_(None),
+        or_(
+            and_(pauses.c.kind == literal_column("'task'"), pauses.c.name == task),
+            and_(pauses.c.kind == literal_column("'queue'"), pauses.c.name == queue),
+        ),
     )
 
 
@@ -159,7 +171,8 @@ def job_statements(tables: Tables) -> JobStatements:
         "lease_owner": None,
         "lease_expires_at": deliver_by,
         "recoveries": jobs.c.recoveries + 1,
-        "held": None,  # republished: whatever held it is looked at again on delivery
+        # republished: an outbox row is sent now; a rate-held job keeps its turn
+        "held": case((jobs.c.held == Held.OUTBOX.value, None), else_=jobs.c.held),
     }
     # A job nobody has claimed yet may just be queued behind a backlog: republishing it
     # is not a recovery from a lost worker, so it does not count towards max_recoveries.
@@ -168,6 +181,7 @@ def job_statements(tables: Tables) -> JobStatements:
         "state": bindparam("p_state"),
         "lease_owner": None,
         "unique_key": None,
+        "debounce_key": None,
         "lease_expires_at": None,
         "error": bindparam("p_error"),
         "finished_at": now,
@@ -213,11 +227,7 @@ def job_statements(tables: Tables) -> JobStatements:
             or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
             paused,
         )
-        .values(
-            held=HELD_PAUSED,
-            lease_expires_at=None,
-            queue=func.coalesce(jobs.c.queue, bindparam("p_queue")),
-        )
+        .values(held=HELD_PAUSED, lease_expires_at=None, held_on=bindparam("p_queue"))
     )
     by_call = (
         calls.c.root_id == bindparam("p_root_id"),
@@ -228,6 +238,7 @@ def job_statements(tables: Tables) -> JobStatements:
         "state": bindparam("p_state"),
         "result": bindparam("p_result"),
         "unique_key": None,
+        "debounce_key": None,
         "error": bindparam("p_error"),
         "lease_owner": None,
         "lease_expires_at": None,
@@ -365,6 +376,7 @@ def job_statements(tables: Tables) -> JobStatements:
             lease_owner=None,
             lease_expires_at=None,
             unique_key=None,
+            debounce_key=None,
             cancel_requested_at=now,
         ),
         cancel_request=jobs.update()

@@ -37,30 +37,37 @@ class FlowConformance:
         assert storage.claim_job("job-3", "w1", T0, T0 + LEASE, "other").outcome is (
             ClaimOutcome.CLAIMED
         )
-        released = storage.resume("queue", "default", T0 + timedelta(minutes=15))
+        released = storage.resume("queue", "default", T0, T0 + timedelta(minutes=15))
         assert [j.id for j in released or []] == ["job-1", "job-2"]  # oldest first
-        assert storage.resume("queue", "default", T0) is None
+        assert storage.resume("queue", "default", T0, T0) is None
         assert storage.pauses() == []
         claim = storage.claim_job("job-1", "w1", T0, T0 + LEASE, "default")
         assert claim.outcome is ClaimOutcome.CLAIMED
         assert storage.get_job("job-1").held is None  # type: ignore[union-attr]
 
-    def test_a_paused_task_holds_its_jobs_and_a_raced_hold_is_released(
+    def test_a_paused_task_holds_its_jobs_and_two_pauses_hold_until_both_lift(
         self, storage: Storage
     ) -> None:
         storage.create_job(new_job("job-1"))
         storage.pause("task", "tests.flow", T0)
-        claim = storage.claim_job("job-1", "w1", T0, T0 + LEASE, None)
+        storage.pause("queue", "default", T0)
+        claim = storage.claim_job("job-1", "w1", T0, T0 + LEASE, "default")
         assert (claim.outcome, claim.held) == (ClaimOutcome.HELD, Held.PAUSED)
         gated = storage.claim_gated("job-1", "w1", T0, T0 + LEASE, ONE_AT_A_TIME)
         assert (gated.outcome, gated.held) == (ClaimOutcome.HELD, Held.PAUSED)
-        assert storage.resumed_holds(10, T0) == []  # still paused
-        storage.resume("task", "tests.flow", T0)
-        storage.pause("task", "tests.flow", T0)
-        storage.claim_job("job-1", "w1", T0, T0 + LEASE, None)
-        # the pause row goes without a resume's release (a resume that raced the hold)
-        assert [j.id for j in storage.resume("task", "tests.flow", T0) or []] == ["job-1"]
-        assert storage.resumed_holds(10, T0) == []
+        later = T0 + timedelta(seconds=1)
+        # the queue's pause lifts; the task's still holds the job, sweep or not
+        assert storage.resume("queue", "default", later, later) == []
+        assert storage.resumed_holds(T0, 10, later) == []
+        assert [(p.kind, p.name) for p in storage.pauses()] == [("task", "tests.flow")]
+        released = storage.resume("task", "tests.flow", later, later) or []
+        assert [j.id for j in released] == ["job-1"]
+        assert storage.resumed_holds(T0, 10, later) == []  # released once
+        # paused again after a resume: a pause like any other
+        assert storage.pause("queue", "default", later)
+        assert not storage.pause("queue", "default", later)
+        claim = storage.claim_job("job-1", "w1", later, later + LEASE, "default")
+        assert claim.outcome is ClaimOutcome.HELD
 
     def test_concurrency_lets_one_job_of_a_key_run_and_keeps_order(self, storage: Storage) -> None:
         for i in range(1, 4):
@@ -108,16 +115,27 @@ class FlowConformance:
             ClaimOutcome.CLAIMED
         )
 
-    def test_a_lost_worker_frees_its_slot_when_its_lease_expires(self, storage: Storage) -> None:
+    def test_a_lost_worker_frees_its_slot_when_recovery_takes_the_job_back(
+        self, storage: Storage
+    ) -> None:
         storage.create_job(new_job("job-1"))
         storage.create_job(new_job("job-2", at=T0 + timedelta(seconds=1)))
         storage.claim_gated("job-1", "w1", T0, T0 + LEASE, ONE_AT_A_TIME)
         assert storage.claim_gated("job-2", "w2", T0, T0 + LEASE, ONE_AT_A_TIME).outcome is (
             ClaimOutcome.HELD
         )
-        later = T0 + LEASE * 2  # w1 died: its lease ran out
-        assert [j.id for j in storage.next_waiters("tests.flow", "k1", 1, later)] == ["job-2"]
+        later = T0 + LEASE * 2  # w1's lease ran out: it may be slow, not dead
+        assert storage.next_waiters("tests.flow", "k1", 1, later) == []  # still its slot
         assert storage.claim_gated("job-2", "w2", later, later + LEASE, ONE_AT_A_TIME).outcome is (
+            ClaimOutcome.HELD
+        )
+        [seen] = [j for j in storage.expired_jobs(later, 10) if j.id == "job-1"]
+        assert storage.recover_job(seen, later + LEASE, later)  # recovery takes it back
+        assert [j.id for j in storage.next_waiters("tests.flow", "k1", 1, later)] == ["job-2"]
+        # the recovered job is older: it goes first, and job-2 waits for it
+        claim = storage.claim_gated("job-2", "w2", later, later + LEASE, ONE_AT_A_TIME)
+        assert (claim.outcome, [w.id for w in claim.waiters]) == (ClaimOutcome.HELD, ["job-1"])
+        assert storage.claim_gated("job-1", "w3", later, later + LEASE, ONE_AT_A_TIME).outcome is (
             ClaimOutcome.CLAIMED
         )
 
@@ -150,6 +168,30 @@ class FlowConformance:
         claim = storage.claim_gated("job-4", "w1", at, at + LEASE, gate)
         assert claim.due_at == T0 + timedelta(seconds=1.5)
 
+    def test_a_long_rate_wait_is_published_by_recovery_and_keeps_its_turn(
+        self, storage: Storage
+    ) -> None:
+        hourly = Gate(task="tests.flow", queue="default", rate=1 / 3600, countdown_limit=60)
+        storage.create_job(new_job("job-1"))
+        storage.create_job(new_job("job-2"))
+        assert storage.claim_gated("job-1", "w1", T0, T0 + LEASE, hourly).outcome is (
+            ClaimOutcome.CLAIMED
+        )
+        claim = storage.claim_gated("job-2", "w1", T0, T0 + LEASE, hourly)
+        turn = T0 + timedelta(hours=1)
+        assert (claim.held, claim.due_at) == (Held.RATE, turn)
+        # too long for an ETA message: recovery publishes it when its turn comes
+        early = storage.expired_jobs(turn - timedelta(seconds=1), 10)
+        assert "job-2" not in [j.id for j in early]
+        [seen] = [
+            j for j in storage.expired_jobs(turn + timedelta(seconds=1), 10) if j.id == "job-2"
+        ]
+        at = turn + timedelta(seconds=1)
+        assert storage.recover_job(seen, at + LEASE, at)
+        assert storage.claim_gated("job-2", "w1", at, at + LEASE, hourly).outcome is (
+            ClaimOutcome.CLAIMED
+        )
+
     def test_debounced_enqueues_collapse_into_one_pending_job(self, storage: Storage) -> None:
         window = timedelta(seconds=30)
 
@@ -180,3 +222,9 @@ class FlowConformance:
         )
         assert storage.get_job("job-1").debounce_key is None  # type: ignore[union-attr]
         assert debounced("job-4", "[4]", timedelta(minutes=1)) == ("job-4", True)
+        # a key belongs to its task: another task's debounce with it is its own job
+        other = replace(new_job("job-5"), task="tests.other", debounce_key="d1", not_before=late)
+        assert storage.create_debounced_job(other, keep_first=False) == ("job-5", True)
+        # a cancelled pending job gives its key back
+        assert storage.cancel_job("job-4", '{"type": "Cancelled"}', late).value == "cancelled"
+        assert debounced("job-6", "[6]", timedelta(minutes=1)) == ("job-6", True)
