@@ -296,19 +296,20 @@ class FlowSQL(JobsSQL):
             flow_key = gate.concurrency_key
             key = {"p_task": gate.task, "p_key": flow_key, "p_id": job_id}
             running = int(conn.execute(flow.running, key).scalar_one())
-            older = [
-                job_record(r)
-                for r in conn.execute(
-                    flow.older_waiters,
-                    {
-                        **key,
-                        "p_now": now,
-                        "p_created_at": job.created_at,
-                        "p_limit": gate.concurrency,
-                    },
-                )
-            ]
-            if running + len(older) >= gate.concurrency:
+            free = max(0, gate.concurrency - running)
+            # at most as many older jobs as there are free slots: they take them first
+            older = (
+                [
+                    job_record(r)
+                    for r in conn.execute(
+                        flow.older_waiters,
+                        {**key, "p_now": now, "p_created_at": job.created_at, "p_limit": free},
+                    )
+                ]
+                if free
+                else []
+            )
+            if len(older) >= free:
                 conn.execute(
                     flow.hold,
                     {
@@ -318,10 +319,7 @@ class FlowSQL(JobsSQL):
                         "p_deliver_by": now + gate.recheck,
                     },
                 )
-                free = max(0, gate.concurrency - running)
-                return Claim(
-                    ClaimOutcome.HELD, job, held=Held.CONCURRENCY, waiters=tuple(older[:free])
-                )
+                return Claim(ClaimOutcome.HELD, job, held=Held.CONCURRENCY, waiters=tuple(older))
         if gate.rate is not None:
             rate_key = {"p_task": gate.task, "p_key": RATE_GATE + gate.rate_key}
             tokens, refilled_at, next_at = conn.execute(flow.gate, rate_key).one()
