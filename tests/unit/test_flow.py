@@ -181,3 +181,23 @@ def test_a_key_that_fails_at_delivery_fails_the_job_instead_of_looping(env: Env)
     job = env.storage.get_job(job_id)
     assert job is not None and job.state is JobState.FAILED
     assert "concurrency_key raised KeyError" in (job.error or "")
+
+
+def test_pause_twice_and_resume_what_is_not_paused_from_the_command_line(env: Env) -> None:
+    from click.testing import CliRunner
+
+    from celery_durable.cli import durable as durable_command
+
+    class Obj:
+        app = env.app
+
+    runner = CliRunner()
+    first = runner.invoke(durable_command, ["queues", "pause", "emails"], obj=Obj())
+    assert first.exit_code == 0 and "queue emails paused" in first.output
+    again = runner.invoke(durable_command, ["queues", "pause", "emails"], obj=Obj())
+    assert again.exit_code == 3 and "paused already" in again.output
+    listed = runner.invoke(durable_command, ["queues", "list", "--json"], obj=Obj())
+    assert '"name": "emails"' in listed.output and '"paused": true' in listed.output
+    runner.invoke(durable_command, ["queues", "resume", "emails"], obj=Obj())
+    missing = runner.invoke(durable_command, ["queues", "resume", "emails"], obj=Obj())
+    assert missing.exit_code == 3 and "is not paused" in missing.output

@@ -73,6 +73,7 @@ class FlowStatements:
     resume_pause: Update
     pauses: Select[Any]
     lock_gate: Select[Any]
+    resumed_since: Select[Any]
     resumed_holds: Select[Any]
     release_holds: Update
     debounce_update: Update
@@ -190,6 +191,9 @@ def flow_statements(tables: Tables, claim: Update) -> FlowStatements:
         .where(pauses.c.resumed_at.is_(None))
         .order_by(pauses.c.kind, pauses.c.name),
         lock_gate=select(gates.c.key).where(*by_gate).with_for_update(),
+        resumed_since=select(pauses.c.name)
+        .where(pauses.c.resumed_at >= bindparam("p_since"))
+        .limit(1),
         resumed_holds=select(jobs)
         .where(held_by_pause, recently_resumed, not_(still_paused))
         .order_by(jobs.c.created_at, jobs.c.id)
@@ -392,6 +396,9 @@ class FlowSQL(JobsSQL):
         """Release jobs held by a pause lifted since ``since`` that no pause holds now,
         oldest first."""
         flow, released = self._flow, list[JobRecord]()
+        with self._connect() as conn:  # each sweep asks this: one small read, usually
+            if conn.execute(flow.resumed_since, {"p_since": since}).first() is None:
+                return released
         while limit is None or len(released) < limit:
             batch = RESUME_BATCH if limit is None else min(RESUME_BATCH, limit - len(released))
             with self._transaction() as conn:
