@@ -40,7 +40,6 @@ class FlowLimits:
     concurrency_key: KeyFunction | None = None
     rate: float | None = None
     """Jobs per second."""
-    rate_text: str | None = None
     rate_key: KeyFunction | None = None
 
     @property
@@ -111,7 +110,6 @@ def check_limits(cls: Any, task: str) -> FlowLimits:
         concurrency,
         keys["concurrency_key"],
         rate,
-        None if rate_text is None else str(rate_text),
         keys["rate_limit_key"],
     )
 

@@ -113,8 +113,6 @@ class ConnectionTransaction:
     """A Core ``Connection``: its ``commit`` event fires just before the database
     commits, so its messages go from a publisher thread once the store sees the row."""
 
-    sends_before_commit = True
-
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
@@ -245,6 +243,13 @@ def _where(url: URL) -> tuple[Any, ...]:
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
+def visible_within(transaction: Transaction) -> float:
+    """How long a send waits for its row: a Core Connection sends from its commit event,
+    which fires before the database commits; every other kind sends after the commit,
+    so a missing row is one its savepoint rolled back."""
+    return _VISIBLE_WITHIN if isinstance(transaction, ConnectionTransaction) else 0.0
 
 
 def wait_until_visible(runtime: Runtime, job_id: str, within: float = _VISIBLE_WITHIN) -> bool:

@@ -27,6 +27,7 @@ from .outbox import (
     check_same_database,
     store_of,
     transaction_of,
+    visible_within,
     wait_until_visible,
 )
 from .recorded_errors import NOT_RETRYABLE
@@ -181,7 +182,7 @@ class DurableTask(Task):
             transaction.write(storage, job)  # (an id enqueued again is sent again)
         if planned.held:
             return self.AsyncResult(job.id)  # due later: the sweeper publishes it then
-        patience = 10.0 if getattr(transaction, "sends_before_commit", False) else 0.0
+        patience = visible_within(transaction)
 
         def send() -> None:
             try:

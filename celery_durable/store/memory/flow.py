@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from ..claims import unclaimable
 from ..flow_rules import BURST, RATE_GATE, rate_deadline, rate_turn
 from ..records import Claim, ClaimOutcome, Gate, Held, JobRecord, JobState, NewJob, Pause
 from .jobs import MemoryJobs
@@ -17,17 +16,9 @@ class MemoryFlow(MemoryJobs):
         self, job_id: str, owner: str, now: datetime, lease_until: datetime, gate: Gate
     ) -> Claim:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return Claim(ClaimOutcome.MISSING)
-            refused = unclaimable(job, now)
-            if refused is not None:
-                return refused
-            if job.lease_owner is not None:
-                return Claim(ClaimOutcome.BUSY, job)
-            if self._paused(job.task, gate.queue):
-                self._hold_paused(job, gate.queue)
-                return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
+            job = self._unpaused(job_id, now, gate.queue, take_over_expired=False)
+            if isinstance(job, Claim):
+                return job
             flow_key = None
             if gate.concurrency is not None:
                 flow_key = gate.concurrency_key

@@ -75,18 +75,30 @@ class MemoryJobs(MemoryState):
         queue: str | None = None,
     ) -> Claim:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return Claim(ClaimOutcome.MISSING)
-            refused = unclaimable(job, now)
-            if refused is not None:
-                return refused
-            if self._paused(job.task, queue):
-                if job.lease_owner is not None:
-                    return Claim(ClaimOutcome.BUSY, job)
-                self._hold_paused(job, queue)
-                return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
-            return self._claim(job, owner, now, lease_until, None)
+            found = self._unpaused(job_id, now, queue, take_over_expired=True)
+            if isinstance(found, Claim):
+                return found
+            return self._claim(found, owner, now, lease_until, None)
+
+    def _unpaused(
+        self, job_id: str, now: datetime, queue: str | None, *, take_over_expired: bool
+    ) -> JobRecord | Claim:
+        """The job, if nothing but flow limits can stop its claim; else the claim's
+        outcome (a pause holds it). An expired lease is taken over only with
+        ``take_over_expired`` (a limited task waits for recovery instead)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return Claim(ClaimOutcome.MISSING)
+        refused = unclaimable(job, now)
+        if refused is not None:
+            return refused
+        paused = self._paused(job.task, queue)
+        if job.lease_owner is not None and (paused or not take_over_expired):
+            return Claim(ClaimOutcome.BUSY, job)
+        if paused:
+            self._hold_paused(job, queue)
+            return Claim(ClaimOutcome.HELD, job, held=Held.PAUSED)
+        return job
 
     def _claim(
         self,

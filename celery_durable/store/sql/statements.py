@@ -49,7 +49,6 @@ def _inline(states: frozenset[JobState]) -> list[ColumnElement[str]]:
 
 _ACTIVE = _inline(ACTIVE_STATES)
 _UNSTARTED = frozenset({JobState.PENDING, JobState.RETRYING, JobState.SUSPENDED})
-HELD_PAUSED, HELD_CONCURRENCY, HELD_RATE = "paused", "concurrency", "rate"
 
 
 def pause_of(tables: Tables, task: Any, queue: Any) -> ColumnElement[bool]:
@@ -227,7 +226,7 @@ def job_statements(tables: Tables) -> JobStatements:
             or_(jobs.c.state != JobState.SUSPENDED.value, jobs.c.awaiting <= 0),
             paused,
         )
-        .values(held=HELD_PAUSED, lease_expires_at=None, held_on=bindparam("p_queue"))
+        .values(held=Held.PAUSED.value, lease_expires_at=None, held_on=bindparam("p_queue"))
     )
     by_call = (
         calls.c.root_id == bindparam("p_root_id"),
