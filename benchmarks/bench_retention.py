@@ -94,9 +94,10 @@ def fill(storage: SQLStorage, finished: int, expired: int, active: int) -> None:
         if len(rows) >= 5000:
             flush()
     flush()
+    analyze = "ANALYZE TABLE" if storage.engine.dialect.name in ("mysql", "mariadb") else "ANALYZE"
     with storage.engine.connect() as conn:
-        conn.exec_driver_sql(f"ANALYZE {jobs.name}")
-        conn.exec_driver_sql(f"ANALYZE {calls.name}")
+        conn.exec_driver_sql(f"{analyze} {jobs.name}")
+        conn.exec_driver_sql(f"{analyze} {calls.name}")
 
 
 def timed(function: Any, repeat: int = 1) -> float:

@@ -51,7 +51,7 @@ from .scheduling.kinds import Schedule
 from .scheduling.registry import Schedules
 from .settings import Settings, database_url_configured
 from .store.protocol import Storage
-from .store.records import CancelOutcome
+from .store.records import CancelOutcome, JobFilter
 from .store.sql import SQLStorage
 from .worker import signals as worker_signals
 from .worker.recovery import RecoverySweeper
@@ -393,19 +393,53 @@ class Durable:
         queue: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        id_prefix: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[JobSummary]:
-        """Jobs, newest first; ``since``/``until`` bound when they were enqueued."""
-        task = check_optional_name(task, "task")
-        queue = check_optional_name(queue, "queue")
-        return jobs.list_jobs(
-            self.runtime,
+        """Jobs, newest first; ``since``/``until`` bound when they were enqueued;
+        ``id_prefix``: ids that start with it."""
+        where = self._job_filter(states, task, queue, since, until, id_prefix, limit, offset)
+        return jobs.list_jobs(self.runtime, where)
+
+    def job_counts(
+        self,
+        *,
+        task: str | None = None,
+        queue: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        id_prefix: str | None = None,
+    ) -> dict[str, int]:
+        """How many jobs match, for every state (the filters of ``jobs()``)."""
+        where = self._job_filter(None, task, queue, since, until, id_prefix, 0, 0)
+        return jobs.count_jobs(self.runtime, where)
+
+    def throughput(self, minutes: int = 60) -> list[tuple[datetime, str, int]]:
+        """(UTC minute, state, how many) of the jobs that finished in the last
+        ``minutes`` minutes, oldest first."""
+        if not 1 <= minutes <= 24 * 60:
+            raise ValueError(f"minutes must be between 1 and 1440, got {minutes!r}")
+        return jobs.throughput(self.runtime, minutes)
+
+    def _job_filter(
+        self,
+        states: str | Iterable[str] | None,
+        task: str | None,
+        queue: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        id_prefix: str | None,
+        limit: int,
+        offset: int,
+    ) -> JobFilter:
+        return jobs.job_filter(
             states=states,
-            task=task,
-            queue=queue,
+            task=check_optional_name(task, "task"),
+            queue=check_optional_name(queue, "queue"),
             since=since,
             until=until,
+            id_prefix=None if id_prefix is None else check_job_id(id_prefix, "id_prefix"),
             limit=limit,
             offset=offset,
         )

@@ -91,10 +91,20 @@ class Settings:
     """With durable_synchronous_commit: send the call checkpoints with it too. A server
     crash may then lose the last 3 x wal_writer_delay of checkpoints (those calls run
     again)."""
+    web_read_only: bool = False
+    """The dashboard (`celery durable web`) shows everything and acts on nothing."""
+    web_username: str | None = None
+    """With ``durable_web_password``: HTTP basic credentials the dashboard asks for."""
+    web_password: str | None = None
+    web_token: str | None = None
+    """A bearer token the dashboard's JSON API accepts (``Authorization: Bearer ...``)."""
 
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["database_url"] = safe_url(self.database_url)  # never the password
+        for secret in ("web_password", "web_token"):
+            if values[secret] is not None:
+                values[secret] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
     @classmethod
@@ -156,6 +166,11 @@ class Settings:
                     f"durable_{name} must be positive, got {getattr(self, name)!r}"
                 )
         commit_policy(self.database_url, self.synchronous_commit, self.relaxed_checkpoints)
+        if (self.web_username is None) != (self.web_password is None):
+            raise ConfigurationError(
+                "durable_web_username and durable_web_password go together: set both "
+                "(HTTP basic credentials for the dashboard) or neither"
+            )
         if not self.table_prefix.replace("_", "").isalnum():
             raise ConfigurationError(
                 f"durable_table_prefix must be letters, digits and underscores, "

@@ -89,6 +89,7 @@ DOCUMENTED_PATHS = {
     "celery_durable.cli": ["durable"],
     "celery_durable.contrib.django": ["DjangoTransaction", "join_transactions"],
     "celery_durable.engine.outbox": ["Transaction"],
+    "celery_durable.web": ["create_app", "Operator", "Auth"],
 }
 
 
@@ -143,4 +144,8 @@ def test_settings_are_pinned() -> None:
         "storage_wait",
         "max_countdown",
         "outbox_relay_after",
+        "web_read_only",
+        "web_username",
+        "web_password",
+        "web_token",
     }

@@ -15,6 +15,7 @@ from .jobs import jobs
 from .jobs import show as show_job
 from .queues import queues
 from .schedules import schedules
+from .web import web
 from .worker import worker
 
 
@@ -153,3 +154,4 @@ durable.add_command(schedules)
 durable.add_command(worker)
 durable.add_command(dlq)
 durable.add_command(queues)
+durable.add_command(web)

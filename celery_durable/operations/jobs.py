@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..engine.cancellation import cancel_job
 from ..engine.runtime import Runtime
@@ -21,17 +21,18 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATES = (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
 
 
-def list_jobs(
-    runtime: Runtime,
+def job_filter(
     *,
     states: str | Iterable[str] | None = None,
     task: str | None = None,
     queue: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    id_prefix: str | None = None,
     limit: int = 100,
     offset: int = 0,
-) -> list[JobSummary]:
+) -> JobFilter:
+    """The storage filter for the listing's arguments; a clear error for a bad state."""
     wanted = [states] if isinstance(states, str) else list(states or ())
     try:
         parsed = tuple(JobState(s) for s in wanted)
@@ -39,16 +40,36 @@ def list_jobs(
         raise ValueError(
             f"unknown job state in {wanted!r}; states are {', '.join(s.value for s in JobState)}"
         ) from None
-    where = JobFilter(
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit and offset must not be negative, got {limit} and {offset}")
+    return JobFilter(
         states=parsed,
         task=task,
         queue=queue,
         created_after=since,
         created_before=until,
+        id_prefix=id_prefix.strip().lower() if id_prefix else None,
         limit=limit,
         offset=offset,
     )
+
+
+def list_jobs(runtime: Runtime, where: JobFilter) -> list[JobSummary]:
     return [job_summary(job) for job in runtime.storage.list_jobs(where)]
+
+
+def count_jobs(runtime: Runtime, where: JobFilter) -> dict[str, int]:
+    """How many jobs match, per state (every state, zeros included), ignoring the
+    filter's states, limit and offset."""
+    counted = runtime.storage.count_jobs(where)
+    return {s.value: counted.get(s.value, 0) for s in JobState}
+
+
+def throughput(runtime: Runtime, minutes: int) -> list[tuple[datetime, str, int]]:
+    """(minute, state, how many) of the jobs that finished in the last ``minutes``."""
+    now = runtime.now()
+    since = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    return runtime.storage.finished_per_minute(since)
 
 
 def retry(runtime: Runtime, job_id: str, *, from_scratch: bool = False) -> None:

@@ -309,6 +309,14 @@ class Storage(Protocol):
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         """Jobs matching the filter, newest first."""
 
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        """How many jobs match the filter, by state (its ``states``, limit and offset are
+        ignored); states with none are left out."""
+
+    def finished_per_minute(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        """(minute, state, how many) of the jobs that finished since then, oldest first;
+        ``minute`` is the UTC minute their ``finished_at`` falls in."""
+
     def job_errors(self, job_id: str) -> list[JobError]:
         """The errors of the job's failed executions, oldest first."""
 

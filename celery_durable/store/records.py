@@ -248,6 +248,8 @@ class JobFilter:
     created_before: datetime | None = None
     finished_after: datetime | None = None
     finished_before: datetime | None = None
+    id_prefix: str | None = None
+    """Ids that start with this (the dashboard's search box); an index range."""
     limit: int = 100
     offset: int = 0
 

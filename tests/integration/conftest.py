@@ -25,6 +25,7 @@ from tests.conftest import RABBITMQ_URL, REDIS_URL, require_service, sql_url, un
 from tests.integration.proj import create_app
 
 REPO = Path(__file__).resolve().parents[2]
+CELERY = [sys.executable, "-m", "celery", "-A", "tests.integration.proj"]
 BROKERS = {"redis": REDIS_URL.rsplit("/", 1)[0] + "/5", "rabbitmq": RABBITMQ_URL}
 
 
@@ -109,22 +110,7 @@ class Cluster:
         queue: str | None = None,
         **extra_env: str,
     ) -> Worker:
-        env = {
-            **os.environ,
-            **extra_env,
-            "DURABLE_TEST_BROKER": self.broker,
-            "DURABLE_TEST_STORE": self.store_url,
-            "DURABLE_TEST_PREFIX": self.prefix,
-            "DURABLE_TEST_QUEUE": self.queue,
-            "DURABLE_TEST_EFFECTS": str(self.effects),
-            "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
-            "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
-            "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
-            "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
-            "DURABLE_TEST_RESULT_BACKEND": self.result_backend or "",
-            "DURABLE_TEST_VISIBILITY_TIMEOUT": str(self.visibility_timeout or ""),
-            "PYTHONPATH": str(REPO),
-        }
+        env = self.env(**extra_env)
         log = self.logs / f"worker-{len(self.workers)}.log"
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         process = subprocess.Popen(
@@ -193,6 +179,50 @@ class Cluster:
     def deliveries(self, job_id: str) -> int:
         """How many times Celery handed the job's message to the task (task_prerun)."""
         return sum(1 for note in self.notes("deliveries") if note[2] == job_id)
+
+    def env(self, **extra_env: str) -> dict[str, str]:
+        """What `celery -A tests.integration.proj ...` needs to build this cluster's app."""
+        return {
+            **os.environ,
+            **extra_env,
+            "DURABLE_TEST_BROKER": self.broker,
+            "DURABLE_TEST_STORE": self.store_url,
+            "DURABLE_TEST_PREFIX": self.prefix,
+            "DURABLE_TEST_QUEUE": self.queue,
+            "DURABLE_TEST_EFFECTS": str(self.effects),
+            "DURABLE_TEST_STEP_SECONDS": str(self.step_seconds),
+            "DURABLE_TEST_DELIVERY_TIMEOUT": str(self.delivery_timeout),
+            "DURABLE_TEST_MAX_COUNTDOWN": str(self.max_countdown),
+            "DURABLE_TEST_PRIORITIES": "1" if self.priorities else "",
+            "DURABLE_TEST_RESULT_BACKEND": self.result_backend or "",
+            "DURABLE_TEST_VISIBILITY_TIMEOUT": str(self.visibility_timeout or ""),
+            "PYTHONPATH": str(REPO),
+        }
+
+    def web(self, port: int, *args: str) -> Worker:
+        """`celery -A tests.integration.proj durable web --port PORT ...`, once it answers."""
+        log = self.logs / f"web-{len(self.workers)}.log"
+        process = subprocess.Popen(
+            [*CELERY, "durable", "web", "--port", str(port), *args],
+            cwd=REPO,
+            env=self.env(),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        web = Worker(process, log)
+        self.workers.append(web)
+
+        def answers() -> bool:
+            assert process.poll() is None, log.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(answers, 60, "the dashboard to listen")
+        return web
 
     def beat(self, **extra_env: str) -> Worker:
         """A `celery beat -S durable` process with the test schedule registered."""

@@ -340,6 +340,24 @@ class MemoryJobs(MemoryState):
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return jobs[where.offset : where.offset + where.limit]
 
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        every_state = replace(where, states=())
+        counts: dict[str, int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if _matches(job, every_state):
+                    counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        return counts
+
+    def finished_per_minute(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        counts: dict[tuple[datetime, str], int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if job.finished_at is not None and job.finished_at >= since:
+                    key = (job.finished_at.replace(second=0, microsecond=0), job.state.value)
+                    counts[key] = counts.get(key, 0) + 1
+        return [(minute, st, n) for (minute, st), n in sorted(counts.items())]
+
     def job_errors(self, job_id: str) -> list[JobError]:
         with self._lock:
             return list(self._errors.get(job_id, ()))
@@ -426,6 +444,7 @@ def _matches(job: JobRecord, where: JobFilter) -> bool:
         (not where.states or job.state in where.states)
         and where.task in (None, job.task)
         and where.queue in (None, job.queue)
+        and job.id.startswith(where.id_prefix or "")
         and within(job.created_at, where.created_after, where.created_before)
         and within(job.finished_at, where.finished_after, where.finished_before)
     )

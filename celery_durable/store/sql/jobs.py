@@ -28,8 +28,14 @@ from ..records import (
     call_id,
 )
 from .connection import SQLConnection
+from .dialects import parse_minute
 from .rows import fence, job_record
-from .statements import list_jobs_query, new_job_row
+from .statements import (
+    count_jobs_query,
+    finished_per_minute_query,
+    list_jobs_query,
+    new_job_row,
+)
 
 DELETE_BATCH = 1000
 
@@ -269,6 +275,15 @@ class JobsSQL(SQLConnection):
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         with self._connect() as conn:
             return [job_record(row) for row in conn.execute(list_jobs_query(self.tables, where))]
+
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        with self._connect() as conn:
+            return {st: int(n) for st, n in conn.execute(count_jobs_query(self.tables, where))}
+
+    def finished_per_minute(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        with self._connect() as conn:
+            rows = conn.execute(finished_per_minute_query(self.tables), {"p_since": since})
+            return [(parse_minute(minute), st, int(n)) for minute, st, n in rows]
 
     def job_errors(self, job_id: str) -> list[JobError]:
         with self._connect() as conn:

@@ -38,6 +38,7 @@ from ..records import (
     JobState,
     NewJob,
 )
+from .dialects import minute_of
 from .schema import Tables, UTCDateTime
 
 
@@ -527,9 +528,42 @@ def _delete_finished_batch(tables: Tables, finished_before: tuple[Any, ...]) -> 
 def list_jobs_query(tables: Tables, where: JobFilter) -> Select[Any]:
     """The one statement built per call: its WHERE clause is the filter's."""
     jobs = tables.jobs
-    query = select(jobs)
+    query = _filtered(select(jobs), tables, where)
     if where.states:
         query = query.where(jobs.c.state.in_([s.value for s in where.states]))
+    return (
+        query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        .limit(where.limit)
+        .offset(where.offset)
+    )
+
+
+def count_jobs_query(tables: Tables, where: JobFilter) -> Select[Any]:
+    """Jobs matching the filter (but its states) by state."""
+    jobs = tables.jobs
+    counted = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+    return _filtered(counted, tables, where)
+
+
+def finished_per_minute_query(tables: Tables) -> Select[Any]:
+    """Jobs finished since ``p_since`` by UTC minute ("YYYY-MM-DD HH:MM") and state,
+    through the finished_at index."""
+    jobs = tables.jobs
+    minute = minute_of(jobs.c.finished_at).label("minute")
+    return (
+        select(minute, jobs.c.state, func.count())
+        .where(jobs.c.finished_at >= _time("p_since"))
+        .group_by(minute, jobs.c.state)
+        .order_by(minute)
+    )
+
+
+def _filtered(query: Select[Any], tables: Tables, where: JobFilter) -> Select[Any]:
+    jobs = tables.jobs
+    if where.id_prefix:
+        # A range, not LIKE: it uses the primary key on every database and collation.
+        low = where.id_prefix
+        query = query.where(jobs.c.id >= low, jobs.c.id < low[:-1] + chr(ord(low[-1]) + 1))
     for column, value in (("task", where.task), ("queue", where.queue)):
         if value is not None:
             query = query.where(jobs.c[column] == value)
@@ -541,11 +575,7 @@ def list_jobs_query(tables: Tables, where: JobFilter) -> Select[Any]:
             query = query.where(jobs.c[column] >= after)
         if before is not None:
             query = query.where(jobs.c[column] < before)
-    return (
-        query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
-        .limit(where.limit)
-        .offset(where.offset)
-    )
+    return query
 
 
 def _time(name: str) -> BindParameter[datetime]:

@@ -164,6 +164,40 @@ class RetryConformance:
         ) == ["job-2", "job-1"]
         assert ids(created_before=T0 + timedelta(minutes=1)) == ["pending", "job-0"]
 
+    def test_counts_by_state_search_by_id_prefix_and_finished_per_minute(
+        self, storage: Storage
+    ) -> None:
+        for n, state in enumerate((JobState.DEAD, JobState.SUCCEEDED, JobState.SUCCEEDED)):
+            lease = claimed(storage, f"ab{n}-job", at=T0)
+            storage.finish_job(lease, state, None, ERROR, T0 + timedelta(seconds=50 * n))
+        storage.create_job(new_job("abz"))
+        storage.create_job(new_job("b-job"))
+        assert storage.count_jobs(JobFilter()) == {"dead": 1, "succeeded": 2, "pending": 2}
+        # the states filter is not what counts look at; the other filters are
+        assert storage.count_jobs(JobFilter(states=(JobState.DEAD,), id_prefix="ab")) == {
+            "dead": 1,
+            "succeeded": 2,
+            "pending": 1,
+        }
+        assert storage.count_jobs(JobFilter(task="other")) == {}
+        found = [j.id for j in storage.list_jobs(JobFilter(id_prefix="ab1"))]
+        assert found == ["ab1-job"]
+        assert sorted(j.id for j in storage.list_jobs(JobFilter(id_prefix="ab"))) == [
+            "ab0-job",
+            "ab1-job",
+            "ab2-job",
+            "abz",
+        ]
+        minute = T0.replace(second=0, microsecond=0)  # T0 is 5 s into it: +50 s stays in it
+        assert storage.finished_per_minute(T0) == [
+            (minute, "dead", 1),
+            (minute, "succeeded", 1),
+            (minute + timedelta(minutes=1), "succeeded", 1),
+        ]
+        assert storage.finished_per_minute(T0 + timedelta(seconds=60)) == [
+            (minute + timedelta(minutes=1), "succeeded", 1)
+        ]
+
     def test_delete_jobs_only_in_the_given_states(self, storage: Storage) -> None:
         dead = claimed(storage, "dead")
         storage.record_call(call_record("dead", 1), dead)

@@ -1,0 +1,531 @@
+"""The dashboard as an ASGI app (Starlette): HTML pages, their live fragments, the JSON API
+and the actions, all reading and writing through the ``Durable`` management API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..app import Durable
+from ..errors import DurableError, JobNotFound, JobStateError, ScheduleNotFound
+from ..operations.events import Event, read_events
+from . import chart
+from .actions import ACTIONS, ActionError, audit
+from .filters import FilterError, JobQuery
+from .jsonable import jsonable
+from .security import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    Auth,
+    Operator,
+    authenticate,
+    csrf_token,
+    csrf_valid,
+    new_nonce,
+)
+
+logger = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+CHART_MINUTES = 60
+PING_EVERY = 15.0
+
+
+class Dashboard:
+    """What every request needs: the management API, the auth rule and the CSRF secret."""
+
+    def __init__(
+        self,
+        durable: Durable,
+        *,
+        read_only: bool | None,
+        auth: Auth | None,
+        secret: bytes | None,
+        poll_interval: float,
+    ) -> None:
+        self.durable = durable
+        self.read_only = durable.settings.web_read_only if read_only is None else read_only
+        self.auth = auth
+        self.secret = secret or secrets.token_bytes(32)
+        self.poll_interval = poll_interval
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        self.templates.env.globals.update(pretty=_pretty, states=_STATES)
+        self.templates.env.filters["when"] = _when
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def operator(self, request: HTTPConnection) -> Operator:
+        operator: Operator = request.scope["state"]["operator"]
+        return operator
+
+    def can_act(self, request: HTTPConnection) -> bool:
+        return not self.read_only and self.operator(request).can_act
+
+    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        nonce = request.scope["state"]["csrf_nonce"]
+        return self.templates.TemplateResponse(
+            request,
+            name,
+            {
+                "operator": self.operator(request),
+                "can_act": self.can_act(request),
+                "read_only": self.read_only,
+                "csrf": csrf_token(self.secret, nonce),
+                "csrf_field": CSRF_FIELD,
+                "store": self.durable.storage.safe_url,
+                "now": self.durable.now(),
+                "path": lambda route, **params: request.url_for(route, **params).path,
+                **context,
+            },
+            status_code=status,
+        )
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def jobs_data(self, request: Request) -> dict[str, Any]:
+        query = JobQuery.parse(request.query_params)
+        rows = await self.call(self.durable.jobs, **query.listing())
+        counts = await self.call(self.durable.job_counts, **query.counting())
+        return {
+            "query": query,
+            "jobs": rows[: query.page_size],
+            "has_next": len(rows) > query.page_size,
+            "counts": counts,
+        }
+
+    async def jobs_page(self, request: Request) -> Response:
+        return self.render(request, "jobs.html", **await self.jobs_data(request))
+
+    async def jobs_table(self, request: Request) -> Response:
+        return self.render(request, "_jobs_table.html", **await self.jobs_data(request))
+
+    async def api_jobs(self, request: Request) -> Response:
+        data = await self.jobs_data(request)
+        query: JobQuery = data.pop("query")
+        return _json({**data, "page": query.page, "page_size": query.page_size})
+
+    async def job_data(self, request: Request) -> dict[str, Any]:
+        job = await self.call(self.durable.get_job, request.path_params["job_id"])
+        children = sorted({*job.waiting_for, *_dispatched(job)})
+        return {"job": job, "children": children}
+
+    async def job_page(self, request: Request) -> Response:
+        return self.render(request, "job.html", **await self.job_data(request))
+
+    async def job_body(self, request: Request) -> Response:
+        return self.render(request, "_job_body.html", **await self.job_data(request))
+
+    async def api_job(self, request: Request) -> Response:
+        data = await self.job_data(request)
+        return _json({**jsonable(data["job"]), "children": data["children"]})
+
+    async def api_history(self, request: Request) -> Response:
+        history = await self.call(self.durable.export_history, request.path_params["job_id"])
+        return _json(history)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_data(self, request: Request) -> dict[str, Any]:
+        query = JobQuery.parse(request.query_params)
+        rows = await self.call(
+            self.durable.dead_letters,
+            task=query.task,
+            since=query.since,
+            until=query.until,
+            limit=query.page_size + 1,
+            offset=(query.page - 1) * query.page_size,
+        )
+        return {"query": query, "jobs": rows[: query.page_size], "has_next": len(rows) > 50}
+
+    async def dead_page(self, request: Request) -> Response:
+        return self.render(request, "dead.html", **await self.dead_data(request))
+
+    async def api_dead(self, request: Request) -> Response:
+        data = await self.dead_data(request)
+        data.pop("query")
+        return _json(data)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _schedules(self) -> list[dict[str, Any]]:
+        api = self.durable.schedules
+        return [{"schedule": r, "last": next(iter(api.runs(r.name, 1)), None)} for r in api.all()]
+
+    async def schedules_page(self, request: Request) -> Response:
+        rows = await self.call(self._schedules)
+        return self.render(request, "schedules.html", rows=rows)
+
+    async def api_schedules(self, request: Request) -> Response:
+        return _json(await self.call(self._schedules))
+
+    def _schedule(self, name: str) -> dict[str, Any]:
+        api = self.durable.schedules
+        return {"schedule": api.get(name), "runs": api.runs(name, 100)}
+
+    async def schedule_page(self, request: Request) -> Response:
+        data = await self.call(self._schedule, request.path_params["name"])
+        return self.render(request, "schedule.html", **data)
+
+    async def schedule_body(self, request: Request) -> Response:
+        data = await self.call(self._schedule, request.path_params["name"])
+        return self.render(request, "_schedule_body.html", **data)
+
+    async def api_schedule(self, request: Request) -> Response:
+        return _json(await self.call(self._schedule, request.path_params["name"]))
+
+    # -- queues, workers and throughput ----------------------------------------------------
+
+    def _queues(self) -> dict[str, Any]:
+        d = self.durable
+        series = chart.minutes(d.throughput(CHART_MINUTES), d.now(), CHART_MINUTES)
+        return {
+            "queues": d.queues(),
+            "paused": d.paused(),
+            "workers": d.workers(),
+            "series": series,
+            "rates": chart.rates(series),
+        }
+
+    async def queues_page(self, request: Request) -> Response:
+        data = await self.call(self._queues)
+        return self.render(request, "queues.html", chart=chart.svg(data["series"]), **data)
+
+    async def queues_body(self, request: Request) -> Response:
+        data = await self.call(self._queues)
+        return self.render(request, "_queues_body.html", chart=chart.svg(data["series"]), **data)
+
+    async def api_queues(self, request: Request) -> Response:
+        data = await self.call(self._queues)
+        return _json(
+            {
+                **{k: data[k] for k in ("queues", "paused", "workers")},
+                "throughput": {
+                    "per_second": data["rates"].per_second,
+                    "failure_rate": data["rates"].failure_rate,
+                    "minutes": data["series"],
+                },
+            }
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def events_page(self, request: Request) -> Response:
+        since = self.durable.now() - timedelta(minutes=10)
+        events = await self.call(read_events, self.durable.runtime, since, 500)
+        events = list(reversed(events[-100:]))
+        return self.render(request, "events.html", events=events)
+
+    async def api_events(self, request: Request) -> Response:
+        since = request.query_params.get("since")
+        events = await self.call(read_events, self.durable.runtime, since, 500)
+        return _json([{**jsonable(e), "cursor": e.cursor} for e in events])
+
+    async def live(self, request: Request) -> Response:
+        """Server-sent events: ``event: job`` for the jobs asked for (``job=`` repeated),
+        else ``event: event`` with each event as a table row (``format=html``) or JSON."""
+        jobs = set(request.query_params.getlist("job"))
+        html = request.query_params.get("format") == "html"
+        since_text = request.query_params.get("since")
+        since: str | datetime = since_text or self.durable.now()
+        await self.call(read_events, self.durable.runtime, since, 1)  # a bad cursor: 400 now
+
+        def frame(event: Event) -> str:
+            if jobs:
+                return _sse("job", json.dumps({"kind": event.kind, "job_id": event.job_id}))
+            if html:
+                row = self.templates.get_template("_event_row.html").render(
+                    event=event, path=lambda route, **p: request.url_for(route, **p).path
+                )
+                return _sse("event", row)
+            return _sse("event", json.dumps({**jsonable(event), "cursor": event.cursor}))
+
+        async def stream() -> AsyncIterator[str]:
+            cursor, quiet = since, 0.0
+            yield "retry: 2000\n\n"
+            while True:
+                batch = await self.call(read_events, self.durable.runtime, cursor, 500)
+                for event in batch:
+                    cursor = event.cursor
+                    if not jobs or event.job_id in jobs or event.job_id.split(".")[0] in jobs:
+                        yield frame(event)
+                if batch:
+                    quiet = 0.0
+                    continue
+                await anyio.sleep(self.poll_interval)
+                quiet += self.poll_interval
+                if quiet >= PING_EVERY:
+                    quiet = 0.0
+                    yield ": ping\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def csrf(self, request: Request) -> Response:
+        """For scripts: the token to send back (with the cookie this response sets)."""
+        nonce = request.scope["state"]["csrf_nonce"]
+        return _json({"token": csrf_token(self.secret, nonce), "header": "X-CSRF-Token"})
+
+    async def act(self, request: Request, api: bool) -> Response:
+        name = request.path_params["name"]
+        operator = self.operator(request)
+        fields = await _fields(request)
+        token = request.headers.get(CSRF_HEADER) or _first(fields.get(CSRF_FIELD))
+        if not csrf_valid(self.secret, request.cookies.get(CSRF_COOKIE), token):
+            audit.warning("refused %s by %s: no valid CSRF token", name, operator.name)
+            return _refuse(api, 403, _NO_CSRF)
+        if not self.can_act(request):
+            audit.warning("refused %s by %s: read-only", name, operator.name)
+            return _refuse(api, 403, "refused: the dashboard is read-only")
+        action = ACTIONS.get(name)
+        if action is None:
+            return _refuse(api, 404, f"no action named {name!r}; actions: {', '.join(ACTIONS)}")
+        try:
+            outcome = await self.call(action, self.durable, fields)
+        except (ActionError, FilterError, DurableError, ValueError) as exc:
+            status = _status(exc)
+            audit.info("%s by %s failed: %s", name, operator.name, exc)
+            return _refuse(api, status, str(exc))
+        audit.info(
+            "%s by %s: %s; jobs=%s%s",
+            name,
+            operator.name,
+            outcome.message,
+            ",".join(outcome.ids) or "-",
+            f"; skipped={','.join(outcome.skipped)}" if outcome.skipped else "",
+        )
+        if api:
+            return _json(outcome)
+        if "hx-request" not in request.headers:  # a plain form post: back to the page
+            return RedirectResponse(request.headers.get("referer") or "../jobs", status_code=303)
+        response = self.render(request, "_flash.html", outcome=outcome, ok=True)
+        response.headers["HX-Trigger"] = "refresh"
+        return response
+
+    async def act_html(self, request: Request) -> Response:
+        return await self.act(request, api=False)
+
+    async def act_api(self, request: Request) -> Response:
+        return await self.act(request, api=True)
+
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse(request.url_for("jobs").path, status_code=307)
+
+
+_NO_CSRF = (
+    "refused: the request carries no valid CSRF token (reload the page; scripts: GET "
+    "api/csrf first and send its token back as the X-CSRF-Token header)"
+)
+_STATES = (
+    "pending",
+    "running",
+    "retrying",
+    "suspended",
+    "succeeded",
+    "failed",
+    "dead",
+    "cancelled",
+)
+
+
+def _pretty(value: Any) -> str:
+    """JSON for people; autoescaped where it is shown, like every other value."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+def _dispatched(job: Any) -> list[str]:
+    return [
+        str(c.result["child"])
+        for c in job.calls
+        if isinstance(c.result, dict) and set(c.result) == {"child"}
+    ]
+
+
+def _sse(event: str, data: str) -> str:
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"event: {event}\n{lines}\n"
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return JSONResponse(jsonable(value), status_code=status)
+
+
+def _first(value: Any) -> str | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return None if value is None else str(value)
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+    form = await request.form()
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            if key in fields:
+                previous = fields[key]
+                fields[key] = (
+                    [*previous, value] if isinstance(previous, list) else [previous, value]
+                )
+            else:
+                fields[key] = value
+    return fields
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, ActionError):
+        return exc.status
+    if isinstance(exc, (JobNotFound, ScheduleNotFound)):
+        return 404
+    if isinstance(exc, JobStateError):
+        return 409
+    return 400
+
+
+def _refuse(api: bool, status: int, message: str) -> Response:
+    if api:
+        return JSONResponse({"error": message}, status_code=status)
+    from markupsafe import escape
+
+    return HTMLResponse(f'<div class="flash bad" role="alert">{escape(message)}</div>', status)
+
+
+class Guard:
+    """Every request: who is asking (401 if nobody we accept), and a CSRF nonce cookie."""
+
+    def __init__(self, app: ASGIApp, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        settings = self.dashboard.durable.settings
+        operator = authenticate(conn, settings, self.dashboard.auth)
+        if operator is None:
+            headers = {}
+            if settings.web_password is not None:
+                headers["WWW-Authenticate"] = 'Basic realm="celery-durable"'
+            response = Response(
+                "authentication required: send the dashboard's credentials", 401, headers
+            )
+            await response(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["operator"] = operator
+        nonce = conn.cookies.get(CSRF_COOKIE)
+        fresh = nonce is None
+        state["csrf_nonce"] = nonce or new_nonce()
+        cookie_path = scope.get("root_path") or "/"
+
+        async def send_with_cookie(message: Message) -> None:
+            if fresh and message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.append(
+                    "set-cookie",
+                    f"{CSRF_COOKIE}={state['csrf_nonce']}; Path={cookie_path}; HttpOnly; "
+                    "SameSite=Strict",
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+def _errors(dashboard: Dashboard) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        status = _status(exc)
+        if request.url.path.startswith(request.url_for("api_csrf").path.rsplit("/", 1)[0]):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        return dashboard.render(request, "error.html", status=status, message=str(exc))
+
+    return {FilterError: handle, DurableError: handle, ValueError: handle}
+
+
+def create_app(
+    durable: Durable,
+    *,
+    read_only: bool | None = None,
+    auth: Auth | None = None,
+    secret: bytes | None = None,
+    poll_interval: float = 0.5,
+) -> Starlette:
+    """The dashboard as an ASGI app; mount it under any prefix.
+
+    ``read_only``: default ``durable_web_read_only``. ``auth``: the host application's
+    check, ``auth(request) -> Operator | str | None`` (None refuses); without it, the
+    ``durable_web_*`` credentials, or loopback clients only. ``secret``: signs the CSRF
+    tokens (give the same one to every process behind one address)."""
+    d = Dashboard(
+        durable, read_only=read_only, auth=auth, secret=secret, poll_interval=poll_interval
+    )
+    routes = [
+        Route("/", d.home, name="home"),
+        Route("/jobs", d.jobs_page, name="jobs"),
+        Route("/jobs/table", d.jobs_table, name="jobs_table"),
+        Route("/jobs/{job_id}", d.job_page, name="job"),
+        Route("/jobs/{job_id}/body", d.job_body, name="job_body"),
+        Route("/dead-letters", d.dead_page, name="dead"),
+        Route("/schedules", d.schedules_page, name="schedules"),
+        Route("/schedules/{name}", d.schedule_page, name="schedule"),
+        Route("/schedules/{name}/body", d.schedule_body, name="schedule_body"),
+        Route("/queues", d.queues_page, name="queues"),
+        Route("/queues/body", d.queues_body, name="queues_body"),
+        Route("/events", d.events_page, name="events"),
+        Route("/live", d.live, name="live"),
+        Route("/actions/{name}", d.act_html, methods=["POST"], name="action"),
+        Route("/api/jobs", d.api_jobs, name="api_jobs"),
+        Route("/api/jobs/{job_id}", d.api_job, name="api_job"),
+        Route("/api/jobs/{job_id}/history", d.api_history, name="api_history"),
+        Route("/api/dead-letters", d.api_dead, name="api_dead"),
+        Route("/api/schedules", d.api_schedules, name="api_schedules"),
+        Route("/api/schedules/{name}", d.api_schedule, name="api_schedule"),
+        Route("/api/queues", d.api_queues, name="api_queues"),
+        Route("/api/events", d.api_events, name="api_events"),
+        Route("/api/csrf", d.csrf, name="api_csrf"),
+        Route("/api/actions/{name}", d.act_api, methods=["POST"], name="api_action"),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers=_errors(d))
+    app.add_middleware(Guard, dashboard=d)
+    app.state.dashboard = d
+    return app
