@@ -71,7 +71,8 @@ def main() -> int:
                     .values(state=state, task=task, error='{"type": "Boom", "message": "x"}')
                 )
         a_job = f"j{args.jobs // 2:07d}"
-        client = TestClient(create_app(durable), client=("127.0.0.1", 50000))
+        base = "http://127.0.0.1:5556"
+        client = TestClient(create_app(durable), base_url=base, client=("127.0.0.1", 50000))
         pages = {
             "jobs list": "/jobs",
             "jobs list, state filter": "/jobs?state=dead",

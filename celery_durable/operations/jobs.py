@@ -48,7 +48,7 @@ def job_filter(
         queue=queue,
         created_after=since,
         created_before=until,
-        id_prefix=id_prefix.strip().lower() if id_prefix else None,
+        id_prefix=id_prefix.strip() or None if id_prefix else None,
         limit=limit,
         offset=offset,
     )

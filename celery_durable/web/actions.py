@@ -77,17 +77,24 @@ def cancel(durable: Durable, fields: Fields) -> Outcome:
 
 def send(durable: Durable, fields: Fields) -> Outcome:
     job_id, topic = _one(fields, "job_id"), _one(fields, "topic")
-    text = fields.get("payload")
-    text = text[0] if isinstance(text, list) else text
-    try:
-        payload = json.loads(text) if text not in (None, "") else None
-    except ValueError as exc:
-        message = f'the payload is not JSON ({exc}); send e.g. {{"ok": true}}'
-        raise ActionError(400, message) from None
+    payload = _payload(fields.get("payload"))
     key = fields.get("key") or None
     sent = durable.send(job_id, topic, payload, key=key if isinstance(key, str) else None)
     message = f"message on {topic!r} sent to job {job_id}" if sent else "already sent (same key)"
     return Outcome(message, [job_id])
+
+
+def _payload(value: Any) -> Any:
+    """A form sends the payload as JSON text; a JSON body may send the value itself."""
+    if not isinstance(value, str):
+        return value
+    if value.strip() == "":
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        message = f'the payload is not JSON ({exc}); send e.g. {{"ok": true}}'
+        raise ActionError(400, message) from None
 
 
 def requeue(durable: Durable, fields: Fields) -> Outcome:
@@ -99,8 +106,17 @@ def requeue(durable: Durable, fields: Fields) -> Outcome:
 
 def purge(durable: Durable, fields: Fields) -> Outcome:
     ids = _many(fields, "ids") or [_one(fields, "job_id")]
-    deleted = durable.purge_dead_letters(ids)
-    return Outcome(f"deleted {_plural(deleted, 'dead letter')} for good", ids)
+    dead = [i for i in ids if _is_dead(durable, i)]
+    deleted = durable.purge_dead_letters(dead) if dead else 0
+    skipped = {i: "not a dead letter" for i in ids if i not in dead}
+    return Outcome(f"deleted {_plural(deleted, 'dead letter')} for good", dead, skipped)
+
+
+def _is_dead(durable: Durable, job_id: str) -> bool:
+    try:
+        return durable.get_job(job_id).state == "dead"
+    except JobNotFound:
+        return False
 
 
 def _retry_one(durable: Durable, job_id: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import anyio
 from starlette.applications import Starlette
@@ -45,11 +46,13 @@ from .security import (
     csrf_token,
     csrf_valid,
     new_nonce,
+    same_origin,
 )
 
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CHART_MINUTES = 60
+_EVENT_PAGES = 20
 PING_EVERY = 15.0
 
 
@@ -68,7 +71,8 @@ class Dashboard:
         self.durable = durable
         self.read_only = durable.settings.web_read_only if read_only is None else read_only
         self.auth = auth
-        self.secret = secret or secrets.token_bytes(32)
+        configured = durable.settings.web_secret
+        self.secret = secret or (configured.encode() if configured else secrets.token_bytes(32))
         self.poll_interval = poll_interval
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals.update(pretty=_pretty, states=_STATES)
@@ -83,8 +87,10 @@ class Dashboard:
     def can_act(self, request: HTTPConnection) -> bool:
         return not self.read_only and self.operator(request).can_act
 
+    def token(self, request: HTTPConnection) -> str:
+        return csrf_token(self.secret, request.scope["state"]["csrf_nonce"], self.operator(request))
+
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
-        nonce = request.scope["state"]["csrf_nonce"]
         return self.templates.TemplateResponse(
             request,
             name,
@@ -92,11 +98,11 @@ class Dashboard:
                 "operator": self.operator(request),
                 "can_act": self.can_act(request),
                 "read_only": self.read_only,
-                "csrf": csrf_token(self.secret, nonce),
+                "csrf": self.token(request),
                 "csrf_field": CSRF_FIELD,
                 "store": self.durable.storage.safe_url,
                 "now": self.durable.now(),
-                "path": lambda route, **params: request.url_for(route, **params).path,
+                "path": lambda route, **params: url_path(request, route, **params),
                 **context,
             },
             status_code=status,
@@ -160,7 +166,8 @@ class Dashboard:
             limit=query.page_size + 1,
             offset=(query.page - 1) * query.page_size,
         )
-        return {"query": query, "jobs": rows[: query.page_size], "has_next": len(rows) > 50}
+        page = rows[: query.page_size]
+        return {"query": query, "jobs": page, "has_next": len(rows) > query.page_size}
 
     async def dead_page(self, request: Request) -> Response:
         return self.render(request, "dead.html", **await self.dead_data(request))
@@ -235,10 +242,21 @@ class Dashboard:
     # -- events ----------------------------------------------------------------------------
 
     async def events_page(self, request: Request) -> Response:
-        since = self.durable.now() - timedelta(minutes=10)
-        events = await self.call(read_events, self.durable.runtime, since, 500)
-        events = list(reversed(events[-100:]))
-        return self.render(request, "events.html", events=events)
+        events = await self.call(self._latest_events, 100)
+        return self.render(request, "events.html", events=list(reversed(events)))
+
+    def _latest_events(self, keep: int) -> list[Event]:
+        """The last ``keep`` events of the last ten minutes (read in pages: the stream
+        reads oldest first)."""
+        cursor: str | datetime = self.durable.now() - timedelta(minutes=10)
+        latest: list[Event] = []
+        for _ in range(_EVENT_PAGES):
+            batch = read_events(self.durable.runtime, cursor, 500)
+            latest = [*latest, *batch][-keep:]
+            if len(batch) < 500:
+                break
+            cursor = batch[-1].cursor
+        return latest
 
     async def api_events(self, request: Request) -> Response:
         since = request.query_params.get("since")
@@ -250,19 +268,22 @@ class Dashboard:
         else ``event: event`` with each event as a table row (``format=html``) or JSON."""
         jobs = set(request.query_params.getlist("job"))
         html = request.query_params.get("format") == "html"
-        since_text = request.query_params.get("since")
+        # a reconnecting EventSource sends the last id it saw: resume after it
+        since_text = request.headers.get("last-event-id") or request.query_params.get("since")
         since: str | datetime = since_text or self.durable.now()
         await self.call(read_events, self.durable.runtime, since, 1)  # a bad cursor: 400 now
 
         def frame(event: Event) -> str:
             if jobs:
-                return _sse("job", json.dumps({"kind": event.kind, "job_id": event.job_id}))
+                data = json.dumps({"kind": event.kind, "job_id": event.job_id})
+                return _sse("job", data, event.cursor)
             if html:
                 row = self.templates.get_template("_event_row.html").render(
-                    event=event, path=lambda route, **p: request.url_for(route, **p).path
+                    event=event, path=lambda route, **p: url_path(request, route, **p)
                 )
-                return _sse("event", row)
-            return _sse("event", json.dumps({**jsonable(event), "cursor": event.cursor}))
+                return _sse("event", row, event.cursor)
+            data = json.dumps({**jsonable(event), "cursor": event.cursor})
+            return _sse("event", data, event.cursor)
 
         async def stream() -> AsyncIterator[str]:
             cursor, quiet = since, 0.0
@@ -271,7 +292,7 @@ class Dashboard:
                 batch = await self.call(read_events, self.durable.runtime, cursor, 500)
                 for event in batch:
                     cursor = event.cursor
-                    if not jobs or event.job_id in jobs or event.job_id.split(".")[0] in jobs:
+                    if not jobs or event.job_id in jobs:
                         yield frame(event)
                 if batch:
                     quiet = 0.0
@@ -292,15 +313,15 @@ class Dashboard:
 
     async def csrf(self, request: Request) -> Response:
         """For scripts: the token to send back (with the cookie this response sets)."""
-        nonce = request.scope["state"]["csrf_nonce"]
-        return _json({"token": csrf_token(self.secret, nonce), "header": "X-CSRF-Token"})
+        return _json({"token": self.token(request), "header": "X-CSRF-Token"})
 
     async def act(self, request: Request, api: bool) -> Response:
         name = request.path_params["name"]
         operator = self.operator(request)
         fields = await _fields(request)
         token = request.headers.get(CSRF_HEADER) or _first(fields.get(CSRF_FIELD))
-        if not csrf_valid(self.secret, request.cookies.get(CSRF_COOKIE), token):
+        nonce = request.cookies.get(CSRF_COOKIE)
+        if not same_origin(request) or not csrf_valid(self.secret, nonce, operator, token):
             audit.warning("refused %s by %s: no valid CSRF token", name, operator.name)
             return _refuse(api, 403, _NO_CSRF)
         if not self.can_act(request):
@@ -326,7 +347,7 @@ class Dashboard:
         if api:
             return _json(outcome)
         if "hx-request" not in request.headers:  # a plain form post: back to the page
-            return RedirectResponse(request.headers.get("referer") or "../jobs", status_code=303)
+            return RedirectResponse(_back(request), status_code=303)
         response = self.render(request, "_flash.html", outcome=outcome, ok=True)
         response.headers["HX-Trigger"] = "refresh"
         return response
@@ -374,9 +395,24 @@ def _dispatched(job: Any) -> list[str]:
     ]
 
 
-def _sse(event: str, data: str) -> str:
+def _sse(event: str, data: str, cursor: str) -> str:
     lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
-    return f"event: {event}\n{lines}\n"
+    return f"id: {cursor}\nevent: {event}\n{lines}\n"
+
+
+def url_path(request: HTTPConnection, route: str, **params: Any) -> str:
+    """The path of a route under this mount, its parameters percent-encoded (an id may
+    hold ``/``, ``?`` or ``#``)."""
+    quoted = {k: quote(str(v), safe="") for k, v in params.items()}
+    return request.url_for(route, **quoted).path
+
+
+def _back(request: Request) -> str:
+    """Where a plain form post returns: the page it came from, if it is ours."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc == request.headers.get("host") and referer.path:
+        return referer.path + (f"?{referer.query}" if referer.query else "")
+    return url_path(request, "jobs")
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -441,15 +477,9 @@ class Guard:
             return
         conn = HTTPConnection(scope)
         settings = self.dashboard.durable.settings
-        operator = authenticate(conn, settings, self.dashboard.auth)
+        operator = await authenticate(conn, settings, self.dashboard.auth)
         if operator is None:
-            headers = {}
-            if settings.web_password is not None:
-                headers["WWW-Authenticate"] = 'Basic realm="celery-durable"'
-            response = Response(
-                "authentication required: send the dashboard's credentials", 401, headers
-            )
-            await response(scope, receive, send)
+            await _unauthorized(conn, settings)(scope, receive, send)
             return
         state = scope.setdefault("state", {})
         state["operator"] = operator
@@ -464,17 +494,29 @@ class Guard:
                 headers.append(
                     "set-cookie",
                     f"{CSRF_COOKIE}={state['csrf_nonce']}; Path={cookie_path}; HttpOnly; "
-                    "SameSite=Strict",
+                    "SameSite=Lax",
                 )
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
 
 
+def _unauthorized(conn: HTTPConnection, settings: Any) -> Response:
+    headers = {}
+    if settings.web_password is not None:
+        headers["WWW-Authenticate"] = 'Basic realm="celery-durable"'
+    elif settings.web_token is not None:
+        headers["WWW-Authenticate"] = 'Bearer realm="celery-durable"'
+    message = "authentication required: send the dashboard's credentials"
+    if "/api/" in conn.url.path:
+        return JSONResponse({"error": message}, 401, headers)
+    return Response(message, 401, headers)
+
+
 def _errors(dashboard: Dashboard) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
     async def handle(request: Request, exc: Exception) -> Response:
         status = _status(exc)
-        if request.url.path.startswith(request.url_for("api_csrf").path.rsplit("/", 1)[0]):
+        if "/api/" in request.url.path:
             return JSONResponse({"error": str(exc)}, status_code=status)
         return dashboard.render(request, "error.html", status=status, message=str(exc))
 
@@ -502,23 +544,23 @@ def create_app(
         Route("/", d.home, name="home"),
         Route("/jobs", d.jobs_page, name="jobs"),
         Route("/jobs/table", d.jobs_table, name="jobs_table"),
-        Route("/jobs/{job_id}", d.job_page, name="job"),
-        Route("/jobs/{job_id}/body", d.job_body, name="job_body"),
+        Route("/jobs/{job_id:path}/body", d.job_body, name="job_body"),
+        Route("/jobs/{job_id:path}", d.job_page, name="job"),
         Route("/dead-letters", d.dead_page, name="dead"),
         Route("/schedules", d.schedules_page, name="schedules"),
-        Route("/schedules/{name}", d.schedule_page, name="schedule"),
-        Route("/schedules/{name}/body", d.schedule_body, name="schedule_body"),
+        Route("/schedules/{name:path}/body", d.schedule_body, name="schedule_body"),
+        Route("/schedules/{name:path}", d.schedule_page, name="schedule"),
         Route("/queues", d.queues_page, name="queues"),
         Route("/queues/body", d.queues_body, name="queues_body"),
         Route("/events", d.events_page, name="events"),
         Route("/live", d.live, name="live"),
         Route("/actions/{name}", d.act_html, methods=["POST"], name="action"),
         Route("/api/jobs", d.api_jobs, name="api_jobs"),
-        Route("/api/jobs/{job_id}", d.api_job, name="api_job"),
-        Route("/api/jobs/{job_id}/history", d.api_history, name="api_history"),
+        Route("/api/jobs/{job_id:path}/history", d.api_history, name="api_history"),
+        Route("/api/jobs/{job_id:path}", d.api_job, name="api_job"),
         Route("/api/dead-letters", d.api_dead, name="api_dead"),
         Route("/api/schedules", d.api_schedules, name="api_schedules"),
-        Route("/api/schedules/{name}", d.api_schedule, name="api_schedule"),
+        Route("/api/schedules/{name:path}", d.api_schedule, name="api_schedule"),
         Route("/api/queues", d.api_queues, name="api_queues"),
         Route("/api/events", d.api_events, name="api_events"),
         Route("/api/csrf", d.csrf, name="api_csrf"),

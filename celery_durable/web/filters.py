@@ -12,6 +12,8 @@ from urllib.parse import urlencode
 from ..store.records import JobState
 
 PAGE_SIZE = 50
+MAX_PAGE = 100_000
+"""Deeper than this, narrow the filter (a time range) instead of paging."""
 
 
 class FilterError(ValueError):
@@ -58,8 +60,8 @@ class JobQuery:
             known = ", ".join(s.value for s in JobState)
             raise FilterError(f"state={state!r} is not a job state; one of {known}")
         page_text = _text(fields, "page") or "1"
-        if not page_text.isdigit() or int(page_text) < 1:
-            raise FilterError(f"page={page_text!r}: pages are numbered from 1")
+        if not page_text.isdigit() or not 1 <= int(page_text) <= MAX_PAGE:
+            raise FilterError(f"page={page_text!r}: pages are numbered from 1 to {MAX_PAGE:,}")
         return cls(
             state=state,
             task=_text(fields, "task"),

@@ -4,9 +4,12 @@
 - Credentials: HTTP basic (``durable_web_username``/``durable_web_password``), a bearer
   token (``durable_web_token``), or the host application's own ``auth`` hook when the
   dashboard is mounted. With none of them, only loopback clients get in.
-- CSRF: a random nonce in an HttpOnly, SameSite=Strict cookie, and a token that is the
-  HMAC of that nonce under the app's secret, sent back in a form field or a header.
-  A page from another origin can neither read the token nor forge it.
+- Anonymous loopback access also needs a loopback ``Host`` header, so a page on a
+  rebound DNS name cannot talk to it as if it were this machine.
+- CSRF: a random nonce in an HttpOnly, SameSite=Lax cookie, and a token that is the
+  HMAC of that nonce and the operator's name under the app's secret, sent back in a
+  form field or a header. A page from another origin can neither read the token nor
+  forge it; a POST whose ``Origin`` is another site is refused as well.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ..errors import ConfigurationError
@@ -38,8 +44,9 @@ class Operator:
     can_act: bool = True
 
 
-Auth = Callable[[HTTPConnection], "Operator | str | None"]
-"""The host application's check: the operator (or their name), or None to refuse."""
+Auth = Callable[[HTTPConnection], "Operator | str | Awaitable[Operator | str | None] | None"]
+"""The host application's check: the operator (or their name), or None to refuse. It
+may be ``async def``; a plain function runs in a thread (it may touch a database)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +56,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host_header: str) -> str:
+    """``example.com`` of ``example.com:5556``, ``::1`` of ``[::1]:5556``."""
+    return urlsplit(f"//{host_header}").hostname or ""
 
 
 def has_credentials(settings: Settings) -> bool:
@@ -67,10 +79,14 @@ def check_bind(host: str, settings: Settings, auth: Auth | None) -> None:
     )
 
 
-def authenticate(conn: HTTPConnection, settings: Settings, auth: Auth | None) -> Operator | None:
+async def authenticate(
+    conn: HTTPConnection, settings: Settings, auth: Auth | None
+) -> Operator | None:
     if auth is not None:
-        found = auth(conn)
-        return Operator(found) if isinstance(found, str) else found
+        found = await _ask(auth, conn)
+        if isinstance(found, Operator) and found.name:
+            return found
+        return Operator(found) if isinstance(found, str) and found else None
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     token = settings.web_token
@@ -80,9 +96,31 @@ def authenticate(conn: HTTPConnection, settings: Settings, auth: Auth | None) ->
         user = _basic_user(value, settings)
         if user is not None:
             return Operator(user)
-    if not has_credentials(settings) and conn.client and is_loopback(conn.client.host):
-        return Operator(f"anonymous@{conn.client.host}")
+    if not has_credentials(settings) and _local(conn):
+        return Operator(f"anonymous@{conn.client.host}")  # type: ignore[union-attr]
     return None
+
+
+async def _ask(auth: Auth, conn: HTTPConnection) -> object:
+    if inspect.iscoroutinefunction(auth):
+        return await auth(conn)
+    found = await run_in_threadpool(auth, conn)
+    return await found if inspect.isawaitable(found) else found
+
+
+def _local(conn: HTTPConnection) -> bool:
+    """A loopback client that asked for a loopback name (not a rebound DNS name)."""
+    if not (conn.client and is_loopback(conn.client.host)):
+        return False
+    return is_loopback(_host_name(conn.headers.get("host", "")))
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """No ``Origin`` (not a browser), or the one this request was sent to."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == conn.headers.get("host", "")
 
 
 def _basic_user(value: str, settings: Settings) -> str | None:
@@ -104,11 +142,13 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
-def csrf_token(secret: bytes, nonce: str) -> str:
-    return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()
+def csrf_token(secret: bytes, nonce: str, operator: Operator) -> str:
+    """Bound to the operator too: a viewer's token is no good in an admin's browser."""
+    message = f"{nonce}|{operator.name}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def csrf_valid(secret: bytes, nonce: str | None, token: str | None) -> bool:
+def csrf_valid(secret: bytes, nonce: str | None, operator: Operator, token: str | None) -> bool:
     if not nonce or not token:
         return False
-    return hmac.compare_digest(csrf_token(secret, nonce), token)
+    return _same(token, csrf_token(secret, nonce, operator))

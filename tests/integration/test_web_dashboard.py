@@ -105,6 +105,9 @@ def test_an_operator_requeues_a_dead_letter_and_watches_it_finish(
     row = f'tr[data-job="{dead}"]'
     _until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} .state.dead"), "dead row")
     _screenshot(browser, "jobs", tmp_path)
+    # a refused action says why on the page (htmx swaps error answers too)
+    _click_and_confirm(browser, ".bulk button")  # Retry, with nothing ticked
+    _until(browser, lambda d: "no jobs selected" in d.find_element(By.ID, "flash").text, "why")
     # the arguments are text on the page, never markup
     browser.get(f"{base}/jobs/{shown}")
     assert hostile in browser.find_element(By.CSS_SELECTOR, "pre.value").text
@@ -225,7 +228,9 @@ def test_no_page_shows_the_database_password(make_cluster: Callable[..., Cluster
     )
     durable = Durable.of(app)
     job_id = durable.enqueue(app.tasks["proj.quick"], 1).id
-    client = TestClient(create_app(durable), client=("127.0.0.1", 50000))
+    client = TestClient(
+        create_app(durable), base_url="http://127.0.0.1:5556", client=("127.0.0.1", 50000)
+    )
     pages = ["/jobs", f"/jobs/{job_id}", "/queues", "/schedules", "/dead-letters", "/events"]
     for page in [*pages, "/api/jobs", f"/api/jobs/{job_id}", "/api/queues"]:
         answer = client.get(page)

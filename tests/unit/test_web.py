@@ -45,7 +45,8 @@ def web_env() -> Iterator[Env]:
 
 
 def _client(env: Env, client: tuple[str, int] = LOCAL, **options: Any) -> TestClient:
-    return TestClient(create_app(env.durable, **options), client=client)
+    base = "http://127.0.0.1:5556"  # a loopback client asks for a loopback name
+    return TestClient(create_app(env.durable, **options), base_url=base, client=client)
 
 
 def _token(client: TestClient) -> str:
@@ -129,6 +130,23 @@ def test_read_only_refuses_every_action_and_shows_no_buttons(web_env: Env, how: 
 def test_without_credentials_only_loopback_clients_get_in(web_env: Env) -> None:
     assert _client(web_env, client=("10.1.2.3", 40000)).get("/jobs").status_code == 401
     assert _client(web_env, client=("::1", 40000)).get("/jobs").status_code == 200
+    # a page on a rebound DNS name reaches 127.0.0.1 but names its own host: refused
+    rebound = _client(web_env).get("/api/csrf", headers={"host": "evil.example:5556"})
+    assert rebound.status_code == 401 and "authentication required" in rebound.json()["error"]
+    assert _client(web_env).get("/jobs", headers={"host": "localhost:5556"}).status_code == 200
+
+
+def test_a_post_from_another_origin_is_refused_even_with_the_token(web_env: Env) -> None:
+    job_id = web_env.durable.enqueue(web_env.app.tasks["web.echo"], 1).id
+    client = _client(web_env)
+    headers = {"X-CSRF-Token": _token(client), "Origin": "http://evil.example"}
+    answer = client.post("/api/actions/cancel", json={"job_id": job_id}, headers=headers)
+    assert answer.status_code == 403 and _state(web_env, job_id) is JobState.PENDING
+    headers["Origin"] = "http://127.0.0.1:5556"
+    assert (
+        client.post("/api/actions/cancel", json={"job_id": job_id}, headers=headers).status_code
+        == 200
+    )
 
 
 def test_basic_credentials_and_a_bearer_token(web_env: Env) -> None:
@@ -287,7 +305,7 @@ def test_the_example_mounts_the_dashboard_under_a_prefix_behind_the_hosts_login(
     sys.modules.pop("examples.dashboard.host", None)
     host = importlib.import_module("examples.dashboard.host")
     try:
-        client = TestClient(host.app, client=LOCAL)
+        client = TestClient(host.app, base_url="http://localhost:8000", client=LOCAL)
         assert client.get("/").text.startswith("the host app")
         assert client.get("/ops/jobs").status_code == 401  # the host said no
         client.headers["x-user"] = "alice"
@@ -310,3 +328,37 @@ def test_the_example_mounts_the_dashboard_under_a_prefix_behind_the_hosts_login(
 
 def _noop() -> None:
     return None
+
+
+def test_an_async_auth_hook_is_awaited_and_a_falsy_answer_refuses(web_env: Env) -> None:
+    answers: dict[str, Any] = {"alice": "alice", "empty": "", "no": False}
+
+    async def auth(conn: HTTPConnection) -> Any:
+        return answers.get(conn.headers.get("x-user", ""))
+
+    client = _client(web_env, client=("10.1.2.3", 40000), auth=auth)
+    for user, status in (("alice", 200), ("empty", 401), ("no", 401), ("nobody", 401)):
+        assert client.get("/api/jobs", headers={"x-user": user}).status_code == status, user
+
+
+def test_ids_with_slashes_and_question_marks_get_working_links(web_env: Env) -> None:
+    odd = "orders/42?x=1#f"
+    web_env.durable.enqueue(web_env.app.tasks["web.echo"], 1, task_id=odd)
+    client = _client(web_env)
+    listing = client.get("/jobs").text
+    assert 'href="/jobs/orders%2F42%3Fx%3D1%23f"' in listing
+    shown = client.get("/jobs/orders%2F42%3Fx%3D1%23f")
+    assert shown.status_code == 200 and "orders/42?x=1#f" in shown.text
+    assert client.get("/api/jobs/orders%2F42%3Fx%3D1%23f/history").status_code == 200
+    assert [j["id"] for j in client.get("/api/jobs?q=orders/4").json()["jobs"]] == [odd]
+
+
+def test_purge_reports_only_what_it_deleted(web_env: Env) -> None:
+    job_id = web_env.durable.enqueue(web_env.app.tasks["web.echo"], 1).id
+    answer = _act(_client(web_env), "purge", ids=[job_id, "missing"])
+    assert answer.json() == {
+        "message": "deleted 0 dead letters for good",
+        "ids": [],
+        "skipped": {job_id: "not a dead letter", "missing": "not a dead letter"},
+    }
+    assert _state(web_env, job_id) is JobState.PENDING

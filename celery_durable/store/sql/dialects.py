@@ -37,6 +37,22 @@ def _minute_of(element: minute_of, compiler: Any, **kw: Any) -> str:
     return f"{function}({', '.join(args if function == 'strftime' else args[::-1])})"
 
 
+class byte_order(FunctionElement[str]):  # lower case: it reads like the SQL function
+    """A text column compared by code point: PostgreSQL sorts by the database's collation
+    (``-`` and ``:`` ignored under en_US), so there it is ``COLLATE "C"``; MySQL's
+    binary collation and SQLite compare that way already."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(byte_order)
+def _byte_order(element: byte_order, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    text = str(compiler.process(column, **kw))
+    return f'{text} COLLATE "C"' if compiler.dialect.name == "postgresql" else text
+
+
 def parse_minute(text: str) -> datetime:
     """What ``minute_of`` returned, as an aware UTC datetime."""
     return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)

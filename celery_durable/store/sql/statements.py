@@ -38,7 +38,7 @@ from ..records import (
     JobState,
     NewJob,
 )
-from .dialects import minute_of
+from .dialects import byte_order, minute_of
 from .schema import Tables, UTCDateTime
 
 
@@ -558,12 +558,23 @@ def finished_per_minute_query(tables: Tables) -> Select[Any]:
     )
 
 
+def _starts_with(column: Any, prefix: str) -> list[ColumnElement[bool]]:
+    """A range over the code points, not LIKE (case-insensitive on SQLite, wildcards to
+    escape): compared byte for byte, which MySQL's binary collation and SQLite do
+    already and PostgreSQL does under COLLATE "C" whatever the database's collation."""
+    exact = byte_order(column)
+    following = ord(prefix[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # no string holds a lone surrogate
+        following = 0xE000
+    if following > 0x10FFFF:
+        return [exact >= prefix, column.startswith(prefix, autoescape=True)]
+    return [exact >= prefix, exact < prefix[:-1] + chr(following)]
+
+
 def _filtered(query: Select[Any], tables: Tables, where: JobFilter) -> Select[Any]:
     jobs = tables.jobs
     if where.id_prefix:
-        # A range, not LIKE: it uses the primary key on every database and collation.
-        low = where.id_prefix
-        query = query.where(jobs.c.id >= low, jobs.c.id < low[:-1] + chr(ord(low[-1]) + 1))
+        query = query.where(*_starts_with(jobs.c.id, where.id_prefix))
     for column, value in (("task", where.task), ("queue", where.queue)):
         if value is not None:
             query = query.where(jobs.c[column] == value)
