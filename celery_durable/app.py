@@ -9,7 +9,9 @@ to the layer that does the work (``engine``, ``operations``, ``scheduling``,
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import functools
 import logging
 import threading
 import weakref
@@ -33,7 +35,7 @@ from .engine.task import DurableTask
 from .errors import ConfigurationError, JobNotFound
 from .identifiers import check_job_id, check_job_ids, check_optional_name
 from .observability.hooks import CallInfo, JobInfo, Observers
-from .operations import dead_letters, jobs, pauses, retention
+from .operations import dead_letters, jobs, pauses, results, retention
 from .operations.events import Event, read_events
 from .operations.events import follow as events_follow
 from .operations.messages import send as send_message
@@ -383,6 +385,33 @@ class Durable:
             self.storage.job_errors(job_id) if job.failures or job.requeues else [],
         )
 
+    def result(self, job_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result, read from its row (no Celery
+        result backend needed). Raises JobFailedError if it failed, died or was
+        cancelled, TimeoutError after ``timeout`` seconds, JobNotFound."""
+        return results.wait_result(self.runtime, check_job_id(job_id), _timeout(timeout))
+
+    # -- the async client API: the same operations, awaitable (each read or write runs
+    # in a thread, so an event loop never blocks on the database) -------------------------
+
+    async def aenqueue(self, task: DurableTask | str, *args: Any, **options: Any) -> AsyncResult:
+        """``enqueue`` for async code (FastAPI, ...): the same arguments and result."""
+        return await asyncio.to_thread(functools.partial(self.enqueue, task, *args, **options))
+
+    async def aget_job(self, job_id: str) -> JobView:
+        """``get_job`` for async code."""
+        return await asyncio.to_thread(self.get_job, job_id)
+
+    async def asend(self, job_id: str, topic: str, payload: Any, *, key: str | None = None) -> bool:
+        """``send`` for async code."""
+        return await asyncio.to_thread(
+            functools.partial(self.send, job_id, topic, payload, key=key)
+        )
+
+    async def aresult(self, job_id: str, *, timeout: float | None = None) -> Any:
+        """``result`` for async code: waits without blocking the loop."""
+        return await results.await_result(self.runtime, check_job_id(job_id), _timeout(timeout))
+
     # -- operations -------------------------------------------------------------------------
 
     def jobs(
@@ -566,6 +595,14 @@ class _FlowOptions:
         self.concurrency_key = options.get("concurrency_key")
         self.rate_limit_key = options.get("rate_limit_key")
         self.durable_rate_limit = options.get("rate_limit", options.get("durable_rate_limit"))
+
+
+def _timeout(timeout: float | None) -> float | None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+    ):
+        raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
+    return timeout
 
 
 def _check_options(options: dict[str, Any]) -> None:

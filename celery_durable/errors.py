@@ -8,6 +8,8 @@
     ├── JobNotFound                   no job with that id (also a LookupError)
     ├── ScheduleNotFound              no schedule with that name (also a LookupError)
     ├── JobStateError                 the job is not in a state that allows this
+    ├── JobFailedError                the job whose result was awaited failed, died or was cancelled
+    ├── UnawaitedCallError            an async body created a call it never awaited (a TypeError)
     ├── UnknownTaskError              call("name") for a task that is not registered
     ├── OutsideDurableTaskError       call() used outside a durable task body
     ├── CallError                     a call() failed; the original error is chained
@@ -88,6 +90,25 @@ class JobStateError(DurableError):
 
     def __str__(self) -> str:
         return f"durable job {self.job_id!r} is {self.state}: {self.why}"
+
+
+class JobFailedError(DurableError):
+    """The job ``result()``/``aresult()`` waited for ended without a result: failed, dead
+    or cancelled. ``error_type``/``error_message`` tell what it raised."""
+
+    def __init__(self, job_id: str, state: str, error_type: str, error_message: str) -> None:
+        super().__init__(job_id, state, error_type, error_message)
+        self.job_id = job_id
+        self.state = state
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return f"durable job {self.job_id} {self.state}: {self.error_type}: {self.error_message}"
+
+
+class UnawaitedCallError(DurableError, TypeError):
+    """An async body created a call (or a sleep, a receive, ...) it never awaited."""
 
 
 class UnknownTaskError(DurableError, LookupError):

@@ -91,6 +91,9 @@ class Settings:
     """With durable_synchronous_commit: send the call checkpoints with it too. A server
     crash may then lose the last 3 x wal_writer_delay of checkpoints (those calls run
     again)."""
+    async_threads: int = 8
+    """Threads per worker process that run the plain (sync) tasks async bodies call, so
+    a slow one never blocks the event loop."""
     web_read_only: bool = False
     """The dashboard (`celery durable web`) shows everything and acts on nothing."""
     web_username: str | None = None
@@ -98,11 +101,14 @@ class Settings:
     web_password: str | None = None
     web_token: str | None = None
     """A bearer token the dashboard's JSON API accepts (``Authorization: Bearer ...``)."""
+    web_secret: str | None = None
+    """Signs the dashboard's CSRF tokens, so they outlive a restart and hold across its
+    processes; default: a random one per process."""
 
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["database_url"] = safe_url(self.database_url)  # never the password
-        for secret in ("web_password", "web_token"):
+        for secret in ("web_password", "web_token", "web_secret"):
             if values[secret] is not None:
                 values[secret] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
@@ -160,6 +166,7 @@ class Settings:
             "beat_max_interval",
             "storage_wait",
             "outbox_relay_after",
+            "async_threads",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(

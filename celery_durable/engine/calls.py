@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import inspect
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from celery import Celery, Task
 from celery.canvas import Signature
@@ -43,9 +43,20 @@ from .context import (
     unmark_inline,
 )
 from .dispatch import call_dispatched, is_dispatched, resume_dispatched
+from .loop import (
+    check_awaited,
+    current_task,
+    failing,
+    forget_handed_out,
+    in_thread,
+    resolved,
+    run_body,
+    track,
+)
 from .matching import EndOfHistory, recorded_for
 from .recorded_errors import CallRetryPending, call_retryable, encode_error, traceback_text
 from .steps import check_may_run, record_step, replay_recorded
+from .suspend import Suspend
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -92,6 +103,33 @@ def call(
             check_retries(retries, "call(retries=...)") if retries is not None else policy.retries,
             check_backoff(backoff, "call(backoff=...)") if backoff is not None else policy.backoff,
         )
+    if not execution.is_async:
+        begun = _begin(execution, target, args, kwargs, retries, backoff, policy)
+        return _run(execution, begun) if isinstance(begun, _Live) else begun
+    # An async body: the position is taken now, in program order; the outcome (a
+    # replayed result or error, or the live run) comes where the body awaits it.
+    try:
+        begun = _begin(execution, target, args, kwargs, retries, backoff, policy)
+    except Suspend:
+        raise
+    except BaseException as exc:  # raised at the await, like a live error
+        return track(execution, failing(exc))
+    if isinstance(begun, _Live):
+        return track(execution, _run_async(execution, begun))
+    return track(execution, resolved(begun))
+
+
+def _begin(
+    execution: Execution,
+    target: CallTarget,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int | None,
+    backoff: Backoff | Seconds | None,
+    policy: RetryPolicy,
+) -> Any:
+    """Everything up to running the call: its position, then its recorded outcome, or a
+    ``_Live`` call to run."""
     if is_dispatched(target):
         return call_dispatched(
             execution,
@@ -114,7 +152,7 @@ def call(
     if execution.replay_only:
         raise EndOfHistory(seq, task.name)
     check_may_run(execution, seq, recorded)
-    return _run(execution, _Step(seq, task.name, digest), task, args, kwargs, policy, recorded)
+    return _Live(_Step(seq, task.name, digest), task, args, kwargs, policy, recorded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +162,18 @@ class _Step:
     seq: int
     name: str
     digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Live:
+    """A call with no recorded outcome: it runs now."""
+
+    step: _Step
+    task: Task
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    policy: RetryPolicy
+    previous: CallRecord | None
 
 
 def _resolve(
@@ -160,91 +210,95 @@ def _lookup(app: Celery, name: str) -> Task:
         ) from None
 
 
-def _run(
-    execution: Execution,
-    step: _Step,
-    task: Task,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    policy: RetryPolicy,
-    previous: CallRecord | None,
-) -> Any:
-    runtime, seq = execution.runtime, step.seq
-    attempt = previous.attempts + 1 if previous is not None else 1
-    earlier = (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
-    started = runtime.now()
-    watched = _Watched(execution, seq, task.name, attempt, started)
+def _run(execution: Execution, live: _Live) -> Any:
+    attempt = _Attempt(execution, live)
     try:
-        result = _invoke(execution, seq, task, args, kwargs)
+        result = _invoke(execution, live)
     except (NonDeterministicError, Cancelled):
         raise
     except Exception as exc:
+        attempt.failed(exc)
+    return attempt.succeeded(result)
+
+
+async def _run_async(execution: Execution, live: _Live) -> Any:
+    """A live call from an async body: an ``async def`` task runs on the loop, a plain
+    one on the process's call threads (so it never blocks the loop)."""
+    if not _is_async_task(live.task):
+        size = execution.runtime.settings.async_threads
+        return await in_thread(size, lambda: _run(execution, live))
+    attempt = _Attempt(execution, live)
+    try:
+        result = await _invoke_async(execution, live)
+    except (NonDeterministicError, Cancelled):
+        raise
+    except Exception as exc:
+        attempt.failed(exc)
+    return attempt.succeeded(result)
+
+
+class _Attempt:
+    """One attempt of a live call: records its outcome and tells the observers."""
+
+    def __init__(self, execution: Execution, live: _Live) -> None:
+        self.execution, self.live = execution, live
+        previous = live.previous
+        self.number = previous.attempts + 1 if previous is not None else 1
+        self.earlier = (
+            (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
+        )
+        self.started = execution.runtime.now()
+        self.watched = _Watched(execution, live.step.seq, live.task.name, self.number, self.started)
+
+    def _record(self, state: CallState, result: str | None, error: str | None) -> CallRecord:
+        return _record_of(
+            self.execution, self.live.step, self.started, state, self.number, result, error
+        )
+
+    def failed(self, exc: Exception) -> NoReturn:
+        execution, live, runtime = self.execution, self.live, self.execution.runtime
         reason = final_reason(exc)
         tried = [
-            *earlier,
+            *self.earlier,
             {
                 "type": type(reason).__name__,
                 "message": str(reason),
-                "started_at": started.isoformat(),
+                "started_at": self.started.isoformat(),
                 "failed_at": runtime.now().isoformat(),
                 "traceback": traceback_text(reason),
             },
         ]
-        if call_retryable(exc) and attempt <= policy.retries:
-            record = _record_of(
-                execution,
-                step,
-                started,
-                CallState.RETRYING,
-                attempt,
-                None,
-                encode_error(reason, attempts=tried),
-            )
-            watched.failed(reason, retrying=True)
-            raise CallRetryPending(record, policy.delay(attempt, exc), reason) from exc
-        watched.failed(reason, retrying=False)
+        if call_retryable(exc) and self.number <= live.policy.retries:
+            record = self._record(CallState.RETRYING, None, encode_error(reason, attempts=tried))
+            self.watched.failed(reason, retrying=True)
+            raise CallRetryPending(record, live.policy.delay(self.number, exc), reason) from exc
+        self.watched.failed(reason, retrying=False)
         # NoRetry raised deeper (inside a called durable task) still means no retries.
         no_retry = isinstance(exc, NoRetry) or (isinstance(exc, CallError) and exc.no_retry)
-        record_step(
-            execution,
-            _record_of(
-                execution,
-                step,
-                started,
-                CallState.FAILED,
-                attempt,
-                None,
-                encode_error(reason, attempts=tried, no_retry=no_retry),
-            ),
-        )
+        error = encode_error(reason, attempts=tried, no_retry=no_retry)
+        record_step(execution, self._record(CallState.FAILED, None, error))
         raise CallError(
             job_id=execution.job_id,
-            seq=seq,
-            name=task.name,
+            seq=live.step.seq,
+            name=live.task.name,
             error_type=type(reason).__name__,
             error_message=str(reason),
-            attempts=attempt,
+            attempts=self.number,
             no_retry=no_retry,
         ) from reason
-    encoded = serialization.dumps(
-        result, what=f"the result of call #{seq} {task.name!r} in job {execution.job_id}"
-    )
-    record_step(
-        execution,
-        _record_of(
-            execution,
-            step,
-            started,
-            CallState.SUCCEEDED,
-            attempt,
-            encoded,
-            serialization.dumps({"attempts": earlier}, what="call errors") if earlier else None,
-        ),
-    )
-    watched.succeeded()
-    # The body sees exactly what a replay would return (tuples become lists, ...);
-    # a scalar comes back from JSON as itself.
-    return result if type(result) in _SCALARS else serialization.loads(encoded)
+
+    def succeeded(self, result: Any) -> Any:
+        execution, step = self.execution, self.live.step
+        encoded = serialization.dumps(
+            result, what=f"the result of call #{step.seq} {step.name!r} in job {execution.job_id}"
+        )
+        earlier = self.earlier
+        errors = serialization.dumps({"attempts": earlier}, what="call errors") if earlier else None
+        record_step(execution, self._record(CallState.SUCCEEDED, encoded, errors))
+        self.watched.succeeded()
+        # The body sees exactly what a replay would return (tuples become lists, ...);
+        # a scalar comes back from JSON as itself.
+        return result if type(result) in _SCALARS else serialization.loads(encoded)
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -284,26 +338,60 @@ class _Watched:
             )
 
 
-def _invoke(
-    execution: Execution,
-    seq: int,
-    task: Task,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
+def _invoke(execution: Execution, live: _Live) -> Any:
+    seq, task = live.step.seq, live.task
     call_token = enter_call(call_id(execution.job_id, seq))
     # The called task runs in a child scope: call()s it makes itself get checkpoints of
     # their own ("<job>.<seq>"), so they never shift the caller's positions on replay.
-    scope = activate(execution.child(seq, task))
+    child = execution.child(seq, task)
+    scope = activate(child)
     inline = mark_inline(task)
     try:
-        if _plain_function(task):
-            return task.run(*args, **kwargs)
-        return task(*args, **kwargs)
+        result = _start(task, live)
+        if inspect.iscoroutine(result):  # an async def task called from sync code
+            child.is_async = True
+            return run_body(child, result)
+        return result
     finally:
         unmark_inline(inline)
         deactivate(scope)
         exit_call(call_token)
+
+
+async def _invoke_async(execution: Execution, live: _Live) -> Any:
+    seq, task = live.step.seq, live.task
+    call_token = enter_call(call_id(execution.job_id, seq))
+    child = execution.child(seq, task)
+    child.is_async, child.task = True, current_task()
+    scope = activate(child)
+    try:
+        inline = mark_inline(task)
+        try:
+            started = _start(task, live)
+        finally:
+            unmark_inline(inline)
+        if not inspect.iscoroutine(started):
+            return started
+        try:
+            result = await started
+        except BaseException:
+            forget_handed_out(child)
+            raise
+        check_awaited(child)
+        return result
+    finally:
+        deactivate(scope)
+        exit_call(call_token)
+
+
+def _start(task: Task, live: _Live) -> Any:
+    if _plain_function(task):
+        return task.run(*live.args, **live.kwargs)
+    return task(*live.args, **live.kwargs)
+
+
+def _is_async_task(task: Task) -> bool:
+    return inspect.iscoroutinefunction(inspect.unwrap(task.run))
 
 
 def _plain_function(task: Task) -> bool:

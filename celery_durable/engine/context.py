@@ -17,6 +17,7 @@ from ..observability.hooks import JobInfo, Outcome
 from ..retry import RetryPolicy, call_policy
 from ..store.records import CallRecord, Lease
 from .leases import Watch
+from .loop import current_task
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -47,6 +48,13 @@ class Execution:
     seq: int = 0
     released: bool = field(default=False)
     """The lease was handed back early (the body asked Celery to retry it)."""
+    is_async: bool = False
+    """The scope's body is a coroutine: call(), sleep(), receive() return awaitables."""
+    task: Any = None
+    """The asyncio task that runs this scope's body; a call made in another task opens a
+    branch scope of its own (see ``current_execution``)."""
+    handed_out: list[Any] = field(default_factory=list)
+    """The awaitables handed to an async body, to catch one it never awaited."""
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -66,6 +74,17 @@ class Execution:
             replay_only=self.replay_only,
             info=self.info,
         )
+
+    def branch(self, task: Any) -> Execution:
+        """The scope of calls made in an asyncio task the body started (``gather`` of its
+        own coroutines, a TaskGroup): positions ``<seq>.1``, ``<seq>.2`` ... under the
+        position the branch took when it made its first call. A branch's first call
+        comes in the order the tasks were created, so each branch finds its own history
+        again on replay whatever finished first."""
+        branch = self.child(self.next_seq(), self.task_name)
+        branch.call_policy, branch.determinism = self.call_policy, self.determinism
+        branch.is_async, branch.task = True, task
+        return branch
 
     def ended(self, state: str, error: BaseException | None = None, **details: Any) -> None:
         self.outcome = Outcome(state=state, duration=0.0, error=error, **details)
@@ -88,12 +107,18 @@ _call_id: ContextVar[str | None] = ContextVar("celery_durable_call_id", default=
 
 
 def current_execution() -> Execution | None:
-    return _current.get()
+    execution = _current.get()
+    if execution is not None and execution.is_async and execution.task is not None:
+        task = current_task()
+        if task is not None and task is not execution.task:
+            execution = execution.branch(task)
+            _current.set(execution)  # this task's context only
+    return execution
 
 
 def require_execution(what: str) -> Execution:
     """The running execution, for an API that only works inside a durable task's body."""
-    execution = _current.get()
+    execution = current_execution()
     if execution is None:
         raise OutsideDurableTaskError(
             f"{what} can only be used inside the body of a durable task executed by a worker"

@@ -10,12 +10,15 @@ from typing import Any
 
 from celery.canvas import Signature
 
+from ..errors import CallError
 from .calls import call
 from .context import require_execution
-from .dispatch import gather_calls
+from .dispatch import gather_calls, is_dispatched
+from .loop import failing, resolved, track
+from .suspend import Suspend
 
 
-def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]:
+def gather(*specs: Signature[Any], return_exceptions: bool = False) -> Any:
     """Run several calls and return their results in order.
 
     Dispatched signatures (with a queue set) are all sent at once and the job suspends
@@ -23,9 +26,27 @@ def gather(*specs: Signature[Any], return_exceptions: bool = False) -> list[Any]
     as ``call()`` would. A failed call is a ``CallError``: with ``return_exceptions``
     it takes its place in the list, otherwise the first one (in order) is raised once
     every call has finished.
+
+    In an ``async def`` body: ``await gather(...)``, with dispatched signatures only
+    (``asyncio.gather(call(...), ...)`` runs in-process calls concurrently).
     """
     execution = require_execution("gather()")
     for spec in specs:
         if not isinstance(spec, Signature):
             raise TypeError(f"gather() takes signatures (task.s(...)), not {type(spec).__name__}")
-    return gather_calls(execution, list(specs), call, return_exceptions=return_exceptions)
+    if not execution.is_async:
+        return gather_calls(execution, list(specs), call, return_exceptions=return_exceptions)
+    in_process = [s.task for s in specs if not is_dispatched(s)]
+    if in_process:
+        raise TypeError(
+            f"in an async def body, gather() takes dispatched signatures (with a queue) "
+            f"only, not {', '.join(in_process)}: run in-process calls concurrently with "
+            f"`await asyncio.gather(call(a, ...), call(b, ...))`"
+        )
+    try:
+        results = gather_calls(execution, list(specs), call, return_exceptions=return_exceptions)
+    except Suspend:
+        raise
+    except CallError as exc:  # raised where the body awaits, like a live error
+        return track(execution, failing(exc))
+    return track(execution, resolved(results))

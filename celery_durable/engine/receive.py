@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import serialization
 from ..errors import (
     interrupt_on_storage_error,
 )
 from ..identifiers import check_name
-from .context import require_execution
+from .context import Execution, require_execution
+from .loop import resolved, track
 from .matching import EndOfHistory, recorded_for
 from .recorded_values import pseudo_call, recorded_value, write_pseudo_call
 from .suspend import Suspend
-
-if TYPE_CHECKING:
-    pass
 
 RECEIVE = "celery_durable.receive"
 
@@ -34,7 +32,9 @@ RECEIVE = "celery_durable.receive"
 def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
     """The next message sent to this job on ``topic``, waiting for it without holding a
     worker; None if ``timeout`` (seconds or a timedelta, counted from the first time the
-    job got here) passes first. Messages on a topic are taken in the order sent."""
+    job got here) passes first. Messages on a topic are taken in the order sent.
+
+    In an ``async def`` body: ``await receive(...)``."""
     _check_topic(topic)
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     if seconds is not None and (
@@ -47,6 +47,11 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
             f"receive() takes a timeout in seconds >= 0 or a timedelta, not {timeout!r}"
         )
     execution = require_execution("receive()")
+    payload = _receive(execution, topic, seconds)
+    return track(execution, resolved(payload)) if execution.is_async else payload
+
+
+def _receive(execution: Execution, topic: str, seconds: float | None) -> Any:
     runtime = execution.runtime
     # recorded: the deadline is the same on every replay
     started = datetime.fromisoformat(recorded_value("now", (), lambda: runtime.now().isoformat()))

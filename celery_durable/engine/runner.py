@@ -12,6 +12,7 @@ Outcomes of a delivery:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from .enqueue import due_from_request, header, new_job, options_from_request, sh
 from .failures import fail_or_retry, retry_call
 from .finish import finish
 from .flow import free_slots, gate_for, limits_of
+from .loop import run_body
 from .outage import patiently
 from .outbox import OUTBOX_HEADER
 from .positions import CANCELLED_MARKER
@@ -371,7 +373,7 @@ def _run_body(
 ) -> Any:
     lease = execution.lease
     try:
-        result = task.run(*args, **kwargs)
+        result = _call_body(task, execution, args, kwargs)
         encoded = serialization.dumps(result, what=f"the result of task {task.name!r}")
         if execution.watch.cancel_raised:  # the body caught Cancelled and compensated
             finish(
@@ -418,6 +420,16 @@ def _run_body(
         fail_or_retry(runtime, task, request, execution, exc)
     finish(runtime, request, lease, JobState.SUCCEEDED, encoded, None)
     execution.ended("succeeded")
+    return result
+
+
+def _call_body(
+    task: Task, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    result = task.run(*args, **kwargs)
+    if inspect.iscoroutine(result):  # an async def body: run on this thread's loop
+        execution.is_async = True
+        return run_body(execution, result)
     return result
 
 

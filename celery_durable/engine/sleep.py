@@ -12,9 +12,11 @@ import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from .. import serialization
-from .context import current_execution
+from .context import Execution, current_execution
+from .loop import resolved, track
 from .matching import recorded_for
 from .recorded_values import pseudo_call, write_pseudo_call
 from .suspend import Suspend
@@ -22,10 +24,11 @@ from .suspend import Suspend
 SLEEP = "celery_durable.sleep"
 
 
-def sleep(delay: float | timedelta) -> None:
+def sleep(delay: float | timedelta) -> Any:
     """Wait ``delay`` (seconds or a timedelta) without holding a worker.
 
-    Outside a durable task it is ``time.sleep``."""
+    In an ``async def`` body: ``await sleep(...)``. Outside a durable task it is
+    ``time.sleep``."""
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
     if (
         isinstance(seconds, bool)
@@ -37,24 +40,27 @@ def sleep(delay: float | timedelta) -> None:
     execution = current_execution()
     if execution is None:
         time.sleep(seconds)
-        return
-    _wait(lambda now: now + timedelta(seconds=seconds), ("for", seconds))
+        return None
+    _wait(execution, lambda now: now + timedelta(seconds=seconds), ("for", seconds))
+    return track(execution, resolved(None)) if execution.is_async else None
 
 
-def sleep_until(when: datetime) -> None:
-    """Wait until ``when`` (an aware datetime) without holding a worker."""
+def sleep_until(when: datetime) -> Any:
+    """Wait until ``when`` (an aware datetime) without holding a worker (``await`` it
+    in an ``async def`` body)."""
     if not isinstance(when, datetime) or when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
         raise ValueError(f"sleep_until() takes an aware datetime (with a timezone), not {when!r}")
     execution = current_execution()
     if execution is None:
         time.sleep(max(0.0, (when - datetime.now(when.tzinfo)).total_seconds()))
-        return
-    _wait(lambda _now: when, ("until", when.isoformat()))
+        return None
+    _wait(execution, lambda _now: when, ("until", when.isoformat()))
+    return track(execution, resolved(None)) if execution.is_async else None
 
 
-def _wait(until_from: Callable[[datetime], datetime], args: tuple[object, ...]) -> None:
-    execution = current_execution()
-    assert execution is not None
+def _wait(
+    execution: Execution, until_from: Callable[[datetime], datetime], args: tuple[object, ...]
+) -> None:
     seq = execution.next_seq()
     digest = serialization.digest(args, {})
     recorded = recorded_for(execution, seq, SLEEP, digest)

@@ -8,6 +8,7 @@ tests count them from outside the worker.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -155,7 +156,41 @@ def create_app(
     _scheduled(app, durable)
     _suspending(app, durable)
     _flow_controlled(app, durable)
+    _asynchronous(app, durable)
     return app
+
+
+def _asynchronous(app: Celery, durable: Durable) -> None:
+    """async def bodies: concurrent calls, a mix of every kind of call."""
+
+    @app.task(name="proj.timed", shared=False)
+    def timed(name: str, seconds: float) -> str:
+        note("timed-start", name)
+        _hold(f"hold-{name}")
+        time.sleep(seconds)
+        note("timed-done", name)
+        return name
+
+    @app.task(name="proj.async_timed", shared=False)
+    async def async_timed(name: str, seconds: float) -> str:
+        note("timed-start", name)
+        await asyncio.sleep(seconds)
+        note("timed-done", name)
+        return name
+
+    @durable.task(name="proj.three_at_once", shared=False)
+    async def three_at_once(seconds: list[float]) -> list[str]:
+        calls = [call(timed, name, s) for name, s in zip("abc", seconds, strict=True)]
+        return list(await asyncio.gather(*calls))
+
+    @durable.task(name="proj.async_mix", shared=False)
+    async def async_mix(payments: str) -> list[Any]:
+        legacy = await call("proj.step", "mix-legacy", 1)
+        on_loop = await call(async_timed, "mix-async", 0.1)
+        receipt = await call(app.tasks["proj.charge"].s("mix", 5).set(queue=payments))
+        await sleep(0.5)
+        last = await call(timed, "mix-last", 0)
+        return [legacy, on_loop, receipt, last]
 
 
 def _broker_options(app: Celery, priorities: bool, visibility_timeout: float | None) -> None:
@@ -306,7 +341,7 @@ def _suspending(app: Celery, durable: Durable) -> None:
         return call(settle_order.s(order).set(queue=payments))
 
     @durable.task(name="proj.await_approval", shared=False)
-    def await_approval(order: str, timeout: float | None) -> Any:
+    def await_approval(order: str, timeout: float | None = None) -> Any:
         call("proj.step", "asked", 0)
         answer = receive("approval", timeout=timeout)
         call("proj.step", "answered", 0)

@@ -38,6 +38,8 @@ EXAMPLES: list[Any] = [
     errors.JobNotFound("j1"),
     errors.ScheduleNotFound("nightly"),
     errors.JobStateError("j1", "running", "only failed jobs can be retried"),
+    errors.JobFailedError("j1", "dead", "ValueError", "card declined"),
+    errors.UnawaitedCallError("the async body of job j1 created 1 call(s) it never awaited"),
     errors.UnknownTaskError("call() got task name 'x'"),
     errors.OutsideDurableTaskError("call() can only be used inside"),
     errors.CallError(
