@@ -13,6 +13,7 @@ import asyncio
 import difflib
 import functools
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -395,7 +396,14 @@ class Durable:
     # in a thread, so an event loop never blocks on the database) -------------------------
 
     async def aenqueue(self, task: DurableTask | str, *args: Any, **options: Any) -> AsyncResult:
-        """``enqueue`` for async code (FastAPI, ...): the same arguments and result."""
+        """``enqueue`` for async code (FastAPI, ...): the same arguments and result, but
+        no ``connection=``: it runs in another thread, outside your transaction."""
+        if options.get("connection") is not None:
+            raise ConfigurationError(
+                "aenqueue() cannot join your transaction (connection=): it runs in a "
+                "thread of its own. Call enqueue(..., connection=...) where the "
+                "transaction's code runs (in asyncio.to_thread with the rest of it)"
+            )
         return await asyncio.to_thread(functools.partial(self.enqueue, task, *args, **options))
 
     async def aget_job(self, job_id: str) -> JobView:
@@ -599,7 +607,10 @@ class _FlowOptions:
 
 def _timeout(timeout: float | None) -> float | None:
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout < 0
     ):
         raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
     return timeout

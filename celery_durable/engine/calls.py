@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import difflib
 import inspect
@@ -17,6 +18,7 @@ from ..determinism import Determinism
 from ..errors import (
     CallError,
     Cancelled,
+    ConfigurationError,
     NonDeterministicError,
     OutsideDurableTaskError,
     UnknownTaskError,
@@ -44,19 +46,22 @@ from .context import (
 )
 from .dispatch import call_dispatched, is_dispatched, resume_dispatched
 from .loop import (
+    CONTROL,
     check_awaited,
-    current_task,
     failing,
     forget_handed_out,
     in_thread,
+    on_call_thread,
+    ours,
     resolved,
     run_body,
+    stop,
+    stopping,
     track,
 )
 from .matching import EndOfHistory, recorded_for
 from .recorded_errors import CallRetryPending, call_retryable, encode_error, traceback_text
 from .steps import check_may_run, record_step, replay_recorded
-from .suspend import Suspend
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -108,15 +113,19 @@ def call(
         return _run(execution, begun) if isinstance(begun, _Live) else begun
     # An async body: the position is taken now, in program order; the outcome (a
     # replayed result or error, or the live run) comes where the body awaits it.
+    what = f"call #{execution.seq + 1} {getattr(target, 'name', target)!r}"
     try:
         begun = _begin(execution, target, args, kwargs, retries, backoff, policy)
-    except Suspend:
+    except CONTROL as signal:
+        stop(execution, signal)
         raise
-    except BaseException as exc:  # raised at the await, like a live error
-        return track(execution, failing(exc))
+    except (Cancelled, NonDeterministicError, EndOfHistory):
+        raise  # here and now: nothing after it may run
+    except CallError as exc:  # raised at the await, like a live error
+        return track(execution, failing(exc), what)
     if isinstance(begun, _Live):
-        return track(execution, _run_async(execution, begun))
-    return track(execution, resolved(begun))
+        return track(execution, _run_async(execution, begun), what)
+    return track(execution, resolved(begun), what)
 
 
 def _begin(
@@ -152,7 +161,8 @@ def _begin(
     if execution.replay_only:
         raise EndOfHistory(seq, task.name)
     check_may_run(execution, seq, recorded)
-    return _Live(_Step(seq, task.name, digest), task, args, kwargs, policy, recorded)
+    created = execution.runtime.now()
+    return _Live(_Step(seq, task.name, digest), task, args, kwargs, policy, recorded, created)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +184,9 @@ class _Live:
     kwargs: dict[str, Any]
     policy: RetryPolicy
     previous: CallRecord | None
+    created: datetime
+    """When the body asked for it: its checkpoint's ``started_at`` (in an async body it
+    may wait for a thread), so a call that ran beside a failure is known as such."""
 
 
 def _resolve(
@@ -221,12 +234,27 @@ def _run(execution: Execution, live: _Live) -> Any:
     return attempt.succeeded(result)
 
 
+@ours
 async def _run_async(execution: Execution, live: _Live) -> Any:
     """A live call from an async body: an ``async def`` task runs on the loop, a plain
     one on the process's call threads (so it never blocks the loop)."""
-    if not _is_async_task(live.task):
+    try:
+        if _is_async_task(live.task):
+            return await _run_on_loop(execution, live)
+        if on_call_thread():  # nested under a call thread already: run it right here
+            return _run(execution, live)
         size = execution.runtime.settings.async_threads
         return await in_thread(size, lambda: _run(execution, live))
+    except CONTROL as signal:
+        stop(execution, signal)
+        raise
+    except asyncio.CancelledError:
+        if not stopping(execution):
+            stop(execution, _abandoned(execution, live))
+        raise
+
+
+async def _run_on_loop(execution: Execution, live: _Live) -> Any:
     attempt = _Attempt(execution, live)
     try:
         result = await _invoke_async(execution, live)
@@ -235,6 +263,19 @@ async def _run_async(execution: Execution, live: _Live) -> Any:
     except Exception as exc:
         attempt.failed(exc)
     return attempt.succeeded(result)
+
+
+def _abandoned(execution: Execution, live: _Live) -> NoRetry:
+    """The body cancelled a call it had started (a timeout around it): its outcome may be
+    recorded already, so a replay would not take the path this run took."""
+    return NoRetry(
+        ConfigurationError(
+            f"call #{live.step.seq} {live.step.name!r} of job {execution.root_id} was "
+            "cancelled by the body (asyncio.wait_for, asyncio.timeout, task.cancel()): a "
+            "call's outcome is recorded whatever the body does next, so it cannot be "
+            "abandoned. Put the timeout inside the called task, or use its time limits"
+        )
+    )
 
 
 class _Attempt:
@@ -247,7 +288,7 @@ class _Attempt:
         self.earlier = (
             (serialization.loads(previous.error) or {}).get("attempts", []) if previous else []
         )
-        self.started = execution.runtime.now()
+        self.started = live.created
         self.watched = _Watched(execution, live.step.seq, live.task.name, self.number, self.started)
 
     def _record(self, state: CallState, result: str | None, error: str | None) -> CallRecord:
@@ -362,7 +403,7 @@ async def _invoke_async(execution: Execution, live: _Live) -> Any:
     seq, task = live.step.seq, live.task
     call_token = enter_call(call_id(execution.job_id, seq))
     child = execution.child(seq, task)
-    child.is_async, child.task = True, current_task()
+    child.is_async = True
     scope = activate(child)
     try:
         inline = mark_inline(task)

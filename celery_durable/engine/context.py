@@ -6,6 +6,7 @@ A contextvar, so ``call()`` finds it without being passed anything, and each thr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,6 @@ from ..observability.hooks import JobInfo, Outcome
 from ..retry import RetryPolicy, call_policy
 from ..store.records import CallRecord, Lease
 from .leases import Watch
-from .loop import current_task
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -50,11 +50,16 @@ class Execution:
     """The lease was handed back early (the body asked Celery to retry it)."""
     is_async: bool = False
     """The scope's body is a coroutine: call(), sleep(), receive() return awaitables."""
-    task: Any = None
-    """The asyncio task that runs this scope's body; a call made in another task opens a
-    branch scope of its own (see ``current_execution``)."""
-    handed_out: list[Any] = field(default_factory=list)
-    """The awaitables handed to an async body, to catch one it never awaited."""
+    halt: Halt = field(default_factory=lambda: Halt())
+    """Shared by the scopes on one event loop: the first control signal raised in any of
+    its tasks, so no ``return_exceptions`` or ``except`` can swallow it."""
+    handed_out: list[tuple[Any, str]] = field(default_factory=list)
+    """The awaitables handed to an async body (and what each is), to catch one it never
+    awaited."""
+    parent: Execution | None = None
+    """For a branch: the scope whose task started it."""
+    open_branch: Callable[[], None] | None = None
+    """For a branch not used yet: records its marker at its first durable operation."""
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -73,18 +78,26 @@ class Execution:
             determinism=task_determinism(task, self.determinism),
             replay_only=self.replay_only,
             info=self.info,
+            halt=self.halt,
         )
 
-    def branch(self, task: Any) -> Execution:
-        """The scope of calls made in an asyncio task the body started (``gather`` of its
-        own coroutines, a TaskGroup): positions ``<seq>.1``, ``<seq>.2`` ... under the
-        position the branch took when it made its first call. A branch's first call
-        comes in the order the tasks were created, so each branch finds its own history
-        again on replay whatever finished first."""
+    def branch(self) -> Execution:
+        """The scope of an asyncio task this scope's code created (``gather`` of its own
+        coroutines, a TaskGroup): it takes a position here, now, in the order the tasks
+        are created, and its own calls are ``<seq>.1``, ``<seq>.2`` ... under it, so each
+        branch finds its own history again on replay whatever finished first."""
         branch = self.child(self.next_seq(), self.task_name)
         branch.call_policy, branch.determinism = self.call_policy, self.determinism
-        branch.is_async, branch.task = True, task
+        branch.is_async, branch.parent = True, self
         return branch
+
+    @property
+    def body_scope(self) -> Execution:
+        """The scope a branch belongs to (itself when it is not a branch)."""
+        scope = self
+        while scope.parent is not None:
+            scope = scope.parent
+        return scope
 
     def ended(self, state: str, error: BaseException | None = None, **details: Any) -> None:
         self.outcome = Outcome(state=state, duration=0.0, error=error, **details)
@@ -106,14 +119,28 @@ _current: ContextVar[Execution | None] = ContextVar("celery_durable_execution", 
 _call_id: ContextVar[str | None] = ContextVar("celery_durable_call_id", default=None)
 
 
+@dataclass
+class Halt:
+    error: BaseException | None = None
+    main: Any = None
+    """The loop's main task (the body), cancelled when a control signal is raised."""
+    draining: bool = False
+    """The body has ended: what is cancelled now is cancelled by us."""
+
+
 def current_execution() -> Execution | None:
+    """The scope running here, for an operation that takes a position (a branch used
+    for the first time records its marker first)."""
     execution = _current.get()
-    if execution is not None and execution.is_async and execution.task is not None:
-        task = current_task()
-        if task is not None and task is not execution.task:
-            execution = execution.branch(task)
-            _current.set(execution)  # this task's context only
+    if execution is not None and execution.open_branch is not None:
+        opening, execution.open_branch = execution.open_branch, None
+        opening()
     return execution
+
+
+def peek_execution() -> Execution | None:
+    """The scope running here, for a look that takes no position."""
+    return _current.get()
 
 
 def require_execution(what: str) -> Execution:

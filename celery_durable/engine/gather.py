@@ -10,12 +10,10 @@ from typing import Any
 
 from celery.canvas import Signature
 
-from ..errors import CallError
 from .calls import call
 from .context import require_execution
 from .dispatch import gather_calls, is_dispatched
-from .loop import failing, resolved, track
-from .suspend import Suspend
+from .loop import eager
 
 
 def gather(*specs: Signature[Any], return_exceptions: bool = False) -> Any:
@@ -43,10 +41,8 @@ def gather(*specs: Signature[Any], return_exceptions: bool = False) -> Any:
             f"only, not {', '.join(in_process)}: run in-process calls concurrently with "
             f"`await asyncio.gather(call(a, ...), call(b, ...))`"
         )
-    try:
-        results = gather_calls(execution, list(specs), call, return_exceptions=return_exceptions)
-    except Suspend:
-        raise
-    except CallError as exc:  # raised where the body awaits, like a live error
-        return track(execution, failing(exc))
-    return track(execution, resolved(results))
+    return eager(
+        execution,
+        lambda: gather_calls(execution, list(specs), call, return_exceptions=return_exceptions),
+        "gather()",
+    )

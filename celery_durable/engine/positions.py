@@ -8,6 +8,9 @@ from .. import serialization
 from ..store.records import CallKey, CallRecord, CallState, Position, position
 
 CANCELLED_MARKER = "celery_durable.cancelled"
+BRANCH = "celery_durable.branch"
+"""The history entry at the position an async body's branch took (its calls are
+numbered under it)."""
 """The history entry where a cancelled job's body got Cancelled (replayed there)."""
 
 
@@ -30,9 +33,13 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
     that call's checkpoint and does not count. A call dispatched as a child job whose
     outcome the job has not taken in yet is kept, with what follows it: the same child
     is waited for again, never dispatched twice.
+
+    Calls of an async body may run side by side: one at a later position that started
+    before the failure ended and succeeded ran beside it, not after it, and is kept.
     """
     calls = {position(root_id, c.job_id, c.seq): c for c in history}
-    succeeded = {p for p, c in calls.items() if c.state is CallState.SUCCEEDED}
+    # a branch's marker is no call: what is under it is not part of its checkpoint
+    succeeded = {p for p, c in calls.items() if c.state is CallState.SUCCEEDED and c.name != BRANCH}
 
     def visible(p: Position) -> bool:
         return not any(p[:n] in succeeded for n in range(1, len(p)))
@@ -49,4 +56,19 @@ def discard_from_first_failure(root_id: str, history: Iterable[CallRecord]) -> l
     if not failed:
         return []
     first = min(failed)
-    return [(c.job_id, c.seq) for p, c in sorted(calls.items()) if p >= first]
+    ended = calls[first].finished_at
+    beside = {
+        p
+        for p, c in calls.items()
+        if p > first and c.state is CallState.SUCCEEDED and c.started_at < ended
+    }
+
+    branches = {p for p in beside if calls[p].name == BRANCH}
+
+    def kept(p: Position) -> bool:  # ran beside the failure, or is part of such a call
+        above = [p[:n] for n in range(1, len(p)) if p[:n] in calls]
+        if any(a not in beside for a in above):
+            return False  # under a call that goes (the failure itself, say)
+        return p in beside or any(a not in branches for a in above)
+
+    return [(c.job_id, c.seq) for p, c in sorted(calls.items()) if p >= first and not kept(p)]

@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..identifiers import check_name
 from .context import Execution, require_execution
-from .loop import resolved, track
+from .loop import eager
 from .matching import EndOfHistory, recorded_for
 from .recorded_values import pseudo_call, recorded_value, write_pseudo_call
 from .suspend import Suspend
@@ -47,8 +47,9 @@ def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
             f"receive() takes a timeout in seconds >= 0 or a timedelta, not {timeout!r}"
         )
     execution = require_execution("receive()")
-    payload = _receive(execution, topic, seconds)
-    return track(execution, resolved(payload)) if execution.is_async else payload
+    if execution.is_async:
+        return eager(execution, lambda: _receive(execution, topic, seconds), "receive()")
+    return _receive(execution, topic, seconds)
 
 
 def _receive(execution: Execution, topic: str, seconds: float | None) -> Any:

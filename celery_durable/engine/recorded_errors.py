@@ -14,6 +14,7 @@ from ..errors import (
     NonDeterministicError,
     OutsideDurableTaskError,
     SerializationError,
+    UnawaitedCallError,
     UnknownTaskError,
 )
 from ..retry import NoRetry
@@ -27,6 +28,7 @@ NOT_RETRYABLE: tuple[type[BaseException], ...] = (
     OutsideDurableTaskError,
     SerializationError,
     Cancelled,
+    UnawaitedCallError,
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import serialization
 from .context import Execution, current_execution
-from .loop import resolved, track
+from .loop import eager
 from .matching import recorded_for
 from .recorded_values import pseudo_call, write_pseudo_call
 from .suspend import Suspend
@@ -41,8 +41,7 @@ def sleep(delay: float | timedelta) -> Any:
     if execution is None:
         time.sleep(seconds)
         return None
-    _wait(execution, lambda now: now + timedelta(seconds=seconds), ("for", seconds))
-    return track(execution, resolved(None)) if execution.is_async else None
+    return _waited(execution, lambda now: now + timedelta(seconds=seconds), ("for", seconds))
 
 
 def sleep_until(when: datetime) -> Any:
@@ -54,8 +53,16 @@ def sleep_until(when: datetime) -> Any:
     if execution is None:
         time.sleep(max(0.0, (when - datetime.now(when.tzinfo)).total_seconds()))
         return None
-    _wait(execution, lambda _now: when, ("until", when.isoformat()))
-    return track(execution, resolved(None)) if execution.is_async else None
+    return _waited(execution, lambda _now: when, ("until", when.isoformat()))
+
+
+def _waited(
+    execution: Execution, until_from: Callable[[datetime], datetime], args: tuple[object, ...]
+) -> Any:
+    if execution.is_async:
+        return eager(execution, lambda: _wait(execution, until_from, args), "sleep()")
+    _wait(execution, until_from, args)
+    return None
 
 
 def _wait(

@@ -17,7 +17,7 @@ from ..errors import ConfigurationError
 from ..identifiers import check_name, check_new_job_id
 from ..retry import Backoff, NoRetry, Seconds, check_task_options
 from ..store.records import JobState, NewJob
-from .context import current_execution, take_inline
+from .context import peek_execution, take_inline
 from .debounce import DEBOUNCED_HEADER, Debounce, check_debounce
 from .enqueue import check_unique, due_header, due_time, new_job
 from .flow import FlowLimits, check_keys, check_limits
@@ -128,7 +128,8 @@ class DurableTask(Task):
         """Celery's apply_async, plus ``delay=`` (seconds or timedelta), ``at=`` (an aware
         datetime) and ``unique=`` (a key): see ``Durable.enqueue``."""
         runtime = runtime_of(self.app)
-        execution = current_execution()
+        peeked = peek_execution()
+        execution = None if peeked is None else peeked.body_scope
         if execution is not None and execution.job_id == task_id:
             if not execution.released:
                 # self.retry() inside the body: hand the lease back before the retry

@@ -35,28 +35,37 @@ def outcome(runtime: Runtime, job_id: str) -> Any:
     )
 
 
-def _timed_out(job_id: str, timeout: float) -> TimeoutError:
-    return TimeoutError(f"durable job {job_id} did not finish within {timeout:g} s")
+class _Polls:
+    """The pauses between reads: doubling up to a second, the last one cut to the
+    deadline, then one more read."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id, self.timeout = job_id, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pause = _FIRST_POLL
+
+    def next(self) -> float:
+        pause, self.pause = self.pause, min(self.pause * 2, _LONGEST_POLL)
+        if self.deadline is None:
+            return pause
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(
+                f"durable job {self.job_id} did not finish within {self.timeout:g} s"
+            )
+        return min(pause, left)
 
 
 def wait_result(runtime: Runtime, job_id: str, timeout: float | None) -> Any:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = _FIRST_POLL
+    polls = _Polls(job_id, timeout)
     while (value := outcome(runtime, job_id)) is _PENDING:
-        if deadline is not None and time.monotonic() + pause > deadline:
-            raise _timed_out(job_id, timeout or 0.0)
-        time.sleep(pause)
-        pause = min(pause * 2, _LONGEST_POLL)
+        time.sleep(polls.next())
     return value
 
 
 async def await_result(runtime: Runtime, job_id: str, timeout: float | None) -> Any:
     """Like ``wait_result``; each read runs in a thread, so the loop never blocks on it."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = _FIRST_POLL
+    polls = _Polls(job_id, timeout)
     while (value := await asyncio.to_thread(outcome, runtime, job_id)) is _PENDING:
-        if deadline is not None and time.monotonic() + pause > deadline:
-            raise _timed_out(job_id, timeout or 0.0)
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, _LONGEST_POLL)
+        await asyncio.sleep(polls.next())
     return value

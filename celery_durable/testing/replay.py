@@ -12,6 +12,7 @@ nothing is ever called, so no side effect happens. Replay stops where the histor
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from celery import Task
 from ..determinism import Determinism, check_determinism
 from ..engine.context import Execution, activate, deactivate, task_determinism
 from ..engine.leases import Watch
+from ..engine.loop import run_body
 from ..engine.matching import EndOfHistory
 from ..engine.runtime import runtime_of
 from ..errors import NonDeterministicError, ValidationError
@@ -85,6 +87,9 @@ def replay(
     used = records
     try:
         result = task.run(*job["args"], **job["kwargs"])
+        if inspect.iscoroutine(result):  # an async def body: on a loop, as a worker runs it
+            execution.is_async = True
+            result = run_body(execution, result)
         return ReplayReport(job["id"], task.name, used.count(), None, None, True, result)
     except NonDeterministicError as exc:
         return ReplayReport(job["id"], task.name, used.count(), exc, None, False)

@@ -97,15 +97,22 @@ def _payload(value: Any) -> Any:
         raise ActionError(400, message) from None
 
 
+def _selected(fields: Fields) -> list[str]:
+    ids = _many(fields, "ids") or _many(fields, "job_id")
+    if not ids:
+        raise ActionError(400, "no dead letters selected: tick some (or give job_id)")
+    return ids
+
+
 def requeue(durable: Durable, fields: Fields) -> Outcome:
-    ids = _many(fields, "ids") or [_one(fields, "job_id")]
+    ids = _selected(fields)
     done = durable.requeue(ids, from_scratch=_flag(fields, "from_scratch"))
     skipped = {i: "not a dead letter" for i in ids if i not in done}
     return Outcome(f"requeued {_plural(len(done), 'dead letter')}", done, skipped)
 
 
 def purge(durable: Durable, fields: Fields) -> Outcome:
-    ids = _many(fields, "ids") or [_one(fields, "job_id")]
+    ids = _selected(fields)
     dead = [i for i in ids if _is_dead(durable, i)]
     deleted = durable.purge_dead_letters(dead) if dead else 0
     skipped = {i: "not a dead letter" for i in ids if i not in dead}

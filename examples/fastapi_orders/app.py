@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, HTTPException, Query
 
-from celery_durable import Durable, JobFailedError, JobNotFound, call, receive
+from celery_durable import Durable, JobFailedError, JobNotFound, JobStateError, call, receive
 
 HERE = Path(os.environ.get("ORDERS_API_DIR", "orders-api-run"))
 HERE.mkdir(exist_ok=True)
@@ -79,12 +79,21 @@ def create_api(durable: Durable, workflow: Any) -> FastAPI:
     async def send(
         job_id: str, topic: str, payload: Annotated[Any, Body()] = None
     ) -> dict[str, bool]:
-        return {"sent": await durable.asend(job_id, topic, payload)}
+        try:
+            return {"sent": await durable.asend(job_id, topic, payload)}
+        except JobNotFound:
+            raise HTTPException(404, f"no order job {job_id}") from None
+        except JobStateError as exc:  # it has finished: nobody would read the message
+            raise HTTPException(409, str(exc)) from None
 
     @api.get("/orders/{job_id}/result")
-    async def result(job_id: str, timeout: float = 30) -> dict[str, Any]:
+    async def result(
+        job_id: str, timeout: Annotated[float, Query(ge=0, le=300)] = 30
+    ) -> dict[str, Any]:
         try:
             return {"result": await durable.aresult(job_id, timeout=timeout)}
+        except JobNotFound:
+            raise HTTPException(404, f"no order job {job_id}") from None
         except TimeoutError as exc:
             raise HTTPException(504, str(exc)) from None
         except JobFailedError as exc:

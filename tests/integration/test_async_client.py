@@ -73,6 +73,10 @@ def test_the_fastapi_example_enqueues_shows_messages_and_awaits_the_result(examp
         }
     }
     assert client.get("/orders/nope").status_code == 404
+    assert client.get("/orders/nope/result").status_code == 404
+    assert client.get(f"/orders/{job_id}/result", params={"timeout": -1}).status_code == 422
+    finished = client.post(f"/orders/{job_id}/approval", json="again")
+    assert finished.status_code == 409 and "finished" in finished.text
 
 
 @pytest.mark.redis

@@ -18,9 +18,13 @@ from celery_durable.engine.runner import run_job
 @dataclass
 class Clock:
     now: datetime = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    tick: timedelta = timedelta(0)
+    """How far each reading moves it (0: it stands still until advanced)."""
 
     def __call__(self) -> datetime:
-        return self.now
+        now = self.now
+        self.now += self.tick
+        return now
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from celery_durable import call, gather, sleep
 from celery_durable.store.records import CallState, JobState
@@ -35,6 +37,8 @@ def _callees(env: Env) -> None:
     def step(name: str, value: int = 0) -> int:
         if name == "a-after-b" and not b_done.wait(10):  # runs only if b runs beside it
             raise TimeoutError("b never ran concurrently")
+        if name == "slow":
+            time.sleep(0.3)
         if name in env.crash_on and name not in crash_once:  # type: ignore[attr-defined]
             crash_once.add(name)
             raise Crash(name)
@@ -138,7 +142,11 @@ def test_an_async_body_mixes_sync_and_async_calls_and_a_durable_sleep(aenv: Env)
 def test_branches_keep_their_positions_whatever_finished_first(aenv: Env) -> None:
     assert aenv.deliver("a.branches", "j4") == [3, 12]
     scopes = {(scope, seq, name) for scope, seq, name, _ in _positions(aenv, "j4")}
-    assert scopes == {("j4.1", 1, "a.step"), ("j4.1", 2, "a.step")} | {
+    assert scopes == {
+        ("j4", 1, "celery_durable.branch"),  # each branch takes a position when created
+        ("j4", 2, "celery_durable.branch"),
+        ("j4.1", 1, "a.step"),
+        ("j4.1", 2, "a.step"),
         ("j4.2", 1, "a.step"),
         ("j4.2", 2, "a.step"),
     }
@@ -170,3 +178,158 @@ def test_gather_in_an_async_body_takes_dispatched_calls_only(aenv: Env) -> None:
 def test_a_sync_body_may_call_an_async_task(aenv: Env) -> None:
     assert aenv.deliver("a.sync_calls_async", "j8") == 15
     assert aenv.effects == ["from-sync"]
+
+
+def _register_more(env: Env) -> None:
+    step = env.app.tasks["a.step"]
+
+    @env.app.task(name="a.flaky", shared=False)
+    def flaky(name: str) -> str:
+        env.effects.append(name)
+        if not env.flaky_ok:  # type: ignore[attr-defined]
+            raise ConnectionError(f"{name}: down")
+        return name
+
+    async def branch(tag: str) -> int:
+        return int(await call(step, tag, 0))
+
+    @env.durable.task(name="a.task_then_calls", shared=False)
+    async def task_then_calls() -> list[int]:
+        started = asyncio.create_task(branch("t"))
+        z = await call(step, "z", 0)
+        w = await call(step, "w", 0)
+        return [z, w, await started]
+
+    @env.durable.task(name="a.swallowed_retry", shared=False, call_retries=2, call_backoff=5)
+    async def swallowed_retry() -> Any:
+        done = await asyncio.gather(call(flaky, "f"), call(step, "g", 0), return_exceptions=True)
+        return [str(d) for d in done]
+
+    @env.durable.task(name="a.swallowed_sleep", shared=False)
+    async def swallowed_sleep() -> Any:
+        async def nap() -> None:
+            await sleep(30)
+
+        return [str(r) for r in await asyncio.gather(nap(), return_exceptions=True)]
+
+    @env.durable.task(name="a.group_retry", shared=False, call_retries=2, call_backoff=5)
+    async def group_retry() -> Any:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(call(flaky, "f"))
+        return "done"
+
+    _mistakes(env)
+
+
+def _mistakes(env: Env) -> None:
+    step, async_step = env.app.tasks["a.step"], env.app.tasks["a.async_step"]
+    flaky = env.app.tasks["a.flaky"]
+
+    @env.durable.task(name="a.forgot_in_branch", shared=False)
+    async def forgot_in_branch() -> Any:
+        async def careless() -> None:
+            call(step, "never", 0)
+
+        await asyncio.gather(careless())
+        return "done"
+
+    @env.durable.task(name="a.beside_a_failure", shared=False, retries=1, backoff=1)
+    async def beside_a_failure() -> Any:
+        return await asyncio.gather(call(flaky, "bad"), call(step, "charge", 0))
+
+    @env.durable.task(name="a.timed_out", shared=False)
+    async def timed_out() -> Any:
+        try:
+            return await asyncio.wait_for(call(step, "slow", 0), 0.05)
+        except TimeoutError:
+            return await call(step, "fallback", 0)
+
+    @env.durable.task(name="a.nested", shared=False)
+    async def nested() -> int:
+        return int(await call(env.app.tasks["a.sync_calls_async"]))
+
+    @env.durable.task(name="a.mine", shared=False)
+    async def mine() -> int:
+        return int(await call(async_step, "mine", 1))
+
+
+@pytest.fixture
+def more(aenv: Env) -> Env:
+    aenv.flaky_ok = False  # type: ignore[attr-defined]
+    _register_more(aenv)
+    return aenv
+
+
+def test_a_task_the_body_creates_takes_its_position_when_created(more: Env) -> None:
+    assert more.deliver("a.task_then_calls", "k1") == [1, 1, 1]
+    more.effects.clear()
+    more.storage.requeue_job("k1", [JobState.SUCCEEDED], [], more.clock.now, more.clock.now)
+    assert more.deliver("a.task_then_calls", "k1") == [1, 1, 1]
+    assert more.effects == []  # replayed: nothing ran again, nothing took another's place
+
+
+def test_a_call_retry_is_not_swallowed_by_return_exceptions(more: Env) -> None:
+    with pytest.raises(Retry):  # the call's retry, scheduled through Celery
+        more.deliver("a.swallowed_retry", "k2")
+    job = more.storage.get_job("k2")
+    assert job is not None and job.state is JobState.RETRYING  # not SUCCEEDED
+    states = {c.seq: c.state for c in more.storage.load_history("k2")}
+    assert states == {1: CallState.RETRYING, 2: CallState.SUCCEEDED}  # the sibling finished
+
+
+def test_a_sleep_in_a_branch_suspends_even_under_return_exceptions(more: Env) -> None:
+    with pytest.raises(Ignore):
+        more.deliver("a.swallowed_sleep", "k3")
+    assert more.storage.get_job("k3").state is JobState.SUSPENDED  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is new in 3.11")
+def test_a_call_retry_inside_a_task_group_retries_the_job(more: Env) -> None:
+    with pytest.raises(Retry):
+        more.deliver("a.group_retry", "k4")
+    assert more.storage.get_job("k4").state is JobState.RETRYING  # type: ignore[union-attr]
+
+
+def test_a_call_never_awaited_in_a_branch_fails_the_job_for_good(more: Env) -> None:
+    with pytest.raises(TypeError, match=r"never awaited \(call #1 'a\.step'\)"):
+        more.deliver("a.forgot_in_branch", "k5")
+    job = more.storage.get_job("k5")
+    assert job is not None and job.state is JobState.FAILED and "never" not in more.effects
+
+
+def test_a_job_retry_keeps_a_call_that_ran_beside_the_failure(more: Env) -> None:
+    more.clock.tick = timedelta(milliseconds=1)  # stored times tell what ran beside what
+    with pytest.raises(Retry):  # bad fails (no call retries): the job is retried
+        more.deliver("a.beside_a_failure", "k6")
+    assert more.storage.get_job("k6").state is JobState.RETRYING  # type: ignore[union-attr]
+    more.flaky_ok = True  # type: ignore[attr-defined]
+    more.clock.advance(5)
+    assert more.deliver("a.beside_a_failure", "k6") == ["bad", 1]
+    assert more.effects.count("charge") == 1  # it had finished: replayed, not run again
+
+
+def test_a_timeout_around_a_call_fails_the_job_with_the_reason(more: Env) -> None:
+    with pytest.raises(BaseException, match="cancelled by the body"):
+        more.deliver("a.timed_out", "k7")
+    job = more.storage.get_job("k7")
+    assert job is not None and job.state is JobState.FAILED
+    assert "fallback" not in more.effects
+
+
+def test_nested_calls_do_not_wait_for_a_full_call_pool() -> None:
+    env = make_env(call_retries=0, job_retries=0, async_threads=1)
+    _callees(env)
+    _bodies(env)
+    env.crash_on = set()  # type: ignore[attr-defined]
+    env.flaky_ok = True  # type: ignore[attr-defined]
+    _register_more(env)
+    # async body -> sync durable task (on the one call thread) -> async task
+    assert env.deliver("a.nested", "k8") == 15
+
+
+def test_replay_testing_runs_an_async_body(more: Env) -> None:
+    from celery_durable.testing import replay
+
+    assert more.deliver("a.mine", "k9") == 11
+    report = replay(more.app.tasks["a.mine"], more.durable.export_history("k9"))
+    assert report.ok and report.replayed == 1 and report.result == 11

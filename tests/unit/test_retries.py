@@ -25,6 +25,7 @@ from celery_durable import (
 from celery_durable.engine.positions import discard_from_first_failure
 from celery_durable.store.records import CallRecord, CallState, JobState
 from celery_durable.testing import call_record
+from celery_durable.testing.conformance.core import T0
 from tests.unit.conftest import Crash, Env, make_env
 
 
@@ -369,8 +370,13 @@ def test_self_retry_keeps_celery_semantics_on_a_durable_task() -> None:
     assert env.effects == ["once"]
 
 
-def _rec(scope: str, seq: int, state: CallState = CallState.SUCCEEDED) -> CallRecord:
-    return call_record(scope, seq, root_id="J", state=state)
+def _rec(
+    scope: str, seq: int, state: CallState = CallState.SUCCEEDED, at: datetime | None = None
+) -> CallRecord:
+    """As a plain body runs them: call n at 10n s, its own calls inside it, 1 ms apart."""
+    _, _, inner = scope.partition(".")
+    start = timedelta(seconds=10 * (int(inner) if inner else seq), milliseconds=seq if inner else 0)
+    return call_record(scope, seq, root_id="J", state=state, at=at or T0 + start)
 
 
 def test_discard_from_first_failure() -> None:
@@ -390,6 +396,12 @@ def test_discard_from_first_failure() -> None:
     assert discard_from_first_failure("J", [_rec("J", 1), _rec("J", 10, failed), _rec("J", 9)]) == [
         ("J", 10)
     ]
+    # an async body's call that ran beside the failure (it started before the failure
+    # ended) is kept; one started after it ended goes, as in a plain body
+    beside = _rec("J", 3, at=T0 + timedelta(seconds=20, milliseconds=1))
+    assert discard_from_first_failure(
+        "J", [_rec("J", 1), _rec("J", 2, failed), beside, _rec("J", 4)]
+    ) == [("J", 2), ("J", 4)]
 
 
 def test_no_retry_deep_in_a_called_durable_task_stops_every_layer() -> None:

@@ -216,6 +216,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(web_env: Env) -> None:
         ("retry", {"job_id": "missing"}, 404, "missing"),
         ("retry", {}, 400, "'job_id' field is missing"),
         ("bulk", {"action": "cancel"}, 400, "no jobs selected"),
+        ("requeue", {}, 400, "no dead letters selected"),
         ("bulk", {"action": "explode", "ids": [job_id]}, 400, "unknown bulk action"),
         ("pause", {"kind": "host", "name": "x"}, 400, "kind must be"),
         ("launch", {}, 404, "no action named 'launch'"),
