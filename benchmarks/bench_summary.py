@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench_commit.py", *(["--rounds", "2", "--jobs", "300"] if args.quick else [])
         ),
         "scale_out": run("bench_scale_out.py", "--seconds", "10" if args.quick else "30"),
+        "web": run("bench_web.py", *(["--jobs", "20000", "--repeat", "5"] if args.quick else [])),
     }
     Path(args.out).write_text(json.dumps(results, indent=2))
     core, t, d = results["core"], results["core"]["throughput"], results["core"]["dbos"]
@@ -103,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             f"retention, {r['deleted']:,} expired of {r['deleted'] * 10:,} finished",
             f"{r['jobs_per_second']:,.0f} jobs/s",
             f">= 10,000: {verdict(r['jobs_per_second'] >= 10_000)}",
+        )
+    )
+    pages = {k: v for k, v in results["web"].items() if not k.startswith("_")}
+    slowest = max(pages, key=lambda k: pages[k]["median_ms"])
+    rows.append(
+        (
+            f"dashboard, slowest page ({slowest})",
+            f"{pages[slowest]['median_ms']:.0f} ms",
+            f"<= 200 ms: {verdict(pages[slowest]['median_ms'] <= 200)}",
         )
     )
     s = results["sqlite"]

@@ -79,7 +79,9 @@ def test_an_async_body_mixing_every_kind_of_call_survives_a_sigkill(
 def test_the_threads_pool_loses_nothing_when_killed_midway(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    cluster = make_cluster("redis", "postgres", step_seconds=0.02)
+    # A message the killed worker had taken but not yet claimed is Redis's until its
+    # visibility timeout: the sweeper republishes such a job after delivery_timeout.
+    cluster = make_cluster("redis", "postgres", step_seconds=0.02, delivery_timeout=20)
     first = cluster.wait_ready(cluster.worker(concurrency=8, pool="threads"))
     task = cluster.app.tasks["proj.five_steps"]
     ids = [cluster.durable.enqueue(task, n).id for n in range(200)]
