@@ -48,7 +48,7 @@ from .dispatch import call_dispatched, is_dispatched, resume_dispatched
 from .loop import (
     CONTROL,
     check_awaited,
-    failing,
+    eager,
     forget_handed_out,
     in_thread,
     on_call_thread,
@@ -57,7 +57,6 @@ from .loop import (
     run_body,
     stop,
     stopping,
-    track,
 )
 from .matching import EndOfHistory, recorded_for
 from .recorded_errors import CallRetryPending, call_retryable, encode_error, traceback_text
@@ -113,19 +112,13 @@ def call(
         return _run(execution, begun) if isinstance(begun, _Live) else begun
     # An async body: the position is taken now, in program order; the outcome (a
     # replayed result or error, or the live run) comes where the body awaits it.
-    what = f"call #{execution.seq + 1} {getattr(target, 'name', target)!r}"
-    try:
-        begun = _begin(execution, target, args, kwargs, retries, backoff, policy)
-    except CONTROL as signal:
-        stop(execution, signal)
-        raise
-    except (Cancelled, NonDeterministicError, EndOfHistory):
-        raise  # here and now: nothing after it may run
-    except CallError as exc:  # raised at the await, like a live error
-        return track(execution, failing(exc), what)
-    if isinstance(begun, _Live):
-        return track(execution, _run_async(execution, begun), what)
-    return track(execution, resolved(begun), what)
+    # Cancelled, a divergence, the end of a replayed history: raised here and now.
+    return eager(
+        execution,
+        lambda: _begin(execution, target, args, kwargs, retries, backoff, policy),
+        f"call #{execution.seq + 1} {getattr(target, 'name', target)!r}",
+        lambda begun: _run_async(execution, begun) if isinstance(begun, _Live) else resolved(begun),
+    )
 
 
 def _begin(

@@ -81,12 +81,12 @@ class Execution:
             halt=self.halt,
         )
 
-    def branch(self) -> Execution:
+    def branch(self, seq: int) -> Execution:
         """The scope of an asyncio task this scope's code created (``gather`` of its own
         coroutines, a TaskGroup): it takes a position here, now, in the order the tasks
         are created, and its own calls are ``<seq>.1``, ``<seq>.2`` ... under it, so each
         branch finds its own history again on replay whatever finished first."""
-        branch = self.child(self.next_seq(), self.task_name)
+        branch = self.child(seq, self.task_name)
         branch.call_policy, branch.determinism = self.call_policy, self.determinism
         branch.is_async, branch.parent = True, self
         return branch

@@ -168,8 +168,9 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
     scope = peek_execution()
     if scope is None or not scope.is_async or getattr(coro, "cr_code", None) in _OURS:
         return asyncio.Task(coro, loop=loop, **kwargs)
-    branch = scope.branch()
-    branch.open_branch = lambda: _open(branch)
+    seq = scope.next_seq()  # now, in the order the tasks are created
+    branch = scope.branch(seq)
+    branch.open_branch = lambda: _open(scope, seq)
     context = kwargs.pop("context", None) or contextvars.copy_context()
     context.run(activate, branch)
     task: asyncio.Task[Any] = context.run(_new_task, loop, coro, kwargs)
@@ -183,10 +184,8 @@ def _new_task(
     return asyncio.Task(coro, loop=loop, **kwargs)  # takes the context it runs in
 
 
-def _open(branch: Execution) -> None:
+def _open(parent: Execution, seq: int) -> None:
     """A branch's first durable operation: its marker checked on replay, else written."""
-    parent, seq = branch.parent, int(branch.job_id.rsplit(".", 1)[1])
-    assert parent is not None
     if recorded_for(parent, seq, BRANCH, None) is None and not parent.replay_only:
         write_pseudo_call(parent, pseudo_call(parent, seq, BRANCH, "", "null"))
 
@@ -234,19 +233,6 @@ def forget_handed_out(execution: Execution) -> None:
     execution.handed_out.clear()
 
 
-def eager(execution: Execution, produce: Callable[[], Any], what: str) -> Any:
-    """A sleep, receive or gather in an async body: done now (its position is taken in
-    program order), its outcome handed back as an awaitable."""
-    try:
-        value = produce()
-    except CONTROL as signal:
-        stop(execution, signal)
-        raise
-    except CallError as exc:  # raised where the body awaits it
-        return track(execution, failing(exc), what)
-    return track(execution, resolved(value), what)
-
-
 async def resolved(value: T) -> T:
     """What replay, a sleep or a receive already knows, as an awaitable."""
     return value
@@ -255,6 +241,26 @@ async def resolved(value: T) -> T:
 async def failing(error: BaseException) -> Any:
     """An outcome that is an error, raised where the body awaits it."""
     raise error
+
+
+def eager(
+    execution: Execution,
+    produce: Callable[[], Any],
+    what: str,
+    then: Callable[[Any], Coroutine[Any, Any, Any]] = resolved,
+) -> Any:
+    """A call, sleep, receive or gather in an async body: begun now (its position is
+    taken in program order), its outcome (``then(value)``: by default the value itself)
+    handed back as an awaitable. A control signal ends the execution here and now; a
+    CallError is raised where the body awaits it."""
+    try:
+        value = produce()
+    except CONTROL as signal:
+        stop(execution, signal)
+        raise
+    except CallError as exc:
+        return track(execution, failing(exc), what)
+    return track(execution, then(value), what)
 
 
 async def in_thread(size: int, fn: Callable[[], T]) -> T:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..app import Durable
 from ..errors import JobNotFound, JobStateError
-from .filters import JobQuery
+from .filters import JobQuery, field_text
 
 audit = logging.getLogger("celery_durable.web.audit")
 BULK_LIMIT = 1000
@@ -39,12 +39,10 @@ Action = Callable[[Durable, Fields], Outcome]
 
 
 def _one(fields: Fields, name: str) -> str:
-    value = fields.get(name)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if value is None or str(value).strip() == "":
+    value = field_text(fields, name)
+    if value is None:
         raise ActionError(400, f"the {name!r} field is missing")
-    return str(value).strip()
+    return value
 
 
 def _many(fields: Fields, name: str) -> list[str]:
@@ -54,8 +52,7 @@ def _many(fields: Fields, name: str) -> list[str]:
 
 
 def _flag(fields: Fields, name: str) -> bool:
-    value = fields.get(name)
-    return str(value).lower() in ("1", "true", "on", "yes") if value is not None else False
+    return (field_text(fields, name) or "").lower() in ("1", "true", "on", "yes")
 
 
 def _plural(n: int, what: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import anyio
+from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -34,7 +35,7 @@ from ..errors import DurableError, JobNotFound, JobStateError, ScheduleNotFound
 from ..operations.events import Event, read_events
 from . import chart
 from .actions import ACTIONS, ActionError, audit
-from .filters import FilterError, JobQuery
+from .filters import FilterError, JobQuery, field_text
 from .jsonable import jsonable
 from .security import (
     CSRF_COOKIE,
@@ -117,12 +118,7 @@ class Dashboard:
         query = JobQuery.parse(request.query_params)
         rows = await self.call(self.durable.jobs, **query.listing())
         counts = await self.call(self.durable.job_counts, **query.counting())
-        return {
-            "query": query,
-            "jobs": rows[: query.page_size],
-            "has_next": len(rows) > query.page_size,
-            "counts": counts,
-        }
+        return {**_page(query, rows), "counts": counts}
 
     async def jobs_page(self, request: Request) -> Response:
         return self.render(request, "jobs.html", **await self.jobs_data(request))
@@ -166,8 +162,7 @@ class Dashboard:
             limit=query.page_size + 1,
             offset=(query.page - 1) * query.page_size,
         )
-        page = rows[: query.page_size]
-        return {"query": query, "jobs": page, "has_next": len(rows) > query.page_size}
+        return _page(query, rows)
 
     async def dead_page(self, request: Request) -> Response:
         return self.render(request, "dead.html", **await self.dead_data(request))
@@ -319,7 +314,7 @@ class Dashboard:
         name = request.path_params["name"]
         operator = self.operator(request)
         fields = await _fields(request)
-        token = request.headers.get(CSRF_HEADER) or _first(fields.get(CSRF_FIELD))
+        token = request.headers.get(CSRF_HEADER) or field_text(fields, CSRF_FIELD)
         nonce = request.cookies.get(CSRF_COOKIE)
         if not same_origin(request) or not csrf_valid(self.secret, nonce, operator, token):
             audit.warning("refused %s by %s: no valid CSRF token", name, operator.name)
@@ -378,6 +373,15 @@ _STATES = (
 )
 
 
+def _page(query: JobQuery, rows: list[Any]) -> dict[str, Any]:
+    """A page of a listing read one row past its size: is there a next page?"""
+    return {
+        "query": query,
+        "jobs": rows[: query.page_size],
+        "has_next": len(rows) > query.page_size,
+    }
+
+
 def _pretty(value: Any) -> str:
     """JSON for people; autoescaped where it is shown, like every other value."""
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
@@ -419,12 +423,6 @@ def _json(value: Any, status: int = 200) -> Response:
     return JSONResponse(jsonable(value), status_code=status)
 
 
-def _first(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return None if value is None else str(value)
-
-
 async def _fields(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
@@ -459,8 +457,6 @@ def _status(exc: Exception) -> int:
 def _refuse(api: bool, status: int, message: str) -> Response:
     if api:
         return JSONResponse({"error": message}, status_code=status)
-    from markupsafe import escape
-
     return HTMLResponse(f'<div class="flash bad" role="alert">{escape(message)}</div>', status)
 
 

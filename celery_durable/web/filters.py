@@ -20,7 +20,8 @@ class FilterError(ValueError):
     """A filter value the list cannot use; the message names the field and the fix."""
 
 
-def _text(fields: Mapping[str, Any], name: str) -> str | None:
+def field_text(fields: Mapping[str, Any], name: str) -> str | None:
+    """A field's text, stripped; a repeated field's first value; None if empty."""
     value = fields.get(name)
     if isinstance(value, list):
         value = value[0] if value else None
@@ -29,7 +30,7 @@ def _text(fields: Mapping[str, Any], name: str) -> str | None:
 
 
 def _time(fields: Mapping[str, Any], name: str) -> datetime | None:
-    text = _text(fields, name)
+    text = field_text(fields, name)
     if text is None:
         return None
     try:
@@ -55,20 +56,20 @@ class JobQuery:
 
     @classmethod
     def parse(cls, fields: Mapping[str, Any], page_size: int = PAGE_SIZE) -> JobQuery:
-        state = _text(fields, "state")
+        state = field_text(fields, "state")
         if state is not None and state not in {s.value for s in JobState}:
             known = ", ".join(s.value for s in JobState)
             raise FilterError(f"state={state!r} is not a job state; one of {known}")
-        page_text = _text(fields, "page") or "1"
+        page_text = field_text(fields, "page") or "1"
         if not page_text.isdigit() or not 1 <= int(page_text) <= MAX_PAGE:
             raise FilterError(f"page={page_text!r}: pages are numbered from 1 to {MAX_PAGE:,}")
         return cls(
             state=state,
-            task=_text(fields, "task"),
-            queue=_text(fields, "queue"),
+            task=field_text(fields, "task"),
+            queue=field_text(fields, "queue"),
             since=_time(fields, "since"),
             until=_time(fields, "until"),
-            q=_text(fields, "q"),
+            q=field_text(fields, "q"),
             page=int(page_text),
             page_size=page_size,
         )
