@@ -183,6 +183,14 @@ def _asynchronous(app: Celery, durable: Durable) -> None:
         calls = [call(timed, name, s) for name, s in zip("abc", seconds, strict=True)]
         return list(await asyncio.gather(*calls))
 
+    @durable.task(name="proj.async_count", shared=False)
+    async def async_count(names: list[str]) -> int:
+        return len(await asyncio.gather(*(call(async_timed, n, 0) for n in names)))
+
+    @durable.task(name="proj.async_rejected", shared=False)
+    async def async_rejected() -> None:
+        await call("proj.reject")
+
     @durable.task(name="proj.async_mix", shared=False)
     async def async_mix(payments: str) -> list[Any]:
         legacy = await call("proj.step", "mix-legacy", 1)

@@ -8,8 +8,10 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from celery import chain, group
 
-from celery_durable import JobState, serialization
+from celery_durable import CallError, JobState, serialization
+from tests.conftest import REDIS_URL
 from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.redis, pytest.mark.postgres]
@@ -112,3 +114,24 @@ def test_under_gevent_plain_bodies_run_and_an_async_body_is_refused_by_name(
     assert "cannot run under the gevent pool (-P gevent)" in error["message"]
     assert "-P prefork, -P threads or -P solo" in error["message"]
     assert _names(cluster, "timed-start") == {}  # no call of it ran
+
+
+@pytest.mark.mysql
+def test_async_bodies_in_a_chain_and_a_group_on_mariadb_with_get(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    results = REDIS_URL.rsplit("/", 1)[0] + "/6"
+    cluster = make_cluster("redis", "mysql", result_backend=results)
+    cluster.wait_ready(cluster.worker(concurrency=2))
+    tasks = cluster.app.tasks
+    chained = chain(tasks["proj.three_at_once"].s([0, 0, 0]), tasks["proj.async_count"].s())
+    assert chained.delay().get(timeout=60) == 3
+    both = group(tasks["proj.async_count"].s(["x"]), tasks["proj.async_count"].s(["y", "z"]))
+    assert both.delay().get(timeout=60) == [1, 2]
+    with pytest.raises(CallError) as raised:
+        tasks["proj.async_rejected"].delay().get(timeout=60, propagate=True)
+    assert (raised.value.name, raised.value.error_type, raised.value.no_retry) == (
+        "proj.reject",
+        "ValueError",
+        True,
+    )
