@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -44,6 +46,15 @@ from celery import Celery
 from celery.signals import task_failure, task_success
 
 from celery_durable import Durable, call
+from celery_durable.engine.runtime import utcnow
+from celery_durable.store.records import (
+    CallRecord,
+    CallState,
+    ClaimOutcome,
+    JobState,
+    Lease,
+    NewJob,
+)
 
 MIDDLEWARE_KINDS = ("hooks", "prometheus", "logging", "otel")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -254,6 +265,56 @@ def create_app(
     def one_call(i: int) -> int:
         """A durable job with exactly one checkpointed call."""
         return call(noop, i)  # type: ignore[no-any-return]
+
+    @app.task(name="bench.statements_only", shared=False)
+    def statements_only(i: int) -> int:
+        """The statement floor: a plain task that sends what a one-call job's worker
+        sends (claim, checkpoint, finish) straight through the store, no engine."""
+        store, now = durable.storage, utcnow()
+        job_id = statements_only.request.id
+        lease = Lease(job_id, f"floor-{os.getpid()}")
+        claim = store.claim_job(job_id, lease.owner, now, now + timedelta(minutes=5))
+        if claim.outcome is not ClaimOutcome.CLAIMED:
+            raise RuntimeError(f"job {job_id}: {claim.outcome}")
+        value = noop(i)
+        store.record_call(
+            CallRecord(
+                job_id,
+                0,
+                job_id,
+                noop.name,
+                "-",
+                CallState.SUCCEEDED,
+                1,
+                str(value),
+                None,
+                now,
+                utcnow(),
+            ),
+            lease,
+        )
+        store.finish_job(lease, JobState.SUCCEEDED, str(value), None, utcnow())
+        _redis(counter_url).incr(f"{counter_key}:floor")
+        return value  # type: ignore[no-any-return]
+
+    def enqueue_statements_only(i: int) -> None:
+        """The producer's half of the floor: the job row, then a plain message."""
+        job_id, now = uuid.uuid4().hex, utcnow()
+        durable.storage.create_job(
+            NewJob(
+                id=job_id,
+                task=statements_only.name,
+                args=f"[{i}]",
+                kwargs="{}",
+                queue=None,
+                priority=None,
+                created_at=now,
+                deliver_by=now + timedelta(minutes=5),
+            )
+        )
+        statements_only.apply_async((i,), task_id=job_id)
+
+    app.bench_enqueue_statements_only = enqueue_statements_only  # type: ignore[attr-defined]
 
     # Completions counted in Redis, as the plain tasks' are (polling a COUNT(*) of the
     # jobs table would load the PostgreSQL the durable jobs run on). task_success fires

@@ -1030,9 +1030,11 @@ def _rounds(
     plain_done: Callable[[], int],
     durable_done: Callable[[], int],
     durable_failed: Callable[[], int],
+    floor_done: Callable[[], int],
 ) -> list[dict[str, float]]:
     """Round k: each setup in turn (order reversed on odd k), N plain tasks then N
-    durable jobs; keys of the bare setup unprefixed, the others' prefixed by label."""
+    durable jobs (then, on the bare setup, N statements-only tasks); keys of the bare
+    setup unprefixed, the others' prefixed by label."""
     rounds: list[dict[str, float]] = []
     n = args.throughput_n
     for k in range(args.rounds):
@@ -1074,12 +1076,42 @@ def _rounds(
                     f"{key}durable_postgres_cpu_ms": (postgres_cpu_seconds() - p0) / n * 1e3,
                 }
             )
+            if setup.label == "bare":
+                row.update(_statements_only(args, setup, workers, floor_done))
             log(
                 f"  round {k + 1} {setup.label:>4}: plain {row[f'{key}plain_per_s']:.0f}/s,"
                 f" durable {row[f'{key}durable_per_s']:.0f}/s"
+                + (f", statements only {row['floor_per_s']:.0f}/s" if setup.label == "bare" else "")
             )
         rounds.append(row)
     return rounds
+
+
+def _statements_only(
+    args: argparse.Namespace,
+    setup: WorkerSetup,
+    workers: list[Workers],
+    floor_done: Callable[[], int],
+) -> dict[str, float]:
+    """The statement floor: N plain tasks that each send a one-call job's four
+    statements through the store (the producer writes the row, the task claims,
+    checkpoints and finishes) with none of the engine around them."""
+    n = args.throughput_n
+    assert setup.workers is not None
+    cpu, enqueue = setup.workers.cpu_seconds, setup.app.bench_enqueue_statements_only  # type: ignore[attr-defined]
+    base, w0, p0 = floor_done(), cpu(), postgres_cpu_seconds()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        enqueue(i)
+    t_enq, c_enq = time.perf_counter(), time.process_time()
+    t1 = wait_until(floor_done, base + n, args.throughput_timeout, workers)
+    return {
+        "floor_per_s": n / (t1 - t0),
+        "floor_enqueue_per_s": n / (t_enq - t0),
+        "floor_enqueue_cpu_us": (c_enq - c0) / n * 1e6,
+        "floor_worker_cpu_ms": (cpu() - w0) / n * 1e3,
+        "floor_postgres_cpu_ms": (postgres_cpu_seconds() - p0) / n * 1e3,
+    }
 
 
 def _middleware_throughput(
@@ -1171,7 +1203,11 @@ def _batched(
 
 
 def _ratios(result: dict[str, Any]) -> dict[str, float]:
-    ratios = {"ratio": result["durable_per_s"] / result["plain_per_s"]}
+    ratios = {
+        "ratio": result["durable_per_s"] / result["plain_per_s"],
+        "floor_ratio": result["floor_per_s"] / result["plain_per_s"],
+        "durable_vs_floor": result["durable_per_s"] / result["floor_per_s"],
+    }
     if "async_durable_per_s" in result:
         ratios["async_ratio"] = result["async_durable_per_s"] / result["async_plain_per_s"]
         ratios["async_vs_bare"] = result["async_durable_per_s"] / result["durable_per_s"]
@@ -1208,6 +1244,9 @@ def bench_throughput(
     def durable_failed() -> int:
         return int(r.get(f"{counter_key}:failed") or 0)
 
+    def floor_done() -> int:
+        return int(r.get(f"{counter_key}:floor") or 0)
+
     result: dict[str, Any] = {
         "n": args.throughput_n,
         "concurrency": args.concurrency,
@@ -1226,7 +1265,9 @@ def bench_throughput(
             setup.warm_up(warm)
         wait_until(plain_done, warm * len(setups), 60, workers)
         wait_until(durable_done, warm * len(setups), 60, workers, durable_failed)
-        rounds = _rounds(args, setups, workers, plain_done, durable_done, durable_failed)
+        rounds = _rounds(
+            args, setups, workers, plain_done, durable_done, durable_failed, floor_done
+        )
         result["rounds_detail"] = rounds
         for key in rounds[0]:
             result[key] = statistics.mean(row[key] for row in rounds)
@@ -1251,6 +1292,7 @@ def bench_throughput(
                 counter_key,
                 f"{counter_key}:durable",
                 f"{counter_key}:failed",
+                f"{counter_key}:floor",
                 span_key,
                 *r.scan_iter(match=f"*bench_{run}*", count=1000),
             ]
@@ -1448,6 +1490,16 @@ def print_report(res: dict[str, Any]) -> None:
             f"{t['durable_postgres_cpu_ms']:.2f} ms",
             f"(plain task: {t['plain_enqueue_cpu_us'] / 1e3:.2f} / "
             f"{t['plain_worker_cpu_ms']:.2f} / {t['plain_postgres_cpu_ms']:.2f} ms)",
+        )
+        line(
+            "statements only: plain tasks sending a job's 4 statements",
+            f"{t['floor_per_s']:.0f} /s",
+            f"= {t['floor_ratio']:.2f}x plain; durable = {t['durable_vs_floor']:.2f}x this floor",
+        )
+        line(
+            "CPU per statements-only task: producer / worker / PostgreSQL",
+            f"{t['floor_enqueue_cpu_us'] / 1e3:.2f} / {t['floor_worker_cpu_ms']:.2f} / "
+            f"{t['floor_postgres_cpu_ms']:.2f} ms",
         )
         line(
             "durable, enqueued with one enqueue_many()",
@@ -1716,6 +1768,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain_tasks_per_s": res["throughput"].get("plain_per_s"),
         "durable_jobs_per_s": res["throughput"].get("durable_per_s"),
         "throughput_ratio": res["throughput"].get("ratio"),
+        "statements_only_ratio": res["throughput"].get("floor_ratio"),
+        "durable_vs_statements_only": res["throughput"].get("durable_vs_floor"),
     }
     mc, mt = res["middleware_calls"], res["throughput"].get("middleware") or {}
     if mc.get("configs"):

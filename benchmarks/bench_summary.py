@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict(t['ratio'] >= budgets['throughput_ratio_min'])}",
             )
         )
+        rows.append(
+            (
+                "  plain tasks sending the same 4 statements / plain tasks",
+                f"{t['floor_per_s']:.0f} /s = {t['floor_ratio']:.2f}x",
+                f"(durable = {t['durable_vs_floor']:.2f}x this floor)",
+            )
+        )
     r = results["retention"]["retention"]
     rows.append(
         (

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -115,4 +116,41 @@ def test_a_database_outage_during_delivery_strands_nothing_and_fails_nothing(
     assert sum(per_job.values()) <= len(ids) + 4, per_job  # no redelivery storm
     for i in delivered_late:  # every call of every job is checkpointed once
         assert cluster.committed_calls(i) == 5
+    assert worker.process.poll() is None
+
+
+def test_a_database_outage_mid_gather_in_an_async_body_waits_it_out(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """a and b are recorded, c is running when PostgreSQL goes away; c's checkpoint
+    meets the outage. The body ends as a control signal would (a gather cannot swallow
+    it), the delivery waits for the database, and the next execution replays a and b
+    and runs only c again."""
+    cluster = make_cluster("redis", "postgres")
+    worker = cluster.wait_ready(cluster.worker(DURABLE_TEST_LEASE="30"))
+    (cluster.effects / "hold-c").touch()
+    job_id = cluster.durable.enqueue(cluster.app.tasks["proj.three_at_once"], [0.4, 0.2, 0]).id
+    wait_for(lambda: cluster.committed_calls(job_id) == 2, 60, "a and b", cluster.logs_tail)
+    assert Counter(n[2] for n in cluster.notes("timed-start"))["c"] == 1  # c is in flight
+    with postgres_stopped():
+        (cluster.effects / "hold-c").unlink()
+        wait_for(
+            lambda: Counter(n[2] for n in cluster.notes("timed-done"))["c"] == 1,
+            30,
+            "c to finish while the database is away",
+            cluster.logs_tail,
+        )
+    cluster.storage.dispose()  # this test process's own pooled connections died too
+
+    job = cluster.wait_finished(job_id, timeout=90)
+    assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+    # waited out by the delivery, not left for the sweeper to find
+    assert job.recoveries == 0, cluster.logs_tail()
+    assert cluster.notes("celery-failures") == []
+    starts = Counter(n[2] for n in cluster.notes("timed-start"))
+    assert (starts["a"], starts["b"]) == (1, 1)  # recorded before the outage: not again
+    assert 1 <= starts["c"] <= 2  # its checkpoint never landed: it may run again
+    assert cluster.durable.get_job(job_id).result == ["a", "b", "c"]
+    calls = sorted(cluster.storage.load_history(job_id), key=lambda c: c.seq)
+    assert [c.name for c in calls] == ["proj.timed"] * 3
     assert worker.process.poll() is None

@@ -114,5 +114,69 @@ def test_an_unreachable_server_is_storage_unavailable_and_the_next_call_reconnec
     assert job.created_at == T0 and job.lease_expires_at == T0 + timedelta(minutes=15)
 
 
+def _terminate(*connections: object) -> None:
+    """What a server restart does to each of these connections."""
+    with psycopg.connect(psycopg_dsn(POSTGRES_URL), autocommit=True) as admin:
+        for connection in connections:
+            backend = connection.info.backend_pid  # type: ignore[attr-defined]
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+
+
+def _outcome(work: Callable[[], object]) -> object:
+    try:
+        return work()
+    except Exception as exc:
+        return exc
+
+
+def _other_thread_holding_a_connection(storage: SQLStorage) -> tuple[object, Callable[..., object]]:
+    """A thread that keeps running statements on its own held connection when asked."""
+    import queue
+
+    asks: queue.Queue[Callable[[], object] | None] = queue.Queue()
+    answers: queue.Queue[object] = queue.Queue()
+
+    def serve() -> None:
+        while (work := asks.get()) is not None:
+            answers.put(_outcome(work))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def ask(work: Callable[[], object] | None) -> object:
+        asks.put(work)
+        return None if work is None else answers.get(timeout=30)
+
+    held = ask(lambda: (storage.get_job("j1"), _held(storage))[1])
+    return held, ask
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first", ["hot path", "SQLAlchemy path"])
+def test_a_server_gone_away_replaces_every_threads_connection_not_only_the_failing_one(
+    first: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
+    """After a restart, only the first statement to meet it fails: a thread that was idle
+    meanwhile (an async body's call thread) reconnects instead of failing its checkpoint."""
+    storage = sql_storage_factory("postgres")
+    storage.create_job(new_job("j1"))
+    mine = _held(storage)
+    theirs, ask = _other_thread_holding_a_connection(storage)
+    assert theirs is not mine
+    with storage.engine.connect() as pooled:  # SQLAlchemy's pool keeps one too
+        pooled_connection = pooled.connection.dbapi_connection
+    _terminate(mine, theirs, pooled_connection)
+    with pytest.raises(StorageUnavailable, match="cannot use the durable database"):
+        if first == "hot path":
+            storage.get_job("j1")
+        else:
+            storage.get_jobs(["j1"])
+    job = ask(lambda: storage.get_job("j1"))  # its connection was dead too
+    assert not isinstance(job, Exception), job
+    assert job is not None and job.id == "j1"  # type: ignore[attr-defined]
+    assert ask(lambda: _held(storage)) is not theirs
+    ask(None)
+
+
 def psycopg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -101,7 +101,15 @@ class SQLConnection:
             ) from exc
         if url.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", self._on_engine_error)
         return engine
+
+    def _on_engine_error(self, context: Any) -> None:
+        """A statement through SQLAlchemy found the server gone: SQLAlchemy's pool
+        replaces its connections, and the hot path's are replaced too."""
+        hot = self.__dict__.get("_hot")  # only if it exists already
+        if context.is_disconnect and hot is not None:
+            hot.invalidate()
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -144,13 +152,23 @@ class SQLConnection:
         if url.get_backend_name() == "sqlite":
             connect_args = {"timeout": 30, "check_same_thread": False, **connect_args}
             on_connect = _sqlite_pragmas_on
-        return HotPath(
+        hot = HotPath(
             engine,
             {name: getattr(self._sql, name) for name in HOT},
             connect_args,
             on_connect,
             relaxed=self._relaxed,
         )
+        hot.on_disconnect = self._on_hot_disconnect
+        return hot
+
+    def _on_hot_disconnect(self) -> None:
+        """A hot statement found the server gone: SQLAlchemy's pooled connections are
+        likely dead too. A new pool replaces them (one checked out now goes back to the
+        old pool, which is dropped)."""
+        engine = self._engine
+        if engine is not None and self._pid == os.getpid():
+            engine.dispose()
 
     def _run(self, name: str, params: dict[str, Any], *, tuples: bool = False) -> Result:
         """One of the hot statements (``HOT``): on the hot path where there is one.

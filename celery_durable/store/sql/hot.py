@@ -39,6 +39,9 @@ from sqlalchemy.sql.expression import ClauseElement
 from .commit_policy import SYNCHRONOUS, CommitPolicy
 
 Processor = Callable[[Any], Any] | None
+Held = tuple[int, Any, Any, int]
+"""A thread's connection: the pid that opened it, the DBAPI connection, its cursor, and
+the generation it was opened in (``HotPath.invalidate``)."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,11 @@ class HotPath:
         }
         self._relaxed = relaxed
         self._local = threading.local()
+        self._generation = 0
+        """Raised when a statement finds the server gone (``invalidate``): a connection
+        opened before is dropped at its thread's next statement instead of failing it."""
+        self.on_disconnect: Callable[[], None] | None = None
+        """Called when one of this path's statements finds the server gone."""
         self.listeners: list[Callable[[str, Any], None]] = []
         """Called with each statement's SQL and parameters before it is sent."""
 
@@ -247,19 +255,31 @@ class HotPath:
             raise
         return conn, cursor
 
-    def _held(self, kind: str) -> tuple[int, Any, Any]:
+    def invalidate(self) -> None:
+        """The server went away (a restart, a failover): every thread's connection from
+        before is likely dead too. Each is replaced at its thread's next statement, as
+        SQLAlchemy's pool does on a disconnect; otherwise each would fail once, and a
+        checkpoint failing on a thread nobody used during the outage interrupts its job
+        after the database is back."""
+        self._generation += 1
+
+    def _held(self, kind: str) -> Held:
         """This thread's connection of ``kind`` ("held", or "relaxed" for the statements
         the commit policy relaxes: a connection of their own, set once)."""
-        held: tuple[int, Any, Any] | None = getattr(self._local, kind, None)
+        held: Held | None = getattr(self._local, kind, None)
+        if held is not None and held[0] == os.getpid() and held[3] != self._generation:
+            self._drop(kind, held)  # opened before the server went away
+            held = None
         if held is None or held[0] != os.getpid():
             # none yet in this thread, or inherited from the parent across a fork: the
             # parent's stays untouched (psycopg only closes its own process's)
+            generation = self._generation
             conn, cursor = self._open(relaxed=kind == "relaxed")
-            held = (os.getpid(), conn, cursor)
+            held = (os.getpid(), conn, cursor, generation)
             setattr(self._local, kind, held)
         return held
 
-    def _drop(self, kind: str, held: tuple[int, Any, Any]) -> None:
+    def _drop(self, kind: str, held: Held) -> None:
         setattr(self._local, kind, None)
         with contextlib.suppress(Exception):  # already broken: nothing to save
             held[1].close()
@@ -286,9 +306,15 @@ class HotPath:
                 return Result(cursor.rowcount, [], statement.tuples(raw))
             return Result(cursor.rowcount, statement.rows(raw))
         except BaseException as exc:
-            if held is not None:
-                self._drop(kind, held)
             dbapi = self._dialect.loaded_dbapi
+            if held is not None:
+                if isinstance(exc, dbapi.Error) and self._dialect.is_disconnect(
+                    exc, held[1], held[2]
+                ):
+                    self.invalidate()
+                    if self.on_disconnect is not None:
+                        self.on_disconnect()
+                self._drop(kind, held)
             if not isinstance(exc, dbapi.Error):
                 raise
             raise sa_exc.DBAPIError.instance(
