@@ -224,6 +224,10 @@ class Schedules:
         ]
         return upcoming[0] if upcoming else None
 
+    def latest_runs(self) -> dict[str, ScheduleRun]:
+        """Each schedule's last run (fired or skipped), by name, in one query."""
+        return self.store.latest_schedule_runs()
+
     def runs(self, name: str, limit: int = 50) -> list[ScheduleRun]:
         """Fired and skipped ticks, newest first, with job ids and lateness."""
         return self.store.schedule_runs(check_key(name, "a schedule name"), limit)

@@ -176,7 +176,8 @@ class Dashboard:
 
     def _schedules(self) -> list[dict[str, Any]]:
         api = self.durable.schedules
-        return [{"schedule": r, "last": next(iter(api.runs(r.name, 1)), None)} for r in api.all()]
+        latest = api.latest_runs()
+        return [{"schedule": r, "last": latest.get(r.name)} for r in api.all()]
 
     async def schedules_page(self, request: Request) -> Response:
         rows = await self.call(self._schedules)

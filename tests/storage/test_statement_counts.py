@@ -104,3 +104,42 @@ def test_statements_per_call_per_replay_and_per_job(
     assert len(history) == 1, replayed  # the whole history in one query
     # claim + history + (two replayed calls: nothing) + one fresh call + finish
     assert len(replayed) == 4, replayed
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_the_dashboards_schedules_page_costs_the_same_statements_for_any_number_of_schedules(
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
+    from starlette.testclient import TestClient
+
+    from celery_durable import every
+    from celery_durable.web import create_app
+
+    storage = sql_storage_factory(backend)
+    app = Celery("schedule-counts", broker="memory://", set_as_current=False)
+    app.conf.task_default_queue = f"counts-{uuid.uuid4().hex}"
+    durable = Durable(app, storage=storage)
+
+    @durable.task(name="counts.ticked", shared=False)
+    def ticked() -> None:
+        return None
+
+    client = TestClient(
+        create_app(durable), base_url="http://127.0.0.1:5556", client=("127.0.0.1", 50000)
+    )
+
+    def listed(count: int) -> tuple[list[str], list[dict[str, Any]]]:
+        for n in range(len(durable.schedules.all()), count):
+            durable.schedules.add(f"s{n:02}", ticked, every(3600))
+            durable.schedules.trigger(f"s{n:02}")
+        with counting(storage) as sent:
+            answer = client.get("/api/schedules")
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()
+        return sent, rows
+
+    few, rows = listed(2)
+    many, rows = listed(12)
+    assert len(many) == len(few) == 2, many  # the schedules, and every last run at once
+    assert [r["schedule"]["name"] for r in rows] == [f"s{n:02}" for n in range(12)]
+    assert all(r["last"]["reason"] == "triggered" for r in rows)

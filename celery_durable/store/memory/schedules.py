@@ -84,6 +84,11 @@ class MemorySchedules(MemoryState):
             runs = [r for r in self._runs.values() if not r.published and r.recorded_at < before]
         return sorted(runs, key=lambda r: r.recorded_at)[:limit]
 
+    def latest_schedule_runs(self) -> dict[str, ScheduleRun]:
+        with self._lock:
+            last = {(s.name, s.last_run_at) for s in self._schedules.values() if s.last_run_at}
+            return {r.schedule: r for key, r in self._runs.items() if key in last}
+
     def schedule_runs(self, name: str, limit: int) -> list[ScheduleRun]:
         with self._lock:
             runs = [r for r in self._runs.values() if r.schedule == name]

@@ -37,20 +37,39 @@ def _minute_of(element: minute_of, compiler: Any, **kw: Any) -> str:
     return f"{function}({', '.join(args if function == 'strftime' else args[::-1])})"
 
 
-class byte_order(FunctionElement[str]):  # lower case: it reads like the SQL function
+class _TextColumn(FunctionElement[str]):
+    """A text column, spelled per dialect: ``spellings`` maps a dialect's name to a
+    format of the column's SQL (``{}``); other dialects get the column as it is."""
+
+    type = String()
+    inherit_cache = True
+    spellings: dict[str, str] = {}
+
+
+@compiles(_TextColumn)
+def _text_column(element: _TextColumn, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    text = str(compiler.process(column, **kw))
+    return element.spellings.get(compiler.dialect.name, "{}").format(text)
+
+
+class byte_order(_TextColumn):  # lower case: it reads like the SQL function
     """A text column compared by code point: PostgreSQL sorts by the database's collation
     (``-`` and ``:`` ignored under en_US), so there it is ``COLLATE "C"``; MySQL's
     binary collation and SQLite compare that way already."""
 
-    type = String()
     inherit_cache = True
+    spellings = {"postgresql": '{} COLLATE "C"'}
 
 
-@compiles(byte_order)
-def _byte_order(element: byte_order, compiler: Any, **kw: Any) -> str:
-    (column,) = element.clauses
-    text = str(compiler.process(column, **kw))
-    return f'{text} COLLATE "C"' if compiler.dialect.name == "postgresql" else text
+class outer_table(_TextColumn):  # lower case: it reads like the SQL function
+    """A text join column whose table must be the outer loop of the join: SQLite, with no
+    statistics, may pick the other order and scan the larger table; a unary ``+`` keeps
+    it from looking this column's table up by index, so it scans this one instead.
+    Elsewhere the column as it is (their planners weigh the tables' sizes)."""
+
+    inherit_cache = True
+    spellings = {"sqlite": "+{}"}
 
 
 def parse_minute(text: str) -> datetime:

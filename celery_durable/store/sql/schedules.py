@@ -8,11 +8,22 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import BindParameter, Delete, Insert, Integer, Select, Update, bindparam, select
+from sqlalchemy import (
+    BindParameter,
+    Delete,
+    Insert,
+    Integer,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 
 from ..records import NewJob, ScheduleRecord, ScheduleRun
 from .connection import SQLConnection
+from .dialects import outer_table
 from .schema import Tables, UTCDateTime
 from .statements import new_job_row
 
@@ -53,6 +64,7 @@ class ScheduleStatements:
     mark_published: Update
     unpublished: Select[Any]
     runs: Select[Any]
+    latest_runs: Select[Any]
 
 
 def schedule_statements(tables: Tables) -> ScheduleStatements:
@@ -98,6 +110,21 @@ def schedule_statements(tables: Tables) -> ScheduleStatements:
         .where(runs.c.schedule == bindparam("p_name"))
         .order_by(runs.c.nominal_at.desc())
         .limit(limit),
+        latest_runs=_latest_runs(tables),
+    )
+
+
+def _latest_runs(tables: Tables) -> Select[Any]:
+    """Each schedule's last run: the run row at the schedule's ``last_run_at`` (the newest
+    tick its firing recorded), found through the runs' primary key (schedule,
+    nominal_at), one lookup per schedule however many runs are kept."""
+    schedules, runs = tables.schedules, tables.schedule_runs
+    return select(runs).join(
+        schedules,
+        and_(
+            runs.c.schedule == outer_table(schedules.c.name),
+            runs.c.nominal_at == schedules.c.last_run_at,
+        ),
     )
 
 
@@ -181,6 +208,11 @@ class ScheduleSQL(SQLConnection):
                     self._schedule_sql.unpublished, {"p_before": before, "p_limit": limit}
                 )
             ]
+
+    def latest_schedule_runs(self) -> dict[str, ScheduleRun]:
+        with self._connect() as conn:
+            found = [_run(r) for r in conn.execute(self._schedule_sql.latest_runs)]
+        return {r.schedule: r for r in found}
 
     def schedule_runs(self, name: str, limit: int) -> list[ScheduleRun]:
         with self._connect() as conn:

@@ -116,6 +116,27 @@ class ScheduleConformance:
         store.mark_published("s1", waiting.nominal_at)
         assert store.unpublished_runs(late, 10) == []
 
+    def test_each_schedules_latest_run_in_one_query(self, storage: Storage) -> None:
+        store: Any = storage
+        for name in ("s1", "s2", "never"):
+            store.put_schedule(schedule_record(name), None)
+        assert store.latest_schedule_runs() == {}
+        s1 = schedule_record("s1")
+        assert store.fire_schedule(s1, [run("s1", 60), run("s1", 180, None)], None, None, [], T0)
+        s2 = schedule_record("s2")
+        assert store.fire_schedule(s2, [run("s2", 120, "job-2")], None, "job-2", [], T0)
+        latest = store.latest_schedule_runs()
+        assert sorted(latest) == ["s1", "s2"]  # a schedule that never ran has none
+        assert (latest["s1"].nominal_at, latest["s1"].outcome) == (
+            T0 + timedelta(seconds=180),
+            "skipped",
+        )
+        assert (latest["s2"].nominal_at, latest["s2"].job_id) == (
+            T0 + timedelta(seconds=120),
+            "job-2",
+        )
+        assert latest["s1"] == store.schedule_runs("s1", 1)[0]
+
     def test_unique_key_is_held_while_the_job_is_active(self, storage: Storage) -> None:
         first = replace(new_job("job-1"), unique_key="nightly")
         assert storage.create_unique_job(first) == "job-1"
