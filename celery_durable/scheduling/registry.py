@@ -225,8 +225,15 @@ class Schedules:
         return upcoming[0] if upcoming else None
 
     def latest_runs(self) -> dict[str, ScheduleRun]:
-        """Each schedule's last run (fired or skipped), by name, in one query."""
-        return self.store.latest_schedule_runs()
+        """Each schedule's last run (fired or skipped), by name; one that never ran is
+        absent. One query on the built-in stores (``latest_schedule_runs``, which a store
+        of your own may leave out: then one query per schedule)."""
+        store = self.store
+        latest = getattr(store, "latest_schedule_runs", None)
+        if latest is not None:
+            return dict(latest())
+        found = {r.name: store.schedule_runs(r.name, 1) for r in store.list_schedules()}
+        return {name: runs[0] for name, runs in found.items() if runs}
 
     def runs(self, name: str, limit: int = 50) -> list[ScheduleRun]:
         """Fired and skipped ticks, newest first, with job ids and lateness."""

@@ -77,10 +77,6 @@ class ScheduleStorage(Protocol):
     def schedule_runs(self, name: str, limit: int) -> list[ScheduleRun]:
         """A schedule's runs, newest first."""
 
-    def latest_schedule_runs(self) -> dict[str, ScheduleRun]:
-        """Each schedule's last run (the one at its ``last_run_at``), by schedule name;
-        one that never ran is absent. One query, a key lookup per schedule."""
-
 
 @runtime_checkable
 class Storage(Protocol):

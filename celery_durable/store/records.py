@@ -8,6 +8,7 @@ engine's job, so a store only moves strings. Times are timezone-aware UTC dateti
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -409,3 +410,18 @@ class ScheduleRun:
     lateness: float
     """Seconds between the nominal tick and when it was recorded."""
     published: bool
+
+
+def last_run_after(
+    runs: Sequence[ScheduleRun],
+    last_run_at: datetime | None,
+    last_job_id: str | None,
+    job_id: str | None,
+) -> tuple[datetime | None, str | None]:
+    """A schedule's last run (its nominal tick and job) once ``runs`` are recorded: the
+    newest tick wins, so an overdue tick recorded after a newer trigger does not move it
+    back. ``job_id`` is the job the newest of ``runs`` fired, if any."""
+    newest = max((r.nominal_at for r in runs), default=None)
+    if newest is None or (last_run_at is not None and newest < last_run_at):
+        return last_run_at, last_job_id
+    return newest, job_id or last_job_id

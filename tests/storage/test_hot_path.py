@@ -171,6 +171,8 @@ def test_a_server_gone_away_replaces_every_threads_connection_not_only_the_faili
             storage.get_job("j1")
         else:
             storage.get_jobs(["j1"])
+    # SQLAlchemy's pool (no pre-ping) was replaced too: its connection was dead as well
+    assert [j.id for j in storage.get_jobs(["j1"])] == ["j1"]
     job = ask(lambda: storage.get_job("j1"))  # its connection was dead too
     assert not isinstance(job, Exception), job
     assert job is not None and job.id == "j1"  # type: ignore[attr-defined]

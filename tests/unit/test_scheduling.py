@@ -9,13 +9,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery import Celery
 from celery.schedules import crontab
 
-from celery_durable import ConfigurationError, ScheduleNotFound, call
+from celery_durable import ConfigurationError, Durable, ScheduleNotFound, call
 from celery_durable.scheduling.beat_import import import_beat_schedule
 from celery_durable.scheduling.definition import run_job_id
 from celery_durable.scheduling.kinds import cron, daily, every
 from celery_durable.scheduling.registry import Schedules
+from celery_durable.store import MemoryStorage
 from celery_durable.store.records import JobState
 from tests.unit.conftest import Env, make_env
 
@@ -266,3 +268,17 @@ def test_a_beat_started_while_the_database_is_down_syncs_once_it_is_back() -> No
     down["on"] = False
     scheduler.tick()
     assert [s.name for s in env.durable.schedules.all()] == ["cleanup"]
+
+
+def test_a_store_of_ones_own_without_latest_schedule_runs_still_lists_last_runs() -> None:
+    class OwnStore(MemoryStorage):
+        latest_schedule_runs = None  # the optional one-query method, not written
+
+    app = Celery("own-store", set_as_current=False, broker="memory://")
+    app.send_task = lambda name, **kw: None  # type: ignore
+    durable = Durable(app, storage=OwnStore())
+    durable.schedules.add("a", "u.cleanup", every(60))
+    durable.schedules.add("never", "u.cleanup", every(60))
+    job_id = durable.schedules.trigger("a")
+    latest = durable.schedules.latest_runs()
+    assert list(latest) == ["a"] and latest["a"].job_id == job_id

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from ..records import NewJob, ScheduleRecord, ScheduleRun
+from ..records import NewJob, ScheduleRecord, ScheduleRun, last_run_after
 from .state import MemoryState
 
 
@@ -64,12 +64,15 @@ class MemorySchedules(MemoryState):
                 self._runs[(run.schedule, run.nominal_at)] = run
             for job in jobs:
                 self._jobs[job.id] = job.as_record()
+            last_at, last_job = last_run_after(
+                runs, current.last_run_at, current.last_job_id, last_job_id
+            )
             self._schedules[seen.name] = replace(
                 current,
                 next_run_at=next_run_at,
                 version=current.version + 1,
-                last_run_at=max((r.nominal_at for r in runs), default=None) or current.last_run_at,
-                last_job_id=last_job_id or current.last_job_id,
+                last_run_at=last_at,
+                last_job_id=last_job,
             )
             return True
 

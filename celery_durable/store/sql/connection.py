@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ...errors import ConfigurationError, StorageUnavailable
 from ..urls import safe_url
@@ -28,6 +28,8 @@ from .hot import HotPath, Result
 from .migrations import apply_migrations, pending_migrations
 from .schema import Tables, build_tables
 from .statements import HOT, JobStatements, job_statements
+
+_SHARED_POOLS = (StaticPool, SingletonThreadPool)
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-durable[postgres]'",
@@ -165,9 +167,11 @@ class SQLConnection:
     def _on_hot_disconnect(self) -> None:
         """A hot statement found the server gone: SQLAlchemy's pooled connections are
         likely dead too. A new pool replaces them (one checked out now goes back to the
-        old pool, which is dropped)."""
-        engine = self._engine
-        if engine is not None and self._pid == os.getpid():
+        old pool, which is dropped). Not for pools that share one connection between
+        threads (StaticPool, SingletonThreadPool): disposing closes it under them."""
+        with self._lock:
+            engine = self._engine if self._pid == os.getpid() else None
+        if engine is not None and not isinstance(engine.pool, _SHARED_POOLS):
             engine.dispose()
 
     def _run(self, name: str, params: dict[str, Any], *, tuples: bool = False) -> Result:

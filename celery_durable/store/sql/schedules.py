@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
-from ..records import NewJob, ScheduleRecord, ScheduleRun
+from ..records import NewJob, ScheduleRecord, ScheduleRun, last_run_after
 from .connection import SQLConnection
 from .dialects import outer_table
 from .schema import Tables, UTCDateTime
@@ -176,12 +176,13 @@ class ScheduleSQL(SQLConnection):
         now: datetime,
     ) -> bool:
         sql = self._schedule_sql
+        last_at, last_job = last_run_after(runs, seen.last_run_at, seen.last_job_id, last_job_id)
         params = {
             "p_name": seen.name,
             "p_version": seen.version,
             "p_next": next_run_at,
-            "p_last_run": max((r.nominal_at for r in runs), default=None) or seen.last_run_at,
-            "p_last_job": last_job_id or seen.last_job_id,
+            "p_last_run": last_at,
+            "p_last_job": last_job,
         }
         try:
             with self._transaction() as conn:
