@@ -154,3 +154,28 @@ def test_a_database_outage_mid_gather_in_an_async_body_waits_it_out(
     calls = sorted(cluster.storage.load_history(job_id), key=lambda c: c.seq)
     assert [c.name for c in calls] == ["proj.timed"] * 3
     assert worker.process.poll() is None
+
+
+def test_a_restart_while_a_body_runs_costs_the_job_nothing(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """PostgreSQL restarts while a job's body is busy between durable writes (its first
+    call recorded). The connection the body's thread holds was closed by the restart;
+    the body's next write, once the server is back, opens a new one instead of failing,
+    so the job finishes in its first execution and no call runs again."""
+    cluster = make_cluster("redis", "postgres")
+    worker = cluster.wait_ready(cluster.worker(DURABLE_TEST_LEASE="30"))
+    (cluster.effects / "hold-chain-a").touch()
+    job_id = cluster.app.tasks["proj.chain_a"].delay(1).id
+    wait_for(lambda: cluster.committed_calls(job_id) == 1, 60, "the first call", cluster.logs_tail)
+    with postgres_stopped():
+        pass  # down and up again while the body holds
+    cluster.storage.dispose()  # this test process's own pooled connections died too
+    (cluster.effects / "hold-chain-a").unlink()
+
+    job = cluster.wait_finished(job_id, timeout=90)
+    assert job.state is JobState.SUCCEEDED, cluster.logs_tail()
+    assert (job.attempts, job.recoveries) == (1, 0), cluster.logs_tail()
+    assert cluster.count("chain-a") == 1
+    assert cluster.notes("celery-failures") == []
+    assert worker.process.poll() is None

@@ -29,9 +29,9 @@ def _session(storage: SQLStorage, kind: str) -> tuple[str, str]:
     assert held is not None, f"no {kind} connection was opened"
     with psycopg.connect(psycopg_dsn(POSTGRES_URL), autocommit=True) as admin:
         row = admin.execute(
-            "SELECT query FROM pg_stat_activity WHERE pid = %s", (held[1].info.backend_pid,)
+            "SELECT query FROM pg_stat_activity WHERE pid = %s", (held.conn.info.backend_pid,)
         ).fetchone()
-    with held[1].cursor() as cursor:
+    with held.conn.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         setting = cursor.fetchone()[0]
     return setting, row[0]

@@ -4,10 +4,12 @@ SQLAlchemy path's."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +19,8 @@ from celery_durable import StorageUnavailable
 from celery_durable.store.records import ClaimOutcome
 from celery_durable.store.sql import SQLStorage
 from celery_durable.testing import LEASE, T0, call_record, claimed, new_job
-from tests.conftest import POSTGRES_URL
+from tests.conftest import MYSQL_URL, POSTGRES_URL
+from tests.integration.conftest import wait_for
 
 
 def _held(storage: SQLStorage) -> object:
@@ -25,7 +28,7 @@ def _held(storage: SQLStorage) -> object:
     assert hot is not None, "the hot path is off for this store"
     held = getattr(hot._local, "held", None)
     assert held is not None
-    return held[1]
+    return held.conn
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
@@ -102,6 +105,7 @@ def test_an_unreachable_server_is_storage_unavailable_and_the_next_call_reconnec
     sql_storage_factory: Callable[[str], SQLStorage],
 ) -> None:
     storage = sql_storage_factory("postgres")
+    _never_check_idle(storage)  # the statement itself meets the closed connection
     storage.create_job(new_job("j1"))
     connection = _held(storage)
     backend = connection.info.backend_pid  # type: ignore[attr-defined]
@@ -112,6 +116,52 @@ def test_an_unreachable_server_is_storage_unavailable_and_the_next_call_reconnec
     job = storage.get_job("j1")  # a fresh connection
     assert job is not None and _held(storage) is not connection
     assert job.created_at == T0 and job.lease_expires_at == T0 + timedelta(minutes=15)
+
+
+def _never_check_idle(storage: SQLStorage) -> None:
+    assert storage._hot is not None
+    storage._hot.idle_check_after = math.inf
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+def test_a_connection_the_server_closed_while_unused_is_replaced_before_the_statement(
+    backend: str, sql_storage_factory: Callable[[str], SQLStorage]
+) -> None:
+    """A restart while a long call runs: the call's checkpoint does not fail on the
+    connection the server closed meanwhile (nor wait for the job's lease to expire)."""
+    storage = sql_storage_factory(backend)
+    assert storage._hot is not None
+    storage._hot.idle_check_after = 0.0  # "unused long enough", without waiting for it
+    lease = claimed(storage, "j1")
+    before = _held(storage)
+    _close_from_the_server(backend, before)
+    storage.record_call(call_record("j1", 1), lease)  # no error: a new connection
+    assert _held(storage) is not before
+    assert [c.seq for c in storage.load_history("j1")] == [1]
+
+
+def _close_from_the_server(backend: str, connection: Any) -> None:
+    if backend == "postgres":
+        _terminate(connection)
+        return
+    import pymysql
+
+    url = make_url(MYSQL_URL)
+    admin = pymysql.connect(
+        host=url.host, port=url.port or 3306, user=url.username, password=url.password or ""
+    )
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"KILL {int(connection.thread_id())}")
+    finally:
+        admin.close()
+    wait_for(lambda: _readable(connection), 10, "the server to close the connection")
+
+
+def _readable(connection: Any) -> bool:
+    import select
+
+    return bool(select.select([connection._sock.fileno()], [], [], 0)[0])
 
 
 def _terminate(*connections: object) -> None:
@@ -159,6 +209,7 @@ def test_a_server_gone_away_replaces_every_threads_connection_not_only_the_faili
     """After a restart, only the first statement to meet it fails: a thread that was idle
     meanwhile (an async body's call thread) reconnects instead of failing its checkpoint."""
     storage = sql_storage_factory("postgres")
+    _never_check_idle(storage)  # each statement meets its closed connection itself
     storage.create_job(new_job("j1"))
     mine = _held(storage)
     theirs, ask = _other_thread_holding_a_connection(storage)

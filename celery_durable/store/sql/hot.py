@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import select
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -39,9 +41,18 @@ from sqlalchemy.sql.expression import ClauseElement
 from .commit_policy import SYNCHRONOUS, CommitPolicy
 
 Processor = Callable[[Any], Any] | None
-Held = tuple[int, Any, Any, int]
-"""A thread's connection: the pid that opened it, the DBAPI connection, its cursor, and
-the generation it was opened in (``HotPath.invalidate``)."""
+IDLE_CHECK_AFTER = 1.0
+
+
+class Held:
+    """A thread's connection: the pid that opened it, the DBAPI connection, its cursor,
+    the generation it was opened in (``HotPath.invalidate``), when it was last used."""
+
+    __slots__ = ("conn", "cursor", "generation", "pid", "used_at")
+
+    def __init__(self, conn: Any, cursor: Any, generation: int) -> None:
+        self.pid, self.conn, self.cursor = os.getpid(), conn, cursor
+        self.generation, self.used_at = generation, time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class Driver:
     autocommit: Callable[[Any], None]
     prepare: bool
     """Pass ``prepare=True`` to ``cursor.execute`` (a server-side prepared statement)."""
+    socket: Callable[[Any], int] | None = None
+    """The connection's socket descriptor, to see that the server closed it."""
 
 
 def _psycopg_autocommit(conn: Any) -> None:
@@ -65,11 +78,32 @@ def _sqlite_autocommit(conn: Any) -> None:
     conn.isolation_level = None
 
 
+def _pymysql_socket(conn: Any) -> int:
+    sock = getattr(conn, "_sock", None)
+    return -1 if sock is None else int(sock.fileno())
+
+
 DRIVERS = {
-    "psycopg": Driver(_psycopg_autocommit, prepare=True),
-    "pymysql": Driver(_pymysql_autocommit, prepare=False),
+    "psycopg": Driver(_psycopg_autocommit, prepare=True, socket=lambda conn: conn.fileno()),
+    "pymysql": Driver(_pymysql_autocommit, prepare=False, socket=_pymysql_socket),
     "pysqlite": Driver(_sqlite_autocommit, prepare=False),
 }
+
+
+def _closed_by_server(socket: int) -> bool:
+    """An idle connection's socket has something to read: the server's goodbye (a
+    restart's "terminating connection", an idle timeout) and its end of the stream. A
+    connection in autocommit with nothing sent has nothing else to receive."""
+    if socket < 0:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(socket, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([socket], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 @dataclass(frozen=True)
@@ -232,6 +266,10 @@ class HotPath:
         opened before is dropped at its thread's next statement instead of failing it."""
         self.on_disconnect: Callable[[], None] | None = None
         """Called when one of this path's statements finds the server gone."""
+        self.idle_check_after = IDLE_CHECK_AFTER
+        """A connection unused this long (seconds) is checked before its next statement:
+        if the server closed it meanwhile (a restart while a long call ran), a new one is
+        opened instead of the statement failing, and a checkpoint is not lost to it."""
         self.listeners: list[Callable[[str, Any], None]] = []
         """Called with each statement's SQL and parameters before it is sent."""
 
@@ -267,22 +305,36 @@ class HotPath:
         """This thread's connection of ``kind`` ("held", or "relaxed" for the statements
         the commit policy relaxes: a connection of their own, set once)."""
         held: Held | None = getattr(self._local, kind, None)
-        if held is not None and held[0] == os.getpid() and held[3] != self._generation:
-            self._drop(kind, held)  # opened before the server went away
+        now = time.monotonic()
+        if held is not None and held.pid == os.getpid() and self._stale(held, now):
+            self._drop(kind, held)
             held = None
-        if held is None or held[0] != os.getpid():
+        if held is None or held.pid != os.getpid():
             # none yet in this thread, or inherited from the parent across a fork: the
             # parent's stays untouched (psycopg only closes its own process's)
             generation = self._generation
             conn, cursor = self._open(relaxed=kind == "relaxed")
-            held = (os.getpid(), conn, cursor, generation)
+            held = Held(conn, cursor, generation)
             setattr(self._local, kind, held)
+        held.used_at = now
         return held
+
+    def _stale(self, held: Held, now: float) -> bool:
+        """Opened before the server went away, or closed by it while unused."""
+        if held.generation != self._generation:
+            return True
+        socket = self.driver.socket
+        if socket is None or now - held.used_at < self.idle_check_after:
+            return False
+        try:
+            return _closed_by_server(socket(held.conn))
+        except Exception:  # no socket to look at: closed
+            return True
 
     def _drop(self, kind: str, held: Held) -> None:
         setattr(self._local, kind, None)
         with contextlib.suppress(Exception):  # already broken: nothing to save
-            held[1].close()
+            held.conn.close()
 
     def run(self, name: str, params: Mapping[str, Any], *, tuples: bool = False) -> Result:
         """Send the statement; driver errors become SQLAlchemy's DBAPIError subclasses."""
@@ -294,7 +346,7 @@ class HotPath:
         held = None
         try:
             held = self._held(kind)
-            cursor = held[2]
+            cursor = held.cursor
             if self.driver.prepare:
                 cursor.execute(statement.sql, values, prepare=True)
             else:
@@ -309,7 +361,7 @@ class HotPath:
             dbapi = self._dialect.loaded_dbapi
             if held is not None:
                 if isinstance(exc, dbapi.Error) and self._dialect.is_disconnect(
-                    exc, held[1], held[2]
+                    exc, held.conn, held.cursor
                 ):
                     self.invalidate()
                     if self.on_disconnect is not None:
@@ -332,5 +384,5 @@ class HotPath:
         """Close this thread's connections (tests and teardown)."""
         for kind in ("held", "relaxed"):
             held = getattr(self._local, kind, None)
-            if held is not None and held[0] == os.getpid():
+            if held is not None and held.pid == os.getpid():
                 self._drop(kind, held)
