@@ -19,7 +19,7 @@ from .. import serialization
 from ..engine.runtime import Runtime
 from ..errors import ConfigurationError, ScheduleNotFound
 from ..identifiers import check_key
-from ..store.protocol import ScheduleStorage
+from ..store.protocol import ScheduleStorage, latest_schedule_runs
 from ..store.records import ScheduleRecord, ScheduleRun
 from .definition import (
     ENQUEUE_OPTIONS,
@@ -228,12 +228,7 @@ class Schedules:
         """Each schedule's last run (fired or skipped), by name; one that never ran is
         absent. One query on the built-in stores (``latest_schedule_runs``, which a store
         of your own may leave out: then one query per schedule)."""
-        store = self.store
-        latest = getattr(store, "latest_schedule_runs", None)
-        if latest is not None:
-            return dict(latest())
-        found = {r.name: store.schedule_runs(r.name, 1) for r in store.list_schedules()}
-        return {name: runs[0] for name, runs in found.items() if runs}
+        return latest_schedule_runs(self.store)
 
     def runs(self, name: str, limit: int = 50) -> list[ScheduleRun]:
         """Fired and skipped ticks, newest first, with job ids and lateness."""

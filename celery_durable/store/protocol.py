@@ -78,6 +78,17 @@ class ScheduleStorage(Protocol):
         """A schedule's runs, newest first."""
 
 
+def latest_schedule_runs(store: ScheduleStorage) -> dict[str, ScheduleRun]:
+    """Each schedule's last run, by name (one that never ran is absent): the store's own
+    ``latest_schedule_runs()``, one query, where it has that optional method; else
+    ``schedule_runs(name, 1)`` for each schedule."""
+    own = getattr(store, "latest_schedule_runs", None)
+    if own is not None:
+        return dict(own())
+    found = {s.name: store.schedule_runs(s.name, 1) for s in store.list_schedules()}
+    return {name: runs[0] for name, runs in found.items() if runs}
+
+
 @runtime_checkable
 class Storage(Protocol):
     safe_url: str

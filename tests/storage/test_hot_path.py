@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import select
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -159,8 +161,6 @@ def _close_from_the_server(backend: str, connection: Any) -> None:
 
 
 def _readable(connection: Any) -> bool:
-    import select
-
     return bool(select.select([connection._sock.fileno()], [], [], 0)[0])
 
 
@@ -181,8 +181,6 @@ def _outcome(work: Callable[[], object]) -> object:
 
 def _other_thread_holding_a_connection(storage: SQLStorage) -> tuple[object, Callable[..., object]]:
     """A thread that keeps running statements on its own held connection when asked."""
-    import queue
-
     asks: queue.Queue[Callable[[], object] | None] = queue.Queue()
     answers: queue.Queue[object] = queue.Queue()
 

@@ -89,8 +89,8 @@ class MemorySchedules(MemoryState):
 
     def latest_schedule_runs(self) -> dict[str, ScheduleRun]:
         with self._lock:
-            last = {(s.name, s.last_run_at) for s in self._schedules.values() if s.last_run_at}
-            return {r.schedule: r for key, r in self._runs.items() if key in last}
+            keys = [(s.name, s.last_run_at) for s in self._schedules.values() if s.last_run_at]
+            return {name: self._runs[(name, at)] for name, at in keys if (name, at) in self._runs}
 
     def schedule_runs(self, name: str, limit: int) -> list[ScheduleRun]:
         with self._lock:

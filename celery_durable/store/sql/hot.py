@@ -305,11 +305,11 @@ class HotPath:
         """This thread's connection of ``kind`` ("held", or "relaxed" for the statements
         the commit policy relaxes: a connection of their own, set once)."""
         held: Held | None = getattr(self._local, kind, None)
-        now = time.monotonic()
-        if held is not None and held.pid == os.getpid() and self._stale(held, now):
+        pid, now = os.getpid(), time.monotonic()
+        if held is not None and held.pid == pid and self._stale(held, now):
             self._drop(kind, held)
             held = None
-        if held is None or held.pid != os.getpid():
+        if held is None or held.pid != pid:
             # none yet in this thread, or inherited from the parent across a fork: the
             # parent's stays untouched (psycopg only closes its own process's)
             generation = self._generation

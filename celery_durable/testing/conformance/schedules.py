@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from ...store.protocol import Storage
+from ...store.protocol import Storage, latest_schedule_runs
 from ...store.records import JobState, Lease, ScheduleRecord, ScheduleRun
 from .core import T0, new_job
 
@@ -120,13 +120,10 @@ class ScheduleConformance:
         """``latest_schedule_runs`` is optional (without it the dashboard asks per
         schedule): a store without it is checked on the runs that fallback reads."""
         store: Any = storage
-        latest_runs = getattr(store, "latest_schedule_runs", None) or (
-            lambda: {
-                s.name: store.schedule_runs(s.name, 1)[0]
-                for s in store.list_schedules()
-                if store.schedule_runs(s.name, 1)
-            }
-        )
+
+        def latest_runs() -> dict[str, ScheduleRun]:
+            return latest_schedule_runs(store)
+
         for name in ("s1", "s2", "never"):
             store.put_schedule(schedule_record(name), None)
         assert latest_runs() == {}
